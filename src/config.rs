@@ -1,0 +1,160 @@
+//! Configuration: the file format, its validation, and the resolved
+//! [`Config`] the rest of ferry runs on.
+//!
+//! The file is JSON in zot's shape (`http`, `storage`, `log`,
+//! `extensions.sync`, `extensions.scrub`), so a zot mirror's config file loads
+//! as it is, plus a `ferry` section for ferry's own keys. Unknown keys are an
+//! error naming the key and its path; keys ferry accepts but does not act on
+//! yet become start-up warnings. Command-line flags override the file.
+
+
+mod file;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+
+pub use file::FileConfig;
+
+/// The built-in defaults, identical to `config.example.json`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
+pub const DEFAULT_STORAGE: &str = "./data";
+pub const DEFAULT_UPSTREAM: &str = "https://registry-1.docker.io";
+
+/// Everything ferry needs to run, resolved and validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub storage_root: PathBuf,
+    pub upstream: UpstreamConfig,
+    pub timeouts: Timeouts,
+    /// How long shutdown waits for in-flight responses before it gives up.
+    pub shutdown_grace: Duration,
+    /// Manifests larger than this are refused (as CNCF Distribution does).
+    pub max_manifest_size: usize,
+    pub log_level: Option<String>,
+    /// Keys that were accepted but have no effect yet, for start-up logs.
+    pub warnings: Vec<String>,
+}
+
+/// The one upstream registry this instance mirrors.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// Base URL, e.g. `https://registry-1.docker.io`; no path.
+    pub url: Uri,
+}
+
+/// Upstream timeouts. A stalled upstream counts as broken after `idle_read`.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub response_header: Duration,
+    pub idle_read: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            response_header: Duration::from_secs(30),
+            idle_read: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Values given on the command line; each replaces the file's.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub storage: Option<PathBuf>,
+    pub upstream: Option<String>,
+}
+
+/// A configuration problem, naming the file and the key.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and resolves a config file, then applies the overrides.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        let file = FileConfig::parse(&text)
+            .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+        Config::resolve(file, overrides)
+    }
+
+    /// The built-in defaults with the overrides applied (no file at all).
+    pub fn defaults(overrides: &Overrides) -> Result<Config, ConfigError> {
+        Config::resolve(FileConfig::default(), overrides)
+    }
+
+    /// Turns a parsed file into a runnable config.
+    pub fn resolve(file: FileConfig, overrides: &Overrides) -> Result<Config, ConfigError> {
+        file::resolve(file, overrides)
+    }
+}
+
+/// Parses a base URL for an upstream registry: `http` or `https`, a host, no
+/// path, query or fragment.
+pub fn parse_upstream_url(s: &str) -> Result<Uri, ConfigError> {
+    let uri: Uri = s
+        .parse()
+        .map_err(|e| ConfigError(format!("upstream URL {s:?} is not a URL: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(ConfigError(format!(
+                "upstream URL {s:?} must start with http:// or https://"
+            )))
+        }
+    }
+    if uri.host().is_none() {
+        return Err(ConfigError(format!("upstream URL {s:?} has no host")));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(ConfigError(format!(
+            "upstream URL {s:?} must not have a path or query; ferry adds /v2/ itself"
+        )));
+    }
+    Ok(uri)
+}
+
+/// Parses a duration as Go writes them (`90s`, `5m`, `1h30m`, `250ms`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("3h").unwrap(), Duration::from_secs(3 * 3600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn upstream_urls() {
+        assert!(parse_upstream_url("https://registry-1.docker.io").is_ok());
+        assert!(parse_upstream_url("http://127.0.0.1:5001/").is_ok());
+        assert!(parse_upstream_url("ftp://x").is_err());
+        assert!(parse_upstream_url("https://x/v2/").is_err());
+        assert!(parse_upstream_url("registry-1.docker.io").is_err());
+    }
+}

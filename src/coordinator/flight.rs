@@ -1,0 +1,134 @@
+//! One blob fetch in flight: its progress, its temp file, and why it ended.
+//!
+//! [`Progress`] is explicit about how a fetch ended. A reader that sees
+//! [`Progress::Failed`] must end its response with an error, never cleanly,
+//! so a client can never take a truncated blob for a whole one.
+
+use std::fs::File;
+use std::sync::{Arc, OnceLock};
+
+use http::StatusCode;
+use tokio::sync::watch;
+
+use crate::oci::{Digest, ErrorCode, RegistryError};
+use crate::upstream::UpstreamError;
+
+/// The state of one fetch, as readers see it.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    /// Waiting for the upstream's response headers.
+    Connecting,
+    /// Bytes `[0, written)` are in the temp file. `size` is the upstream's
+    /// `Content-Length`, when it sent one.
+    Streaming { size: Option<u64>, written: u64 },
+    /// Verified and published; the file holds all `size` bytes.
+    Done { size: u64 },
+    /// Nothing was published; readers must abort.
+    Failed(Arc<FetchFailure>),
+}
+
+/// Why a fetch failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchFailure {
+    Upstream(UpstreamError),
+    DigestMismatch { expected: Digest, actual: Digest },
+    LengthMismatch { expected: u64, received: u64 },
+    Store(String),
+    /// The fetch task ended without saying how (it panicked or was
+    /// cancelled at shutdown).
+    Abandoned,
+}
+
+impl std::fmt::Display for FetchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchFailure::Upstream(e) => e.fmt(f),
+            FetchFailure::DigestMismatch { expected, actual } => write!(
+                f,
+                "upstream bytes for {expected} hash to {actual}; nothing was stored"
+            ),
+            FetchFailure::LengthMismatch { expected, received } => write!(
+                f,
+                "upstream announced {expected} bytes but sent {received}; nothing was stored"
+            ),
+            FetchFailure::Store(e) => write!(f, "store failed: {e}"),
+            FetchFailure::Abandoned => write!(f, "the fetch ended without a result"),
+        }
+    }
+}
+
+impl FetchFailure {
+    /// `reason` label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FetchFailure::Upstream(_) => "upstream",
+            FetchFailure::DigestMismatch { .. } => "digest_mismatch",
+            FetchFailure::LengthMismatch { .. } => "length_mismatch",
+            FetchFailure::Store(_) => "store",
+            FetchFailure::Abandoned => "abandoned",
+        }
+    }
+
+    /// The response for a client whose request failed before any byte.
+    pub fn to_registry_error(&self) -> RegistryError {
+        match self {
+            FetchFailure::Upstream(e) => e.to_registry_error(ErrorCode::BlobUnknown),
+            FetchFailure::DigestMismatch { .. } | FetchFailure::LengthMismatch { .. } => {
+                RegistryError::new(StatusCode::BAD_GATEWAY, ErrorCode::DigestInvalid, self.to_string())
+            }
+            FetchFailure::Store(_) | FetchFailure::Abandoned => RegistryError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                self.to_string(),
+            ),
+        }
+    }
+}
+
+/// A fetch in flight, shared by its task and every reader.
+#[derive(Debug)]
+pub struct Flight {
+    pub digest: Digest,
+    progress: watch::Sender<Progress>,
+    file: OnceLock<Arc<File>>,
+}
+
+impl Flight {
+    pub fn new(digest: Digest) -> Flight {
+        Flight {
+            digest,
+            progress: watch::Sender::new(Progress::Connecting),
+            file: OnceLock::new(),
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// Readers currently following this fetch.
+    pub fn readers(&self) -> usize {
+        self.progress.receiver_count()
+    }
+
+    /// The temp file (or stored file) readers read from; set before the
+    /// state leaves `Connecting`.
+    pub fn file(&self) -> Option<Arc<File>> {
+        self.file.get().cloned()
+    }
+
+    pub(super) fn set_file(&self, file: Arc<File>) {
+        let _ = self.file.set(file);
+    }
+
+    pub(super) fn publish(&self, p: Progress) {
+        self.progress.send_replace(p);
+    }
+
+    pub(super) fn is_final(&self) -> bool {
+        matches!(
+            *self.progress.borrow(),
+            Progress::Done { .. } | Progress::Failed(_)
+        )
+    }
+}

@@ -1,0 +1,172 @@
+//! Readers: a blob's bytes as a stream, from a stored file or from the temp
+//! file of a fetch in flight, following its growing tail.
+//!
+//! Every read is a positioned read (`pread`) on a shared file handle, done
+//! on the blocking pool, so readers never share an offset and never hold
+//! more than one chunk in memory. A follower waits on the fetch's `watch`
+//! channel when it has caught up with the writer, and ends with an error,
+//! never cleanly, when the fetch failed.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::Stream;
+use tokio::sync::watch;
+
+use super::flight::{Flight, Progress};
+
+/// The largest chunk a reader hands to the connection at once.
+pub const READ_CHUNK: usize = 256 * 1024;
+
+/// A stream of a blob's bytes `[pos, end)`.
+pub struct BlobStream {
+    inner: Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>,
+}
+
+struct State {
+    file: Arc<File>,
+    pos: u64,
+    /// Exclusive end; `None` means "to the end of the blob".
+    end: Option<u64>,
+    follow: Option<Follow>,
+    finished: bool,
+}
+
+struct Follow {
+    rx: watch::Receiver<Progress>,
+    /// Keeps the fetch's sender (and so the channel) alive.
+    _flight: Arc<Flight>,
+}
+
+impl BlobStream {
+    /// Bytes `[start, end)` of a stored blob.
+    pub fn stored(file: Arc<File>, start: u64, end: u64) -> BlobStream {
+        BlobStream::new(State {
+            file,
+            pos: start,
+            end: Some(end),
+            follow: None,
+            finished: false,
+        })
+    }
+
+    /// Bytes `[start, end)` of a blob being fetched; waits for bytes that
+    /// are not written yet.
+    pub fn following(flight: Arc<Flight>, file: Arc<File>, start: u64, end: Option<u64>) -> BlobStream {
+        let rx = flight.subscribe();
+        BlobStream::new(State {
+            file,
+            pos: start,
+            end,
+            follow: Some(Follow {
+                rx,
+                _flight: flight,
+            }),
+            finished: false,
+        })
+    }
+
+    fn new(state: State) -> BlobStream {
+        let s = futures::stream::unfold(state, |mut st| async move {
+            if st.finished {
+                return None;
+            }
+            let item = st.next_chunk().await;
+            match item {
+                None => None,
+                Some(Err(e)) => {
+                    st.finished = true;
+                    Some((Err(e), st))
+                }
+                Some(Ok(b)) => Some((Ok(b), st)),
+            }
+        });
+        BlobStream { inner: Box::pin(s) }
+    }
+}
+
+impl Stream for BlobStream {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl State {
+    async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        loop {
+            // How far the file can be read now, and where the blob ends.
+            let (available, blob_end) = match &mut self.follow {
+                None => (self.end.unwrap_or(0), self.end),
+                Some(f) => match &*f.rx.borrow_and_update() {
+                    Progress::Connecting => (0, None),
+                    Progress::Streaming { size, written } => (*written, *size),
+                    Progress::Done { size } => (*size, Some(*size)),
+                    Progress::Failed(why) => {
+                        return Some(Err(io::Error::other(format!("blob fetch failed: {why}"))));
+                    }
+                },
+            };
+            let end = match (self.end, blob_end) {
+                (Some(e), Some(b)) => Some(e.min(b)),
+                (e, b) => e.or(b),
+            };
+            if end.is_some_and(|e| self.pos >= e) {
+                return None;
+            }
+            let limit = end.map_or(available, |e| e.min(available));
+            if self.pos < limit {
+                let len = (limit - self.pos).min(READ_CHUNK as u64) as usize;
+                return Some(self.read(len).await);
+            }
+            let done = self
+                .follow
+                .as_ref()
+                .is_some_and(|f| matches!(*f.rx.borrow(), Progress::Done { .. }));
+            if done {
+                // Done with a size smaller than the requested range start.
+                return None;
+            }
+            match &mut self.follow {
+                Some(f) => {
+                    if f.rx.changed().await.is_err() {
+                        return Some(Err(io::Error::other("blob fetch vanished")));
+                    }
+                }
+                None => return None,
+            }
+        }
+    }
+
+    fn read(&mut self, len: usize) -> BoxFuture<'static, io::Result<Bytes>> {
+        let file = self.file.clone();
+        let pos = self.pos;
+        self.pos += len as u64;
+        Box::pin(async move {
+            let joined = tokio::task::spawn_blocking(move || {
+                let mut buf = BytesMut::zeroed(len);
+                let mut filled = 0;
+                while filled < len {
+                    let n = file.read_at(&mut buf[filled..], pos + filled as u64)?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("blob file ended at byte {} of {}", pos + filled as u64, pos + len as u64),
+                        ));
+                    }
+                    filled += n;
+                }
+                Ok(buf.freeze())
+            })
+            .await;
+            joined.unwrap_or_else(|e| Err(io::Error::other(e)))
+        })
+    }
+}

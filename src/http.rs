@@ -1,0 +1,200 @@
+//! The HTTP front: the listener, connection handling, graceful shutdown,
+//! request dispatch and the access log.
+//!
+//! [`Server::bind`] opens the store (cleaning what a crash left), builds the
+//! upstream client and the coordinator, and binds the listener; [`Server::run`]
+//! serves HTTP/1.1 and HTTP/2 (prior knowledge) until its shutdown future
+//! completes, then stops accepting and gives in-flight responses a bounded
+//! time to finish.
+
+mod blobs;
+mod manifests;
+mod range;
+mod response;
+mod router;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::coordinator::Coordinator;
+use crate::oci::{ErrorCode, RegistryError};
+use crate::store::FsStore;
+use crate::upstream::Upstream;
+
+pub use range::{resolve as resolve_range, RangeRequest};
+pub use response::Body;
+pub use router::{route, Route};
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct App {
+    pub config: Arc<Config>,
+    pub coordinator: Arc<Coordinator>,
+    next_request_id: AtomicU64,
+}
+
+impl App {
+    /// Opens the store and builds the upstream client.
+    pub fn new(config: Config) -> std::io::Result<Arc<App>> {
+        let (store, recovery) = FsStore::open(&config.storage_root)?;
+        if recovery.temp_files_removed > 0 {
+            tracing::info!(removed = recovery.temp_files_removed, root = %config.storage_root.display(),
+                "removed temp files left by an earlier run");
+        }
+        let upstream = Upstream::new(config.upstream.url.clone(), config.timeouts);
+        let coordinator = Coordinator::new(Arc::new(store), upstream);
+        Ok(Arc::new(App {
+            config: Arc::new(config),
+            coordinator,
+            next_request_id: AtomicU64::new(1),
+        }))
+    }
+
+    /// Answers one request and writes its access-log line.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let head = method == Method::HEAD;
+        let (response, cache) = match self.dispatch(&req, head).await {
+            Ok(answer) => answer,
+            Err(e) => (response::error(&e, head), "-"),
+        };
+        let bytes = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        tracing::info!(
+            request_id = id,
+            %method,
+            path = %path,
+            status = response.status().as_u16(),
+            bytes = %bytes,
+            cache,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request"
+        );
+        response
+    }
+
+    async fn dispatch(
+        &self,
+        req: &Request<Incoming>,
+        head: bool,
+    ) -> Result<(Response<Body>, &'static str), RegistryError> {
+        match router::route(req.method(), req.uri().path())? {
+            Route::Base => {
+                let r = Response::builder()
+                    .status(StatusCode::OK)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .header(http::header::CONTENT_LENGTH, 2)
+                    .header(response::API_VERSION_HEADER, "registry/2.0")
+                    .body(if head { response::empty() } else { response::full("{}") })
+                    .expect("valid headers");
+                Ok((r, "-"))
+            }
+            Route::Blob { name, digest } => {
+                let a = if head {
+                    blobs::head(&self.coordinator, &name, &digest).await?
+                } else {
+                    blobs::get(&self.coordinator, &name, &digest, req.headers()).await?
+                };
+                Ok((a.response, a.cache))
+            }
+            Route::Manifest { name, reference } => {
+                let a = manifests::serve(self, &name, &reference, req.headers(), head).await?;
+                Ok((a.response, a.cache))
+            }
+            Route::NotYet { what } => Err(RegistryError::not_found(
+                ErrorCode::Unsupported,
+                format!("{what} is not served by this ferry version"),
+            )),
+        }
+    }
+}
+
+/// A bound, ready-to-run ferry server.
+pub struct Server {
+    app: Arc<App>,
+    listener: TcpListener,
+}
+
+impl Server {
+    /// Opens the store, builds the app and binds the listen address.
+    pub async fn bind(config: Config) -> std::io::Result<Server> {
+        let listen = config.listen;
+        let app = App::new(config)?;
+        let listener = TcpListener::bind(listen).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"))
+        })?;
+        Ok(Server { app, listener })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Serves until `shutdown` completes, then drains for at most the
+    /// configured shutdown timeout.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let Server { app, listener } = self;
+        let graceful = GracefulShutdown::new();
+        let builder = auto::Builder::new(TokioExecutor::new());
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let app = app.clone();
+            let service = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(app.handle(req).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn.into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        let grace = app.config.shutdown_grace;
+        tracing::info!(grace_s = grace.as_secs_f64(), "shutting down: no new connections, draining");
+        match tokio::time::timeout(grace, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("all connections finished"),
+            Err(_) => tracing::warn!("shutdown timeout reached; closing remaining connections"),
+        }
+        Ok(())
+    }
+}

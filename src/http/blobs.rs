@@ -1,0 +1,80 @@
+//! `GET`/`HEAD /v2/<name>/blobs/<digest>`: a stored blob, or one joined or
+//! started through the coordinator, with single-range support.
+
+use std::sync::Arc;
+
+use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE};
+use http::{HeaderMap, Response, StatusCode};
+
+use super::range::{self, RangeRequest};
+use super::response::{self, Body, DIGEST_HEADER};
+use crate::coordinator::Coordinator;
+use crate::oci::{Digest, RegistryError, RepoName};
+
+/// The answer and the cache status for the access log.
+pub struct BlobAnswer {
+    pub response: Response<Body>,
+    pub cache: &'static str,
+}
+
+pub async fn head(
+    coordinator: &Arc<Coordinator>,
+    name: &RepoName,
+    digest: &Digest,
+) -> Result<BlobAnswer, RegistryError> {
+    let (size, cache) = coordinator.blob_size(name, digest).await?;
+    let mut r = base(digest).status(StatusCode::OK);
+    if let Some(size) = size {
+        r = r.header(CONTENT_LENGTH, size);
+    }
+    Ok(BlobAnswer {
+        response: r.body(response::empty()).expect("valid headers"),
+        cache,
+    })
+}
+
+pub async fn get(
+    coordinator: &Arc<Coordinator>,
+    name: &RepoName,
+    digest: &Digest,
+    headers: &HeaderMap,
+) -> Result<BlobAnswer, RegistryError> {
+    let handle = coordinator.open_blob(name, digest).await?;
+    let cache = handle.cache_status();
+    let size = handle.size();
+    let range_header = headers.get(http::header::RANGE).and_then(|v| v.to_str().ok());
+    let response = match range::resolve(range_header, size) {
+        RangeRequest::Full => {
+            let mut r = base(digest).status(StatusCode::OK);
+            if let Some(size) = size {
+                r = r.header(CONTENT_LENGTH, size);
+            }
+            r.body(response::stream(handle.stream(0, None)))
+        }
+        RangeRequest::Partial { start, last } => base(digest)
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(CONTENT_LENGTH, last - start + 1)
+            .header(
+                CONTENT_RANGE,
+                format!("bytes {start}-{last}/{}", size.expect("ranges need a size")),
+            )
+            .body(response::stream(handle.stream(start, Some(last + 1)))),
+        RangeRequest::Unsatisfiable => base(digest)
+            .status(StatusCode::RANGE_NOT_SATISFIABLE)
+            .header(CONTENT_RANGE, format!("bytes */{}", size.unwrap_or(0)))
+            .header(CONTENT_LENGTH, 0)
+            .body(response::empty()),
+    };
+    Ok(BlobAnswer {
+        response: response.expect("valid headers"),
+        cache,
+    })
+}
+
+fn base(digest: &Digest) -> http::response::Builder {
+    Response::builder()
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .header(DIGEST_HEADER, digest.to_string())
+        .header(ACCEPT_RANGES, "bytes")
+        .header(response::API_VERSION_HEADER, "registry/2.0")
+}

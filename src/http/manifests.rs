@@ -1,0 +1,282 @@
+//! `GET`/`HEAD /v2/<name>/manifests/<reference>`.
+//!
+//! By digest, a stored manifest is answered with no upstream call (it is
+//! immutable); otherwise it is fetched, its digest verified and stored with
+//! its media type. By tag, the upstream is asked every time (freshness
+//! policy comes later) and the stored tag mapping is the fallback when the
+//! upstream cannot be used, marked with a `Warning` header.
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Method, Response, StatusCode};
+
+use super::response::{self, Body, API_VERSION_HEADER, DIGEST_HEADER};
+use super::App;
+use crate::coordinator::content_length;
+use crate::oci::{
+    default_manifest_accept, is_manifest_media_type, sniff_manifest_media_type, Digest, ErrorCode,
+    Hasher, Reference, RegistryError, RepoName, Tag,
+};
+use crate::store::{self, TagRecord};
+use crate::upstream::UpstreamError;
+
+/// A manifest answer and its cache status for the access log.
+pub struct ManifestAnswer {
+    pub response: Response<Body>,
+    pub cache: &'static str,
+}
+
+struct Manifest {
+    digest: Digest,
+    media_type: String,
+    bytes: Bytes,
+}
+
+pub async fn serve(
+    app: &App,
+    name: &RepoName,
+    reference: &Reference,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<ManifestAnswer, RegistryError> {
+    let accept = headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty())
+        .map(str::to_owned)
+        .unwrap_or_else(default_manifest_accept);
+    match reference {
+        Reference::Digest(digest) => {
+            if let Some(m) = stored(app, digest).await? {
+                return Ok(answer(&m, head, None, "hit"));
+            }
+            let m = fetch(app, name, reference, &accept, Some(digest)).await?;
+            Ok(answer(&m, head, None, "miss"))
+        }
+        Reference::Tag(tag) => by_tag(app, name, tag, &accept, head).await,
+    }
+}
+
+async fn by_tag(
+    app: &App,
+    name: &RepoName,
+    tag: &Tag,
+    accept: &str,
+    head: bool,
+) -> Result<ManifestAnswer, RegistryError> {
+    let reference = Reference::Tag(tag.clone());
+    let upstream_result = if head {
+        head_upstream(app, name, &reference, accept).await
+    } else {
+        fetch_inner(app, name, &reference, accept, None).await.map(Some)
+    };
+    match upstream_result {
+        Ok(Some(m)) => {
+            remember_tag(app, name, tag, &m).await;
+            Ok(answer(&m, head, None, "miss"))
+        }
+        // HEAD: the upstream named a digest we do not hold; fetch it.
+        Ok(None) => {
+            let m = fetch(app, name, &reference, accept, None).await?;
+            remember_tag(app, name, tag, &m).await;
+            Ok(answer(&m, head, None, "miss"))
+        }
+        Err((e, unavailable)) if unavailable => {
+            let Some(m) = stored_tag(app, name, tag).await else {
+                return Err(e);
+            };
+            tracing::warn!(repo = %name, %tag, digest = %m.digest, error = %e.message,
+                "upstream unavailable; serving the stored tag");
+            let warning = format!("110 ferry \"upstream unavailable, serving stored tag: {}\"",
+                e.message.replace('"', "'"));
+            Ok(answer(&m, head, Some(warning), "stale"))
+        }
+        Err((e, _)) => Err(e),
+    }
+}
+
+type Failure = (RegistryError, bool);
+
+fn upstream_failure(e: UpstreamError) -> Failure {
+    let unavailable = e.is_unavailable();
+    (e.to_registry_error(ErrorCode::ManifestUnknown), unavailable)
+}
+
+/// Fetches a manifest with `GET`, verifies it against `expected` (when
+/// asked by digest) and stores it.
+async fn fetch(
+    app: &App,
+    name: &RepoName,
+    reference: &Reference,
+    accept: &str,
+    expected: Option<&Digest>,
+) -> Result<Manifest, RegistryError> {
+    fetch_inner(app, name, reference, accept, expected)
+        .await
+        .map_err(|(e, _)| e)
+}
+
+async fn fetch_inner(
+    app: &App,
+    name: &RepoName,
+    reference: &Reference,
+    accept: &str,
+    expected: Option<&Digest>,
+) -> Result<Manifest, Failure> {
+    let upstream = app.coordinator.upstream();
+    let url = upstream.url(&format!("/v2/{name}/manifests/{reference}")).to_string();
+    let resp = upstream
+        .manifest(Method::GET, name, reference, accept)
+        .await
+        .map_err(upstream_failure)?;
+    if resp.status() != StatusCode::OK {
+        return Err(upstream_failure(UpstreamError::Status {
+            url,
+            status: resp.status(),
+        }));
+    }
+    let header_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
+    let header_digest = header_str(resp.headers(), DIGEST_HEADER);
+    let limit = app.config.max_manifest_size;
+    if content_length(resp.headers()).is_some_and(|l| l > limit as u64) {
+        return Err(upstream_failure(UpstreamError::TooLarge { url, limit }));
+    }
+    let bytes = upstream
+        .read_body(&url, resp.into_body(), limit)
+        .await
+        .map_err(upstream_failure)?;
+    let algorithm = expected.map_or(crate::oci::Algorithm::Sha256, |d| d.algorithm());
+    let mut h = Hasher::new(algorithm);
+    h.update(&bytes);
+    let digest = h.finish();
+    if let Some(want) = expected {
+        if &digest != want {
+            let e = RegistryError::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::ManifestInvalid,
+                format!("upstream manifest {name}@{want} hashes to {digest}; refused"),
+            );
+            return Err((e, false));
+        }
+    } else if let Some(hd) = header_digest.as_deref() {
+        if hd != digest.to_string() {
+            tracing::warn!(repo = %name, %reference, upstream_digest = hd, %digest,
+                "upstream Docker-Content-Digest differs from the manifest's hash; using the hash");
+        }
+    }
+    let media_type = match header_type {
+        Some(t) if is_manifest_media_type(t.split(';').next().unwrap_or("").trim()) => {
+            t.split(';').next().unwrap_or("").trim().to_string()
+        }
+        other => sniff_manifest_media_type(&bytes)
+            .filter(|t| !t.contains('\n'))
+            .or(other)
+            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into()),
+    };
+    // Stored as a header line and sent as a header: it must be a valid one.
+    let media_type = if http::HeaderValue::from_str(&media_type).is_ok() && !media_type.contains('\n') {
+        media_type
+    } else {
+        "application/octet-stream".to_string()
+    };
+    let m = Manifest {
+        digest,
+        media_type,
+        bytes,
+    };
+    let store = app.coordinator.store().clone();
+    let (d, t, b) = (m.digest.clone(), m.media_type.clone(), m.bytes.clone());
+    if let Err(e) = store::blocking(move || store.put_manifest(&d, &t, &b)).await {
+        tracing::error!(repo = %name, digest = %m.digest, error = %e, "cannot store manifest; serving it uncached");
+    }
+    Ok(m)
+}
+
+/// `HEAD` upstream. `Ok(Some)` when the named digest is already stored,
+/// `Ok(None)` when it must be fetched.
+async fn head_upstream(
+    app: &App,
+    name: &RepoName,
+    reference: &Reference,
+    accept: &str,
+) -> Result<Option<Manifest>, Failure> {
+    let upstream = app.coordinator.upstream();
+    let url = upstream.url(&format!("/v2/{name}/manifests/{reference}")).to_string();
+    let resp = upstream
+        .manifest(Method::HEAD, name, reference, accept)
+        .await
+        .map_err(upstream_failure)?;
+    if resp.status() != StatusCode::OK {
+        return Err(upstream_failure(UpstreamError::Status {
+            url,
+            status: resp.status(),
+        }));
+    }
+    let Some(digest) = header_str(resp.headers(), DIGEST_HEADER).and_then(|d| d.parse::<Digest>().ok())
+    else {
+        return Ok(None);
+    };
+    Ok(stored(app, &digest).await.map_err(|e| (e, false))?)
+}
+
+async fn stored(app: &App, digest: &Digest) -> Result<Option<Manifest>, RegistryError> {
+    let store = app.coordinator.store().clone();
+    let d = digest.clone();
+    match store::blocking(move || store.get_manifest(&d)).await {
+        Ok(Some((media_type, bytes))) => Ok(Some(Manifest {
+            digest: digest.clone(),
+            media_type,
+            bytes,
+        })),
+        Ok(None) => Ok(None),
+        Err(e) => {
+            tracing::error!(%digest, error = %e, "cannot read stored manifest");
+            Ok(None)
+        }
+    }
+}
+
+async fn stored_tag(app: &App, name: &RepoName, tag: &Tag) -> Option<Manifest> {
+    let store = app.coordinator.store().clone();
+    let (n, t) = (name.clone(), tag.clone());
+    let record = store::blocking(move || store.get_tag(&n, &t)).await.ok()??;
+    let digest: Digest = record.digest.parse().ok()?;
+    stored(app, &digest).await.ok()?
+}
+
+async fn remember_tag(app: &App, name: &RepoName, tag: &Tag, m: &Manifest) {
+    let store = app.coordinator.store().clone();
+    let record = TagRecord {
+        digest: m.digest.to_string(),
+        media_type: m.media_type.clone(),
+    };
+    let (n, t) = (name.clone(), tag.clone());
+    if let Err(e) = store::blocking(move || store.put_tag(&n, &t, &record)).await {
+        tracing::error!(repo = %name, %tag, error = %e, "cannot store tag mapping");
+    }
+}
+
+fn answer(m: &Manifest, head: bool, warning: Option<String>, cache: &'static str) -> ManifestAnswer {
+    let mut r = Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, m.media_type.as_str())
+        .header(CONTENT_LENGTH, m.bytes.len())
+        .header(DIGEST_HEADER, m.digest.to_string())
+        .header(API_VERSION_HEADER, "registry/2.0");
+    if let Some(w) = warning {
+        r = r.header(http::header::WARNING, w);
+    }
+    let body = if head {
+        response::empty()
+    } else {
+        response::full(m.bytes.clone())
+    };
+    ManifestAnswer {
+        response: r.body(body).expect("valid headers"),
+        cache,
+    }
+}
+
+fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name)?.to_str().ok().map(str::to_owned)
+}

@@ -1,0 +1,312 @@
+//! Filesystem backend: a content-addressed tree under one root directory.
+//!
+//! ```text
+//! <root>/blobs/sha256/ab/<hex>              blob bytes, verified
+//! <root>/manifests/sha256/ab/<hex>          "<media type>\n" + manifest bytes, verified
+//! <root>/repositories/<name>/_tags/<tag>    {"digest": .., "mediaType": ..}
+//! <root>/tmp/                                temp files; emptied at start-up
+//! ```
+//!
+//! Path components come only from validated [`Digest`], [`RepoName`] and
+//! [`Tag`] values, whose grammars exclude `..`, `/`-leading and `%` forms,
+//! and `_tags` cannot collide with a repository component (those start with
+//! a letter or digit).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::oci::{Digest, RepoName, Tag};
+
+/// A content-addressed store in a local directory.
+#[derive(Debug)]
+pub struct FsStore {
+    root: PathBuf,
+    tmp: PathBuf,
+    seq: AtomicU64,
+}
+
+/// What start-up recovery found and cleaned.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub temp_files_removed: usize,
+}
+
+/// The stored meaning of a tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub digest: String,
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+}
+
+/// A temp file being written; removed on drop unless published.
+#[derive(Debug)]
+pub struct TempBlob {
+    pub path: PathBuf,
+    pub file: File,
+    published: bool,
+}
+
+impl Drop for TempBlob {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl FsStore {
+    /// Opens (creating if needed) a store at `root` and removes temp files a
+    /// previous run left behind.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<(FsStore, RecoveryReport)> {
+        let root = root.into();
+        let tmp = root.join("tmp");
+        for dir in ["blobs", "manifests", "repositories", "tmp"] {
+            let p = root.join(dir);
+            fs::create_dir_all(&p).map_err(|e| annotate(e, "cannot create store directory", &p))?;
+        }
+        let mut report = RecoveryReport::default();
+        for entry in fs::read_dir(&tmp).map_err(|e| annotate(e, "cannot list", &tmp))? {
+            let entry = entry?;
+            let p = entry.path();
+            let removed = if entry.file_type()?.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            removed.map_err(|e| annotate(e, "cannot remove leftover temp file", &p))?;
+            report.temp_files_removed += 1;
+        }
+        let store = FsStore {
+            root,
+            tmp,
+            seq: AtomicU64::new(0),
+        };
+        Ok((store, report))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.addressed("blobs", digest)
+    }
+
+    fn manifest_path(&self, digest: &Digest) -> PathBuf {
+        self.addressed("manifests", digest)
+    }
+
+    fn addressed(&self, kind: &str, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root
+            .join(kind)
+            .join(digest.algorithm().as_str())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    fn tag_path(&self, repo: &RepoName, tag: &Tag) -> PathBuf {
+        self.root
+            .join("repositories")
+            .join(repo.as_str())
+            .join("_tags")
+            .join(tag.as_str())
+    }
+
+    /// Opens a stored blob and returns it with its size, or `None`.
+    pub fn open_blob(&self, digest: &Digest) -> io::Result<Option<(File, u64)>> {
+        let path = self.blob_path(digest);
+        match File::open(&path) {
+            Ok(f) => {
+                let len = f.metadata()?.len();
+                Ok(Some((f, len)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(annotate(e, "cannot open blob", &path)),
+        }
+    }
+
+    /// Creates a temp file for the blob `digest` in the store's temp folder.
+    pub fn create_temp(&self, digest: &Digest) -> io::Result<TempBlob> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .tmp
+            .join(format!("{}-{}.{}.part", digest.hex(), std::process::id(), n));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| annotate(e, "cannot create temp file", &path))?;
+        Ok(TempBlob {
+            path,
+            file,
+            published: false,
+        })
+    }
+
+    /// Makes a fully written and verified temp file the stored blob:
+    /// fsync the file, rename it into place, fsync the directory.
+    pub fn publish_blob(&self, temp: &mut TempBlob, digest: &Digest) -> io::Result<PathBuf> {
+        temp.file
+            .sync_all()
+            .map_err(|e| annotate(e, "cannot fsync temp file", &temp.path))?;
+        let dest = self.blob_path(digest);
+        rename_durably(&temp.path, &dest)?;
+        temp.published = true;
+        Ok(dest)
+    }
+
+    /// Stores a verified manifest with its media type.
+    pub fn put_manifest(&self, digest: &Digest, media_type: &str, bytes: &[u8]) -> io::Result<()> {
+        let mut record = Vec::with_capacity(media_type.len() + 1 + bytes.len());
+        record.extend_from_slice(media_type.as_bytes());
+        record.push(b'\n');
+        record.extend_from_slice(bytes);
+        self.write_atomically(&self.manifest_path(digest), &record, digest.hex())
+    }
+
+    /// A stored manifest: its media type and bytes.
+    pub fn get_manifest(&self, digest: &Digest) -> io::Result<Option<(String, Bytes)>> {
+        let path = self.manifest_path(digest);
+        let record = match fs::read(&path) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(annotate(e, "cannot read manifest", &path)),
+        };
+        let Some(nl) = record.iter().position(|&b| b == b'\n') else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("manifest record {} has no media type line", path.display()),
+            ));
+        };
+        let media_type = String::from_utf8_lossy(&record[..nl]).into_owned();
+        let bytes = Bytes::from(record).slice(nl + 1..);
+        Ok(Some((media_type, bytes)))
+    }
+
+    pub fn put_tag(&self, repo: &RepoName, tag: &Tag, record: &TagRecord) -> io::Result<()> {
+        let json = serde_json::to_vec(record).map_err(io::Error::other)?;
+        self.write_atomically(&self.tag_path(repo, tag), &json, tag.as_str())
+    }
+
+    pub fn get_tag(&self, repo: &RepoName, tag: &Tag) -> io::Result<Option<TagRecord>> {
+        let path = self.tag_path(repo, tag);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("tag record {} is damaged: {e}", path.display()),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(annotate(e, "cannot read tag record", &path)),
+        }
+    }
+
+    fn write_atomically(&self, dest: &Path, bytes: &[u8], hint: &str) -> io::Result<()> {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .tmp
+            .join(format!("{hint}-{}.{}.small", std::process::id(), n));
+        let result = (|| {
+            let mut f = File::create(&tmp).map_err(|e| annotate(e, "cannot create", &tmp))?;
+            f.write_all(bytes).map_err(|e| annotate(e, "cannot write", &tmp))?;
+            f.sync_all().map_err(|e| annotate(e, "cannot fsync", &tmp))?;
+            rename_durably(&tmp, dest)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Renames `from` to `to`, creating `to`'s directory, and fsyncs that
+/// directory so the rename survives a power cut.
+fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
+    let dir = to.parent().expect("store paths have a parent");
+    fs::create_dir_all(dir).map_err(|e| annotate(e, "cannot create directory", dir))?;
+    fs::rename(from, to).map_err(|e| annotate(e, "cannot rename into place", to))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| annotate(e, "cannot fsync directory", dir))
+}
+
+fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn publish_then_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        let data = b"hello blob";
+        let d = Digest::sha256_of(data);
+        assert!(store.open_blob(&d).unwrap().is_none());
+        let mut t = store.create_temp(&d).unwrap();
+        t.file.write_all(data).unwrap();
+        store.publish_blob(&mut t, &d).unwrap();
+        drop(t);
+        let (mut f, len) = store.open_blob(&d).unwrap().unwrap();
+        assert_eq!(len, data.len() as u64);
+        let mut back = Vec::new();
+        f.read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+        assert!(store.blob_path(&d).starts_with(dir.path().join("blobs/sha256")));
+    }
+
+    #[test]
+    fn dropped_temp_is_removed_and_restart_cleans_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        let d = Digest::sha256_of(b"x");
+        let t = store.create_temp(&d).unwrap();
+        let p = t.path.clone();
+        drop(t);
+        assert!(!p.exists());
+        fs::write(dir.path().join("tmp/leftover.part"), b"junk").unwrap();
+        fs::write(dir.path().join("tmp/other.small"), b"junk").unwrap();
+        let (_, report) = FsStore::open(dir.path()).unwrap();
+        assert_eq!(report.temp_files_removed, 2);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn manifests_and_tags_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        let m = br#"{"schemaVersion":2}"#;
+        let d = Digest::sha256_of(m);
+        store
+            .put_manifest(&d, "application/vnd.oci.image.manifest.v1+json", m)
+            .unwrap();
+        let (mt, bytes) = store.get_manifest(&d).unwrap().unwrap();
+        assert_eq!(mt, "application/vnd.oci.image.manifest.v1+json");
+        assert_eq!(&bytes[..], m);
+        let repo = RepoName::parse("a/b").unwrap();
+        let repo_a = RepoName::parse("a").unwrap();
+        let tag = Tag::parse("b").unwrap();
+        let rec = TagRecord {
+            digest: d.to_string(),
+            media_type: mt,
+        };
+        store.put_tag(&repo, &tag, &rec).unwrap();
+        // Repository `a` with tag `b` must not collide with repository `a/b`.
+        store.put_tag(&repo_a, &tag, &rec).unwrap();
+        assert_eq!(store.get_tag(&repo, &tag).unwrap(), Some(rec.clone()));
+        assert_eq!(store.get_tag(&repo_a, &tag).unwrap(), Some(rec));
+        assert_eq!(store.get_tag(&repo, &Tag::parse("c").unwrap()).unwrap(), None);
+    }
+}

@@ -1,0 +1,272 @@
+//! The client side: requests to the upstream registry.
+//!
+//! One [`Upstream`] per registry holds a pooled hyper client (HTTP/1.1 and
+//! HTTP/2 over rustls, or plain HTTP), the registry's base URL and its
+//! timeouts. It follows redirects (registries send blobs to object storage
+//! or CDNs) a bounded number of times, and turns every way a request can go
+//! wrong into an [`UpstreamError`] that names the URL and the cause. Client
+//! headers never pass through here: the front decides what to forward.
+
+mod error;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue, LOCATION};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::Timeouts;
+use crate::oci::{Digest, Reference, RepoName};
+
+pub use error::UpstreamError;
+
+/// Redirects followed before a request is given up.
+pub const MAX_REDIRECTS: usize = 5;
+
+type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// A client for one upstream registry.
+#[derive(Clone)]
+pub struct Upstream {
+    base: Uri,
+    client: HttpClient,
+    timeouts: Timeouts,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("base", &self.base).finish()
+    }
+}
+
+impl Upstream {
+    pub fn new(base: Uri, timeouts: Timeouts) -> Upstream {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(timeouts.connect));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(https);
+        Upstream {
+            base,
+            client,
+            timeouts,
+        }
+    }
+
+    pub fn base(&self) -> &Uri {
+        &self.base
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// `GET` or `HEAD` of a blob.
+    pub async fn blob(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        self.request(method, &path, HeaderMap::new()).await
+    }
+
+    /// `GET` or `HEAD` of a manifest, with the `Accept` header to send.
+    pub async fn manifest(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        reference: &Reference,
+        accept: &str,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(accept) {
+            headers.insert(http::header::ACCEPT, v);
+        }
+        self.request(method, &path, headers).await
+    }
+
+    /// Sends a request to `path` on the registry, following redirects.
+    /// Returns the final response whatever its status.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut url = self.url(path);
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(url.clone())
+                .header(http::header::USER_AGENT, concat!("ferry/", env!("CARGO_PKG_VERSION")))
+                .body(Empty::new())
+                .map_err(|e| UpstreamError::Connect {
+                    url: url.to_string(),
+                    cause: e.to_string(),
+                })?;
+            *req.headers_mut() = headers.clone();
+            req.headers_mut().insert(
+                http::header::USER_AGENT,
+                HeaderValue::from_static(concat!("ferry/", env!("CARGO_PKG_VERSION"))),
+            );
+            let sent = tokio::time::timeout(
+                self.timeouts.response_header + self.timeouts.connect,
+                self.client.request(req),
+            )
+            .await;
+            let resp = match sent {
+                Err(_) => {
+                    return Err(UpstreamError::Timeout {
+                        url: url.to_string(),
+                        phase: "waiting for response headers",
+                    })
+                }
+                Ok(Err(e)) => {
+                    return Err(UpstreamError::Connect {
+                        url: url.to_string(),
+                        cause: error_chain(&e),
+                    })
+                }
+                Ok(Ok(resp)) => resp,
+            };
+            if !is_redirect(resp.status()) {
+                return Ok(resp);
+            }
+            let Some(next) = resp
+                .headers()
+                .get(LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| resolve_location(&url, l))
+            else {
+                return Err(UpstreamError::Protocol {
+                    url: url.to_string(),
+                    cause: format!("{} redirect without a usable Location", resp.status()),
+                });
+            };
+            tracing::debug!(from = %url, to = %next, "following upstream redirect");
+            url = next;
+        }
+        Err(UpstreamError::TooManyRedirects {
+            url: url.to_string(),
+            limit: MAX_REDIRECTS,
+        })
+    }
+
+    /// Reads a whole (small) body, refusing more than `limit` bytes and
+    /// treating a pause longer than the idle-read timeout as a failure.
+    pub async fn read_body(
+        &self,
+        url: &str,
+        body: Incoming,
+        limit: usize,
+    ) -> Result<Bytes, UpstreamError> {
+        let mut body = body;
+        let mut out = Vec::new();
+        loop {
+            let frame = tokio::time::timeout(self.timeouts.idle_read, body.frame()).await;
+            match frame {
+                Err(_) => {
+                    return Err(UpstreamError::Timeout {
+                        url: url.to_string(),
+                        phase: "reading the body",
+                    })
+                }
+                Ok(None) => return Ok(Bytes::from(out)),
+                Ok(Some(Err(e))) => {
+                    return Err(UpstreamError::Body {
+                        url: url.to_string(),
+                        cause: error_chain(&e),
+                    })
+                }
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        if out.len() + data.len() > limit {
+                            return Err(UpstreamError::TooLarge {
+                                url: url.to_string(),
+                                limit,
+                            });
+                        }
+                        out.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The absolute URL of `path` on this registry.
+    pub fn url(&self, path: &str) -> Uri {
+        let mut parts = self.base.clone().into_parts();
+        parts.path_and_query = Some(path.parse().expect("ferry builds valid paths"));
+        Uri::from_parts(parts).expect("base URL plus path is a URL")
+    }
+}
+
+fn is_redirect(s: StatusCode) -> bool {
+    matches!(s.as_u16(), 301 | 302 | 303 | 307 | 308)
+}
+
+/// Resolves a `Location` header against the URL that sent it.
+fn resolve_location(base: &Uri, location: &str) -> Option<Uri> {
+    let loc: Uri = location.parse().ok()?;
+    if loc.scheme().is_some() {
+        return matches!(loc.scheme_str(), Some("http" | "https")).then_some(loc);
+    }
+    if !location.starts_with('/') {
+        return None;
+    }
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = loc.path_and_query().cloned();
+    Uri::from_parts(parts).ok()
+}
+
+/// An error with its sources, the way people need to read it in a log.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_resolve() {
+        let base: Uri = "http://127.0.0.1:5000/v2/a/blobs/x".parse().unwrap();
+        assert_eq!(
+            resolve_location(&base, "/other?sig=1").unwrap().to_string(),
+            "http://127.0.0.1:5000/other?sig=1"
+        );
+        assert_eq!(
+            resolve_location(&base, "https://cdn.example/b").unwrap().to_string(),
+            "https://cdn.example/b"
+        );
+        assert!(resolve_location(&base, "file:///etc/passwd").is_none());
+        assert!(resolve_location(&base, "relative").is_none());
+    }
+}

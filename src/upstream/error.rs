@@ -1,0 +1,110 @@
+//! What can go wrong talking to an upstream, and how each failure is shown
+//! to ferry's clients (a 502/503/504/404/429 with OCI error JSON, never a
+//! 500).
+
+use http::StatusCode;
+
+use crate::oci::{ErrorCode, RegistryError};
+
+/// A failed upstream exchange. Each variant names the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// Could not connect, or the connection failed before a response.
+    Connect { url: String, cause: String },
+    Timeout { url: String, phase: &'static str },
+    /// The upstream answered with a status ferry cannot use.
+    Status { url: String, status: StatusCode },
+    /// The body broke off or was malformed.
+    Body { url: String, cause: String },
+    Protocol { url: String, cause: String },
+    TooManyRedirects { url: String, limit: usize },
+    TooLarge { url: String, limit: usize },
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Connect { url, cause } => write!(f, "upstream {url} unreachable: {cause}"),
+            UpstreamError::Timeout { url, phase } => write!(f, "upstream {url} timed out {phase}"),
+            UpstreamError::Status { url, status } => write!(f, "upstream {url} answered {status}"),
+            UpstreamError::Body { url, cause } => write!(f, "upstream {url} body failed: {cause}"),
+            UpstreamError::Protocol { url, cause } => write!(f, "upstream {url}: {cause}"),
+            UpstreamError::TooManyRedirects { url, limit } => {
+                write!(f, "upstream {url}: more than {limit} redirects")
+            }
+            UpstreamError::TooLarge { url, limit } => {
+                write!(f, "upstream {url}: body larger than {limit} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {}
+
+impl UpstreamError {
+    /// True when the upstream could not be used at all (as opposed to an
+    /// answer such as 404): ferry then falls back to what it has stored.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            UpstreamError::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            UpstreamError::TooLarge { .. } => false,
+            _ => true,
+        }
+    }
+
+    /// The error a client sees; `unknown` is the code for an upstream 404.
+    pub fn to_registry_error(&self, unknown: ErrorCode) -> RegistryError {
+        let msg = self.to_string();
+        match self {
+            UpstreamError::Status { status, .. } => match *status {
+                StatusCode::NOT_FOUND => RegistryError::not_found(unknown, msg),
+                StatusCode::TOO_MANY_REQUESTS => {
+                    RegistryError::new(*status, ErrorCode::TooManyRequests, msg)
+                }
+                _ => RegistryError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, msg),
+            },
+            UpstreamError::Timeout { .. } => {
+                RegistryError::new(StatusCode::GATEWAY_TIMEOUT, ErrorCode::Unavailable, msg)
+            }
+            UpstreamError::Connect { .. } => {
+                RegistryError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, msg)
+            }
+            UpstreamError::TooLarge { .. } => {
+                RegistryError::new(StatusCode::BAD_GATEWAY, ErrorCode::SizeInvalid, msg)
+            }
+            _ => RegistryError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, msg),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_for_clients() {
+        let s = |status| UpstreamError::Status {
+            url: "u".into(),
+            status,
+        };
+        assert_eq!(
+            s(StatusCode::NOT_FOUND).to_registry_error(ErrorCode::BlobUnknown).status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            s(StatusCode::INTERNAL_SERVER_ERROR)
+                .to_registry_error(ErrorCode::BlobUnknown)
+                .status,
+            StatusCode::BAD_GATEWAY
+        );
+        let c = UpstreamError::Connect {
+            url: "u".into(),
+            cause: "refused".into(),
+        };
+        assert!(c.is_unavailable());
+        assert_eq!(c.to_registry_error(ErrorCode::BlobUnknown).status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!s(StatusCode::NOT_FOUND).is_unavailable());
+    }
+}

@@ -1,0 +1,341 @@
+//! A scripted upstream registry on 127.0.0.1:0: blobs and manifests by
+//! digest and tag, a hit counter per request, a byte counter, throttling,
+//! gates that pause a body at an offset, and faults (wrong bytes, a
+//! connection dropped mid-body, being switched off).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// A switch that holds a body at an offset until opened.
+#[derive(Clone)]
+pub struct Gate {
+    open: watch::Sender<bool>,
+    /// Set once the body reached the gate's offset.
+    reached: watch::Sender<bool>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            open: watch::Sender::new(false),
+            reached: watch::Sender::new(false),
+        }
+    }
+}
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Waits until a body has been paused at this gate.
+    pub async fn reached(&self) {
+        let mut rx = self.reached.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+}
+
+/// What goes wrong when a blob is served.
+#[derive(Clone, Default)]
+pub enum Fault {
+    #[default]
+    None,
+    /// The right length, but one byte flipped in the middle.
+    WrongBytes,
+    /// Send this many bytes, then break the connection.
+    DropAfter(u64),
+    /// Send this many bytes, then wait for the gate.
+    PauseAt(u64, Gate),
+}
+
+#[derive(Clone)]
+struct Blob {
+    data: Bytes,
+    fault: Fault,
+}
+
+#[derive(Default)]
+struct State {
+    blobs: HashMap<String, Blob>,
+    /// (repository, tag or digest) → (media type, bytes)
+    manifests: HashMap<(String, String), (String, Bytes)>,
+    hits: HashMap<String, usize>,
+    /// Bytes per second per connection; 0 = unthrottled.
+    rate: u64,
+    status_override: Option<StatusCode>,
+}
+
+/// The fake registry. Dropping it stops it.
+pub struct FakeRegistry {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    body_bytes: Arc<AtomicU64>,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for FakeRegistry {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+impl FakeRegistry {
+    pub async fn start() -> FakeRegistry {
+        FakeRegistry::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> FakeRegistry {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let body_bytes = Arc::new(AtomicU64::new(0));
+        let stop = watch::Sender::new(false);
+        let (st, bb, mut stop_rx) = (state.clone(), body_bytes.clone(), stop.subscribe());
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+                    _ = stop_rx.wait_for(|s| *s) => return,
+                };
+                let (st, bb, mut stop_conn) = (st.clone(), bb.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let (st, bb) = (st.clone(), bb.clone());
+                        async move { Ok::<_, Infallible>(handle(req, st, bb).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop_conn.wait_for(|s| *s) => {}
+                    }
+                });
+            }
+        });
+        FakeRegistry {
+            addr,
+            state,
+            body_bytes,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Adds a blob; returns its digest.
+    pub fn add_blob(&self, data: Bytes) -> String {
+        self.add_blob_with(data, Fault::None)
+    }
+
+    pub fn add_blob_with(&self, data: Bytes, fault: Fault) -> String {
+        let digest = super::sha256(&data);
+        self.state
+            .lock()
+            .unwrap()
+            .blobs
+            .insert(digest.clone(), Blob { data, fault });
+        digest
+    }
+
+    pub fn set_fault(&self, digest: &str, fault: Fault) {
+        self.state.lock().unwrap().blobs.get_mut(digest).unwrap().fault = fault;
+    }
+
+    /// Adds a manifest under its digest and, if given, a tag. Returns the digest.
+    pub fn add_manifest(&self, repo: &str, tag: Option<&str>, media_type: &str, bytes: Bytes) -> String {
+        let digest = super::sha256(&bytes);
+        let mut s = self.state.lock().unwrap();
+        let entry = (media_type.to_string(), bytes);
+        s.manifests.insert((repo.into(), digest.clone()), entry.clone());
+        if let Some(t) = tag {
+            s.manifests.insert((repo.into(), t.into()), entry);
+        }
+        digest
+    }
+
+    /// Serves `bytes` under `reference` whatever their digest (for tests of
+    /// an upstream that lies).
+    pub fn add_raw_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: Bytes) {
+        self.state
+            .lock()
+            .unwrap()
+            .manifests
+            .insert((repo.into(), reference.into()), (media_type.into(), bytes));
+    }
+
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        self.state.lock().unwrap().rate = bytes_per_sec;
+    }
+
+    /// Answer every request with this status (e.g. 503), or stop doing so.
+    pub fn set_status_override(&self, s: Option<StatusCode>) {
+        self.state.lock().unwrap().status_override = s;
+    }
+
+    /// How many requests `"<METHOD> <path>"` received.
+    pub fn hits(&self, method: &str, path: &str) -> usize {
+        let key = format!("{method} {path}");
+        *self.state.lock().unwrap().hits.get(&key).unwrap_or(&0)
+    }
+
+    pub fn blob_gets(&self, digest: &str) -> usize {
+        let s = self.state.lock().unwrap();
+        s.hits
+            .iter()
+            .filter(|(k, _)| k.starts_with("GET ") && k.ends_with(&format!("/blobs/{digest}")))
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// Blob body bytes sent so far, over all requests.
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes.load(Ordering::SeqCst)
+    }
+}
+
+async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>, sent: Arc<AtomicU64>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let (blob, manifest, rate) = {
+        let mut s = state.lock().unwrap();
+        *s.hits.entry(format!("{method} {path}")).or_default() += 1;
+        if let Some(status) = s.status_override {
+            return plain(status, "overridden");
+        }
+        let segs: Vec<&str> = path.trim_start_matches("/v2/").split('/').collect();
+        let n = segs.len();
+        let (mut blob, mut manifest) = (None, None);
+        if path == "/v2/" {
+            return plain(StatusCode::OK, "{}");
+        }
+        if n >= 3 && segs[n - 2] == "blobs" {
+            blob = s.blobs.get(segs[n - 1]).cloned();
+        }
+        if n >= 3 && segs[n - 2] == "manifests" {
+            let repo = segs[..n - 2].join("/");
+            manifest = s.manifests.get(&(repo, segs[n - 1].to_string())).cloned();
+        }
+        (blob, manifest, s.rate)
+    };
+    if let Some((media_type, bytes)) = manifest {
+        let digest = super::sha256(&bytes);
+        let body = if method == Method::HEAD { Bytes::new() } else { bytes.clone() };
+        return Response::builder()
+            .header("content-type", media_type)
+            .header("content-length", bytes.len())
+            .header("docker-content-digest", digest)
+            .body(full(body))
+            .unwrap();
+    }
+    let Some(blob) = blob else {
+        return plain(StatusCode::NOT_FOUND, r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"unknown"}]}"#);
+    };
+    let len = blob.data.len() as u64;
+    let builder = Response::builder()
+        .header("content-type", "application/octet-stream")
+        .header("content-length", len);
+    if method == Method::HEAD {
+        return builder.body(full(Bytes::new())).unwrap();
+    }
+    let mut data = blob.data.clone();
+    if let Fault::WrongBytes = blob.fault {
+        let mut v = data.to_vec();
+        let mid = v.len() / 2;
+        v[mid] ^= 0xff;
+        data = v.into();
+    }
+    builder.body(stream_body(data, blob.fault, rate, sent)).unwrap()
+}
+
+/// Streams `data` in 64 KiB chunks at `rate` bytes/s, applying `fault`.
+fn stream_body(data: Bytes, fault: Fault, rate: u64, sent: Arc<AtomicU64>) -> Body {
+    const CHUNK: usize = 64 * 1024;
+    struct S {
+        data: Bytes,
+        pos: usize,
+        fault: Fault,
+        rate: u64,
+        start: Instant,
+        sent: Arc<AtomicU64>,
+    }
+    let s = S {
+        data,
+        pos: 0,
+        fault,
+        rate,
+        start: Instant::now(),
+        sent,
+    };
+    let stream = futures::stream::unfold(s, |mut s| async move {
+        if s.pos >= s.data.len() {
+            return None;
+        }
+        let mut end = (s.pos + CHUNK).min(s.data.len());
+        match &s.fault {
+            Fault::DropAfter(at) => {
+                let at = *at as usize;
+                if s.pos >= at {
+                    let e = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "fault: dropped");
+                    return Some((Err(e), s));
+                }
+                end = end.min(at);
+            }
+            Fault::PauseAt(at, gate) => {
+                let at = *at as usize;
+                if s.pos == at {
+                    gate.reached.send_replace(true);
+                    let mut rx = gate.open.subscribe();
+                    let _ = rx.wait_for(|o| *o).await;
+                } else if s.pos < at {
+                    end = end.min(at);
+                }
+            }
+            _ => {}
+        }
+        if s.rate > 0 {
+            let due = Duration::from_secs_f64(s.pos as f64 / s.rate as f64);
+            let now = s.start.elapsed();
+            if due > now {
+                tokio::time::sleep(due - now).await;
+            }
+        }
+        let chunk = s.data.slice(s.pos..end);
+        s.pos = end;
+        s.sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        Some((Ok(Frame::data(chunk)), s))
+    });
+    StreamBody::new(stream).boxed_unsync()
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|n| match n {}).boxed_unsync()
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}

@@ -1,0 +1,123 @@
+//! Test support: an in-process fake upstream registry and helpers to run
+//! ferry in-process against it, all on 127.0.0.1:0.
+
+#![allow(dead_code)]
+
+pub mod client;
+pub mod fake_registry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ferry::config::{Config, Overrides};
+use ferry::{App, Server};
+use tokio::sync::oneshot;
+
+pub use client::*;
+pub use fake_registry::{Fault, FakeRegistry, Gate};
+
+/// A ferry server running in this process with a fresh store.
+pub struct Ferry {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Ferry {
+    pub async fn start(upstream: &str) -> Ferry {
+        Ferry::start_with(upstream, |_| {}).await
+    }
+
+    pub async fn start_with(upstream: &str, tweak: impl FnOnce(&mut Config)) -> Ferry {
+        let dir = tempfile::tempdir().unwrap();
+        Ferry::start_in(dir, upstream, tweak).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, upstream: &str, tweak: impl FnOnce(&mut Config)) -> Ferry {
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            storage: Some(dir.path().join("store")),
+            upstream: Some(upstream.to_string()),
+        };
+        let mut config = Config::defaults(&overrides).unwrap();
+        config.timeouts.idle_read = std::time::Duration::from_secs(20);
+        tweak(&mut config);
+        let server = Server::bind(config).await.unwrap();
+        let addr = server.local_addr();
+        let app = server.app().clone();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        Ferry {
+            addr,
+            app,
+            dir,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn store_root(&self) -> std::path::PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// True when the blob sits at its final, content-addressed path.
+    pub fn has_blob(&self, digest: &str) -> bool {
+        let d: ferry::oci::Digest = digest.parse().unwrap();
+        self.app.coordinator.store().blob_path(&d).exists()
+    }
+
+    /// Waits (bounded) until no fetch is in flight.
+    pub async fn settle(&self) {
+        within(async {
+            while self.app.coordinator.in_flight() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+/// Guards a test against hanging: a step that does not finish in 60 s is a
+/// failure (this is a hang guard, not a timing assertion).
+pub async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(60), f)
+        .await
+        .expect("test step hung for 60 s")
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn blob_bytes(len: usize, seed: u64) -> bytes::Bytes {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v.into()
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    ferry::oci::Digest::sha256_of(bytes).to_string()
+}
