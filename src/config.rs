@@ -7,7 +7,6 @@
 //! error naming the key and its path; keys ferry accepts but does not act on
 //! yet become start-up warnings. Command-line flags override the file.
 
-
 mod file;
 
 use std::net::SocketAddr;

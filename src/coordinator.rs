@@ -185,7 +185,10 @@ impl Coordinator {
             .map_err(|e| e.to_registry_error(ErrorCode::BlobUnknown))?;
         if resp.status() != StatusCode::OK {
             let e = UpstreamError::Status {
-                url: self.upstream.url(&format!("/v2/{repo}/blobs/{digest}")).to_string(),
+                url: self
+                    .upstream
+                    .url(&format!("/v2/{repo}/blobs/{digest}"))
+                    .to_string(),
                 status: resp.status(),
             };
             return Err(e.to_registry_error(ErrorCode::BlobUnknown));

@@ -105,7 +105,11 @@ impl App {
                     .header(http::header::CONTENT_TYPE, "application/json")
                     .header(http::header::CONTENT_LENGTH, 2)
                     .header(response::API_VERSION_HEADER, "registry/2.0")
-                    .body(if head { response::empty() } else { response::full("{}") })
+                    .body(if head {
+                        response::empty()
+                    } else {
+                        response::full("{}")
+                    })
                     .expect("valid headers");
                 Ok((r, "-"))
             }
@@ -147,7 +151,9 @@ impl Server {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn app(&self) -> &Arc<App> {
@@ -190,7 +196,10 @@ impl Server {
         }
         drop(listener);
         let grace = app.config.shutdown_grace;
-        tracing::info!(grace_s = grace.as_secs_f64(), "shutting down: no new connections, draining");
+        tracing::info!(
+            grace_s = grace.as_secs_f64(),
+            "shutting down: no new connections, draining"
+        );
         match tokio::time::timeout(grace, graceful.shutdown()).await {
             Ok(()) => tracing::info!("all connections finished"),
             Err(_) => tracing::warn!("shutdown timeout reached; closing remaining connections"),

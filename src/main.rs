@@ -17,7 +17,11 @@ use tracing_subscriber::EnvFilter;
 const DEFAULT_CONFIG: &str = "config.example.json";
 
 #[derive(Parser)]
-#[command(name = "ferry", version, about = "A streaming pull-through cache for OCI container registries")]
+#[command(
+    name = "ferry",
+    version,
+    about = "A streaming pull-through cache for OCI container registries"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -112,5 +116,9 @@ fn init_logging(config_level: Option<&str>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(config_level.unwrap_or("info")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
 }

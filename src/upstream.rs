@@ -41,7 +41,9 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("base", &self.base).finish()
+        f.debug_struct("Upstream")
+            .field("base", &self.base)
+            .finish()
     }
 }
 
@@ -115,7 +117,10 @@ impl Upstream {
             let mut req = Request::builder()
                 .method(method.clone())
                 .uri(url.clone())
-                .header(http::header::USER_AGENT, concat!("ferry/", env!("CARGO_PKG_VERSION")))
+                .header(
+                    http::header::USER_AGENT,
+                    concat!("ferry/", env!("CARGO_PKG_VERSION")),
+                )
                 .body(Empty::new())
                 .map_err(|e| UpstreamError::Connect {
                     url: url.to_string(),
@@ -263,7 +268,9 @@ mod tests {
             "http://127.0.0.1:5000/other?sig=1"
         );
         assert_eq!(
-            resolve_location(&base, "https://cdn.example/b").unwrap().to_string(),
+            resolve_location(&base, "https://cdn.example/b")
+                .unwrap()
+                .to_string(),
             "https://cdn.example/b"
         );
         assert!(resolve_location(&base, "file:///etc/passwd").is_none());

@@ -6,7 +6,6 @@ mod support;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use support::*;
@@ -92,11 +91,18 @@ async fn late_joiner_gets_the_whole_blob_from_disk_and_its_first_byte_at_once() 
 
     // Upstream is held at half: whatever the joiner gets now came from disk.
     let late = within(send(Method::GET, &url, &[])).await;
-    assert_eq!(late.headers()["content-length"], data.len().to_string().as_str());
+    assert_eq!(
+        late.headers()["content-length"],
+        data.len().to_string().as_str()
+    );
     let mut late_body = late.into_body();
     let late_bytes = within(read_at_least(&mut late_body, half)).await;
     assert_eq!(&late_bytes[..half], &data[..half]);
-    assert_eq!(up.body_bytes(), half as u64, "the joiner's bytes did not come from upstream");
+    assert_eq!(
+        up.body_bytes(),
+        half as u64,
+        "the joiner's bytes did not come from upstream"
+    );
 
     gate.open();
     let late_rest = within(late_body.collect()).await.unwrap().to_bytes();
@@ -125,7 +131,10 @@ async fn a_stalled_client_delays_neither_the_fetch_nor_other_clients() {
     assert_eq!(other.status, StatusCode::OK);
     assert_eq!(sha256(&other.body), digest);
     ferry.settle().await;
-    assert!(ferry.has_blob(&digest), "the fetch finished while a client read nothing");
+    assert!(
+        ferry.has_blob(&digest),
+        "the fetch finished while a client read nothing"
+    );
     assert_eq!(up.blob_gets(&digest), 1);
     drop(stalled);
 }
@@ -149,7 +158,11 @@ async fn a_client_that_disconnects_does_not_stop_the_fetch() {
 
     let again = within(get(&ferry.url(&blob_path(&digest)))).await;
     assert_eq!(sha256(&again.body), digest);
-    assert_eq!(up.blob_gets(&digest), 1, "the second request was a cache hit");
+    assert_eq!(
+        up.blob_gets(&digest),
+        1,
+        "the second request was a cache hit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,11 +178,20 @@ async fn wrong_upstream_bytes_are_never_published() {
     let (a, b) = tokio::join!(a, b);
     for resp in [a, b] {
         let w = within(read_whole(resp)).await;
-        assert!(w.body_error.is_some(), "a corrupt blob must end in an error, got a clean end");
+        assert!(
+            w.body_error.is_some(),
+            "a corrupt blob must end in an error, got a clean end"
+        );
     }
     ferry.settle().await;
     assert!(!ferry.has_blob(&digest));
-    assert_eq!(std::fs::read_dir(ferry.store_root().join("tmp")).unwrap().count(), 0, "temp file left");
+    assert_eq!(
+        std::fs::read_dir(ferry.store_root().join("tmp"))
+            .unwrap()
+            .count(),
+        0,
+        "temp file left"
+    );
 
     // Fixed upstream: the next request fetches again and succeeds.
     up.set_fault(&digest, Fault::None);
@@ -189,7 +211,11 @@ async fn a_broken_upstream_transfer_aborts_readers_and_publishes_nothing() {
 
     let w = within(get(&ferry.url(&blob_path(&digest)))).await;
     assert_eq!(w.status, StatusCode::OK);
-    assert!(w.body_error.is_some(), "truncated body ended cleanly after {} bytes", w.body.len());
+    assert!(
+        w.body_error.is_some(),
+        "truncated body ended cleanly after {} bytes",
+        w.body.len()
+    );
     assert!(w.body.len() < data.len());
     ferry.settle().await;
     assert!(!ferry.has_blob(&digest));
@@ -217,17 +243,28 @@ async fn range_and_head_on_cached_and_in_flight_blobs() {
     // from the file as soon as those bytes are there (upstream held at 1 MiB).
     let early = within(request(Method::GET, &url, &[("range", "bytes=100-199")])).await;
     assert_eq!(early.status, StatusCode::PARTIAL_CONTENT);
-    assert_eq!(early.header("content-range"), Some(format!("bytes 100-199/{size}").as_str()));
+    assert_eq!(
+        early.header("content-range"),
+        Some(format!("bytes 100-199/{size}").as_str())
+    );
     assert_eq!(&early.body[..], &data[100..200]);
 
     // A range past the held offset waits for the download.
     let tail_url = url.clone();
-    let tail = tokio::spawn(async move { request(Method::GET, &tail_url, &[("range", "bytes=-1000")]).await });
+    let tail =
+        tokio::spawn(
+            async move { request(Method::GET, &tail_url, &[("range", "bytes=-1000")]).await },
+        );
     gate.reached().await;
     let d: ferry::oci::Digest = digest.parse().unwrap();
     within(async {
         // Wait until the tail request follows the fetch.
-        while ferry.app.coordinator.flight(&d).is_none_or(|f| f.readers() == 0) {
+        while ferry
+            .app
+            .coordinator
+            .flight(&d)
+            .is_none_or(|f| f.readers() == 0)
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
@@ -240,21 +277,39 @@ async fn range_and_head_on_cached_and_in_flight_blobs() {
     assert_eq!(up.blob_gets(&digest), 1);
 
     // Cached: Range, HEAD, 416.
-    let mid = within(request(Method::GET, &url, &[("range", "bytes=1048570-1048579")])).await;
+    let mid = within(request(
+        Method::GET,
+        &url,
+        &[("range", "bytes=1048570-1048579")],
+    ))
+    .await;
     assert_eq!(mid.status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(&mid.body[..], &data[1048570..1048580]);
     assert_eq!(mid.header("content-length"), Some("10"));
-    let open_ended = within(request(Method::GET, &url, &[("range", &format!("bytes={}-", size - 5))])).await;
+    let open_ended = within(request(
+        Method::GET,
+        &url,
+        &[("range", &format!("bytes={}-", size - 5))],
+    ))
+    .await;
     assert_eq!(&open_ended.body[..], &data[size - 5..]);
     let h = within(request(Method::HEAD, &url, &[])).await;
     assert_eq!(h.status, StatusCode::OK);
     assert_eq!(h.header("content-length"), Some(size.to_string().as_str()));
     assert!(h.body.is_empty());
-    let bad = within(request(Method::GET, &url, &[("range", &format!("bytes={size}-"))])).await;
+    let bad = within(request(
+        Method::GET,
+        &url,
+        &[("range", &format!("bytes={size}-"))],
+    ))
+    .await;
     assert_eq!(bad.status, StatusCode::RANGE_NOT_SATISFIABLE);
-    assert_eq!(bad.header("content-range"), Some(format!("bytes */{size}").as_str()));
+    assert_eq!(
+        bad.header("content-range"),
+        Some(format!("bytes */{size}").as_str())
+    );
     let whole = within(get(&url)).await;
-    assert_eq!(whole.body, Bytes::from(data));
+    assert_eq!(whole.body, data);
     assert_eq!(up.blob_gets(&digest), 1);
 }
 
@@ -271,7 +326,10 @@ async fn unknown_blob_is_404_and_unreachable_upstream_is_503_without_hanging() {
     // clear 503.
     let data = blob_bytes(100_000, 9);
     let digest = up.add_blob(data.clone());
-    assert_eq!(sha256(&within(get(&ferry.url(&blob_path(&digest)))).await.body), digest);
+    assert_eq!(
+        sha256(&within(get(&ferry.url(&blob_path(&digest)))).await.body),
+        digest
+    );
     ferry.settle().await;
     drop(up);
     tokio::time::sleep(Duration::from_millis(50)).await;

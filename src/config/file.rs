@@ -150,7 +150,10 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
     });
     if let Some(s) = &file.storage {
         if s.dedupe.is_some() || s.gc.is_some() {
-            warnings.push("storage.dedupe / storage.gc are zot keys with no meaning for a cache; ignored".into());
+            warnings.push(
+                "storage.dedupe / storage.gc are zot keys with no meaning for a cache; ignored"
+                    .into(),
+            );
         }
     }
 
@@ -169,17 +172,27 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
     let d = Timeouts::default();
     let timeouts = Timeouts {
         connect: dur("connectTimeout", &f.connect_timeout, d.connect)?,
-        response_header: dur("responseHeaderTimeout", &f.response_header_timeout, d.response_header)?,
+        response_header: dur(
+            "responseHeaderTimeout",
+            &f.response_header_timeout,
+            d.response_header,
+        )?,
         idle_read: dur("idleReadTimeout", &f.idle_read_timeout, d.idle_read)?,
     };
-    let shutdown_grace = dur("shutdownTimeout", &f.shutdown_timeout, std::time::Duration::from_secs(30))?;
+    let shutdown_grace = dur(
+        "shutdownTimeout",
+        &f.shutdown_timeout,
+        std::time::Duration::from_secs(30),
+    )?;
 
     if let Some(scrub) = file.extensions.as_ref().and_then(|e| e.scrub.as_ref()) {
         if let Some(i) = &scrub.interval {
             parse_duration(i).map_err(|e| err(format!("extensions.scrub.interval: {e}")))?;
         }
         if scrub.enable == Some(true) {
-            warnings.push("extensions.scrub is accepted but this ferry version runs no scrub yet".into());
+            warnings.push(
+                "extensions.scrub is accepted but this ferry version runs no scrub yet".into(),
+            );
         }
     }
 
@@ -214,7 +227,10 @@ fn listen_from(http: Option<&HttpSection>) -> Result<SocketAddr, ConfigError> {
     Ok(SocketAddr::new(ip, port))
 }
 
-fn upstream_from(ext: Option<&Extensions>, warnings: &mut Vec<String>) -> Result<http::Uri, ConfigError> {
+fn upstream_from(
+    ext: Option<&Extensions>,
+    warnings: &mut Vec<String>,
+) -> Result<http::Uri, ConfigError> {
     let Some(sync) = ext.and_then(|e| e.sync.as_ref()) else {
         return parse_upstream_url(DEFAULT_UPSTREAM);
     };
@@ -236,12 +252,17 @@ fn upstream_from(ext: Option<&Extensions>, warnings: &mut Vec<String>) -> Result
     }
     let r = &regs[0];
     let Some(url) = r.urls.first() else {
-        return Err(ConfigError("extensions.sync.registries[0].urls is empty".into()));
+        return Err(ConfigError(
+            "extensions.sync.registries[0].urls is empty".into(),
+        ));
     };
     let uri = parse_upstream_url(url)
         .map_err(|e| ConfigError(format!("extensions.sync.registries[0].urls[0]: {e}")))?;
     if r.on_demand == Some(false) {
-        warnings.push("extensions.sync.registries[0].onDemand is false; ferry always fetches on demand".into());
+        warnings.push(
+            "extensions.sync.registries[0].onDemand is false; ferry always fetches on demand"
+                .into(),
+        );
     }
     let mut inert = Vec::new();
     if r.tls_verify == Some(false) {
@@ -266,9 +287,8 @@ fn upstream_from(ext: Option<&Extensions>, warnings: &mut Vec<String>) -> Result
         ("pollInterval", &r.poll_interval),
     ] {
         if let Some(s) = v {
-            parse_duration(s).map_err(|e| {
-                ConfigError(format!("extensions.sync.registries[0].{key}: {e}"))
-            })?;
+            parse_duration(s)
+                .map_err(|e| ConfigError(format!("extensions.sync.registries[0].{key}: {e}")))?;
         }
     }
     if !inert.is_empty() {
@@ -278,7 +298,10 @@ fn upstream_from(ext: Option<&Extensions>, warnings: &mut Vec<String>) -> Result
         ));
     }
     if sync.credentials_file.is_some() {
-        warnings.push("extensions.sync.credentialsFile is accepted but upstream credentials are not used yet".into());
+        warnings.push(
+            "extensions.sync.credentialsFile is accepted but upstream credentials are not used yet"
+                .into(),
+        );
     }
     Ok(uri)
 }
@@ -334,7 +357,8 @@ mod tests {
     fn several_upstreams_are_refused_clearly() {
         let text = r#"{"extensions": {"sync": {"registries": [
             {"urls": ["https://a.example"]}, {"urls": ["https://b.example"]}]}}}"#;
-        let e = Config::resolve(FileConfig::parse(text).unwrap(), &Overrides::default()).unwrap_err();
+        let e =
+            Config::resolve(FileConfig::parse(text).unwrap(), &Overrides::default()).unwrap_err();
         assert!(e.0.contains("exactly one upstream"), "{e}");
     }
 
@@ -344,6 +368,10 @@ mod tests {
             {"urls": ["https://a.example"], "maxRetries": 2, "retryDelay": "5m"}]}}}"#;
         let c = Config::resolve(FileConfig::parse(text).unwrap(), &Overrides::default()).unwrap();
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
-        assert!(c.warnings[0].contains("maxRetries, retryDelay"), "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].contains("maxRetries, retryDelay"),
+            "{:?}",
+            c.warnings
+        );
     }
 }

@@ -95,7 +95,9 @@ async fn fetch(
     }
 
     let upstream = &coordinator.upstream;
-    let url = upstream.url(&format!("/v2/{repo}/blobs/{digest}")).to_string();
+    let url = upstream
+        .url(&format!("/v2/{repo}/blobs/{digest}"))
+        .to_string();
     let resp = upstream
         .blob(Method::GET, repo, digest)
         .await
@@ -113,10 +115,12 @@ async fn fetch(
     let temp = store::blocking(move || s.create_temp(&d))
         .await
         .map_err(|e| FetchFailure::Store(e.to_string()))?;
-    let reader_file = temp
-        .file
-        .try_clone()
-        .map_err(|e| FetchFailure::Store(format!("cannot share temp file {}: {e}", temp.path.display())))?;
+    let reader_file = temp.file.try_clone().map_err(|e| {
+        FetchFailure::Store(format!(
+            "cannot share temp file {}: {e}",
+            temp.path.display()
+        ))
+    })?;
     flight.set_file(Arc::new(reader_file));
     flight.publish(Progress::Streaming { size, written: 0 });
 
@@ -177,7 +181,8 @@ fn write_blob(
 ) -> Result<u64, FetchFailure> {
     let mut hasher = Hasher::new(digest.algorithm());
     let mut written: u64 = 0;
-    let store_err = |e: std::io::Error| FetchFailure::Store(format!("writing {}: {e}", temp_name(digest)));
+    let store_err =
+        |e: std::io::Error| FetchFailure::Store(format!("writing {}: {e}", temp_name(digest)));
     let mut ended = false;
     while !ended {
         let Some(first) = rx.blocking_recv() else {

@@ -31,8 +31,14 @@ pub enum Progress {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchFailure {
     Upstream(UpstreamError),
-    DigestMismatch { expected: Digest, actual: Digest },
-    LengthMismatch { expected: u64, received: u64 },
+    DigestMismatch {
+        expected: Digest,
+        actual: Digest,
+    },
+    LengthMismatch {
+        expected: u64,
+        received: u64,
+    },
     Store(String),
     /// The fetch task ended without saying how (it panicked or was
     /// cancelled at shutdown).
@@ -74,7 +80,11 @@ impl FetchFailure {
         match self {
             FetchFailure::Upstream(e) => e.to_registry_error(ErrorCode::BlobUnknown),
             FetchFailure::DigestMismatch { .. } | FetchFailure::LengthMismatch { .. } => {
-                RegistryError::new(StatusCode::BAD_GATEWAY, ErrorCode::DigestInvalid, self.to_string())
+                RegistryError::new(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::DigestInvalid,
+                    self.to_string(),
+                )
             }
             FetchFailure::Store(_) | FetchFailure::Abandoned => RegistryError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

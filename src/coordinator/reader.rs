@@ -58,7 +58,12 @@ impl BlobStream {
 
     /// Bytes `[start, end)` of a blob being fetched; waits for bytes that
     /// are not written yet.
-    pub fn following(flight: Arc<Flight>, file: Arc<File>, start: u64, end: Option<u64>) -> BlobStream {
+    pub fn following(
+        flight: Arc<Flight>,
+        file: Arc<File>,
+        start: u64,
+        end: Option<u64>,
+    ) -> BlobStream {
         let rx = flight.subscribe();
         BlobStream::new(State {
             file,
@@ -158,7 +163,11 @@ impl State {
                     if n == 0 {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
-                            format!("blob file ended at byte {} of {}", pos + filled as u64, pos + len as u64),
+                            format!(
+                                "blob file ended at byte {} of {}",
+                                pos + filled as u64,
+                                pos + len as u64
+                            ),
                         ));
                     }
                     filled += n;

@@ -42,7 +42,9 @@ pub async fn get(
     let handle = coordinator.open_blob(name, digest).await?;
     let cache = handle.cache_status();
     let size = handle.size();
-    let range_header = headers.get(http::header::RANGE).and_then(|v| v.to_str().ok());
+    let range_header = headers
+        .get(http::header::RANGE)
+        .and_then(|v| v.to_str().ok());
     let response = match range::resolve(range_header, size) {
         RangeRequest::Full => {
             let mut r = base(digest).status(StatusCode::OK);

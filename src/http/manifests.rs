@@ -68,7 +68,9 @@ async fn by_tag(
     let upstream_result = if head {
         head_upstream(app, name, &reference, accept).await
     } else {
-        fetch_inner(app, name, &reference, accept, None).await.map(Some)
+        fetch_inner(app, name, &reference, accept, None)
+            .await
+            .map(Some)
     };
     match upstream_result {
         Ok(Some(m)) => {
@@ -87,8 +89,10 @@ async fn by_tag(
             };
             tracing::warn!(repo = %name, %tag, digest = %m.digest, error = %e.message,
                 "upstream unavailable; serving the stored tag");
-            let warning = format!("110 ferry \"upstream unavailable, serving stored tag: {}\"",
-                e.message.replace('"', "'"));
+            let warning = format!(
+                "110 ferry \"upstream unavailable, serving stored tag: {}\"",
+                e.message.replace('"', "'")
+            );
             Ok(answer(&m, head, Some(warning), "stale"))
         }
         Err((e, _)) => Err(e),
@@ -124,7 +128,9 @@ async fn fetch_inner(
     expected: Option<&Digest>,
 ) -> Result<Manifest, Failure> {
     let upstream = app.coordinator.upstream();
-    let url = upstream.url(&format!("/v2/{name}/manifests/{reference}")).to_string();
+    let url = upstream
+        .url(&format!("/v2/{name}/manifests/{reference}"))
+        .to_string();
     let resp = upstream
         .manifest(Method::GET, name, reference, accept)
         .await
@@ -174,11 +180,12 @@ async fn fetch_inner(
             .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into()),
     };
     // Stored as a header line and sent as a header: it must be a valid one.
-    let media_type = if http::HeaderValue::from_str(&media_type).is_ok() && !media_type.contains('\n') {
-        media_type
-    } else {
-        "application/octet-stream".to_string()
-    };
+    let media_type =
+        if http::HeaderValue::from_str(&media_type).is_ok() && !media_type.contains('\n') {
+            media_type
+        } else {
+            "application/octet-stream".to_string()
+        };
     let m = Manifest {
         digest,
         media_type,
@@ -201,7 +208,9 @@ async fn head_upstream(
     accept: &str,
 ) -> Result<Option<Manifest>, Failure> {
     let upstream = app.coordinator.upstream();
-    let url = upstream.url(&format!("/v2/{name}/manifests/{reference}")).to_string();
+    let url = upstream
+        .url(&format!("/v2/{name}/manifests/{reference}"))
+        .to_string();
     let resp = upstream
         .manifest(Method::HEAD, name, reference, accept)
         .await
@@ -212,11 +221,12 @@ async fn head_upstream(
             status: resp.status(),
         }));
     }
-    let Some(digest) = header_str(resp.headers(), DIGEST_HEADER).and_then(|d| d.parse::<Digest>().ok())
+    let Some(digest) =
+        header_str(resp.headers(), DIGEST_HEADER).and_then(|d| d.parse::<Digest>().ok())
     else {
         return Ok(None);
     };
-    Ok(stored(app, &digest).await.map_err(|e| (e, false))?)
+    stored(app, &digest).await.map_err(|e| (e, false))
 }
 
 async fn stored(app: &App, digest: &Digest) -> Result<Option<Manifest>, RegistryError> {
@@ -239,7 +249,9 @@ async fn stored(app: &App, digest: &Digest) -> Result<Option<Manifest>, Registry
 async fn stored_tag(app: &App, name: &RepoName, tag: &Tag) -> Option<Manifest> {
     let store = app.coordinator.store().clone();
     let (n, t) = (name.clone(), tag.clone());
-    let record = store::blocking(move || store.get_tag(&n, &t)).await.ok()??;
+    let record = store::blocking(move || store.get_tag(&n, &t))
+        .await
+        .ok()??;
     let digest: Digest = record.digest.parse().ok()?;
     stored(app, &digest).await.ok()?
 }
@@ -256,7 +268,12 @@ async fn remember_tag(app: &App, name: &RepoName, tag: &Tag, m: &Manifest) {
     }
 }
 
-fn answer(m: &Manifest, head: bool, warning: Option<String>, cache: &'static str) -> ManifestAnswer {
+fn answer(
+    m: &Manifest,
+    head: bool,
+    warning: Option<String>,
+    cache: &'static str,
+) -> ManifestAnswer {
     let mut r = Response::builder()
         .status(StatusCode::OK)
         .header(CONTENT_TYPE, m.media_type.as_str())

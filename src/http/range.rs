@@ -81,16 +81,41 @@ mod tests {
     fn resolves_ranges() {
         let r = |h: &str, size: u64| resolve(Some(h), Some(size));
         assert_eq!(r("bytes=0-9", 100), Partial { start: 0, last: 9 });
-        assert_eq!(r("bytes=90-200", 100), Partial { start: 90, last: 99 });
-        assert_eq!(r("bytes=10-", 100), Partial { start: 10, last: 99 });
-        assert_eq!(r("bytes=-10", 100), Partial { start: 90, last: 99 });
+        assert_eq!(
+            r("bytes=90-200", 100),
+            Partial {
+                start: 90,
+                last: 99
+            }
+        );
+        assert_eq!(
+            r("bytes=10-", 100),
+            Partial {
+                start: 10,
+                last: 99
+            }
+        );
+        assert_eq!(
+            r("bytes=-10", 100),
+            Partial {
+                start: 90,
+                last: 99
+            }
+        );
         assert_eq!(r("bytes=-1000", 100), Partial { start: 0, last: 99 });
         assert_eq!(r("bytes=100-", 100), Unsatisfiable);
         assert_eq!(r("bytes=100-200", 100), Unsatisfiable);
         assert_eq!(r("bytes=-0", 100), Unsatisfiable);
         assert_eq!(r("bytes=0-0", 0), Unsatisfiable);
         // Ignored: several ranges, nonsense, reversed, other units.
-        for h in ["bytes=0-1,5-6", "bytes=x-y", "bytes=9-1", "items=0-1", "bytes=-", "bytes=+1-2"] {
+        for h in [
+            "bytes=0-1,5-6",
+            "bytes=x-y",
+            "bytes=9-1",
+            "items=0-1",
+            "bytes=-",
+            "bytes=+1-2",
+        ] {
             assert_eq!(r(h, 100), Full, "{h}");
         }
         assert_eq!(resolve(Some("bytes=0-1"), None), Full);

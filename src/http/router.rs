@@ -15,10 +15,18 @@ use crate::oci::{Digest, ErrorCode, Reference, ReferenceError, RegistryError, Re
 pub enum Route {
     /// `/v2/`: the API version check.
     Base,
-    Manifest { name: RepoName, reference: Reference },
-    Blob { name: RepoName, digest: Digest },
+    Manifest {
+        name: RepoName,
+        reference: Reference,
+    },
+    Blob {
+        name: RepoName,
+        digest: Digest,
+    },
     /// Routes of the read API that this version does not serve yet.
-    NotYet { what: &'static str },
+    NotYet {
+        what: &'static str,
+    },
 }
 
 /// Routes `method` + `path`. Write methods on any `/v2` path are refused
@@ -147,12 +155,27 @@ mod tests {
     fn bad_input_gets_the_right_code() {
         let code = |p: &str| get(p).unwrap_err();
         assert_eq!(code("/v2/../etc/blobs/x").code, ErrorCode::NameInvalid);
-        assert_eq!(code(&format!("/v2/%2e%2e/blobs/{D}")).code, ErrorCode::NameInvalid);
-        assert_eq!(code(&format!("/v2//etc/passwd/blobs/{D}")).code, ErrorCode::NameInvalid);
-        assert_eq!(code("/v2/a/blobs/sha256:xyz").code, ErrorCode::DigestInvalid);
+        assert_eq!(
+            code(&format!("/v2/%2e%2e/blobs/{D}")).code,
+            ErrorCode::NameInvalid
+        );
+        assert_eq!(
+            code(&format!("/v2//etc/passwd/blobs/{D}")).code,
+            ErrorCode::NameInvalid
+        );
+        assert_eq!(
+            code("/v2/a/blobs/sha256:xyz").code,
+            ErrorCode::DigestInvalid
+        );
         assert_eq!(code("/v2/a/blobs/..").code, ErrorCode::DigestInvalid);
-        assert_eq!(code("/v2/a/manifests/.bad").code, ErrorCode::ManifestInvalid);
-        assert_eq!(code("/v2/a/manifests/sha256:zz").code, ErrorCode::DigestInvalid);
+        assert_eq!(
+            code("/v2/a/manifests/.bad").code,
+            ErrorCode::ManifestInvalid
+        );
+        assert_eq!(
+            code("/v2/a/manifests/sha256:zz").code,
+            ErrorCode::DigestInvalid
+        );
         let long = format!("/v2/{}/manifests/latest", "a".repeat(300));
         assert_eq!(code(&long).code, ErrorCode::NameInvalid);
         assert_eq!(code("/v2/a/unknown/x").status, StatusCode::NOT_FOUND);

@@ -54,7 +54,10 @@ impl fmt::Display for DigestError {
         match self {
             DigestError::MissingAlgorithm => write!(f, "digest has no `algorithm:` prefix"),
             DigestError::UnsupportedAlgorithm(a) => {
-                write!(f, "digest algorithm {a:?} is not supported (sha256, sha512)")
+                write!(
+                    f,
+                    "digest algorithm {a:?} is not supported (sha256, sha512)"
+                )
             }
             DigestError::BadLength { algorithm, len } => write!(
                 f,
@@ -103,7 +106,10 @@ impl FromStr for Digest {
                 len: hex.len(),
             });
         }
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(DigestError::NotLowerHex);
         }
         Ok(Digest {
@@ -212,7 +218,10 @@ mod tests {
             assert_eq!(input.parse::<Digest>().unwrap_err(), want, "{input}");
         }
         let upper = EMPTY.to_uppercase().replace("SHA256", "sha256");
-        assert_eq!(upper.parse::<Digest>().unwrap_err(), DigestError::NotLowerHex);
+        assert_eq!(
+            upper.parse::<Digest>().unwrap_err(),
+            DigestError::NotLowerHex
+        );
         let traversal = format!("sha256:../{}", &EMPTY[10..]);
         assert!(traversal.parse::<Digest>().is_err());
     }

@@ -44,7 +44,9 @@ mod tests {
             Some("application/vnd.oci.image.index.v1+json")
         );
         assert_eq!(sniff_manifest_media_type(b"not json"), None);
-        assert!(is_manifest_media_type("application/vnd.oci.image.manifest.v1+json"));
+        assert!(is_manifest_media_type(
+            "application/vnd.oci.image.manifest.v1+json"
+        ));
         assert!(default_manifest_accept().contains("manifest.list.v2"));
     }
 }

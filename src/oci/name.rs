@@ -143,9 +143,13 @@ impl Reference {
     /// A reference with a `:` is a digest; anything else must be a tag.
     pub fn parse(s: &str) -> Result<Self, ReferenceError> {
         if s.contains(':') {
-            s.parse().map(Reference::Digest).map_err(ReferenceError::Digest)
+            s.parse()
+                .map(Reference::Digest)
+                .map_err(ReferenceError::Digest)
         } else {
-            Tag::parse(s).map(Reference::Tag).map_err(ReferenceError::Tag)
+            Tag::parse(s)
+                .map(Reference::Tag)
+                .map_err(ReferenceError::Tag)
         }
     }
 }
@@ -231,7 +235,9 @@ mod tests {
     fn references() {
         assert!(matches!(Reference::parse("v1"), Ok(Reference::Tag(_))));
         assert!(matches!(
-            Reference::parse("sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+            Reference::parse(
+                "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+            ),
             Ok(Reference::Digest(_))
         ));
         assert!(matches!(

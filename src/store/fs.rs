@@ -135,9 +135,12 @@ impl FsStore {
     /// Creates a temp file for the blob `digest` in the store's temp folder.
     pub fn create_temp(&self, digest: &Digest) -> io::Result<TempBlob> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .tmp
-            .join(format!("{}-{}.{}.part", digest.hex(), std::process::id(), n));
+        let path = self.tmp.join(format!(
+            "{}-{}.{}.part",
+            digest.hex(),
+            std::process::id(),
+            n
+        ));
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -217,8 +220,10 @@ impl FsStore {
             .join(format!("{hint}-{}.{}.small", std::process::id(), n));
         let result = (|| {
             let mut f = File::create(&tmp).map_err(|e| annotate(e, "cannot create", &tmp))?;
-            f.write_all(bytes).map_err(|e| annotate(e, "cannot write", &tmp))?;
-            f.sync_all().map_err(|e| annotate(e, "cannot fsync", &tmp))?;
+            f.write_all(bytes)
+                .map_err(|e| annotate(e, "cannot write", &tmp))?;
+            f.sync_all()
+                .map_err(|e| annotate(e, "cannot fsync", &tmp))?;
             rename_durably(&tmp, dest)
         })();
         if result.is_err() {
@@ -264,7 +269,9 @@ mod tests {
         let mut back = Vec::new();
         f.read_to_end(&mut back).unwrap();
         assert_eq!(back, data);
-        assert!(store.blob_path(&d).starts_with(dir.path().join("blobs/sha256")));
+        assert!(store
+            .blob_path(&d)
+            .starts_with(dir.path().join("blobs/sha256")));
     }
 
     #[test]
@@ -307,6 +314,9 @@ mod tests {
         store.put_tag(&repo_a, &tag, &rec).unwrap();
         assert_eq!(store.get_tag(&repo, &tag).unwrap(), Some(rec.clone()));
         assert_eq!(store.get_tag(&repo_a, &tag).unwrap(), Some(rec));
-        assert_eq!(store.get_tag(&repo, &Tag::parse("c").unwrap()).unwrap(), None);
+        assert_eq!(
+            store.get_tag(&repo, &Tag::parse("c").unwrap()).unwrap(),
+            None
+        );
     }
 }

@@ -10,21 +10,44 @@ use crate::oci::{ErrorCode, RegistryError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamError {
     /// Could not connect, or the connection failed before a response.
-    Connect { url: String, cause: String },
-    Timeout { url: String, phase: &'static str },
+    Connect {
+        url: String,
+        cause: String,
+    },
+    Timeout {
+        url: String,
+        phase: &'static str,
+    },
     /// The upstream answered with a status ferry cannot use.
-    Status { url: String, status: StatusCode },
+    Status {
+        url: String,
+        status: StatusCode,
+    },
     /// The body broke off or was malformed.
-    Body { url: String, cause: String },
-    Protocol { url: String, cause: String },
-    TooManyRedirects { url: String, limit: usize },
-    TooLarge { url: String, limit: usize },
+    Body {
+        url: String,
+        cause: String,
+    },
+    Protocol {
+        url: String,
+        cause: String,
+    },
+    TooManyRedirects {
+        url: String,
+        limit: usize,
+    },
+    TooLarge {
+        url: String,
+        limit: usize,
+    },
 }
 
 impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            UpstreamError::Connect { url, cause } => write!(f, "upstream {url} unreachable: {cause}"),
+            UpstreamError::Connect { url, cause } => {
+                write!(f, "upstream {url} unreachable: {cause}")
+            }
             UpstreamError::Timeout { url, phase } => write!(f, "upstream {url} timed out {phase}"),
             UpstreamError::Status { url, status } => write!(f, "upstream {url} answered {status}"),
             UpstreamError::Body { url, cause } => write!(f, "upstream {url} body failed: {cause}"),
@@ -90,7 +113,9 @@ mod tests {
             status,
         };
         assert_eq!(
-            s(StatusCode::NOT_FOUND).to_registry_error(ErrorCode::BlobUnknown).status,
+            s(StatusCode::NOT_FOUND)
+                .to_registry_error(ErrorCode::BlobUnknown)
+                .status,
             StatusCode::NOT_FOUND
         );
         assert_eq!(
@@ -104,7 +129,10 @@ mod tests {
             cause: "refused".into(),
         };
         assert!(c.is_unavailable());
-        assert_eq!(c.to_registry_error(ErrorCode::BlobUnknown).status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            c.to_registry_error(ErrorCode::BlobUnknown).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         assert!(!s(StatusCode::NOT_FOUND).is_unavailable());
     }
 }

@@ -36,7 +36,10 @@ impl Whole {
     pub fn error_code(&self) -> String {
         let v: serde_json::Value = serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not OCI error JSON ({e}): {:?}", self.body));
-        v["errors"][0]["code"].as_str().unwrap_or_default().to_string()
+        v["errors"][0]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 

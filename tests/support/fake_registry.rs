@@ -159,15 +159,28 @@ impl FakeRegistry {
     }
 
     pub fn set_fault(&self, digest: &str, fault: Fault) {
-        self.state.lock().unwrap().blobs.get_mut(digest).unwrap().fault = fault;
+        self.state
+            .lock()
+            .unwrap()
+            .blobs
+            .get_mut(digest)
+            .unwrap()
+            .fault = fault;
     }
 
     /// Adds a manifest under its digest and, if given, a tag. Returns the digest.
-    pub fn add_manifest(&self, repo: &str, tag: Option<&str>, media_type: &str, bytes: Bytes) -> String {
+    pub fn add_manifest(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> String {
         let digest = super::sha256(&bytes);
         let mut s = self.state.lock().unwrap();
         let entry = (media_type.to_string(), bytes);
-        s.manifests.insert((repo.into(), digest.clone()), entry.clone());
+        s.manifests
+            .insert((repo.into(), digest.clone()), entry.clone());
         if let Some(t) = tag {
             s.manifests.insert((repo.into(), t.into()), entry);
         }
@@ -214,7 +227,11 @@ impl FakeRegistry {
     }
 }
 
-async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>, sent: Arc<AtomicU64>) -> Response<Body> {
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<Mutex<State>>,
+    sent: Arc<AtomicU64>,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let (blob, manifest, rate) = {
@@ -240,7 +257,11 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>, sent: Arc<Atom
     };
     if let Some((media_type, bytes)) = manifest {
         let digest = super::sha256(&bytes);
-        let body = if method == Method::HEAD { Bytes::new() } else { bytes.clone() };
+        let body = if method == Method::HEAD {
+            Bytes::new()
+        } else {
+            bytes.clone()
+        };
         return Response::builder()
             .header("content-type", media_type)
             .header("content-length", bytes.len())
@@ -249,7 +270,10 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>, sent: Arc<Atom
             .unwrap();
     }
     let Some(blob) = blob else {
-        return plain(StatusCode::NOT_FOUND, r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"unknown"}]}"#);
+        return plain(
+            StatusCode::NOT_FOUND,
+            r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"unknown"}]}"#,
+        );
     };
     let len = blob.data.len() as u64;
     let builder = Response::builder()
@@ -265,7 +289,9 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>, sent: Arc<Atom
         v[mid] ^= 0xff;
         data = v.into();
     }
-    builder.body(stream_body(data, blob.fault, rate, sent)).unwrap()
+    builder
+        .body(stream_body(data, blob.fault, rate, sent))
+        .unwrap()
 }
 
 /// Streams `data` in 64 KiB chunks at `rate` bytes/s, applying `fault`.
@@ -296,7 +322,8 @@ fn stream_body(data: Bytes, fault: Fault, rate: u64, sent: Arc<AtomicU64>) -> Bo
             Fault::DropAfter(at) => {
                 let at = *at as usize;
                 if s.pos >= at {
-                    let e = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "fault: dropped");
+                    let e =
+                        std::io::Error::new(std::io::ErrorKind::ConnectionReset, "fault: dropped");
                     return Some((Err(e), s));
                 }
                 end = end.min(at);

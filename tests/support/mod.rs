@@ -1,7 +1,7 @@
 //! Test support: an in-process fake upstream registry and helpers to run
 //! ferry in-process against it, all on 127.0.0.1:0.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod client;
 pub mod fake_registry;
@@ -14,7 +14,7 @@ use ferry::{App, Server};
 use tokio::sync::oneshot;
 
 pub use client::*;
-pub use fake_registry::{Fault, FakeRegistry, Gate};
+pub use fake_registry::{FakeRegistry, Fault, Gate};
 
 /// A ferry server running in this process with a fresh store.
 pub struct Ferry {
@@ -35,7 +35,11 @@ impl Ferry {
         Ferry::start_in(dir, upstream, tweak).await
     }
 
-    pub async fn start_in(dir: tempfile::TempDir, upstream: &str, tweak: impl FnOnce(&mut Config)) -> Ferry {
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        upstream: &str,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Ferry {
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             storage: Some(dir.path().join("store")),

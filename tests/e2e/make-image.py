@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Builds a small test image as an OCI layout, for the end-to-end test.
+
+Usage: make-image.py DIR TAG [RANDOM_MIB]
+
+The image has a real gzip tar layer with a few text files, and a second
+gzip tar layer holding RANDOM_MIB (default 6) MiB of random bytes, so the
+pull moves several megabytes that gzip cannot shrink. Everything is built
+with the standard library; the output is a valid image-layout that skopeo
+can push with `oci:DIR:TAG`.
+"""
+import gzip
+import hashlib
+import io
+import json
+import os
+import sys
+import tarfile
+
+
+def tar_gz(files):
+    """Returns (compressed bytes, sha256 of the uncompressed tar)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    tar_bytes = raw.getvalue()
+    gz = io.BytesIO()
+    with gzip.GzipFile(fileobj=gz, mode="wb", mtime=0) as f:
+        f.write(tar_bytes)
+    return gz.getvalue(), "sha256:" + hashlib.sha256(tar_bytes).hexdigest()
+
+
+def put_blob(layout, data):
+    digest = hashlib.sha256(data).hexdigest()
+    path = os.path.join(layout, "blobs", "sha256", digest)
+    with open(path, "wb") as f:
+        f.write(data)
+    return {"digest": "sha256:" + digest, "size": len(data)}
+
+
+def main():
+    layout, tag = sys.argv[1], sys.argv[2]
+    random_mib = int(sys.argv[3]) if len(sys.argv) > 3 else 6
+    os.makedirs(os.path.join(layout, "blobs", "sha256"), exist_ok=True)
+    with open(os.path.join(layout, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+
+    small, small_diff = tar_gz([
+        ("etc/motd", b"ferry end-to-end test image\n"),
+        ("app/hello.txt", b"hello from a real gzip tar layer\n" * 100),
+    ])
+    big, big_diff = tar_gz([("data/random.bin", os.urandom(random_mib << 20))])
+
+    layers = []
+    for data in (small, big):
+        d = put_blob(layout, data)
+        d["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip"
+        layers.append(d)
+
+    config = json.dumps({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/bin/true"]},
+        "rootfs": {"type": "layers", "diff_ids": [small_diff, big_diff]},
+    }).encode()
+    cfg = put_blob(layout, config)
+    cfg["mediaType"] = "application/vnd.oci.image.config.v1+json"
+
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": cfg,
+        "layers": layers,
+    }).encode()
+    m = put_blob(layout, manifest)
+    m["mediaType"] = "application/vnd.oci.image.manifest.v1+json"
+    m["annotations"] = {"org.opencontainers.image.ref.name": tag}
+    with open(os.path.join(layout, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [m]}, f)
+    print(f"image {tag}: manifest {m['digest']}, layers {[l['size'] for l in layers]} bytes")
+
+
+if __name__ == "__main__":
+    main()
