@@ -32,13 +32,18 @@ struct Pull {
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 async fn pull(url: &str, want: &str) -> Pull {
     let client = support::client();
     let started = Instant::now();
-    let req = Request::get(url).body(Empty::<bytes::Bytes>::new()).unwrap();
+    let req = Request::get(url)
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
     let resp = client.request(req).await.expect("request");
     assert!(resp.status().is_success(), "{url}: {}", resp.status());
     let mut body = resp.into_body();
@@ -82,8 +87,15 @@ async fn start_ferry(upstream: &str) -> FerryProcess {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["serve", "--listen", &addr, "--upstream", upstream, "--storage"])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "serve",
+            "--listen",
+            &addr,
+            "--upstream",
+            upstream,
+            "--storage",
+        ])
         .arg(dir.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -99,6 +111,8 @@ async fn start_ferry(upstream: &str) -> FerryProcess {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("ferry did not start on {addr}");
 }
 
@@ -165,7 +179,10 @@ async fn main() {
     json.insert("direct_total_s".into(), direct.total.as_secs_f64().into());
     json.insert("cold_first_byte_ms".into(), ms(cold.first_byte).into());
     json.insert("cold_total_s".into(), cold.total.as_secs_f64().into());
-    json.insert("cold_upstream_ratio".into(), (cold_upstream as f64 / size as f64).into());
+    json.insert(
+        "cold_upstream_ratio".into(),
+        (cold_upstream as f64 / size as f64).into(),
+    );
 
     // 2. Warm: the same blob again from the same ferry.
     tokio::time::sleep(Duration::from_millis(200)).await; // let the publish land
@@ -175,7 +192,10 @@ async fn main() {
     rows.push((
         "warm 1 client: throughput".into(),
         format!("({rate_mbps} MB/s throttled)"),
-        format!("{warm_mbps:.0} MB/s ({:.2} s, client hashes every byte)", warm.total.as_secs_f64()),
+        format!(
+            "{warm_mbps:.0} MB/s ({:.2} s, client hashes every byte)",
+            warm.total.as_secs_f64()
+        ),
     ));
     json.insert("warm_mb_per_s".into(), warm_mbps.into());
     drop(ferry);

@@ -7,6 +7,7 @@
 //! wrong into an [`UpstreamError`] that names the URL and the cause. Client
 //! headers never pass through here: the front decides what to forward.
 
+mod auth;
 mod error;
 
 use std::time::Duration;
@@ -24,6 +25,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::config::Timeouts;
 use crate::oci::{Digest, Reference, RepoName};
 
+pub use auth::{parse_challenges, Challenge};
 pub use error::UpstreamError;
 
 /// Redirects followed before a request is given up.
@@ -37,6 +39,7 @@ pub struct Upstream {
     base: Uri,
     client: HttpClient,
     timeouts: Timeouts,
+    tokens: std::sync::Arc<auth::TokenCache>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -66,6 +69,7 @@ impl Upstream {
             base,
             client,
             timeouts,
+            tokens: Default::default(),
         }
     }
 
@@ -104,23 +108,125 @@ impl Upstream {
         self.request(method, &path, headers).await
     }
 
-    /// Sends a request to `path` on the registry, following redirects.
-    /// Returns the final response whatever its status.
+    /// Sends a request to `path` on the registry, following redirects and
+    /// answering a bearer challenge once. Returns the final response
+    /// whatever its status.
     pub async fn request(
         &self,
         method: Method,
         path: &str,
         headers: HeaderMap,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut url = self.url(path);
+        let url = self.url(path);
+        let scope = scope_for(path);
+        let mut token = match &scope {
+            Some(s) => self.tokens.get(s).await,
+            None => None,
+        };
+        let mut answered_challenge = false;
+        loop {
+            let resp = self
+                .send(method.clone(), url.clone(), &headers, token.as_deref())
+                .await?;
+            if resp.status() != StatusCode::UNAUTHORIZED || answered_challenge {
+                return Ok(resp);
+            }
+            let challenge = resp
+                .headers()
+                .get_all(http::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(parse_challenges)
+                .find(|c| c.scheme == "bearer" && c.param("realm").is_some());
+            let Some(challenge) = challenge else {
+                return Ok(resp);
+            };
+            let challenge_scope = challenge
+                .param("scope")
+                .map(str::to_owned)
+                .or_else(|| scope.clone())
+                .unwrap_or_default();
+            let key = scope.clone().unwrap_or_else(|| challenge_scope.clone());
+            let fresh = self
+                .tokens
+                .get_or_fetch(&key, token.as_deref(), || {
+                    self.fetch_token(&challenge, &challenge_scope)
+                })
+                .await;
+            match fresh {
+                Some(t) => {
+                    token = Some(t);
+                    answered_challenge = true;
+                }
+                None => return Ok(resp),
+            }
+        }
+    }
+
+    /// Asks a token realm for an anonymous token.
+    async fn fetch_token(&self, challenge: &Challenge, scope: &str) -> Option<(String, Duration)> {
+        let realm = challenge.param("realm")?;
+        let realm_uri: Uri = realm.parse().ok()?;
+        if !matches!(realm_uri.scheme_str(), Some("http" | "https")) {
+            tracing::warn!(realm, "token realm is not an http(s) URL; not asking it");
+            return None;
+        }
+        let mut query = Vec::new();
+        if let Some(service) = challenge.param("service") {
+            query.push(format!("service={}", percent_encode(service)));
+        }
+        if !scope.is_empty() {
+            query.push(format!("scope={}", percent_encode(scope)));
+        }
+        let sep = if realm.contains('?') { '&' } else { '?' };
+        let url: Uri = if query.is_empty() {
+            realm_uri
+        } else {
+            format!("{realm}{sep}{}", query.join("&")).parse().ok()?
+        };
+        let resp = match self
+            .send(Method::GET, url.clone(), &HeaderMap::new(), None)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "token request failed");
+                return None;
+            }
+        };
+        if resp.status() != StatusCode::OK {
+            tracing::warn!(
+                realm,
+                status = resp.status().as_u16(),
+                "token realm refused"
+            );
+            return None;
+        }
+        let body = self
+            .read_body(&url.to_string(), resp.into_body(), 64 * 1024)
+            .await
+            .ok()?;
+        let parsed = auth::parse_token_response(&body);
+        if parsed.is_none() {
+            tracing::warn!(realm, "token realm answered without a token");
+        }
+        parsed
+    }
+
+    /// One request, following redirects. The bearer token goes only to the
+    /// registry's own host, never to a redirect target elsewhere.
+    async fn send(
+        &self,
+        method: Method,
+        mut url: Uri,
+        headers: &HeaderMap,
+        token: Option<&str>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let origin = url.authority().cloned();
         for _ in 0..=MAX_REDIRECTS {
             let mut req = Request::builder()
                 .method(method.clone())
                 .uri(url.clone())
-                .header(
-                    http::header::USER_AGENT,
-                    concat!("ferry/", env!("CARGO_PKG_VERSION")),
-                )
                 .body(Empty::new())
                 .map_err(|e| UpstreamError::Connect {
                     url: url.to_string(),
@@ -131,6 +237,11 @@ impl Upstream {
                 http::header::USER_AGENT,
                 HeaderValue::from_static(concat!("ferry/", env!("CARGO_PKG_VERSION"))),
             );
+            if let Some(t) = token.filter(|_| url.authority() == origin.as_ref()) {
+                if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+                    req.headers_mut().insert(http::header::AUTHORIZATION, v);
+                }
+            }
             let sent = tokio::time::timeout(
                 self.timeouts.response_header + self.timeouts.connect,
                 self.client.request(req),
@@ -223,6 +334,34 @@ impl Upstream {
     }
 }
 
+/// The token scope a registry path needs: `repository:<name>:pull`.
+fn scope_for(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/v2/")?;
+    let rest = rest.split('?').next()?;
+    let segs: Vec<&str> = rest.split('/').collect();
+    let n = segs.len();
+    let keyword = *segs.get(n.checked_sub(2)?)?;
+    let known = matches!(keyword, "blobs" | "manifests" | "referrers")
+        || (keyword == "tags" && segs[n - 1] == "list");
+    if n < 3 || !known {
+        return None;
+    }
+    Some(format!("repository:{}:pull", segs[..n - 2].join("/")))
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn is_redirect(s: StatusCode) -> bool {
     matches!(s.as_u16(), 301 | 302 | 303 | 307 | 308)
 }
@@ -259,6 +398,23 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scopes_and_encoding() {
+        assert_eq!(
+            scope_for("/v2/library/alpine/manifests/latest").as_deref(),
+            Some("repository:library/alpine:pull")
+        );
+        assert_eq!(
+            scope_for("/v2/a/b/tags/list").as_deref(),
+            Some("repository:a/b:pull")
+        );
+        assert_eq!(scope_for("/v2/"), None);
+        assert_eq!(
+            percent_encode("repository:a/b:pull"),
+            "repository%3Aa%2Fb%3Apull"
+        );
+    }
 
     #[test]
     fn locations_resolve() {

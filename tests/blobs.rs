@@ -340,3 +340,29 @@ async fn unknown_blob_is_404_and_unreachable_upstream_is_503_without_hanging() {
     assert_eq!(w.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", w.body);
     assert_eq!(w.error_code(), "UNAVAILABLE");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_bearer_tokens_are_fetched_once_and_reused() {
+    let up = FakeRegistry::start().await;
+    up.require_bearer("anon-123");
+    let data = blob_bytes(300_000, 10);
+    let digest = up.add_blob(data.clone());
+    let other = up.add_blob(blob_bytes(1000, 11));
+    let ferry = Ferry::start(&up.url()).await;
+
+    let w = within(get(&ferry.url(&blob_path(&digest)))).await;
+    assert_eq!(w.status, StatusCode::OK, "{:?}", w.body);
+    assert_eq!(sha256(&w.body), digest);
+    let h = within(request(Method::HEAD, &ferry.url(&blob_path(&other)), &[])).await;
+    assert_eq!(h.status, StatusCode::OK);
+    let w = within(get(&ferry.url(&blob_path(&other)))).await;
+    assert_eq!(sha256(&w.body), other);
+    assert_eq!(
+        up.hits("GET", "/token"),
+        1,
+        "one token for the repository, reused"
+    );
+    // Each request without a token was challenged once, the rest carried it.
+    assert_eq!(up.blob_gets(&digest), 2);
+    assert_eq!(up.blob_gets(&other), 1);
+}

@@ -82,6 +82,10 @@ struct State {
     /// Bytes per second per connection; 0 = unthrottled.
     rate: u64,
     status_override: Option<StatusCode>,
+    /// When set, every /v2/ request needs `Authorization: Bearer <token>`,
+    /// handed out anonymously by `/token`.
+    bearer: Option<String>,
+    addr: Option<SocketAddr>,
 }
 
 /// The fake registry. Dropping it stops it.
@@ -106,7 +110,10 @@ impl FakeRegistry {
     pub async fn start_on(addr: SocketAddr) -> FakeRegistry {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            addr: Some(addr),
+            ..State::default()
+        }));
         let body_bytes = Arc::new(AtomicU64::new(0));
         let stop = watch::Sender::new(false);
         let (st, bb, mut stop_rx) = (state.clone(), body_bytes.clone(), stop.subscribe());
@@ -197,6 +204,11 @@ impl FakeRegistry {
             .insert((repo.into(), reference.into()), (media_type.into(), bytes));
     }
 
+    /// Requires anonymous bearer tokens, as Docker Hub does.
+    pub fn require_bearer(&self, token: &str) {
+        self.state.lock().unwrap().bearer = Some(token.to_string());
+    }
+
     pub fn set_rate(&self, bytes_per_sec: u64) {
         self.state.lock().unwrap().rate = bytes_per_sec;
     }
@@ -239,6 +251,35 @@ async fn handle(
         *s.hits.entry(format!("{method} {path}")).or_default() += 1;
         if let Some(status) = s.status_override {
             return plain(status, "overridden");
+        }
+        if let Some(token) = s.bearer.clone() {
+            if path == "/token" {
+                let body = format!(r#"{{"token":"{token}","expires_in":300}}"#);
+                return Response::builder()
+                    .header("content-type", "application/json")
+                    .body(full(Bytes::from(body)))
+                    .unwrap();
+            }
+            let want = format!("Bearer {token}");
+            let given = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if given != Some(want.as_str()) {
+                let rest = path.trim_start_matches("/v2/");
+                let repo = rest.rsplitn(3, '/').nth(2).unwrap_or("");
+                let challenge = format!(
+                    r#"Bearer realm="http://{}/token",service="fake",scope="repository:{repo}:pull""#,
+                    s.addr.unwrap()
+                );
+                return Response::builder()
+                    .status(StatusCode::UNAUTHORIZED)
+                    .header("www-authenticate", challenge)
+                    .body(full(Bytes::from_static(
+                        br#"{"errors":[{"code":"UNAUTHORIZED","message":"token"}]}"#,
+                    )))
+                    .unwrap();
+            }
         }
         let segs: Vec<&str> = path.trim_start_matches("/v2/").split('/').collect();
         let n = segs.len();

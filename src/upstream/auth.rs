@@ -1,0 +1,284 @@
+//! Anonymous bearer tokens: the part of the registry token flow that every
+//! public registry (Docker Hub, ghcr.io, quay.io...) needs before it serves
+//! a single byte.
+//!
+//! On a 401 whose `WWW-Authenticate` offers `Bearer realm=...`, ferry asks
+//! the realm for a token for the challenge's service and scope, caches it
+//! per scope until `expires_in` (default 60 s) minus a margin, and retries
+//! once. Concurrent requests that need the same token wait for one token
+//! request. Credentials (Basic to the realm) are not sent by this version,
+//! so a realm elsewhere learns nothing secret.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+/// One challenge of a `WWW-Authenticate` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    /// Lowercased scheme, e.g. `bearer`.
+    pub scheme: String,
+    /// Parameters with lowercased names, in order.
+    pub params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses a `WWW-Authenticate` value into its challenges. Tolerant: quoted
+/// strings with escapes and commas, several challenges, stray spaces; a
+/// malformed tail is dropped, never a panic.
+pub fn parse_challenges(header: &str) -> Vec<Challenge> {
+    let mut out: Vec<Challenge> = Vec::new();
+    let b = header.as_bytes();
+    let mut i = 0;
+    let skip_ws = |i: &mut usize| {
+        while *i < b.len() && (b[*i] == b' ' || b[*i] == b'\t' || b[*i] == b',') {
+            *i += 1;
+        }
+    };
+    let token = |i: &mut usize| -> String {
+        let start = *i;
+        while *i < b.len() && !matches!(b[*i], b' ' | b'\t' | b',' | b'=' | b'"') {
+            *i += 1;
+        }
+        header[start..*i].to_string()
+    };
+    loop {
+        skip_ws(&mut i);
+        if i >= b.len() {
+            break;
+        }
+        let word = token(&mut i);
+        if word.is_empty() {
+            i += 1;
+            continue;
+        }
+        // `word=` starts a parameter of the current challenge; a bare word
+        // starts a new challenge.
+        let mut j = i;
+        while j < b.len() && b[j] == b' ' {
+            j += 1;
+        }
+        if j < b.len() && b[j] == b'=' && !out.is_empty() {
+            i = j + 1;
+            while i < b.len() && b[i] == b' ' {
+                i += 1;
+            }
+            let value = if i < b.len() && b[i] == b'"' {
+                i += 1;
+                let mut v = String::new();
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' && i + 1 < b.len() {
+                        i += 1;
+                    }
+                    let ch = header[i..].chars().next().expect("in bounds");
+                    v.push(ch);
+                    i += ch.len_utf8();
+                }
+                i += 1; // closing quote (or end)
+                v
+            } else {
+                token(&mut i)
+            };
+            out.last_mut()
+                .expect("checked non-empty")
+                .params
+                .push((word.to_ascii_lowercase(), value));
+        } else {
+            out.push(Challenge {
+                scheme: word.to_ascii_lowercase(),
+                params: Vec::new(),
+            });
+        }
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    token: Option<String>,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+/// Parses a token server's answer; `token` or `access_token`.
+pub fn parse_token_response(body: &[u8]) -> Option<(String, Duration)> {
+    let t: TokenResponse = serde_json::from_slice(body).ok()?;
+    let token = t.token.or(t.access_token).filter(|t| !t.is_empty())?;
+    Some((
+        token,
+        Duration::from_secs(t.expires_in.unwrap_or(60).max(1)),
+    ))
+}
+
+#[derive(Clone)]
+struct Cached {
+    token: String,
+    valid_until: Instant,
+}
+
+/// Tokens per scope, with one token request at a time per scope.
+#[derive(Default)]
+pub struct TokenCache {
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print tokens.
+        let n = self.slots.lock().map(|s| s.len()).unwrap_or(0);
+        write!(f, "TokenCache {{ scopes: {n} }}")
+    }
+}
+
+impl TokenCache {
+    fn slot(&self, scope: &str) -> Arc<tokio::sync::Mutex<Option<Cached>>> {
+        self.slots
+            .lock()
+            .expect("token cache lock")
+            .entry(scope.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// A valid cached token for `scope`, if any.
+    pub async fn get(&self, scope: &str) -> Option<String> {
+        let slot = self.slot(scope);
+        let cached = slot.lock().await;
+        cached
+            .as_ref()
+            .filter(|c| c.valid_until > Instant::now())
+            .map(|c| c.token.clone())
+    }
+
+    /// The token for `scope`: cached, or fetched by `fetch` while other
+    /// callers for the same scope wait. `rejected` is a token the upstream
+    /// just refused, which must not be handed out again.
+    pub async fn get_or_fetch<F, Fut>(
+        &self,
+        scope: &str,
+        rejected: Option<&str>,
+        fetch: F,
+    ) -> Option<String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<(String, Duration)>>,
+    {
+        let slot = self.slot(scope);
+        let mut cached = slot.lock().await;
+        if let Some(c) = cached.as_ref() {
+            if c.valid_until > Instant::now() && Some(c.token.as_str()) != rejected {
+                return Some(c.token.clone());
+            }
+        }
+        let (token, lifetime) = fetch().await?;
+        // Renew a little early so a token never expires in flight.
+        let margin = (lifetime / 10).min(Duration::from_secs(10));
+        *cached = Some(Cached {
+            token: token.clone(),
+            valid_until: Instant::now() + lifetime - margin,
+        });
+        Some(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_docker_hub_challenge() {
+        let h = r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#;
+        let c = parse_challenges(h);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].scheme, "bearer");
+        assert_eq!(c[0].param("realm"), Some("https://auth.docker.io/token"));
+        assert_eq!(c[0].param("service"), Some("registry.docker.io"));
+        assert_eq!(c[0].param("scope"), Some("repository:library/alpine:pull"));
+    }
+
+    #[test]
+    fn parses_several_challenges_quotes_and_escapes() {
+        let h = r#"Basic realm="a, b", Bearer realm="https://x/token", scope="repository:a:pull,push", error="in\"valid""#;
+        let c = parse_challenges(h);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(c[0].scheme, "basic");
+        assert_eq!(c[0].param("realm"), Some("a, b"));
+        assert_eq!(c[1].param("scope"), Some("repository:a:pull,push"));
+        assert_eq!(c[1].param("error"), Some("in\"valid"));
+    }
+
+    #[test]
+    fn survives_garbage() {
+        for h in [
+            "",
+            "=",
+            "\"",
+            "Bearer realm=\"unterminated",
+            ",,,",
+            "Bearer =x",
+            "é=\"ü\"",
+            "Bearer a=\"\\",
+        ] {
+            let _ = parse_challenges(h);
+        }
+        assert_eq!(
+            parse_challenges("Bearer realm=\"unterminated")[0].param("realm"),
+            Some("unterminated")
+        );
+    }
+
+    #[test]
+    fn token_responses() {
+        assert_eq!(
+            parse_token_response(br#"{"token":"t","expires_in":300}"#),
+            Some(("t".into(), Duration::from_secs(300)))
+        );
+        assert_eq!(
+            parse_token_response(br#"{"access_token":"a"}"#),
+            Some(("a".into(), Duration::from_secs(60)))
+        );
+        assert_eq!(parse_token_response(br#"{"token":""}"#), None);
+        assert_eq!(parse_token_response(b"nope"), None);
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_token_request() {
+        let cache = Arc::new(TokenCache::default());
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, calls) = (cache.clone(), calls.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_fetch("repository:a:pull", None, || async {
+                            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            tokio::task::yield_now().await;
+                            Some(("tok".to_string(), Duration::from_secs(60)))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().as_deref(), Some("tok"));
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A rejected token is replaced.
+        let fresh = cache
+            .get_or_fetch("repository:a:pull", Some("tok"), || async {
+                Some(("tok2".to_string(), Duration::from_secs(60)))
+            })
+            .await;
+        assert_eq!(fresh.as_deref(), Some("tok2"));
+    }
+}
