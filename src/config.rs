@@ -27,22 +27,75 @@ pub const DEFAULT_UPSTREAM: &str = "https://registry-1.docker.io";
 pub struct Config {
     pub listen: SocketAddr,
     pub storage_root: PathBuf,
-    pub upstream: UpstreamConfig,
+    /// Upstream registries in config order (the order candidates are tried).
+    pub registries: Vec<RegistryConfig>,
     pub timeouts: Timeouts,
     /// How long shutdown waits for in-flight responses before it gives up.
     pub shutdown_grace: Duration,
     /// Manifests larger than this are refused (as CNCF Distribution does).
     pub max_manifest_size: usize,
+    /// No single retry delay is longer than this: a client is waiting.
+    pub max_retry_wait: Duration,
+    /// A `Range` on a blob in flight that starts this far beyond the bytes
+    /// fetched so far is passed through to the upstream on its own.
+    pub far_range_distance: u64,
     pub log_level: Option<String>,
     /// Keys that were accepted but have no effect yet, for start-up logs.
     pub warnings: Vec<String>,
 }
 
-/// The one upstream registry this instance mirrors.
+/// One upstream registry: where it is, what it serves, how to retry it.
 #[derive(Clone, Debug)]
-pub struct UpstreamConfig {
-    /// Base URL, e.g. `https://registry-1.docker.io`; no path.
-    pub url: Uri,
+pub struct RegistryConfig {
+    /// Mirrors of one registry, tried in order (failover).
+    pub urls: Vec<Uri>,
+    /// Which repositories it serves; empty means all of them.
+    pub content: Vec<ContentRule>,
+    pub tls_verify: bool,
+    pub cert_dir: Option<PathBuf>,
+    pub retry: RetryPolicy,
+}
+
+/// zot's `content` entry: repositories matching `prefix` (a glob: `*` one
+/// segment, `**` any depth), stored locally under `destination`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContentRule {
+    pub prefix: String,
+    pub destination: Option<String>,
+    pub strip_prefix: bool,
+}
+
+/// Retries of connect errors, timeouts, 5xx, 408 and 429: at most
+/// `max_retries` after the first try, waiting `delay * 2^n` (capped at
+/// `max_delay`) with full jitter, or what `Retry-After` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 3,
+            delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// A registry that serves everything from one URL, with default retries.
+    pub fn single(url: Uri) -> RegistryConfig {
+        RegistryConfig {
+            urls: vec![url],
+            content: Vec::new(),
+            tls_verify: true,
+            cert_dir: None,
+            retry: RetryPolicy::default(),
+        }
+    }
 }
 
 /// Upstream timeouts. A stalled upstream counts as broken after `idle_read`.

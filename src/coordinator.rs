@@ -23,9 +23,10 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use http::{Method, StatusCode};
 
-use crate::oci::{Digest, ErrorCode, RegistryError, RepoName};
+use crate::oci::{Digest, ErrorCode, RegistryError};
+use crate::routing::{Resolved, Router, Target};
 use crate::store::{self, FsStore};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::UpstreamError;
 
 pub use flight::{FetchFailure, Flight, Progress};
 pub use reader::{BlobStream, READ_CHUNK};
@@ -79,15 +80,15 @@ impl BlobHandle {
 #[derive(Debug)]
 pub struct Coordinator {
     store: Arc<FsStore>,
-    upstream: Upstream,
+    router: Router,
     inflight: DashMap<Digest, Arc<Flight>>,
 }
 
 impl Coordinator {
-    pub fn new(store: Arc<FsStore>, upstream: Upstream) -> Arc<Coordinator> {
+    pub fn new(store: Arc<FsStore>, router: Router) -> Arc<Coordinator> {
         Arc::new(Coordinator {
             store,
-            upstream,
+            router,
             inflight: DashMap::new(),
         })
     }
@@ -96,8 +97,8 @@ impl Coordinator {
         &self.store
     }
 
-    pub fn upstream(&self) -> &Upstream {
-        &self.upstream
+    pub fn router(&self) -> &Router {
+        &self.router
     }
 
     /// Number of upstream blob fetches running now.
@@ -115,7 +116,7 @@ impl Coordinator {
     /// size is known) or the fetch failed.
     pub async fn open_blob(
         self: &Arc<Self>,
-        repo: &RepoName,
+        repo: &Resolved,
         digest: &Digest,
     ) -> Result<BlobHandle, RegistryError> {
         if let Some((file, size)) = self.open_stored(digest).await? {
@@ -129,7 +130,7 @@ impl Coordinator {
             Entry::Vacant(e) => {
                 let flight = Arc::new(Flight::new(digest.clone()));
                 e.insert(flight.clone());
-                tracing::debug!(%digest, %repo, "starting upstream fetch");
+                tracing::debug!(%digest, repo = %repo.local, "starting upstream fetch");
                 tokio::spawn(fetch::run(self.clone(), flight.clone(), repo.clone()));
                 (flight, false)
             }
@@ -159,10 +160,11 @@ impl Coordinator {
     }
 
     /// The size of a blob without fetching it: from the store, from the
-    /// fetch in flight, or from an upstream `HEAD`.
+    /// fetch in flight, or from an upstream `HEAD` (each candidate registry
+    /// in turn until one has it).
     pub async fn blob_size(
         &self,
-        repo: &RepoName,
+        repo: &Resolved,
         digest: &Digest,
     ) -> Result<(Option<u64>, &'static str), RegistryError> {
         let d = digest.clone();
@@ -178,22 +180,68 @@ impl Coordinator {
                 return Ok((Some(s), "joined"));
             }
         }
-        let resp = self
-            .upstream
-            .blob(Method::HEAD, repo, digest)
-            .await
-            .map_err(|e| e.to_registry_error(ErrorCode::BlobUnknown))?;
-        if resp.status() != StatusCode::OK {
-            let e = UpstreamError::Status {
-                url: self
-                    .upstream
-                    .url(&format!("/v2/{repo}/blobs/{digest}"))
-                    .to_string(),
-                status: resp.status(),
-            };
-            return Err(e.to_registry_error(ErrorCode::BlobUnknown));
+        let mut failure = None;
+        for target in &repo.targets {
+            match head_blob(target, digest).await {
+                Ok(size) => {
+                    self.router.remember(&repo.local, target.registry.index);
+                    return Ok((size, "miss"));
+                }
+                Err(e) => failure = Some(worse(failure, e)),
+            }
         }
-        Ok((content_length(resp.headers()), "miss"))
+        Err(failure
+            .expect("a resolved repository has a target")
+            .to_registry_error(ErrorCode::BlobUnknown))
+    }
+
+    /// A byte range straight from upstream, not cached: for a range far
+    /// beyond what the fetch in flight has written (lazy-pulling
+    /// snapshotters read a blob's footer first).
+    pub async fn fetch_range(
+        &self,
+        repo: &Resolved,
+        digest: &Digest,
+        start: u64,
+        last: u64,
+    ) -> Result<http::Response<hyper::body::Incoming>, RegistryError> {
+        let mut failure = None;
+        for target in &repo.targets {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::RANGE,
+                format!("bytes={start}-{last}")
+                    .parse()
+                    .expect("valid header"),
+            );
+            let path = format!("/v2/{}/blobs/{digest}", target.upstream_name);
+            let result = target
+                .registry
+                .upstream
+                .request(Method::GET, &path, headers)
+                .await;
+            match result {
+                Ok(resp)
+                    if resp.status() == StatusCode::PARTIAL_CONTENT
+                        && content_range_start(resp.headers()) == Some(start) =>
+                {
+                    return Ok(resp)
+                }
+                Ok(resp) => {
+                    failure = Some(worse(
+                        failure,
+                        UpstreamError::Status {
+                            url: target.registry.upstream.url(&path).to_string(),
+                            status: resp.status(),
+                        },
+                    ))
+                }
+                Err(e) => failure = Some(worse(failure, e)),
+            }
+        }
+        Err(failure
+            .expect("a resolved repository has a target")
+            .to_registry_error(ErrorCode::BlobUnknown))
     }
 
     async fn open_stored(&self, digest: &Digest) -> Result<Option<(File, u64)>, RegistryError> {
@@ -217,6 +265,46 @@ impl Coordinator {
         self.inflight
             .remove_if(&flight.digest, |_, v| Arc::ptr_eq(v, flight));
     }
+}
+
+/// `HEAD` of a blob at one registry: its size when it has it.
+async fn head_blob(target: &Target, digest: &Digest) -> Result<Option<u64>, UpstreamError> {
+    let path = format!("/v2/{}/blobs/{digest}", target.upstream_name);
+    let resp = target
+        .registry
+        .upstream
+        .request(Method::HEAD, &path, http::HeaderMap::new())
+        .await?;
+    if resp.status() != StatusCode::OK {
+        return Err(UpstreamError::Status {
+            url: target.registry.upstream.url(&path).to_string(),
+            status: resp.status(),
+        });
+    }
+    Ok(content_length(resp.headers()))
+}
+
+/// Of two failures at different registries, the one to report: anything
+/// says more than "not found here".
+pub fn worse(a: Option<UpstreamError>, b: UpstreamError) -> UpstreamError {
+    match a {
+        Some(a) if is_absent(&b) => a,
+        _ => b,
+    }
+}
+
+/// 404, or 401/403 for an anonymous client: the registry does not have it
+/// for us, so the next one is asked.
+pub fn is_absent(e: &UpstreamError) -> bool {
+    matches!(e, UpstreamError::Status { status, .. }
+        if matches!(status.as_u16(), 401 | 403 | 404))
+}
+
+/// The first byte of a `Content-Range: bytes a-b/n` header.
+pub fn content_range_start(headers: &http::HeaderMap) -> Option<u64> {
+    let v = headers.get(http::header::CONTENT_RANGE)?.to_str().ok()?;
+    let range = v.trim().strip_prefix("bytes ")?;
+    range.split('-').next()?.trim().parse().ok()
 }
 
 /// The `Content-Length` header as a number.

@@ -31,8 +31,8 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::coordinator::Coordinator;
 use crate::oci::{ErrorCode, RegistryError};
+use crate::routing::{Resolved, Router};
 use crate::store::FsStore;
-use crate::upstream::Upstream;
 
 pub use range::{resolve as resolve_range, RangeRequest};
 pub use response::Body;
@@ -54,8 +54,8 @@ impl App {
             tracing::info!(removed = recovery.temp_files_removed, root = %config.storage_root.display(),
                 "removed temp files left by an earlier run");
         }
-        let upstream = Upstream::new(config.upstream.url.clone(), config.timeouts);
-        let coordinator = Coordinator::new(Arc::new(store), upstream);
+        let router = Router::new(&config);
+        let coordinator = Coordinator::new(Arc::new(store), router);
         Ok(Arc::new(App {
             config: Arc::new(config),
             coordinator,
@@ -114,15 +114,18 @@ impl App {
                 Ok((r, "-"))
             }
             Route::Blob { name, digest } => {
+                let repo = self.resolve(req, &name)?;
                 let a = if head {
-                    blobs::head(&self.coordinator, &name, &digest).await?
+                    blobs::head(&self.coordinator, &repo, &digest).await?
                 } else {
-                    blobs::get(&self.coordinator, &name, &digest, req.headers()).await?
+                    let far = self.config.far_range_distance;
+                    blobs::get(&self.coordinator, &repo, &digest, req.headers(), far).await?
                 };
                 Ok((a.response, a.cache))
             }
             Route::Manifest { name, reference } => {
-                let a = manifests::serve(self, &name, &reference, req.headers(), head).await?;
+                let repo = self.resolve(req, &name)?;
+                let a = manifests::serve(self, &repo, &reference, req.headers(), head).await?;
                 Ok((a.response, a.cache))
             }
             Route::NotYet { what } => Err(RegistryError::not_found(
@@ -131,6 +134,45 @@ impl App {
             )),
         }
     }
+}
+
+impl App {
+    /// Routes a request's repository name, honouring containerd's `?ns=`.
+    fn resolve(&self, req: &Request<Incoming>, name: &str) -> Result<Resolved, RegistryError> {
+        let ns = req.uri().query().and_then(|q| query_param(q, "ns"));
+        self.coordinator.router().resolve(name, ns.as_deref())
+    }
+}
+
+/// The percent-decoded value of `key` in a query string.
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A bound, ready-to-run ferry server.
@@ -205,5 +247,24 @@ impl Server {
             Err(_) => tracing::warn!("shutdown timeout reached; closing remaining connections"),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ns_query_is_decoded() {
+        assert_eq!(
+            query_param("ns=docker.io", "ns").as_deref(),
+            Some("docker.io")
+        );
+        assert_eq!(
+            query_param("a=1&ns=127.0.0.1%3A5000", "ns").as_deref(),
+            Some("127.0.0.1:5000")
+        );
+        assert_eq!(query_param("nsx=1", "ns"), None);
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }

@@ -34,6 +34,7 @@ pub mod config;
 pub mod coordinator;
 pub mod http;
 pub mod oci;
+pub mod routing;
 pub mod store;
 pub mod upstream;
 

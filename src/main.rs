@@ -1,4 +1,5 @@
-//! The `ferry` command: `ferry serve` runs the cache.
+//! The `ferry` command: `ferry serve` runs the cache, `ferry check-config`
+//! validates a config file and prints the routing table.
 //!
 //! Configuration comes from `--config FILE` (default `config.example.json`
 //! when that file exists, else the built-in defaults), then `--listen`,
@@ -44,11 +45,33 @@ enum Command {
         #[arg(long)]
         upstream: Option<String>,
     },
+    /// Validate a config file and print the resolved routing table.
+    CheckConfig {
+        /// Config file to check.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file, &Overrides::default()) {
+            Ok(config) => {
+                println!("{}: valid", file.display());
+                println!("listen   {}", config.listen);
+                println!("storage  {}", config.storage_root.display());
+                for w in &config.warnings {
+                    println!("warning  {w}");
+                }
+                println!();
+                print!("{}", ferry::routing::Router::new(&config).describe());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ferry: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Serve {
             config,
             listen,
@@ -95,7 +118,12 @@ async fn serve(config: Config) -> std::io::Result<()> {
     for w in &config.warnings {
         tracing::warn!("config: {w}");
     }
-    let upstream = config.upstream.url.to_string();
+    let upstream = config
+        .registries
+        .iter()
+        .map(|r| r.urls[0].to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let storage = config.storage_root.display().to_string();
     let server = Server::bind(config).await?;
     tracing::info!(listen = %server.local_addr(), %upstream, %storage, "ferry is serving");

@@ -9,6 +9,7 @@
 
 mod auth;
 mod error;
+pub mod retry;
 
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::Timeouts;
+use crate::config::{RetryPolicy, Timeouts};
 use crate::oci::{Digest, Reference, RepoName};
 
 pub use auth::{parse_challenges, Challenge};
@@ -33,25 +34,45 @@ pub const MAX_REDIRECTS: usize = 5;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
-/// A client for one upstream registry.
+/// A client for one upstream registry, reachable at one or more URLs.
 #[derive(Clone)]
 pub struct Upstream {
-    base: Uri,
+    urls: Vec<Uri>,
     client: HttpClient,
     timeouts: Timeouts,
+    retry: RetryPolicy,
+    retry_cap: Duration,
     tokens: std::sync::Arc<auth::TokenCache>,
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
-            .field("base", &self.base)
+            .field("urls", &self.urls)
             .finish()
     }
 }
 
 impl Upstream {
+    /// A client for one URL with default retries (tests, tools).
     pub fn new(base: Uri, timeouts: Timeouts) -> Upstream {
+        Upstream::with_urls(
+            vec![base],
+            timeouts,
+            RetryPolicy::default(),
+            Duration::from_secs(5),
+        )
+    }
+
+    /// A client that tries `urls` in order and retries per `retry`, never
+    /// waiting longer than `retry_cap` at once.
+    pub fn with_urls(
+        urls: Vec<Uri>,
+        timeouts: Timeouts,
+        retry: RetryPolicy,
+        retry_cap: Duration,
+    ) -> Upstream {
+        assert!(!urls.is_empty(), "a registry needs a URL");
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(timeouts.connect));
@@ -66,15 +87,22 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
         Upstream {
-            base,
+            urls,
             client,
             timeouts,
+            retry,
+            retry_cap,
             tokens: Default::default(),
         }
     }
 
-    pub fn base(&self) -> &Uri {
-        &self.base
+    /// The registry's URLs, in failover order.
+    pub fn urls(&self) -> &[Uri] {
+        &self.urls
+    }
+
+    pub fn retry_policy(&self) -> (RetryPolicy, Duration) {
+        (self.retry, self.retry_cap)
     }
 
     pub fn timeouts(&self) -> Timeouts {
@@ -108,16 +136,52 @@ impl Upstream {
         self.request(method, &path, headers).await
     }
 
-    /// Sends a request to `path` on the registry, following redirects and
-    /// answering a bearer challenge once. Returns the final response
-    /// whatever its status.
+    /// Sends a request to `path` on the registry: each URL in order, with
+    /// retries and backoff on connect errors, timeouts, 408, 429 and 5xx.
+    /// Returns the final response whatever its status.
     pub async fn request(
         &self,
         method: Method,
         path: &str,
         headers: HeaderMap,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let url = self.url(path);
+        let (method, headers) = (&method, &headers);
+        let (result, _retries) = retry::with_retries(&self.retry, self.retry_cap, |_| async move {
+            let mut last = None;
+            let mut retry_after = None;
+            for base in &self.urls {
+                match self.request_at(base, method.clone(), path, headers.clone()).await {
+                    Ok(resp) if retry::is_retryable(resp.status()) => {
+                        tracing::debug!(url = %base, status = resp.status().as_u16(), "upstream answered a retryable status");
+                        retry_after = retry_after.max(retry::retry_after(resp.headers()));
+                        last = Some(Ok(resp));
+                    }
+                    Ok(resp) => return retry::Round::Done(Ok(resp)),
+                    Err(e) => {
+                        tracing::debug!(url = %base, error = %e, "upstream attempt failed");
+                        last = Some(Err(e));
+                    }
+                }
+            }
+            retry::Round::Retry {
+                result: last.expect("at least one URL"),
+                retry_after,
+            }
+        })
+        .await;
+        result
+    }
+
+    /// One try at one of the registry's URLs, following redirects and
+    /// answering a bearer challenge once.
+    async fn request_at(
+        &self,
+        base: &Uri,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let url = join(base, path);
         let scope = scope_for(path);
         let mut token = match &scope {
             Some(s) => self.tokens.get(s).await,
@@ -326,12 +390,16 @@ impl Upstream {
         }
     }
 
-    /// The absolute URL of `path` on this registry.
+    /// The absolute URL of `path` at the registry's first URL (for messages).
     pub fn url(&self, path: &str) -> Uri {
-        let mut parts = self.base.clone().into_parts();
-        parts.path_and_query = Some(path.parse().expect("ferry builds valid paths"));
-        Uri::from_parts(parts).expect("base URL plus path is a URL")
+        join(&self.urls[0], path)
     }
+}
+
+fn join(base: &Uri, path: &str) -> Uri {
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(path.parse().expect("ferry builds valid paths"));
+    Uri::from_parts(parts).expect("base URL plus path is a URL")
 }
 
 /// The token scope a registry path needs: `repository:<name>:pull`.

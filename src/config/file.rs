@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{
-    parse_duration, parse_upstream_url, Config, ConfigError, Overrides, Timeouts, UpstreamConfig,
-    DEFAULT_LISTEN, DEFAULT_STORAGE, DEFAULT_UPSTREAM,
+    parse_duration, parse_upstream_url, Config, ConfigError, ContentRule, Overrides,
+    RegistryConfig, RetryPolicy, Timeouts, DEFAULT_LISTEN, DEFAULT_STORAGE, DEFAULT_UPSTREAM,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -33,6 +33,14 @@ pub struct HttpSection {
     pub address: Option<String>,
     /// zot writes the port as a string; a number is accepted too.
     pub port: Option<Port>,
+    pub tls: Option<TlsSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsSection {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +124,8 @@ pub struct FerrySection {
     pub idle_read_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
     pub max_manifest_size: Option<usize>,
+    pub max_retry_wait: Option<String>,
+    pub far_range_distance: Option<u64>,
 }
 
 impl FileConfig {
@@ -157,9 +167,17 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         }
     }
 
-    let url = match &o.upstream {
-        Some(u) => parse_upstream_url(u)?,
-        None => upstream_from(file.extensions.as_ref(), &mut warnings)?,
+    if let Some(tls) = file.http.as_ref().and_then(|h| h.tls.as_ref()) {
+        if tls.cert.is_some() || tls.key.is_some() {
+            return Err(err(
+                "http.tls: this ferry version has no TLS listener yet; terminate TLS in front of it (e.g. a load balancer) and remove http.tls".into(),
+            ));
+        }
+    }
+
+    let registries = match &o.upstream {
+        Some(u) => vec![RegistryConfig::single(parse_upstream_url(u)?)],
+        None => registries_from(file.extensions.as_ref(), &mut warnings)?,
     };
 
     let f = file.ferry.unwrap_or_default();
@@ -184,6 +202,19 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         &f.shutdown_timeout,
         std::time::Duration::from_secs(30),
     )?;
+    let max_retry_wait = dur(
+        "maxRetryWait",
+        &f.max_retry_wait,
+        std::time::Duration::from_secs(5),
+    )?;
+    for (i, r) in registries.iter().enumerate() {
+        if r.retry.delay > max_retry_wait || r.retry.max_delay > max_retry_wait {
+            warnings.push(format!(
+                "extensions.sync.registries[{i}]: retry delays above ferry.maxRetryWait ({}) are capped to it, because a client is waiting (zot's values are meant for background sync)",
+                humantime::format_duration(max_retry_wait)
+            ));
+        }
+    }
 
     if let Some(scrub) = file.extensions.as_ref().and_then(|e| e.scrub.as_ref()) {
         if let Some(i) = &scrub.interval {
@@ -199,10 +230,12 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
     Ok(Config {
         listen,
         storage_root,
-        upstream: UpstreamConfig { url },
+        registries,
         timeouts,
         shutdown_grace,
         max_manifest_size: f.max_manifest_size.unwrap_or(4 << 20),
+        max_retry_wait,
+        far_range_distance: f.far_range_distance.unwrap_or(16 << 20),
         log_level: file.log.and_then(|l| l.level),
         warnings,
     })
@@ -227,83 +260,122 @@ fn listen_from(http: Option<&HttpSection>) -> Result<SocketAddr, ConfigError> {
     Ok(SocketAddr::new(ip, port))
 }
 
-fn upstream_from(
+fn registries_from(
     ext: Option<&Extensions>,
     warnings: &mut Vec<String>,
-) -> Result<http::Uri, ConfigError> {
+) -> Result<Vec<RegistryConfig>, ConfigError> {
     let Some(sync) = ext.and_then(|e| e.sync.as_ref()) else {
-        return parse_upstream_url(DEFAULT_UPSTREAM);
+        return Ok(vec![RegistryConfig::single(parse_upstream_url(
+            DEFAULT_UPSTREAM,
+        )?)]);
     };
     if sync.enable == Some(false) {
         return Err(ConfigError(
             "extensions.sync.enable is false: a pull-through cache needs an upstream".into(),
         ));
     }
-    let regs = &sync.registries;
-    if regs.is_empty() {
-        return parse_upstream_url(DEFAULT_UPSTREAM);
-    }
-    if regs.len() > 1 || regs[0].urls.len() > 1 {
-        return Err(ConfigError(format!(
-            "extensions.sync.registries: {} registries with {} URLs in all; this ferry version mirrors exactly one upstream URL (routing across several is not built yet)",
-            regs.len(),
-            regs.iter().map(|r| r.urls.len()).sum::<usize>()
-        )));
-    }
-    let r = &regs[0];
-    let Some(url) = r.urls.first() else {
-        return Err(ConfigError(
-            "extensions.sync.registries[0].urls is empty".into(),
-        ));
-    };
-    let uri = parse_upstream_url(url)
-        .map_err(|e| ConfigError(format!("extensions.sync.registries[0].urls[0]: {e}")))?;
-    if r.on_demand == Some(false) {
-        warnings.push(
-            "extensions.sync.registries[0].onDemand is false; ferry always fetches on demand"
-                .into(),
-        );
-    }
-    let mut inert = Vec::new();
-    if r.tls_verify == Some(false) {
-        inert.push("tlsVerify");
-    }
-    for (key, set) in [
-        ("certDir", r.cert_dir.is_some()),
-        ("maxRetries", r.max_retries.is_some()),
-        ("retryDelay", r.retry_delay.is_some()),
-        ("maxRetryDelay", r.max_retry_delay.is_some()),
-        ("pollInterval", r.poll_interval.is_some()),
-        ("onlySigned", r.only_signed.is_some()),
-        ("content", r.content.is_some()),
-    ] {
-        if set {
-            inert.push(key);
-        }
-    }
-    for (key, v) in [
-        ("retryDelay", &r.retry_delay),
-        ("maxRetryDelay", &r.max_retry_delay),
-        ("pollInterval", &r.poll_interval),
-    ] {
-        if let Some(s) = v {
-            parse_duration(s)
-                .map_err(|e| ConfigError(format!("extensions.sync.registries[0].{key}: {e}")))?;
-        }
-    }
-    if !inert.is_empty() {
-        warnings.push(format!(
-            "extensions.sync.registries[0]: {} accepted but not acted on by this ferry version",
-            inert.join(", ")
-        ));
+    if sync.registries.is_empty() {
+        return Ok(vec![RegistryConfig::single(parse_upstream_url(
+            DEFAULT_UPSTREAM,
+        )?)]);
     }
     if sync.credentials_file.is_some() {
         warnings.push(
-            "extensions.sync.credentialsFile is accepted but upstream credentials are not used yet"
-                .into(),
+            "extensions.sync.credentialsFile is accepted but upstream credentials are not used yet (anonymous tokens only)".into(),
         );
     }
-    Ok(uri)
+    if sync.download_dir.is_some() {
+        warnings.push("extensions.sync.downloadDir is ignored: ferry downloads into storage.rootDirectory/tmp".into());
+    }
+    let mut out = Vec::new();
+    for (i, r) in sync.registries.iter().enumerate() {
+        let at = |key: &str| format!("extensions.sync.registries[{i}].{key}");
+        if r.urls.is_empty() {
+            return Err(ConfigError(format!(
+                "{}: at least one URL is needed",
+                at("urls")
+            )));
+        }
+        let mut urls = Vec::new();
+        for (j, u) in r.urls.iter().enumerate() {
+            urls.push(
+                parse_upstream_url(u)
+                    .map_err(|e| ConfigError(format!("{}[{j}]: {e}", at("urls"))))?,
+            );
+        }
+        let dur =
+            |key: &str, v: &Option<String>| -> Result<Option<std::time::Duration>, ConfigError> {
+                v.as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .map_err(|e| ConfigError(format!("{}: {e}", at(key))))
+            };
+        let d = RetryPolicy::default();
+        let delay = dur("retryDelay", &r.retry_delay)?.unwrap_or(d.delay);
+        let retry = RetryPolicy {
+            max_retries: r.max_retries.unwrap_or(d.max_retries),
+            delay,
+            max_delay: dur("maxRetryDelay", &r.max_retry_delay)?.unwrap_or(d.max_delay.max(delay)),
+        };
+        if dur("pollInterval", &r.poll_interval)?.is_some() {
+            warnings.push(format!(
+                "{}: periodic sync is not built yet; ferry fetches on demand only",
+                at("pollInterval")
+            ));
+        }
+        if r.only_signed.is_some() {
+            warnings.push(format!(
+                "{}: signature checks are not built; ignored",
+                at("onlySigned")
+            ));
+        }
+        if r.on_demand == Some(false) {
+            warnings.push(format!(
+                "{}: false is ignored; ferry always fetches on demand",
+                at("onDemand")
+            ));
+        }
+        let tls_verify = r.tls_verify.unwrap_or(true);
+        if !tls_verify || r.cert_dir.is_some() {
+            warnings.push(format!(
+                "{}: tlsVerify/certDir are not acted on yet; TLS is verified against the built-in web roots",
+                at("tlsVerify")
+            ));
+        }
+        let mut content = Vec::new();
+        for (k, c) in r.content.iter().flatten().enumerate() {
+            let prefix = c.prefix.trim_matches('/').to_string();
+            if prefix.is_empty() {
+                return Err(ConfigError(format!(
+                    "{}[{k}].prefix is empty",
+                    at("content")
+                )));
+            }
+            if c.tags.is_some() {
+                warnings.push(format!(
+                    "{}[{k}].tags: tag filters are not applied on demand; ignored",
+                    at("content")
+                ));
+            }
+            content.push(ContentRule {
+                prefix,
+                destination: c
+                    .destination
+                    .as_deref()
+                    .map(|d| d.trim_matches('/').to_string())
+                    .filter(|d| !d.is_empty()),
+                strip_prefix: c.strip_prefix.unwrap_or(false),
+            });
+        }
+        out.push(RegistryConfig {
+            urls,
+            content,
+            tls_verify,
+            cert_dir: r.cert_dir.clone(),
+            retry,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -324,7 +396,11 @@ mod tests {
         let c = Config::resolve(FileConfig::parse(text).unwrap(), &Overrides::default()).unwrap();
         assert_eq!(c.listen, "0.0.0.0:5050".parse().unwrap());
         assert_eq!(c.storage_root, PathBuf::from("/var/cache/ferry"));
-        assert_eq!(c.upstream.url.to_string(), "http://127.0.0.1:5001/");
+        assert_eq!(c.registries.len(), 1);
+        assert_eq!(
+            c.registries[0].urls[0].to_string(),
+            "http://127.0.0.1:5001/"
+        );
         assert_eq!(c.timeouts.idle_read.as_secs(), 90);
         assert_eq!(c.log_level.as_deref(), Some("debug"));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
@@ -347,31 +423,57 @@ mod tests {
         };
         let c = Config::defaults(&o).unwrap();
         assert_eq!(c.listen.port(), 0);
-        assert_eq!(c.upstream.url.host(), Some("127.0.0.1"));
+        assert_eq!(c.registries[0].urls[0].host(), Some("127.0.0.1"));
         let d = Config::defaults(&Overrides::default()).unwrap();
         assert_eq!(d.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(d.upstream.url.host(), Some("registry-1.docker.io"));
+        assert_eq!(d.registries[0].urls[0].host(), Some("registry-1.docker.io"));
     }
 
     #[test]
-    fn several_upstreams_are_refused_clearly() {
-        let text = r#"{"extensions": {"sync": {"registries": [
-            {"urls": ["https://a.example"]}, {"urls": ["https://b.example"]}]}}}"#;
-        let e =
-            Config::resolve(FileConfig::parse(text).unwrap(), &Overrides::default()).unwrap_err();
-        assert!(e.0.contains("exactly one upstream"), "{e}");
-    }
-
-    #[test]
-    fn inert_keys_warn() {
-        let text = r#"{"extensions": {"scrub": {"enable": true, "interval": "3h"}, "sync": {"registries": [
-            {"urls": ["https://a.example"], "maxRetries": 2, "retryDelay": "5m"}]}}}"#;
+    fn seed_config_loads_unchanged() {
+        let text = include_str!("../../tests/fixtures/seed-config.json");
         let c = Config::resolve(FileConfig::parse(text).unwrap(), &Overrides::default()).unwrap();
-        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert_eq!(c.registries.len(), 3);
+        let r0 = &c.registries[0];
+        assert_eq!(r0.urls[0].host(), Some("gcr.lank8s.cn"));
+        assert_eq!(
+            r0.content,
+            vec![ContentRule {
+                prefix: "lank8s".into(),
+                destination: None,
+                strip_prefix: false
+            }]
+        );
+        assert_eq!(r0.retry.max_retries, 2);
+        assert_eq!(r0.retry.delay, std::time::Duration::from_secs(300));
+        assert!(c.registries[1].content.is_empty());
+        assert_eq!(c.registries[2].urls[0].host(), Some("registry.lank8s.cn"));
+        // scrub not run yet, and 5m retry delays capped for waiting clients
         assert!(
-            c.warnings[0].contains("maxRetries, retryDelay"),
+            c.warnings.iter().any(|w| w.contains("scrub")),
             "{:?}",
             c.warnings
         );
+        assert!(
+            c.warnings.iter().any(|w| w.contains("maxRetryWait")),
+            "{:?}",
+            c.warnings
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let text = r#"{"extensions": {"sync": {"registries": [
+            {"urls": ["https://a.example"]}, {"urls": ["https://b.example"], "retryDelay": "soon"}]}}}"#;
+        let e =
+            Config::resolve(FileConfig::parse(text).unwrap(), &Overrides::default()).unwrap_err();
+        assert!(
+            e.0.contains("extensions.sync.registries[1].retryDelay"),
+            "{e}"
+        );
+        let text = r#"{"http": {"tls": {"cert": "/c", "key": "/k"}}}"#;
+        let e =
+            Config::resolve(FileConfig::parse(text).unwrap(), &Overrides::default()).unwrap_err();
+        assert!(e.0.contains("http.tls"), "{e}");
     }
 }

@@ -1,6 +1,15 @@
 //! The fetch task: one upstream download of one blob, detached from every
 //! client.
 //!
+//! The candidate registries are asked in order until one answers with the
+//! blob (a 404, 401 or 403 passes to the next). When the transfer breaks
+//! mid-way it resumes from the bytes already received with
+//! `Range: bytes=<n>-` (and `If-Range` when the upstream gave a strong
+//! ETag); an upstream that ignores the range and sends the whole blob again
+//! is read past what is already written. Readers see a pause, not an error;
+//! only when `maxRetries` consecutive attempts make no progress does the
+//! fetch fail.
+//!
 //! The async half reads the upstream body frame by frame (an idle read
 //! longer than the configured timeout counts as a broken stream) and hands
 //! the bytes to a blocking writer thread through a bounded channel. The
@@ -18,15 +27,18 @@ use std::io::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::header::{ETAG, IF_RANGE, RANGE};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
 use super::flight::{FetchFailure, Flight, Progress};
-use super::{content_length, Coordinator};
-use crate::oci::{Digest, Hasher, RepoName};
+use super::{content_length, content_range_start, worse, Coordinator};
+use crate::oci::{Digest, Hasher};
+use crate::routing::{Resolved, Target};
 use crate::store::{self, FsStore};
-use crate::upstream::{error_chain, UpstreamError};
+use crate::upstream::{error_chain, retry, UpstreamError};
 
 /// Readers are woken at least once per this many written bytes when the
 /// upstream outpaces the disk; when it does not, every frame is published.
@@ -56,7 +68,7 @@ impl Drop for FlightGuard {
     }
 }
 
-pub(super) async fn run(coordinator: Arc<Coordinator>, flight: Arc<Flight>, repo: RepoName) {
+pub(super) async fn run(coordinator: Arc<Coordinator>, flight: Arc<Flight>, repo: Resolved) {
     let guard = FlightGuard {
         coordinator,
         flight,
@@ -64,13 +76,14 @@ pub(super) async fn run(coordinator: Arc<Coordinator>, flight: Arc<Flight>, repo
     let digest = guard.flight.digest.clone();
     let started = std::time::Instant::now();
     match fetch(&guard.coordinator, &guard.flight, &repo).await {
-        Ok(size) => {
-            tracing::info!(%digest, %repo, bytes = size, elapsed_ms = started.elapsed().as_millis() as u64,
+        Ok((size, registry)) => {
+            tracing::info!(%digest, repo = %repo.local, registry, bytes = size,
+                elapsed_ms = started.elapsed().as_millis() as u64,
                 readers = guard.flight.readers(), "blob fetched and stored");
             guard.flight.publish(Progress::Done { size });
         }
         Err(failure) => {
-            tracing::warn!(%digest, %repo, reason = failure.reason(), error = %failure, "blob fetch failed");
+            tracing::warn!(%digest, repo = %repo.local, reason = failure.reason(), error = %failure, "blob fetch failed");
             guard.flight.publish(Progress::Failed(Arc::new(failure)));
         }
     }
@@ -80,35 +93,100 @@ pub(super) async fn run(coordinator: Arc<Coordinator>, flight: Arc<Flight>, repo
 async fn fetch(
     coordinator: &Arc<Coordinator>,
     flight: &Arc<Flight>,
-    repo: &RepoName,
-) -> Result<u64, FetchFailure> {
+    repo: &Resolved,
+) -> Result<(u64, String), FetchFailure> {
     let digest = &flight.digest;
-    let store = coordinator.store.clone();
 
     // A fetch that finished between the caller's store lookup and its
     // in-flight insert has already published the blob.
     let d = digest.clone();
-    let s = store.clone();
+    let s = coordinator.store.clone();
     if let Ok(Some((file, size))) = store::blocking(move || s.open_blob(&d)).await {
         flight.set_file(Arc::new(file));
-        return Ok(size);
+        return Ok((size, "store".into()));
     }
 
-    let upstream = &coordinator.upstream;
-    let url = upstream
-        .url(&format!("/v2/{repo}/blobs/{digest}"))
-        .to_string();
-    let resp = upstream
-        .blob(Method::GET, repo, digest)
-        .await
-        .map_err(FetchFailure::Upstream)?;
-    if resp.status() != StatusCode::OK {
-        return Err(FetchFailure::Upstream(UpstreamError::Status {
-            url,
-            status: resp.status(),
-        }));
+    let mut failure: Option<UpstreamError> = None;
+    for target in &repo.targets {
+        match request(target, digest, 0, None).await {
+            Ok(resp) if resp.status() == StatusCode::OK => {
+                coordinator
+                    .router
+                    .remember(&repo.local, target.registry.index);
+                let size = transfer(coordinator, flight, target, resp).await?;
+                return Ok((size, target.registry.name.clone()));
+            }
+            Ok(resp) => {
+                let e = status_error(target, digest, resp.status());
+                tracing::debug!(registry = %target.registry.name, error = %e, "registry does not serve the blob");
+                failure = Some(worse(failure, e));
+            }
+            Err(e) => {
+                tracing::debug!(registry = %target.registry.name, error = %e, "registry failed");
+                failure = Some(worse(failure, e));
+            }
+        }
     }
-    let size = content_length(resp.headers());
+    Err(FetchFailure::Upstream(
+        failure.expect("a resolved repository has a target"),
+    ))
+}
+
+fn blob_path(target: &Target, digest: &Digest) -> String {
+    format!("/v2/{}/blobs/{digest}", target.upstream_name)
+}
+
+fn status_error(target: &Target, digest: &Digest, status: StatusCode) -> UpstreamError {
+    UpstreamError::Status {
+        url: target
+            .registry
+            .upstream
+            .url(&blob_path(target, digest))
+            .to_string(),
+        status,
+    }
+}
+
+/// `GET` of the blob at one registry, from `offset` on.
+async fn request(
+    target: &Target,
+    digest: &Digest,
+    offset: u64,
+    etag: Option<&HeaderValue>,
+) -> Result<Response<Incoming>, UpstreamError> {
+    let mut headers = HeaderMap::new();
+    if offset > 0 {
+        headers.insert(
+            RANGE,
+            HeaderValue::from_str(&format!("bytes={offset}-")).expect("valid"),
+        );
+        if let Some(tag) = etag {
+            headers.insert(IF_RANGE, tag.clone());
+        }
+    }
+    target
+        .registry
+        .upstream
+        .request(Method::GET, &blob_path(target, digest), headers)
+        .await
+}
+
+/// Streams the upstream body into the temp file, resuming broken
+/// transfers, and returns the verified size.
+async fn transfer(
+    coordinator: &Arc<Coordinator>,
+    flight: &Arc<Flight>,
+    target: &Target,
+    first: Response<Incoming>,
+) -> Result<u64, FetchFailure> {
+    let digest = &flight.digest;
+    let store = coordinator.store.clone();
+    let size = content_length(first.headers());
+    let etag = first
+        .headers()
+        .get(ETAG)
+        .filter(|t| !t.as_bytes().starts_with(b"W/"))
+        .cloned();
 
     let d = digest.clone();
     let s = store.clone();
@@ -131,35 +209,68 @@ async fn fetch(
         tokio::task::spawn_blocking(move || write_blob(&store, temp, rx, &flight, &digest, size))
     };
 
+    let upstream = &target.registry.upstream;
+    let (policy, cap) = upstream.retry_policy();
     let idle = upstream.timeouts().idle_read;
-    let mut body = resp.into_body();
+    let url = upstream.url(&blob_path(target, digest)).to_string();
+    let mut received: u64 = 0;
+    let mut skip: u64 = 0;
+    let mut failures: u32 = 0;
+    let mut progress_mark: u64 = 0;
+    let mut response = Some(first);
     let network: Result<(), FetchFailure> = loop {
-        match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => {
-                break Err(FetchFailure::Upstream(UpstreamError::Timeout {
-                    url: url.clone(),
-                    phase: "reading the blob body",
-                }))
-            }
-            Ok(None) => {
+        let attempt = match response.take() {
+            Some(resp) => pump(resp.into_body(), &tx, &mut received, &mut skip, idle, &url).await,
+            None => Err(Pump::Broken(UpstreamError::Protocol {
+                url: url.clone(),
+                cause: "no response to resume from".into(),
+            })),
+        };
+        let broken = match attempt {
+            Ok(()) => {
                 // The writer may have stopped already (e.g. too many bytes);
                 // its own result then says why.
                 let _ = tx.send(ToWriter::End).await;
                 break Ok(());
             }
-            Ok(Some(Err(e))) => {
-                break Err(FetchFailure::Upstream(UpstreamError::Body {
-                    url: url.clone(),
-                    cause: error_chain(&e),
-                }))
-            }
-            Ok(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    if tx.send(ToWriter::Data(data)).await.is_err() {
-                        break Ok(()); // the writer stopped; its result says why
-                    }
+            Err(Pump::WriterGone) => break Ok(()),
+            Err(Pump::Broken(e)) => e,
+        };
+        if received > progress_mark {
+            failures = 0;
+            progress_mark = received;
+        }
+        failures += 1;
+        if failures > policy.max_retries {
+            break Err(FetchFailure::Upstream(broken));
+        }
+        tracing::info!(digest = %digest, registry = %target.registry.name, received, error = %broken,
+            attempt = failures, "blob transfer broke; resuming");
+        tokio::time::sleep(retry::backoff(&policy, failures - 1, cap)).await;
+        match request(target, digest, received, etag.as_ref()).await {
+            Ok(resp) if resp.status() == StatusCode::PARTIAL_CONTENT => {
+                if content_range_start(resp.headers()) == Some(received) {
+                    skip = 0;
+                    response = Some(resp);
+                } else {
+                    tracing::warn!(%digest, "upstream answered the resume with another range; retrying");
                 }
             }
+            Ok(resp) if resp.status() == StatusCode::OK => {
+                // Range ignored (or If-Range failed): the whole blob again.
+                if size.is_some() && content_length(resp.headers()) != size {
+                    break Err(FetchFailure::Upstream(UpstreamError::Protocol {
+                        url: url.clone(),
+                        cause: "the blob changed size between attempts".into(),
+                    }));
+                }
+                skip = received;
+                response = Some(resp);
+            }
+            Ok(resp) => {
+                tracing::warn!(%digest, status = resp.status().as_u16(), "resume request refused");
+            }
+            Err(e) => tracing::warn!(%digest, error = %e, "resume request failed"),
         }
     };
     drop(tx);
@@ -168,6 +279,59 @@ async fn fetch(
         .map_err(|e| FetchFailure::Store(format!("writer thread failed: {e}")))?;
     network?;
     written
+}
+
+enum Pump {
+    /// The transfer broke; resume may fix it.
+    Broken(UpstreamError),
+    /// The writer stopped (it reports why).
+    WriterGone,
+}
+
+/// Moves one response body to the writer, dropping the first `skip` bytes
+/// (already written by an earlier attempt).
+async fn pump(
+    mut body: Incoming,
+    tx: &mpsc::Sender<ToWriter>,
+    received: &mut u64,
+    skip: &mut u64,
+    idle: std::time::Duration,
+    url: &str,
+) -> Result<(), Pump> {
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => {
+                return Err(Pump::Broken(UpstreamError::Timeout {
+                    url: url.to_string(),
+                    phase: "reading the blob body",
+                }))
+            }
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(e))) => {
+                return Err(Pump::Broken(UpstreamError::Body {
+                    url: url.to_string(),
+                    cause: error_chain(&e),
+                }))
+            }
+            Ok(Some(Ok(frame))) => {
+                let Ok(mut data) = frame.into_data() else {
+                    continue;
+                };
+                if *skip > 0 {
+                    let n = (*skip).min(data.len() as u64);
+                    *skip -= n;
+                    data = data.slice(n as usize..);
+                    if data.is_empty() {
+                        continue;
+                    }
+                }
+                *received += data.len() as u64;
+                if tx.send(ToWriter::Data(data)).await.is_err() {
+                    return Err(Pump::WriterGone);
+                }
+            }
+        }
+    }
 }
 
 /// The blocking half: write, hash, publish progress, verify, publish.

@@ -8,8 +8,10 @@ use http::{HeaderMap, Response, StatusCode};
 
 use super::range::{self, RangeRequest};
 use super::response::{self, Body, DIGEST_HEADER};
+use crate::coordinator::BlobHandle;
 use crate::coordinator::Coordinator;
-use crate::oci::{Digest, RegistryError, RepoName};
+use crate::oci::{Digest, RegistryError};
+use crate::routing::Resolved;
 
 /// The answer and the cache status for the access log.
 pub struct BlobAnswer {
@@ -19,7 +21,7 @@ pub struct BlobAnswer {
 
 pub async fn head(
     coordinator: &Arc<Coordinator>,
-    name: &RepoName,
+    name: &Resolved,
     digest: &Digest,
 ) -> Result<BlobAnswer, RegistryError> {
     let (size, cache) = coordinator.blob_size(name, digest).await?;
@@ -35,9 +37,10 @@ pub async fn head(
 
 pub async fn get(
     coordinator: &Arc<Coordinator>,
-    name: &RepoName,
+    name: &Resolved,
     digest: &Digest,
     headers: &HeaderMap,
+    far_range_distance: u64,
 ) -> Result<BlobAnswer, RegistryError> {
     let handle = coordinator.open_blob(name, digest).await?;
     let cache = handle.cache_status();
@@ -52,6 +55,22 @@ pub async fn get(
                 r = r.header(CONTENT_LENGTH, size);
             }
             r.body(response::stream(handle.stream(0, None)))
+        }
+        RangeRequest::Partial { start, last } if is_far(&handle, start, far_range_distance) => {
+            // Far beyond the download: its own upstream request, not cached.
+            let upstream = coordinator.fetch_range(name, digest, start, last).await?;
+            return Ok(BlobAnswer {
+                response: base(digest)
+                    .status(StatusCode::PARTIAL_CONTENT)
+                    .header(CONTENT_LENGTH, last - start + 1)
+                    .header(
+                        CONTENT_RANGE,
+                        format!("bytes {start}-{last}/{}", size.expect("ranges need a size")),
+                    )
+                    .body(response::passthrough(upstream.into_body()))
+                    .expect("valid headers"),
+                cache: "passthrough",
+            });
         }
         RangeRequest::Partial { start, last } => base(digest)
             .status(StatusCode::PARTIAL_CONTENT)
@@ -71,6 +90,20 @@ pub async fn get(
         response: response.expect("valid headers"),
         cache,
     })
+}
+
+/// True when `start` lies more than `distance` bytes beyond what the fetch
+/// in flight has written.
+fn is_far(handle: &BlobHandle, start: u64, distance: u64) -> bool {
+    match handle {
+        BlobHandle::Stored { .. } => false,
+        BlobHandle::InFlight { flight, .. } => match *flight.subscribe().borrow() {
+            crate::coordinator::Progress::Streaming { written, .. } => {
+                start > written.saturating_add(distance)
+            }
+            _ => false,
+        },
+    }
 }
 
 fn base(digest: &Digest) -> http::response::Builder {

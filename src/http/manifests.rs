@@ -1,5 +1,9 @@
 //! `GET`/`HEAD /v2/<name>/manifests/<reference>`.
 //!
+//! Candidate registries are asked in order; a 404/401/403 (or a failure)
+//! passes the request to the next, and the one that answers is remembered
+//! for the repository's blobs. Tags are stored per registry.
+//!
 //! By digest, a stored manifest is answered with no upstream call (it is
 //! immutable); otherwise it is fetched, its digest verified and stored with
 //! its media type. By tag, the upstream is asked every time (freshness
@@ -12,11 +16,12 @@ use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::response::{self, Body, API_VERSION_HEADER, DIGEST_HEADER};
 use super::App;
-use crate::coordinator::content_length;
+use crate::coordinator::{content_length, worse};
 use crate::oci::{
     default_manifest_accept, is_manifest_media_type, sniff_manifest_media_type, Digest, ErrorCode,
     Hasher, Reference, RegistryError, RepoName, Tag,
 };
+use crate::routing::{Resolved, Target};
 use crate::store::{self, TagRecord};
 use crate::upstream::UpstreamError;
 
@@ -34,7 +39,7 @@ struct Manifest {
 
 pub async fn serve(
     app: &App,
-    name: &RepoName,
+    repo: &Resolved,
     reference: &Reference,
     headers: &HeaderMap,
     head: bool,
@@ -50,93 +55,113 @@ pub async fn serve(
             if let Some(m) = stored(app, digest).await? {
                 return Ok(answer(&m, head, None, "hit"));
             }
-            let m = fetch(app, name, reference, &accept, Some(digest)).await?;
-            Ok(answer(&m, head, None, "miss"))
+            let mut failure = None;
+            for target in &repo.targets {
+                match fetch(app, target, reference, &accept, Some(digest)).await {
+                    Ok(m) => {
+                        remember(app, repo, target);
+                        return Ok(answer(&m, head, None, "miss"));
+                    }
+                    Err(Failure::Upstream(e)) => failure = Some(worse(failure, e)),
+                    Err(Failure::Refused(e)) => return Err(e),
+                }
+            }
+            Err(report(failure))
         }
-        Reference::Tag(tag) => by_tag(app, name, tag, &accept, head).await,
+        Reference::Tag(tag) => by_tag(app, repo, tag, &accept, head).await,
     }
 }
 
 async fn by_tag(
     app: &App,
-    name: &RepoName,
+    repo: &Resolved,
     tag: &Tag,
     accept: &str,
     head: bool,
 ) -> Result<ManifestAnswer, RegistryError> {
     let reference = Reference::Tag(tag.clone());
-    let upstream_result = if head {
-        head_upstream(app, name, &reference, accept).await
-    } else {
-        fetch_inner(app, name, &reference, accept, None)
-            .await
-            .map(Some)
-    };
-    match upstream_result {
-        Ok(Some(m)) => {
-            remember_tag(app, name, tag, &m).await;
-            Ok(answer(&m, head, None, "miss"))
+    let mut failure: Option<UpstreamError> = None;
+    for target in &repo.targets {
+        let attempt = if head {
+            match head_upstream(app, target, &reference, accept).await {
+                Ok(Some(m)) => Ok(m),
+                // The upstream named a digest we do not hold: fetch it.
+                Ok(None) => fetch(app, target, &reference, accept, None).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            fetch(app, target, &reference, accept, None).await
+        };
+        match attempt {
+            Ok(m) => {
+                remember(app, repo, target);
+                remember_tag(app, target, &repo.local, tag, &m).await;
+                return Ok(answer(&m, head, None, "miss"));
+            }
+            Err(Failure::Upstream(e)) => {
+                tracing::debug!(registry = %target.registry.name, error = %e, "manifest not served here");
+                failure = Some(worse(failure, e));
+            }
+            Err(Failure::Refused(e)) => return Err(e),
         }
-        // HEAD: the upstream named a digest we do not hold; fetch it.
-        Ok(None) => {
-            let m = fetch(app, name, &reference, accept, None).await?;
-            remember_tag(app, name, tag, &m).await;
-            Ok(answer(&m, head, None, "miss"))
-        }
-        Err((e, unavailable)) if unavailable => {
-            let Some(m) = stored_tag(app, name, tag).await else {
-                return Err(e);
-            };
-            tracing::warn!(repo = %name, %tag, digest = %m.digest, error = %e.message,
-                "upstream unavailable; serving the stored tag");
-            let warning = format!(
-                "110 ferry \"upstream unavailable, serving stored tag: {}\"",
-                e.message.replace('"', "'")
-            );
-            Ok(answer(&m, head, Some(warning), "stale"))
-        }
-        Err((e, _)) => Err(e),
     }
+    let failure = failure.expect("a resolved repository has a target");
+    if failure.is_unavailable() {
+        for target in &repo.targets {
+            if let Some(m) = stored_tag(app, target, &repo.local, tag).await {
+                tracing::warn!(repo = %repo.local, %tag, registry = %target.registry.name,
+                    digest = %m.digest, error = %failure, "upstream unavailable; serving the stored tag");
+                let warning = format!(
+                    "110 ferry \"upstream unavailable, serving stored tag: {}\"",
+                    failure.to_string().replace('"', "'")
+                );
+                return Ok(answer(&m, head, Some(warning), "stale"));
+            }
+        }
+    }
+    Err(report(Some(failure)))
 }
 
-type Failure = (RegistryError, bool);
-
-fn upstream_failure(e: UpstreamError) -> Failure {
-    let unavailable = e.is_unavailable();
-    (e.to_registry_error(ErrorCode::ManifestUnknown), unavailable)
+/// Why a registry did not give us a manifest.
+enum Failure {
+    /// Not there, or the registry failed: the next one may do better.
+    Upstream(UpstreamError),
+    /// A definite refusal (bytes that fail their digest): stop here.
+    Refused(RegistryError),
 }
 
-/// Fetches a manifest with `GET`, verifies it against `expected` (when
-/// asked by digest) and stores it.
+fn report(failure: Option<UpstreamError>) -> RegistryError {
+    failure
+        .expect("a resolved repository has a target")
+        .to_registry_error(ErrorCode::ManifestUnknown)
+}
+
+fn remember(app: &App, repo: &Resolved, target: &Target) {
+    app.coordinator
+        .router()
+        .remember(&repo.local, target.registry.index);
+}
+
+/// Fetches a manifest with `GET` from one registry, verifies it against
+/// `expected` (when asked by digest) and stores it.
 async fn fetch(
     app: &App,
-    name: &RepoName,
-    reference: &Reference,
-    accept: &str,
-    expected: Option<&Digest>,
-) -> Result<Manifest, RegistryError> {
-    fetch_inner(app, name, reference, accept, expected)
-        .await
-        .map_err(|(e, _)| e)
-}
-
-async fn fetch_inner(
-    app: &App,
-    name: &RepoName,
+    target: &Target,
     reference: &Reference,
     accept: &str,
     expected: Option<&Digest>,
 ) -> Result<Manifest, Failure> {
-    let upstream = app.coordinator.upstream();
+    let upstream = &target.registry.upstream;
+    let name = &target.upstream_name;
     let url = upstream
         .url(&format!("/v2/{name}/manifests/{reference}"))
         .to_string();
     let resp = upstream
         .manifest(Method::GET, name, reference, accept)
         .await
-        .map_err(upstream_failure)?;
+        .map_err(Failure::Upstream)?;
     if resp.status() != StatusCode::OK {
-        return Err(upstream_failure(UpstreamError::Status {
+        return Err(Failure::Upstream(UpstreamError::Status {
             url,
             status: resp.status(),
         }));
@@ -145,24 +170,33 @@ async fn fetch_inner(
     let header_digest = header_str(resp.headers(), DIGEST_HEADER);
     let limit = app.config.max_manifest_size;
     if content_length(resp.headers()).is_some_and(|l| l > limit as u64) {
-        return Err(upstream_failure(UpstreamError::TooLarge { url, limit }));
+        return Err(Failure::Refused(
+            UpstreamError::TooLarge { url, limit }.to_registry_error(ErrorCode::ManifestInvalid),
+        ));
     }
     let bytes = upstream
         .read_body(&url, resp.into_body(), limit)
         .await
-        .map_err(upstream_failure)?;
+        .map_err(|e| match e {
+            UpstreamError::TooLarge { .. } => {
+                Failure::Refused(e.to_registry_error(ErrorCode::ManifestInvalid))
+            }
+            e => Failure::Upstream(e),
+        })?;
     let algorithm = expected.map_or(crate::oci::Algorithm::Sha256, |d| d.algorithm());
     let mut h = Hasher::new(algorithm);
     h.update(&bytes);
     let digest = h.finish();
     if let Some(want) = expected {
         if &digest != want {
-            let e = RegistryError::new(
+            return Err(Failure::Refused(RegistryError::new(
                 StatusCode::BAD_GATEWAY,
                 ErrorCode::ManifestInvalid,
-                format!("upstream manifest {name}@{want} hashes to {digest}; refused"),
-            );
-            return Err((e, false));
+                format!(
+                    "upstream manifest {name}@{want} from {} hashes to {digest}; refused",
+                    target.registry.name
+                ),
+            )));
         }
     } else if let Some(hd) = header_digest.as_deref() {
         if hd != digest.to_string() {
@@ -199,24 +233,25 @@ async fn fetch_inner(
     Ok(m)
 }
 
-/// `HEAD` upstream. `Ok(Some)` when the named digest is already stored,
-/// `Ok(None)` when it must be fetched.
+/// `HEAD` at one registry. `Ok(Some)` when the digest it names is already
+/// stored, `Ok(None)` when it must be fetched.
 async fn head_upstream(
     app: &App,
-    name: &RepoName,
+    target: &Target,
     reference: &Reference,
     accept: &str,
 ) -> Result<Option<Manifest>, Failure> {
-    let upstream = app.coordinator.upstream();
+    let upstream = &target.registry.upstream;
+    let name = &target.upstream_name;
     let url = upstream
         .url(&format!("/v2/{name}/manifests/{reference}"))
         .to_string();
     let resp = upstream
         .manifest(Method::HEAD, name, reference, accept)
         .await
-        .map_err(upstream_failure)?;
+        .map_err(Failure::Upstream)?;
     if resp.status() != StatusCode::OK {
-        return Err(upstream_failure(UpstreamError::Status {
+        return Err(Failure::Upstream(UpstreamError::Status {
             url,
             status: resp.status(),
         }));
@@ -226,7 +261,7 @@ async fn head_upstream(
     else {
         return Ok(None);
     };
-    stored(app, &digest).await.map_err(|e| (e, false))
+    stored(app, &digest).await.map_err(Failure::Refused)
 }
 
 async fn stored(app: &App, digest: &Digest) -> Result<Option<Manifest>, RegistryError> {
@@ -246,24 +281,24 @@ async fn stored(app: &App, digest: &Digest) -> Result<Option<Manifest>, Registry
     }
 }
 
-async fn stored_tag(app: &App, name: &RepoName, tag: &Tag) -> Option<Manifest> {
+async fn stored_tag(app: &App, target: &Target, name: &RepoName, tag: &Tag) -> Option<Manifest> {
     let store = app.coordinator.store().clone();
-    let (n, t) = (name.clone(), tag.clone());
-    let record = store::blocking(move || store.get_tag(&n, &t))
+    let (r, n, t) = (target.registry.name.clone(), name.clone(), tag.clone());
+    let record = store::blocking(move || store.get_tag(&r, &n, &t))
         .await
         .ok()??;
     let digest: Digest = record.digest.parse().ok()?;
     stored(app, &digest).await.ok()?
 }
 
-async fn remember_tag(app: &App, name: &RepoName, tag: &Tag, m: &Manifest) {
+async fn remember_tag(app: &App, target: &Target, name: &RepoName, tag: &Tag, m: &Manifest) {
     let store = app.coordinator.store().clone();
     let record = TagRecord {
         digest: m.digest.to_string(),
         media_type: m.media_type.clone(),
     };
-    let (n, t) = (name.clone(), tag.clone());
-    if let Err(e) = store::blocking(move || store.put_tag(&n, &t, &record)).await {
+    let (r, n, t) = (target.registry.name.clone(), name.clone(), tag.clone());
+    if let Err(e) = store::blocking(move || store.put_tag(&r, &n, &t, &record)).await {
         tracing::error!(repo = %name, %tag, error = %e, "cannot store tag mapping");
     }
 }

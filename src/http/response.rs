@@ -34,6 +34,12 @@ pub fn stream(s: BlobStream) -> Body {
     StreamBody::new(s.map_ok(Frame::data)).boxed_unsync()
 }
 
+/// An upstream body passed through as it is (errors abort the response).
+pub fn passthrough(body: hyper::body::Incoming) -> Body {
+    body.map_err(|e| io::Error::other(format!("upstream body failed: {e}")))
+        .boxed_unsync()
+}
+
 /// An OCI error response; a `HEAD` gets the headers only.
 pub fn error(e: &RegistryError, head: bool) -> Response<Body> {
     let json = e.to_json();

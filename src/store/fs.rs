@@ -3,7 +3,7 @@
 //! ```text
 //! <root>/blobs/sha256/ab/<hex>              blob bytes, verified
 //! <root>/manifests/sha256/ab/<hex>          "<media type>\n" + manifest bytes, verified
-//! <root>/repositories/<name>/_tags/<tag>    {"digest": .., "mediaType": ..}
+//! <root>/repositories/<registry>/<name>/_tags/<tag>    {"digest": .., "mediaType": ..}
 //! <root>/tmp/                                temp files; emptied at start-up
 //! ```
 //!
@@ -111,9 +111,10 @@ impl FsStore {
             .join(hex)
     }
 
-    fn tag_path(&self, repo: &RepoName, tag: &Tag) -> PathBuf {
+    fn tag_path(&self, registry: &str, repo: &RepoName, tag: &Tag) -> PathBuf {
         self.root
             .join("repositories")
+            .join(registry_dir(registry))
             .join(repo.as_str())
             .join("_tags")
             .join(tag.as_str())
@@ -194,13 +195,25 @@ impl FsStore {
         Ok(Some((media_type, bytes)))
     }
 
-    pub fn put_tag(&self, repo: &RepoName, tag: &Tag, record: &TagRecord) -> io::Result<()> {
+    /// Records what `tag` of `repo` at `registry` (its `host[:port]`) means.
+    pub fn put_tag(
+        &self,
+        registry: &str,
+        repo: &RepoName,
+        tag: &Tag,
+        record: &TagRecord,
+    ) -> io::Result<()> {
         let json = serde_json::to_vec(record).map_err(io::Error::other)?;
-        self.write_atomically(&self.tag_path(repo, tag), &json, tag.as_str())
+        self.write_atomically(&self.tag_path(registry, repo, tag), &json, tag.as_str())
     }
 
-    pub fn get_tag(&self, repo: &RepoName, tag: &Tag) -> io::Result<Option<TagRecord>> {
-        let path = self.tag_path(repo, tag);
+    pub fn get_tag(
+        &self,
+        registry: &str,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> io::Result<Option<TagRecord>> {
+        let path = self.tag_path(registry, repo, tag);
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
                 io::Error::new(
@@ -231,6 +244,24 @@ impl FsStore {
         }
         result
     }
+}
+
+/// A registry's `host[:port]` as one safe directory name.
+fn registry_dir(registry: &str) -> String {
+    let mut d: String = registry
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if d.is_empty() || d.starts_with('.') {
+        d.insert(0, '_');
+    }
+    d
 }
 
 /// Renames `from` to `to`, creating `to`'s directory, and fsyncs that
@@ -309,14 +340,20 @@ mod tests {
             digest: d.to_string(),
             media_type: mt,
         };
-        store.put_tag(&repo, &tag, &rec).unwrap();
+        let r = "r.example:5000";
+        store.put_tag(r, &repo, &tag, &rec).unwrap();
         // Repository `a` with tag `b` must not collide with repository `a/b`.
-        store.put_tag(&repo_a, &tag, &rec).unwrap();
-        assert_eq!(store.get_tag(&repo, &tag).unwrap(), Some(rec.clone()));
-        assert_eq!(store.get_tag(&repo_a, &tag).unwrap(), Some(rec));
+        store.put_tag(r, &repo_a, &tag, &rec).unwrap();
+        assert_eq!(store.get_tag(r, &repo, &tag).unwrap(), Some(rec.clone()));
+        assert_eq!(store.get_tag(r, &repo_a, &tag).unwrap(), Some(rec));
         assert_eq!(
-            store.get_tag(&repo, &Tag::parse("c").unwrap()).unwrap(),
-            None
+            store.get_tag("other", &repo, &tag).unwrap(),
+            None,
+            "tags are per registry"
         );
+        let c = Tag::parse("c").unwrap();
+        assert_eq!(store.get_tag(r, &repo, &c).unwrap(), None);
+        assert_eq!(registry_dir("../x"), "_.._x");
+        assert_eq!(registry_dir("[::1]:5000"), "___1__5000");
     }
 }

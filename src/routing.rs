@@ -1,0 +1,409 @@
+//! Which upstream registry serves a repository, and under what name.
+//!
+//! A request names a repository; the [`Router`] turns it into an ordered
+//! list of [`Target`]s (registry + upstream repository name) to try:
+//!
+//! - containerd's `?ns=<host>` selects the registry whose URL host matches
+//!   (`docker.io` ↔ `registry-1.docker.io` / `index.docker.io`); an `ns`
+//!   naming no configured registry is refused: ferry is no open proxy.
+//! - Path style (CRI-O/podman `location = "mirror:5000/docker.io"`): a first
+//!   path segment naming a configured registry host selects it and is
+//!   stripped.
+//! - Otherwise every registry whose `content` rules match the name (or that
+//!   has none) is a candidate, in config order, as zot's on-demand sync does.
+//!   The registry that last served the repository goes first.
+//! - `destination` / `stripPrefix` map the local name to the upstream one;
+//!   Docker Hub gets `library/` in front of a one-segment name.
+
+mod glob;
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use http::{StatusCode, Uri};
+
+use crate::config::{Config, ContentRule, RegistryConfig};
+use crate::oci::{ErrorCode, RegistryError, RepoName};
+use crate::upstream::Upstream;
+
+pub use glob::{literal_base, prefix_matches};
+
+/// Docker Hub's hosts; any of them names the same registry.
+const DOCKER_HUB: &[&str] = &[
+    "docker.io",
+    "registry-1.docker.io",
+    "index.docker.io",
+    "registry.hub.docker.com",
+];
+
+/// One configured upstream registry with its client.
+#[derive(Debug)]
+pub struct Registry {
+    /// Position in the config; also its identity.
+    pub index: usize,
+    /// `host[:port]` of its first URL: for logs, metrics and store keys.
+    pub name: String,
+    pub config: RegistryConfig,
+    pub upstream: Upstream,
+    /// `host[:port]` of every URL, plus Docker Hub's aliases.
+    hosts: Vec<String>,
+    docker_hub: bool,
+}
+
+impl Registry {
+    fn new(index: usize, config: RegistryConfig, upstream: Upstream) -> Registry {
+        let mut hosts: Vec<String> = config.urls.iter().map(host_key).collect();
+        let docker_hub = hosts.iter().any(|h| DOCKER_HUB.contains(&h.as_str()));
+        if docker_hub {
+            hosts.extend(DOCKER_HUB.iter().map(|h| h.to_string()));
+        }
+        Registry {
+            index,
+            name: host_key(&config.urls[0]),
+            config,
+            upstream,
+            hosts,
+            docker_hub,
+        }
+    }
+
+    fn serves_host(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.hosts.contains(&host)
+    }
+
+    /// The upstream name for `local`, if this registry serves it.
+    fn upstream_name(&self, local: &str) -> Option<String> {
+        let mapped = if self.config.content.is_empty() {
+            Some(local.to_string())
+        } else {
+            self.config
+                .content
+                .iter()
+                .find_map(|rule| map_name(rule, local))
+        }?;
+        if self.docker_hub && !mapped.contains('/') {
+            return Some(format!("library/{mapped}"));
+        }
+        Some(mapped)
+    }
+}
+
+/// Maps a local name through one content rule: strip the destination, put
+/// back the prefix's literal base when `stripPrefix` removed it, and check
+/// the upstream name against the prefix.
+fn map_name(rule: &ContentRule, local: &str) -> Option<String> {
+    let rest = match rule.destination.as_deref() {
+        None => local,
+        Some(d) if local == d => "",
+        Some(d) => local.strip_prefix(d)?.strip_prefix('/')?,
+    };
+    let upstream = if rule.strip_prefix {
+        let base = literal_base(&rule.prefix);
+        match (base.is_empty(), rest.is_empty()) {
+            (true, _) => rest.to_string(),
+            (false, true) => base,
+            (false, false) => format!("{base}/{rest}"),
+        }
+    } else {
+        rest.to_string()
+    };
+    (!upstream.is_empty() && prefix_matches(&rule.prefix, &upstream)).then_some(upstream)
+}
+
+/// `host[:port]`, lowercased, of a URL.
+fn host_key(u: &Uri) -> String {
+    let host = u.host().unwrap_or_default().to_ascii_lowercase();
+    match u.port_u16() {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    }
+}
+
+/// One place to ask for a repository.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub registry: Arc<Registry>,
+    /// The repository's name at that registry.
+    pub upstream_name: RepoName,
+}
+
+/// A routed request: the validated local name and where to look, in order.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub local: RepoName,
+    pub targets: Vec<Target>,
+}
+
+/// The routing table plus what it learned about repositories.
+#[derive(Debug)]
+pub struct Router {
+    registries: Vec<Arc<Registry>>,
+    /// Local name → the registry that served its last manifest or blob.
+    remembered: DashMap<RepoName, usize>,
+}
+
+impl Router {
+    /// Builds one upstream client per configured registry.
+    pub fn new(config: &Config) -> Router {
+        let registries = config
+            .registries
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let upstream = Upstream::with_urls(
+                    r.urls.clone(),
+                    config.timeouts,
+                    r.retry,
+                    config.max_retry_wait,
+                );
+                Arc::new(Registry::new(i, r.clone(), upstream))
+            })
+            .collect();
+        Router {
+            registries,
+            remembered: DashMap::new(),
+        }
+    }
+
+    pub fn registries(&self) -> &[Arc<Registry>] {
+        &self.registries
+    }
+
+    /// Routes the raw name of a request (still unvalidated) with its `ns`.
+    pub fn resolve(&self, raw_name: &str, ns: Option<&str>) -> Result<Resolved, RegistryError> {
+        let (selected, name) = if let Some(ns) = ns {
+            let r = self.registries.iter().find(|r| r.serves_host(ns)).ok_or_else(|| {
+                RegistryError::not_found(
+                    ErrorCode::NameUnknown,
+                    format!("ns={ns:?} names no configured registry; ferry only fetches from its configured registries"),
+                )
+            })?;
+            (Some(r.clone()), raw_name)
+        } else {
+            match raw_name.split_once('/') {
+                Some((first, rest)) => {
+                    match self.registries.iter().find(|r| r.serves_host(first)) {
+                        Some(r) => (Some(r.clone()), rest),
+                        None => (None, raw_name),
+                    }
+                }
+                None => (None, raw_name),
+            }
+        };
+        let local = RepoName::parse(name)
+            .map_err(|m| RegistryError::bad_request(ErrorCode::NameInvalid, m))?;
+        let pool: Vec<&Arc<Registry>> = match &selected {
+            Some(r) => vec![r],
+            None => self.registries.iter().collect(),
+        };
+        let mut targets: Vec<Target> = pool
+            .into_iter()
+            .filter_map(|r| {
+                let up = r.upstream_name(local.as_str())?;
+                let upstream_name = RepoName::parse(&up).ok()?;
+                Some(Target {
+                    registry: r.clone(),
+                    upstream_name,
+                })
+            })
+            .collect();
+        if targets.is_empty() {
+            return Err(RegistryError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NameUnknown,
+                format!("no configured registry serves repository {local}"),
+            ));
+        }
+        if let Some(i) = self.remembered.get(&local).map(|i| *i) {
+            if let Some(pos) = targets.iter().position(|t| t.registry.index == i) {
+                let t = targets.remove(pos);
+                targets.insert(0, t);
+            }
+        }
+        Ok(Resolved { local, targets })
+    }
+
+    /// Remembers that `registry` served `local`, so its blobs go there first.
+    pub fn remember(&self, local: &RepoName, registry: usize) {
+        if self.remembered.get(local).map(|i| *i) != Some(registry) {
+            self.remembered.insert(local.clone(), registry);
+        }
+    }
+
+    /// The routing table as text, for `ferry check-config`.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for r in &self.registries {
+            let c = &r.config;
+            out.push_str(&format!("registry {} ({})\n", r.index, r.name));
+            for (i, u) in c.urls.iter().enumerate() {
+                let role = if i == 0 { "primary" } else { "failover" };
+                out.push_str(&format!("  url      {u} ({role})\n"));
+            }
+            if c.content.is_empty() {
+                out.push_str("  serves   every repository");
+                if r.docker_hub {
+                    out.push_str(" (one-segment names get library/)");
+                }
+                out.push('\n');
+            }
+            for rule in &c.content {
+                let local = match &rule.destination {
+                    Some(d) => format!("{d}/..."),
+                    None => "same name".to_string(),
+                };
+                out.push_str(&format!(
+                    "  serves   {} -> local {local}{}\n",
+                    rule.prefix,
+                    if rule.strip_prefix {
+                        " (prefix stripped)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            out.push_str(&format!("  ns       {}\n", r.hosts.join(", ")));
+            out.push_str(&format!(
+                "  retries  {} (delay {}, max {}), tlsVerify {}\n",
+                c.retry.max_retries,
+                humantime::format_duration(c.retry.delay),
+                humantime::format_duration(c.retry.max_delay),
+                c.tls_verify
+            ));
+        }
+        out.push_str("order    a repository tries every registry that serves it, in the order above; the one that served it last goes first\n");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileConfig, Overrides};
+
+    fn router(json: &str) -> Router {
+        let c = Config::resolve(FileConfig::parse(json).unwrap(), &Overrides::default()).unwrap();
+        Router::new(&c)
+    }
+
+    fn order(r: &Router, name: &str, ns: Option<&str>) -> Vec<(usize, String)> {
+        r.resolve(name, ns)
+            .unwrap()
+            .targets
+            .iter()
+            .map(|t| (t.registry.index, t.upstream_name.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn seed_config_routes_like_zot() {
+        let r = router(include_str!("../tests/fixtures/seed-config.json"));
+        assert_eq!(
+            order(&r, "lank8s/pause", None),
+            vec![
+                (0, "lank8s/pause".into()),
+                (1, "lank8s/pause".into()),
+                (2, "lank8s/pause".into())
+            ]
+        );
+        assert_eq!(
+            order(&r, "pause", None),
+            vec![(1, "pause".into()), (2, "pause".into())]
+        );
+        r.remember(&RepoName::parse("pause").unwrap(), 2);
+        assert_eq!(
+            order(&r, "pause", None)[0].0,
+            2,
+            "remembered registry goes first"
+        );
+    }
+
+    #[tokio::test]
+    async fn ns_path_style_and_docker_hub() {
+        let r = router(
+            r#"{"extensions":{"sync":{"registries":[
+                {"urls":["https://registry-1.docker.io"]},
+                {"urls":["https://ghcr.io", "https://ghcr-mirror.example:8443"]},
+                {"urls":["http://127.0.0.1:5001"]}]}}}"#,
+        );
+        assert_eq!(
+            order(&r, "alpine", Some("docker.io")),
+            vec![(0, "library/alpine".into())]
+        );
+        assert_eq!(
+            order(&r, "org/app", Some("ghcr.io")),
+            vec![(1, "org/app".into())]
+        );
+        assert_eq!(
+            order(&r, "org/app", Some("ghcr-mirror.example:8443")),
+            vec![(1, "org/app".into())]
+        );
+        assert_eq!(
+            order(&r, "x", Some("127.0.0.1:5001")),
+            vec![(2, "x".into())]
+        );
+        let e = r.resolve("alpine", Some("evil.example")).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::NOT_FOUND, ErrorCode::NameUnknown)
+        );
+        // Path style, including a host with a port.
+        assert_eq!(
+            order(&r, "docker.io/library/alpine", None),
+            vec![(0, "library/alpine".into())]
+        );
+        assert_eq!(
+            order(&r, "docker.io/alpine", None),
+            vec![(0, "library/alpine".into())]
+        );
+        assert_eq!(
+            order(&r, "127.0.0.1:5001/team/x", None),
+            vec![(2, "team/x".into())]
+        );
+        // No selector: every registry, in order; Docker Hub adds library/.
+        assert_eq!(
+            order(&r, "busybox", None),
+            vec![
+                (0, "library/busybox".into()),
+                (1, "busybox".into()),
+                (2, "busybox".into())
+            ]
+        );
+        assert_eq!(
+            r.resolve("Bad/Name", None).unwrap_err().code,
+            ErrorCode::NameInvalid
+        );
+        assert_eq!(
+            r.resolve("docker.io/../x", None).unwrap_err().code,
+            ErrorCode::NameInvalid
+        );
+    }
+
+    #[tokio::test]
+    async fn destination_and_strip_prefix() {
+        let r = router(
+            r#"{"extensions":{"sync":{"registries":[
+                {"urls":["https://a.example"], "content":[{"prefix":"/team/**","destination":"/mirror/a","stripPrefix":true}]},
+                {"urls":["https://b.example"], "content":[{"prefix":"kube-*","destination":"/k8s"}]}]}}}"#,
+        );
+        assert_eq!(
+            order(&r, "mirror/a/app", None),
+            vec![(0, "team/app".into())]
+        );
+        assert_eq!(
+            order(&r, "mirror/a/x/y", None),
+            vec![(0, "team/x/y".into())]
+        );
+        assert_eq!(
+            order(&r, "k8s/kube-proxy", None),
+            vec![(1, "kube-proxy".into())]
+        );
+        let e = r.resolve("k8s/etcd", None).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NameUnknown);
+        assert!(
+            r.resolve("team/app", None).is_err(),
+            "only reachable under its destination"
+        );
+    }
+}
