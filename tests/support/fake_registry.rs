@@ -65,12 +65,29 @@ pub enum Fault {
     DropAfter(u64),
     /// Send this many bytes, then wait for the gate.
     PauseAt(u64, Gate),
+    /// Each request breaks at the next offset of this list past its start
+    /// (the offset is used up), so a transfer breaks once per offset.
+    DropAtEach(Arc<Mutex<Vec<u64>>>),
+    /// The first request to reach the offset hangs there; later ones pass.
+    StallOnce(u64, Arc<std::sync::atomic::AtomicBool>),
+}
+
+impl Fault {
+    pub fn drop_at_each(offsets: Vec<u64>) -> Fault {
+        Fault::DropAtEach(Arc::new(Mutex::new(offsets)))
+    }
+
+    pub fn stall_once(at: u64) -> Fault {
+        Fault::StallOnce(at, Arc::new(std::sync::atomic::AtomicBool::new(false)))
+    }
 }
 
 #[derive(Clone)]
 struct Blob {
     data: Bytes,
     fault: Fault,
+    /// Answer `Range` requests with the whole blob (200).
+    ignore_range: bool,
 }
 
 #[derive(Default)]
@@ -86,6 +103,14 @@ struct State {
     /// handed out anonymously by `/token`.
     bearer: Option<String>,
     addr: Option<SocketAddr>,
+    /// Blob GETs are redirected to this base URL.
+    redirect_blobs: Option<String>,
+    /// `Authorization` header of every request, in order ("" when absent).
+    authorizations: Vec<String>,
+    /// The next requests get this status (count, status, Retry-After).
+    fail_next: Option<(usize, StatusCode, Option<u64>)>,
+    /// `Range` headers of blob GETs, in order.
+    ranges: Vec<String>,
 }
 
 /// The fake registry. Dropping it stops it.
@@ -157,12 +182,50 @@ impl FakeRegistry {
 
     pub fn add_blob_with(&self, data: Bytes, fault: Fault) -> String {
         let digest = super::sha256(&data);
+        self.state.lock().unwrap().blobs.insert(
+            digest.clone(),
+            Blob {
+                data,
+                fault,
+                ignore_range: false,
+            },
+        );
+        digest
+    }
+
+    pub fn set_ignore_range(&self, digest: &str) {
         self.state
             .lock()
             .unwrap()
             .blobs
-            .insert(digest.clone(), Blob { data, fault });
-        digest
+            .get_mut(digest)
+            .unwrap()
+            .ignore_range = true;
+    }
+
+    /// Redirects blob GETs to another server (`http://host:port`).
+    pub fn redirect_blobs_to(&self, base: &str) {
+        self.state.lock().unwrap().redirect_blobs = Some(base.to_string());
+    }
+
+    /// The `Authorization` headers received, one per request ("" if none).
+    pub fn authorizations(&self) -> Vec<String> {
+        self.state.lock().unwrap().authorizations.clone()
+    }
+
+    /// The `Range` headers of blob GETs received.
+    pub fn ranges(&self) -> Vec<String> {
+        self.state.lock().unwrap().ranges.clone()
+    }
+
+    /// The next `n` requests are answered with `status` (and Retry-After).
+    pub fn fail_next(&self, n: usize, status: StatusCode, retry_after: Option<u64>) {
+        self.state.lock().unwrap().fail_next = Some((n, status, retry_after));
+    }
+
+    /// Every request received, as "METHOD path", with counts.
+    pub fn total_hits(&self) -> usize {
+        self.state.lock().unwrap().hits.values().sum()
     }
 
     pub fn set_fault(&self, digest: &str, fault: Fault) {
@@ -249,8 +312,23 @@ async fn handle(
     let (blob, manifest, rate) = {
         let mut s = state.lock().unwrap();
         *s.hits.entry(format!("{method} {path}")).or_default() += 1;
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        s.authorizations.push(auth);
         if let Some(status) = s.status_override {
             return plain(status, "overridden");
+        }
+        if let Some((n, status, retry_after)) = s.fail_next {
+            s.fail_next = (n > 1).then_some((n - 1, status, retry_after));
+            let mut r = Response::builder().status(status);
+            if let Some(secs) = retry_after {
+                r = r.header("retry-after", secs);
+            }
+            return r.body(full(Bytes::from_static(b"{}"))).unwrap();
         }
         if let Some(token) = s.bearer.clone() {
             if path == "/token" {
@@ -288,7 +366,17 @@ async fn handle(
             return plain(StatusCode::OK, "{}");
         }
         if n >= 3 && segs[n - 2] == "blobs" {
+            if let (Some(base), true) = (&s.redirect_blobs, method == Method::GET) {
+                return Response::builder()
+                    .status(StatusCode::TEMPORARY_REDIRECT)
+                    .header("location", format!("{base}{path}"))
+                    .body(full(Bytes::new()))
+                    .unwrap();
+            }
             blob = s.blobs.get(segs[n - 1]).cloned();
+            if let Some(r) = req.headers().get("range").and_then(|v| v.to_str().ok()) {
+                s.ranges.push(r.to_string());
+            }
         }
         if n >= 3 && segs[n - 2] == "manifests" {
             let repo = segs[..n - 2].join("/");
@@ -317,9 +405,27 @@ async fn handle(
         );
     };
     let len = blob.data.len() as u64;
-    let builder = Response::builder()
+    let range = req
+        .headers()
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_range)
+        .filter(|_| !blob.ignore_range)
+        .filter(|(a, _)| *a < len);
+    let mut builder = Response::builder()
         .header("content-type", "application/octet-stream")
-        .header("content-length", len);
+        .header("etag", "\"fake-etag\"");
+    let (start, end) = match range {
+        Some((a, b)) => {
+            let last = b.unwrap_or(len - 1).min(len - 1);
+            builder = builder
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header("content-range", format!("bytes {a}-{last}/{len}"));
+            (a, last + 1)
+        }
+        None => (0, len),
+    };
+    builder = builder.header("content-length", end - start);
     if method == Method::HEAD {
         return builder.body(full(Bytes::new())).unwrap();
     }
@@ -331,35 +437,91 @@ async fn handle(
         data = v.into();
     }
     builder
-        .body(stream_body(data, blob.fault, rate, sent))
+        .body(stream_body(
+            data,
+            start as usize,
+            end as usize,
+            blob.fault,
+            rate,
+            sent,
+        ))
         .unwrap()
 }
 
-/// Streams `data` in 64 KiB chunks at `rate` bytes/s, applying `fault`.
-fn stream_body(data: Bytes, fault: Fault, rate: u64, sent: Arc<AtomicU64>) -> Body {
+/// `bytes=a-` or `bytes=a-b`.
+fn parse_range(h: &str) -> Option<(u64, Option<u64>)> {
+    let (a, b) = h.strip_prefix("bytes=")?.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()))
+}
+
+/// Streams `data[from..to]` in 64 KiB chunks at `rate` bytes/s, applying
+/// `fault` (whose offsets are absolute).
+fn stream_body(
+    data: Bytes,
+    from: usize,
+    to: usize,
+    fault: Fault,
+    rate: u64,
+    sent: Arc<AtomicU64>,
+) -> Body {
     const CHUNK: usize = 64 * 1024;
     struct S {
         data: Bytes,
         pos: usize,
+        from: usize,
+        to: usize,
         fault: Fault,
+        drop_at: Option<usize>,
         rate: u64,
         start: Instant,
         sent: Arc<AtomicU64>,
     }
+    let drop_at = match &fault {
+        Fault::DropAtEach(list) => {
+            let mut l = list.lock().unwrap();
+            let next = l.iter().copied().filter(|&o| o as usize > from).min();
+            if let Some(o) = next {
+                l.retain(|&x| x != o);
+            }
+            next.map(|o| o as usize)
+        }
+        _ => None,
+    };
     let s = S {
         data,
-        pos: 0,
+        pos: from,
+        from,
+        to,
         fault,
+        drop_at,
         rate,
         start: Instant::now(),
         sent,
     };
     let stream = futures::stream::unfold(s, |mut s| async move {
-        if s.pos >= s.data.len() {
+        if s.pos >= s.to {
             return None;
         }
-        let mut end = (s.pos + CHUNK).min(s.data.len());
+        let mut end = (s.pos + CHUNK).min(s.to);
+        if let Some(at) = s.drop_at {
+            if s.pos >= at {
+                // Let the bytes already sent reach the client, then break:
+                // "the connection dropped after `at` bytes".
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let e = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "fault: dropped");
+                return Some((Err(e), s));
+            }
+            end = end.min(at);
+        }
         match &s.fault {
+            Fault::StallOnce(at, used) => {
+                let at = *at as usize;
+                if s.pos == at && !used.swap(true, Ordering::SeqCst) {
+                    futures::future::pending::<()>().await;
+                } else if s.pos < at {
+                    end = end.min(at);
+                }
+            }
             Fault::DropAfter(at) => {
                 let at = *at as usize;
                 if s.pos >= at {
@@ -382,7 +544,7 @@ fn stream_body(data: Bytes, fault: Fault, rate: u64, sent: Arc<AtomicU64>) -> Bo
             _ => {}
         }
         if s.rate > 0 {
-            let due = Duration::from_secs_f64(s.pos as f64 / s.rate as f64);
+            let due = Duration::from_secs_f64((s.pos - s.from) as f64 / s.rate as f64);
             let now = s.start.elapsed();
             if due > now {
                 tokio::time::sleep(due - now).await;

@@ -47,6 +47,40 @@ impl Ferry {
         };
         let mut config = Config::defaults(&overrides).unwrap();
         config.timeouts.idle_read = std::time::Duration::from_secs(20);
+        // Fast retries: tests assert what happens, not how long it takes.
+        for r in &mut config.registries {
+            r.retry.delay = std::time::Duration::from_millis(5);
+            r.retry.max_delay = std::time::Duration::from_millis(20);
+        }
+        tweak(&mut config);
+        let server = Server::bind(config).await.unwrap();
+        let addr = server.local_addr();
+        let app = server.app().clone();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        Ferry {
+            addr,
+            app,
+            dir,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Starts ferry with a config file's JSON (listen and storage are set
+    /// by the test), then `tweak`.
+    pub async fn start_json(json: &str, tweak: impl FnOnce(&mut Config)) -> Ferry {
+        let dir = tempfile::tempdir().unwrap();
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            storage: Some(dir.path().join("store")),
+            upstream: None,
+        };
+        let file = ferry::config::FileConfig::parse(json).unwrap();
+        let mut config = Config::resolve(file, &overrides).unwrap();
+        config.timeouts.idle_read = std::time::Duration::from_secs(20);
         tweak(&mut config);
         let server = Server::bind(config).await.unwrap();
         let addr = server.local_addr();
