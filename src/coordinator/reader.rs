@@ -123,10 +123,34 @@ impl State {
                 (Some(e), Some(b)) => Some(e.min(b)),
                 (e, b) => e.or(b),
             };
-            if end.is_some_and(|e| self.pos >= e) {
-                return None;
+            if let Some(e) = end.filter(|e| self.pos >= *e) {
+                // A response that reaches the end of the blob ends cleanly
+                // only once the digest was verified: a fetch can still fail
+                // after its last byte was written.
+                let reaches_blob_end = self.end.is_none() || blob_end.is_some_and(|b| e >= b);
+                let verified = self
+                    .follow
+                    .as_ref()
+                    .is_none_or(|f| matches!(*f.rx.borrow(), Progress::Done { .. }));
+                if !reaches_blob_end || verified {
+                    return None;
+                }
+                let f = self.follow.as_mut().expect("unverified implies following");
+                if f.rx.changed().await.is_err() {
+                    return Some(Err(io::Error::other("blob fetch vanished")));
+                }
+                continue;
             }
-            let limit = end.map_or(available, |e| e.min(available));
+            let mut limit = end.map_or(available, |e| e.min(available));
+            // Hold back the blob's last byte until its digest is verified:
+            // once a connection has sent all of Content-Length it counts
+            // as complete, so an error after that would come too late.
+            if let (Some(f), Some(b)) = (self.follow.as_ref(), blob_end) {
+                let done = matches!(*f.rx.borrow(), Progress::Done { .. });
+                if !done && end.is_some_and(|e| e >= b) {
+                    limit = limit.min(b.saturating_sub(1));
+                }
+            }
             if self.pos < limit {
                 let len = (limit - self.pos).min(READ_CHUNK as u64) as usize;
                 return Some(self.read(len).await);
