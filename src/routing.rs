@@ -57,6 +57,8 @@ impl Registry {
         if docker_hub {
             hosts.extend(DOCKER_HUB.iter().map(|h| h.to_string()));
         }
+        let mut seen = std::collections::HashSet::new();
+        hosts.retain(|h| seen.insert(h.clone()));
         Registry {
             index,
             name: host_key(&config.urls[0]),
@@ -82,10 +84,28 @@ impl Registry {
                 .iter()
                 .find_map(|rule| map_name(rule, local))
         }?;
-        if self.docker_hub && !mapped.contains('/') {
-            return Some(format!("library/{mapped}"));
+        Some(self.hub_name(mapped))
+    }
+
+    /// The upstream name when the client chose this registry itself (`ns=`
+    /// or path style): the name is already the registry's own, so content
+    /// rules only filter, they do not map.
+    fn selected_name(&self, name: &str) -> Option<String> {
+        let allowed = self.config.content.is_empty()
+            || self
+                .config
+                .content
+                .iter()
+                .any(|r| prefix_matches(&r.prefix, name));
+        allowed.then(|| self.hub_name(name.to_string()))
+    }
+
+    fn hub_name(&self, name: String) -> String {
+        if self.docker_hub && !name.contains('/') {
+            format!("library/{name}")
+        } else {
+            name
         }
-        Some(mapped)
     }
 }
 
@@ -200,7 +220,10 @@ impl Router {
         let mut targets: Vec<Target> = pool
             .into_iter()
             .filter_map(|r| {
-                let up = r.upstream_name(local.as_str())?;
+                let up = match selected {
+                    Some(_) => r.selected_name(local.as_str())?,
+                    None => r.upstream_name(local.as_str())?,
+                };
                 let upstream_name = RepoName::parse(&up).ok()?;
                 Some(Target {
                     registry: r.clone(),
