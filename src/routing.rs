@@ -428,5 +428,15 @@ mod tests {
             r.resolve("team/app", None).is_err(),
             "only reachable under its destination"
         );
+        // Chosen by ns=, the name is the registry's own; content only filters.
+        assert_eq!(
+            order(&r, "team/app", Some("a.example")),
+            vec![(0, "team/app".into())]
+        );
+        assert_eq!(
+            order(&r, "kube-proxy", Some("b.example")),
+            vec![(1, "kube-proxy".into())]
+        );
+        assert!(r.resolve("etcd", Some("b.example")).is_err());
     }
 }
