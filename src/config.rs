@@ -54,6 +54,33 @@ pub struct RegistryConfig {
     pub tls_verify: bool,
     pub cert_dir: Option<PathBuf>,
     pub retry: RetryPolicy,
+    pub freshness: Freshness,
+}
+
+/// How long what ferry stored about a registry's tags is trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Freshness {
+    /// A tag younger than this is answered from the store; older ones are
+    /// revalidated with a `HEAD`. Zero: always revalidate.
+    pub tag_ttl: Duration,
+    /// How old a stored tag may be and still be served when the upstream
+    /// is unavailable; `None`: no limit.
+    pub max_stale: Option<Duration>,
+    /// Serve a stored tag even when the upstream says it no longer exists.
+    pub serve_stale_on_not_found: bool,
+    /// Referrers lists are cached like tags, for this long.
+    pub referrers_ttl: Duration,
+}
+
+impl Default for Freshness {
+    fn default() -> Self {
+        Freshness {
+            tag_ttl: Duration::from_secs(300),
+            max_stale: None,
+            serve_stale_on_not_found: false,
+            referrers_ttl: Duration::from_secs(60),
+        }
+    }
 }
 
 /// zot's `content` entry: repositories matching `prefix` (a glob: `*` one
@@ -94,6 +121,7 @@ impl RegistryConfig {
             tls_verify: true,
             cert_dir: None,
             retry: RetryPolicy::default(),
+            freshness: Freshness::default(),
         }
     }
 }

@@ -8,10 +8,13 @@
 //! time to finish.
 
 mod blobs;
+mod listing;
 mod manifests;
 mod range;
+mod referrers;
 mod response;
 mod router;
+mod tag_freshness;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,11 +31,14 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::coordinator::Coordinator;
-use crate::oci::{ErrorCode, RegistryError};
+use crate::oci::RegistryError;
 use crate::routing::{Resolved, Router};
+use crate::stats::Stats;
 use crate::store::FsStore;
+use dashmap::DashMap;
 
 pub use range::{resolve as resolve_range, RangeRequest};
 pub use response::Body;
@@ -43,12 +49,22 @@ pub use router::{route, Route};
 pub struct App {
     pub config: Arc<Config>,
     pub coordinator: Arc<Coordinator>,
+    /// Wall-clock time for tag freshness; tests use a manual one.
+    pub clock: Clock,
+    pub stats: Stats,
+    /// Tag revalidations in flight, shared by concurrent requests.
+    revalidations: DashMap<String, tag_freshness::SharedRevalidation>,
     next_request_id: AtomicU64,
 }
 
 impl App {
-    /// Opens the store and builds the upstream client.
+    /// Opens the store and builds the upstream clients.
     pub fn new(config: Config) -> std::io::Result<Arc<App>> {
+        App::with_clock(config, Clock::System)
+    }
+
+    /// As [`App::new`], with a given clock (tests move a manual one).
+    pub fn with_clock(config: Config, clock: Clock) -> std::io::Result<Arc<App>> {
         let (store, recovery) = FsStore::open(&config.storage_root)?;
         if recovery.temp_files_removed > 0 {
             tracing::info!(removed = recovery.temp_files_removed, root = %config.storage_root.display(),
@@ -59,12 +75,15 @@ impl App {
         Ok(Arc::new(App {
             config: Arc::new(config),
             coordinator,
+            clock,
+            stats: Stats::default(),
+            revalidations: DashMap::new(),
             next_request_id: AtomicU64::new(1),
         }))
     }
 
     /// Answers one request and writes its access-log line.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let method = req.method().clone();
@@ -94,7 +113,7 @@ impl App {
     }
 
     async fn dispatch(
-        &self,
+        self: &Arc<Self>,
         req: &Request<Incoming>,
         head: bool,
     ) -> Result<(Response<Body>, &'static str), RegistryError> {
@@ -128,15 +147,38 @@ impl App {
                 let a = manifests::serve(self, &repo, &reference, req.headers(), head).await?;
                 Ok((a.response, a.cache))
             }
-            Route::NotYet { what } => Err(RegistryError::not_found(
-                ErrorCode::Unsupported,
-                format!("{what} is not served by this ferry version"),
+            Route::TagsList { name } => {
+                let repo = self.resolve(req, &name)?;
+                Ok((
+                    listing::tags(self, &repo, req.uri().query(), head).await?,
+                    "-",
+                ))
+            }
+            Route::Catalog => Ok((
+                listing::catalog(self, req.uri().query(), head).await?,
+                "hit",
             )),
+            Route::Referrers { name, digest } => {
+                let repo = self.resolve(req, &name)?;
+                let (r, cache) =
+                    referrers::serve(self, &repo, &digest, req.uri().query(), head).await?;
+                Ok((r, cache))
+            }
         }
     }
 }
 
 impl App {
+    /// A manifest as a client would get it (by digest, or by tag with the
+    /// freshness rules), accepting every manifest type.
+    pub async fn manifest(
+        self: &Arc<Self>,
+        repo: &Resolved,
+        reference: &crate::oci::Reference,
+    ) -> Result<manifests::Manifest, RegistryError> {
+        manifests::get(self, repo, reference).await
+    }
+
     /// Routes a request's repository name, honouring containerd's `?ns=`.
     fn resolve(&self, req: &Request<Incoming>, name: &str) -> Result<Resolved, RegistryError> {
         let ns = req.uri().query().and_then(|q| query_param(q, "ns"));
@@ -145,7 +187,7 @@ impl App {
 }
 
 /// The percent-decoded value of `key` in a query string.
-fn query_param(query: &str, key: &str) -> Option<String> {
+pub(crate) fn query_param(query: &str, key: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
         (k == key).then(|| percent_decode(v))
@@ -184,8 +226,13 @@ pub struct Server {
 impl Server {
     /// Opens the store, builds the app and binds the listen address.
     pub async fn bind(config: Config) -> std::io::Result<Server> {
+        Server::bind_with_clock(config, Clock::System).await
+    }
+
+    /// As [`Server::bind`], with a given clock.
+    pub async fn bind_with_clock(config: Config, clock: Clock) -> std::io::Result<Server> {
         let listen = config.listen;
-        let app = App::new(config)?;
+        let app = App::with_clock(config, clock)?;
         let listener = TcpListener::bind(listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"))
         })?;

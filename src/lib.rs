@@ -30,11 +30,14 @@
 //!                 failure: temp deleted ─▶ Failed(reason) ─▶ readers abort
 //! ```
 
+pub mod clock;
 pub mod config;
 pub mod coordinator;
 pub mod http;
 pub mod oci;
+pub mod prefetch;
 pub mod routing;
+pub mod stats;
 pub mod store;
 pub mod upstream;
 

@@ -45,6 +45,21 @@ enum Command {
         #[arg(long)]
         upstream: Option<String>,
     },
+    /// Pull images into the cache ahead of time (every platform).
+    Prefetch {
+        /// Config file (as for serve).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Storage root directory.
+        #[arg(long)]
+        storage: Option<PathBuf>,
+        /// Upstream registry URL.
+        #[arg(long)]
+        upstream: Option<String>,
+        /// Images: [registry-host/]name[:tag|@digest].
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
     /// Validate a config file and print the resolved routing table.
     CheckConfig {
         /// Config file to check.
@@ -55,6 +70,31 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Prefetch {
+            config,
+            storage,
+            upstream,
+            images,
+        } => {
+            let overrides = Overrides {
+                listen: None,
+                storage,
+                upstream,
+            };
+            let config = match load(config.as_deref(), &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ferry: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(config.log_level.as_deref());
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            runtime.block_on(prefetch(config, images))
+        }
         Command::CheckConfig { file } => match Config::load(&file, &Overrides::default()) {
             Ok(config) => {
                 println!("{}: valid", file.display());
@@ -83,14 +123,7 @@ fn main() -> ExitCode {
                 storage,
                 upstream,
             };
-            let loaded = match &config {
-                Some(path) => Config::load(path, &overrides),
-                None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
-                    Config::load(DEFAULT_CONFIG.as_ref(), &overrides)
-                }
-                None => Config::defaults(&overrides),
-            };
-            let config = match loaded {
+            let config = match load(config.as_deref(), &overrides) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("ferry: {e}");
@@ -111,6 +144,90 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `--config FILE`, else `config.example.json` if present, else defaults.
+fn load(
+    path: Option<&std::path::Path>,
+    overrides: &Overrides,
+) -> Result<Config, ferry::config::ConfigError> {
+    match path {
+        Some(path) => Config::load(path, overrides),
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            Config::load(DEFAULT_CONFIG.as_ref(), overrides)
+        }
+        None => Config::defaults(overrides),
+    }
+}
+
+async fn prefetch(config: Config, images: Vec<String>) -> ExitCode {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    use std::collections::HashMap;
+    use std::io::IsTerminal;
+    use std::sync::Mutex;
+
+    let app = match ferry::App::new(config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let terminal = std::io::stderr().is_terminal();
+    let multi = MultiProgress::new();
+    let bars: Mutex<HashMap<String, ProgressBar>> = Mutex::new(HashMap::new());
+    let style =
+        ProgressStyle::with_template("{msg:20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("valid template")
+            .progress_chars("=> ");
+    let mut failed = false;
+    for image in &images {
+        let on_event = |e: ferry::prefetch::Event| {
+            use ferry::prefetch::Event;
+            let short = |d: &ferry::oci::Digest| d.hex()[..12].to_string();
+            match e {
+                Event::Started { digest, size } if terminal => {
+                    let bar = multi.add(ProgressBar::new(size.unwrap_or(0)));
+                    bar.set_style(style.clone());
+                    bar.set_message(short(&digest));
+                    bars.lock().unwrap().insert(digest.to_string(), bar);
+                }
+                Event::Progress { digest, bytes } => {
+                    if let Some(b) = bars.lock().unwrap().get(&digest.to_string()) {
+                        b.inc(bytes);
+                    }
+                }
+                Event::Done {
+                    digest,
+                    size,
+                    cached,
+                } => {
+                    if let Some(b) = bars.lock().unwrap().remove(&digest.to_string()) {
+                        b.finish();
+                    } else {
+                        let what = if cached { "already cached" } else { "fetched" };
+                        tracing::info!(%image, %digest, bytes = size, "blob {what}");
+                    }
+                }
+                _ => {}
+            }
+        };
+        match ferry::prefetch::prefetch(&app, image, &on_event).await {
+            Ok(r) => println!(
+                "{image}: {} manifests, {} blobs ({} already cached), {} bytes fetched",
+                r.manifests, r.blobs, r.blobs_already_cached, r.bytes_fetched
+            ),
+            Err(e) => {
+                eprintln!("ferry: prefetch {image}: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -211,24 +211,34 @@ impl Upstream {
                 .or_else(|| scope.clone())
                 .unwrap_or_default();
             let key = scope.clone().unwrap_or_else(|| challenge_scope.clone());
+            let mut auth_failure = None;
             let fresh = self
                 .tokens
                 .get_or_fetch(&key, token.as_deref(), || {
-                    self.fetch_token(&challenge, &challenge_scope)
+                    self.fetch_token(&challenge, &challenge_scope, &mut auth_failure)
                 })
                 .await;
-            match fresh {
-                Some(t) => {
+            match (fresh, auth_failure) {
+                (Some(t), _) => {
                     token = Some(t);
                     answered_challenge = true;
                 }
-                None => return Ok(resp),
+                // The token server is down: the registry is unavailable.
+                (None, Some(e)) => return Err(e),
+                // The token server said no: the 401 stands.
+                (None, None) => return Ok(resp),
             }
         }
     }
 
-    /// Asks a token realm for an anonymous token.
-    async fn fetch_token(&self, challenge: &Challenge, scope: &str) -> Option<(String, Duration)> {
+    /// Asks a token realm for an anonymous token. When the realm cannot be
+    /// reached or fails (5xx), `failure` says so.
+    async fn fetch_token(
+        &self,
+        challenge: &Challenge,
+        scope: &str,
+        failure: &mut Option<UpstreamError>,
+    ) -> Option<(String, Duration)> {
         let realm = challenge.param("realm")?;
         let realm_uri: Uri = realm.parse().ok()?;
         if !matches!(realm_uri.scheme_str(), Some("http" | "https")) {
@@ -255,9 +265,20 @@ impl Upstream {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "token request failed");
+                *failure = Some(UpstreamError::Auth {
+                    url: url.to_string(),
+                    cause: e.to_string(),
+                });
                 return None;
             }
         };
+        if retry::is_retryable(resp.status()) {
+            *failure = Some(UpstreamError::Auth {
+                url: url.to_string(),
+                cause: format!("token server answered {}", resp.status()),
+            });
+            return None;
+        }
         if resp.status() != StatusCode::OK {
             tracing::warn!(
                 realm,

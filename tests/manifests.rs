@@ -114,7 +114,9 @@ async fn stored_tags_and_digests_are_served_when_the_upstream_is_down() {
         body
     );
 
-    // 503 from upstream: the stored tag is served, marked with a Warning.
+    // Past the tag TTL, 503 from upstream: the stored tag is served,
+    // marked with a Warning.
+    ferry.advance(std::time::Duration::from_secs(301));
     up.set_status_override(Some(StatusCode::SERVICE_UNAVAILABLE));
     let stale = within(get(&ferry.url("/v2/lib/tool/manifests/stable"))).await;
     assert_eq!(stale.status, StatusCode::OK);
@@ -160,6 +162,7 @@ async fn a_deleted_tag_upstream_is_not_served_from_the_store() {
     drop(up);
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let _fresh = FakeRegistry::start_on(addr).await;
+    ferry.advance(std::time::Duration::from_secs(301));
     let w = within(get(&ferry.url("/v2/lib/gone/manifests/old"))).await;
     assert_eq!(w.status, StatusCode::NOT_FOUND);
     assert_eq!(w.error_code(), "MANIFEST_UNKNOWN");

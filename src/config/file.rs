@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{
-    parse_duration, parse_upstream_url, Config, ConfigError, ContentRule, Overrides,
+    parse_duration, parse_upstream_url, Config, ConfigError, ContentRule, Freshness, Overrides,
     RegistryConfig, RetryPolicy, Timeouts, DEFAULT_LISTEN, DEFAULT_STORAGE, DEFAULT_UPSTREAM,
 };
 
@@ -104,6 +104,16 @@ pub struct RegistrySection {
     pub poll_interval: Option<String>,
     pub only_signed: Option<bool>,
     pub content: Option<Vec<ContentSection>>,
+    /// ferry: how long a tag is answered from the store.
+    #[serde(rename = "tagTTL")]
+    pub tag_ttl: Option<String>,
+    /// ferry: the oldest stored tag served while the upstream is down.
+    pub max_stale: Option<String>,
+    /// ferry: serve a stored tag even when the upstream says 404.
+    pub serve_stale_on_not_found: Option<bool>,
+    /// ferry: how long a referrers list is cached.
+    #[serde(rename = "referrersTTL")]
+    pub referrers_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -367,12 +377,20 @@ fn registries_from(
                 strip_prefix: c.strip_prefix.unwrap_or(false),
             });
         }
+        let f = Freshness::default();
+        let freshness = Freshness {
+            tag_ttl: dur("tagTTL", &r.tag_ttl)?.unwrap_or(f.tag_ttl),
+            max_stale: dur("maxStale", &r.max_stale)?,
+            serve_stale_on_not_found: r.serve_stale_on_not_found.unwrap_or(false),
+            referrers_ttl: dur("referrersTTL", &r.referrers_ttl)?.unwrap_or(f.referrers_ttl),
+        };
         out.push(RegistryConfig {
             urls,
             content,
             tls_verify,
             cert_dir: r.cert_dir.clone(),
             retry,
+            freshness,
         });
     }
     Ok(out)

@@ -6,9 +6,9 @@
 //!
 //! By digest, a stored manifest is answered with no upstream call (it is
 //! immutable); otherwise it is fetched, its digest verified and stored with
-//! its media type. By tag, the upstream is asked every time (freshness
-//! policy comes later) and the stored tag mapping is the fallback when the
-//! upstream cannot be used, marked with a `Warning` header.
+//! its media type. Tags go through [`super::tag_freshness`].
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
@@ -31,14 +31,16 @@ pub struct ManifestAnswer {
     pub cache: &'static str,
 }
 
-struct Manifest {
-    digest: Digest,
-    media_type: String,
-    bytes: Bytes,
+/// A verified manifest.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
 }
 
 pub async fn serve(
-    app: &App,
+    app: &Arc<App>,
     repo: &Resolved,
     reference: &Reference,
     headers: &HeaderMap,
@@ -52,91 +54,72 @@ pub async fn serve(
         .unwrap_or_else(default_manifest_accept);
     match reference {
         Reference::Digest(digest) => {
-            if let Some(m) = stored(app, digest).await? {
-                return Ok(answer(&m, head, None, "hit"));
-            }
-            let mut failure = None;
-            for target in &repo.targets {
-                match fetch(app, target, reference, &accept, Some(digest)).await {
-                    Ok(m) => {
-                        remember(app, repo, target);
-                        return Ok(answer(&m, head, None, "miss"));
-                    }
-                    Err(Failure::Upstream(e)) => failure = Some(worse(failure, e)),
-                    Err(Failure::Refused(e)) => return Err(e),
-                }
-            }
-            Err(report(failure))
+            let (m, cache) = by_digest(app, repo, digest, &accept).await?;
+            Ok(answer(&m, head, None, cache))
         }
-        Reference::Tag(tag) => by_tag(app, repo, tag, &accept, head).await,
+        Reference::Tag(tag) => {
+            let o = super::tag_freshness::resolve(app, repo, tag, &accept).await?;
+            Ok(answer(&o.manifest, head, o.warning, o.cache))
+        }
     }
 }
 
-async fn by_tag(
+/// A manifest by digest or tag, for in-process callers (prefetch).
+pub async fn get(
+    app: &Arc<App>,
+    repo: &Resolved,
+    reference: &Reference,
+) -> Result<Manifest, RegistryError> {
+    let accept = default_manifest_accept();
+    match reference {
+        Reference::Digest(digest) => Ok(by_digest(app, repo, digest, &accept).await?.0),
+        Reference::Tag(tag) => Ok(super::tag_freshness::resolve(app, repo, tag, &accept)
+            .await?
+            .manifest),
+    }
+}
+
+/// A manifest by digest: stored (immutable, no upstream call), else from
+/// the first registry that has it, verified.
+async fn by_digest(
     app: &App,
     repo: &Resolved,
-    tag: &Tag,
+    digest: &Digest,
     accept: &str,
-    head: bool,
-) -> Result<ManifestAnswer, RegistryError> {
-    let reference = Reference::Tag(tag.clone());
-    let mut failure: Option<UpstreamError> = None;
+) -> Result<(Manifest, &'static str), RegistryError> {
+    if let Some(m) = stored(app, digest).await? {
+        return Ok((m, "hit"));
+    }
+    let reference = Reference::Digest(digest.clone());
+    let mut failure = None;
     for target in &repo.targets {
-        let attempt = if head {
-            match head_upstream(app, target, &reference, accept).await {
-                Ok(Some(m)) => Ok(m),
-                // The upstream named a digest we do not hold: fetch it.
-                Ok(None) => fetch(app, target, &reference, accept, None).await,
-                Err(e) => Err(e),
-            }
-        } else {
-            fetch(app, target, &reference, accept, None).await
-        };
-        match attempt {
+        match fetch(app, target, &reference, accept, Some(digest)).await {
             Ok(m) => {
                 remember(app, repo, target);
-                remember_tag(app, target, &repo.local, tag, &m).await;
-                return Ok(answer(&m, head, None, "miss"));
+                return Ok((m, "miss"));
             }
-            Err(Failure::Upstream(e)) => {
-                tracing::debug!(registry = %target.registry.name, error = %e, "manifest not served here");
-                failure = Some(worse(failure, e));
-            }
+            Err(Failure::Upstream(e)) => failure = Some(worse(failure, e)),
             Err(Failure::Refused(e)) => return Err(e),
         }
     }
-    let failure = failure.expect("a resolved repository has a target");
-    if failure.is_unavailable() {
-        for target in &repo.targets {
-            if let Some(m) = stored_tag(app, target, &repo.local, tag).await {
-                tracing::warn!(repo = %repo.local, %tag, registry = %target.registry.name,
-                    digest = %m.digest, error = %failure, "upstream unavailable; serving the stored tag");
-                let warning = format!(
-                    "110 ferry \"upstream unavailable, serving stored tag: {}\"",
-                    failure.to_string().replace('"', "'")
-                );
-                return Ok(answer(&m, head, Some(warning), "stale"));
-            }
-        }
-    }
-    Err(report(Some(failure)))
+    Err(report(failure))
 }
 
 /// Why a registry did not give us a manifest.
-enum Failure {
+pub enum Failure {
     /// Not there, or the registry failed: the next one may do better.
     Upstream(UpstreamError),
     /// A definite refusal (bytes that fail their digest): stop here.
     Refused(RegistryError),
 }
 
-fn report(failure: Option<UpstreamError>) -> RegistryError {
+pub fn report(failure: Option<UpstreamError>) -> RegistryError {
     failure
         .expect("a resolved repository has a target")
         .to_registry_error(ErrorCode::ManifestUnknown)
 }
 
-fn remember(app: &App, repo: &Resolved, target: &Target) {
+pub fn remember(app: &App, repo: &Resolved, target: &Target) {
     app.coordinator
         .router()
         .remember(&repo.local, target.registry.index);
@@ -144,7 +127,7 @@ fn remember(app: &App, repo: &Resolved, target: &Target) {
 
 /// Fetches a manifest with `GET` from one registry, verifies it against
 /// `expected` (when asked by digest) and stores it.
-async fn fetch(
+pub async fn fetch(
     app: &App,
     target: &Target,
     reference: &Reference,
@@ -233,14 +216,13 @@ async fn fetch(
     Ok(m)
 }
 
-/// `HEAD` at one registry. `Ok(Some)` when the digest it names is already
-/// stored, `Ok(None)` when it must be fetched.
-async fn head_upstream(
-    app: &App,
+/// `HEAD` of a tag at one registry: the digest it names now, if the
+/// upstream says (a `HEAD` does not count against Docker Hub's pull quota).
+pub async fn head_digest(
     target: &Target,
     reference: &Reference,
     accept: &str,
-) -> Result<Option<Manifest>, Failure> {
+) -> Result<Option<Digest>, Failure> {
     let upstream = &target.registry.upstream;
     let name = &target.upstream_name;
     let url = upstream
@@ -256,15 +238,10 @@ async fn head_upstream(
             status: resp.status(),
         }));
     }
-    let Some(digest) =
-        header_str(resp.headers(), DIGEST_HEADER).and_then(|d| d.parse::<Digest>().ok())
-    else {
-        return Ok(None);
-    };
-    stored(app, &digest).await.map_err(Failure::Refused)
+    Ok(header_str(resp.headers(), DIGEST_HEADER).and_then(|d| d.parse::<Digest>().ok()))
 }
 
-async fn stored(app: &App, digest: &Digest) -> Result<Option<Manifest>, RegistryError> {
+pub async fn stored(app: &App, digest: &Digest) -> Result<Option<Manifest>, RegistryError> {
     let store = app.coordinator.store().clone();
     let d = digest.clone();
     match store::blocking(move || store.get_manifest(&d)).await {
@@ -281,21 +258,30 @@ async fn stored(app: &App, digest: &Digest) -> Result<Option<Manifest>, Registry
     }
 }
 
-async fn stored_tag(app: &App, target: &Target, name: &RepoName, tag: &Tag) -> Option<Manifest> {
+/// The stored record of a tag at one registry and the manifest it names.
+pub async fn stored_tag(
+    app: &App,
+    target: &Target,
+    name: &RepoName,
+    tag: &Tag,
+) -> Option<(TagRecord, Manifest)> {
     let store = app.coordinator.store().clone();
     let (r, n, t) = (target.registry.name.clone(), name.clone(), tag.clone());
     let record = store::blocking(move || store.get_tag(&r, &n, &t))
         .await
         .ok()??;
     let digest: Digest = record.digest.parse().ok()?;
-    stored(app, &digest).await.ok()?
+    let m = stored(app, &digest).await.ok()??;
+    Some((record, m))
 }
 
-async fn remember_tag(app: &App, target: &Target, name: &RepoName, tag: &Tag, m: &Manifest) {
+/// Records that `tag` names `m` at `target`'s registry, confirmed now.
+pub async fn put_tag(app: &App, target: &Target, name: &RepoName, tag: &Tag, m: &Manifest) {
     let store = app.coordinator.store().clone();
     let record = TagRecord {
         digest: m.digest.to_string(),
         media_type: m.media_type.clone(),
+        fetched_at_ms: app.clock.now_ms(),
     };
     let (r, n, t) = (target.registry.name.clone(), name.clone(), tag.clone());
     if let Err(e) = store::blocking(move || store.put_tag(&r, &n, &t, &record)).await {

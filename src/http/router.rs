@@ -25,10 +25,15 @@ pub enum Route {
         name: String,
         digest: Digest,
     },
-    /// Routes of the read API that this version does not serve yet.
-    NotYet {
-        what: &'static str,
+    TagsList {
+        name: String,
     },
+    Referrers {
+        name: String,
+        digest: Digest,
+    },
+    /// `/v2/_catalog`: the repositories ferry holds.
+    Catalog,
 }
 
 /// Routes `method` + `path`. Write methods on any `/v2` path are refused
@@ -53,7 +58,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RegistryError> {
         return Ok(Route::Base);
     }
     if rest == "_catalog" {
-        return Ok(Route::NotYet { what: "catalog" });
+        return Ok(Route::Catalog);
     }
     let segments: Vec<&str> = rest.split('/').collect();
     let n = segments.len();
@@ -94,13 +99,18 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RegistryError> {
             })?;
             Ok(Route::Blob { name, digest })
         }
-        "tags" if last == "list" => {
-            name_of(n - 2)?;
-            Ok(Route::NotYet { what: "tags list" })
-        }
+        "tags" if last == "list" => Ok(Route::TagsList {
+            name: name_of(n - 2)?,
+        }),
         "referrers" => {
-            name_of(n - 2)?;
-            Ok(Route::NotYet { what: "referrers" })
+            let name = name_of(n - 2)?;
+            let digest = last.parse().map_err(|e| {
+                RegistryError::bad_request(
+                    ErrorCode::DigestInvalid,
+                    format!("referrers digest {:?}: {e}", truncate(last)),
+                )
+            })?;
+            Ok(Route::Referrers { name, digest })
         }
         _ => Err(not_found(path)),
     }

@@ -42,6 +42,9 @@ pub struct TagRecord {
     pub digest: String,
     #[serde(rename = "mediaType")]
     pub media_type: String,
+    /// When the upstream last confirmed this mapping (ms since the epoch).
+    #[serde(rename = "fetchedAt", default)]
+    pub fetched_at_ms: u64,
 }
 
 /// A temp file being written; removed on drop unless published.
@@ -226,6 +229,109 @@ impl FsStore {
         }
     }
 
+    /// The tags stored for `repo` at `registry`, sorted.
+    pub fn list_tags(&self, registry: &str, repo: &RepoName) -> io::Result<Vec<String>> {
+        let dir = self
+            .root
+            .join("repositories")
+            .join(registry_dir(registry))
+            .join(repo.as_str())
+            .join("_tags");
+        let mut tags = Vec::new();
+        match fs::read_dir(&dir) {
+            Ok(entries) => {
+                for e in entries {
+                    let name = e?.file_name().to_string_lossy().into_owned();
+                    if Tag::parse(&name).is_ok() {
+                        tags.push(name);
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(annotate(e, "cannot list tags in", &dir)),
+        }
+        tags.sort();
+        Ok(tags)
+    }
+
+    /// Every repository with at least one stored tag, sorted, deduplicated
+    /// across registries.
+    pub fn list_repositories(&self) -> io::Result<Vec<String>> {
+        let mut out = std::collections::BTreeSet::new();
+        let top = self.root.join("repositories");
+        let registries = match fs::read_dir(&top) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(annotate(e, "cannot list", &top)),
+        };
+        for reg in registries {
+            let reg = reg?.path();
+            let mut stack = vec![(reg.clone(), String::new())];
+            while let Some((dir, name)) = stack.pop() {
+                for e in fs::read_dir(&dir)? {
+                    let e = e?;
+                    if !e.file_type()?.is_dir() {
+                        continue;
+                    }
+                    let seg = e.file_name().to_string_lossy().into_owned();
+                    if seg == "_tags" {
+                        if RepoName::parse(&name).is_ok() {
+                            out.insert(name.clone());
+                        }
+                    } else if !seg.starts_with('_') && name.len() < 512 {
+                        let child = if name.is_empty() {
+                            seg
+                        } else {
+                            format!("{name}/{seg}")
+                        };
+                        stack.push((e.path(), child));
+                    }
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// A small cached document about a repository (e.g. a referrers list).
+    pub fn put_record(
+        &self,
+        registry: &str,
+        repo: &RepoName,
+        kind: &str,
+        key: &str,
+        bytes: &[u8],
+    ) -> io::Result<()> {
+        let path = self.record_path(registry, repo, kind, key);
+        self.write_atomically(&path, bytes, key)
+    }
+
+    pub fn get_record(
+        &self,
+        registry: &str,
+        repo: &RepoName,
+        kind: &str,
+        key: &str,
+    ) -> io::Result<Option<Vec<u8>>> {
+        let path = self.record_path(registry, repo, kind, key);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(annotate(e, "cannot read", &path)),
+        }
+    }
+
+    /// `kind` and `key` come from ferry itself (e.g. `_referrers`,
+    /// `sha256-<hex>`), never from a request.
+    fn record_path(&self, registry: &str, repo: &RepoName, kind: &str, key: &str) -> PathBuf {
+        debug_assert!(kind.starts_with('_') && !key.contains('/') && !key.starts_with('.'));
+        self.root
+            .join("repositories")
+            .join(registry_dir(registry))
+            .join(repo.as_str())
+            .join(kind)
+            .join(key)
+    }
+
     fn write_atomically(&self, dest: &Path, bytes: &[u8], hint: &str) -> io::Result<()> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self
@@ -339,6 +445,7 @@ mod tests {
         let rec = TagRecord {
             digest: d.to_string(),
             media_type: mt,
+            fetched_at_ms: 42,
         };
         let r = "r.example:5000";
         store.put_tag(r, &repo, &tag, &rec).unwrap();
@@ -353,6 +460,11 @@ mod tests {
         );
         let c = Tag::parse("c").unwrap();
         assert_eq!(store.get_tag(r, &repo, &c).unwrap(), None);
+        assert_eq!(store.list_tags(r, &repo).unwrap(), vec!["b".to_string()]);
+        assert_eq!(
+            store.list_repositories().unwrap(),
+            vec!["a".to_string(), "a/b".to_string()]
+        );
         assert_eq!(registry_dir("../x"), "_.._x");
         assert_eq!(registry_dir("[::1]:5000"), "___1__5000");
     }

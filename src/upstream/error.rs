@@ -40,6 +40,11 @@ pub enum UpstreamError {
         url: String,
         limit: usize,
     },
+    /// The registry's token server could not be used.
+    Auth {
+        url: String,
+        cause: String,
+    },
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -57,6 +62,9 @@ impl std::fmt::Display for UpstreamError {
             }
             UpstreamError::TooLarge { url, limit } => {
                 write!(f, "upstream {url}: body larger than {limit} bytes")
+            }
+            UpstreamError::Auth { url, cause } => {
+                write!(f, "token server {url} failed: {cause}")
             }
         }
     }

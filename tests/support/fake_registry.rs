@@ -111,6 +111,13 @@ struct State {
     fail_next: Option<(usize, StatusCode, Option<u64>)>,
     /// `Range` headers of blob GETs, in order.
     ranges: Vec<String>,
+    /// Manifest requests wait for this gate.
+    hold_manifests: Option<Gate>,
+    /// (repository, tag, media type) → bytes served to clients whose
+    /// `Accept` excludes the primary manifest's type.
+    variants: HashMap<(String, String, String), Bytes>,
+    /// (repository, digest) → referrers index JSON.
+    referrers: HashMap<(String, String), String>,
 }
 
 /// The fake registry. Dropping it stops it.
@@ -272,6 +279,30 @@ impl FakeRegistry {
         self.state.lock().unwrap().bearer = Some(token.to_string());
     }
 
+    /// Manifest requests (GET and HEAD) wait until the gate opens.
+    pub fn hold_manifests(&self, gate: Option<Gate>) {
+        self.state.lock().unwrap().hold_manifests = gate;
+    }
+
+    /// Another manifest for `tag`, served to clients that do not accept the
+    /// primary one's type but accept `media_type`.
+    pub fn add_manifest_variant(&self, repo: &str, tag: &str, media_type: &str, bytes: Bytes) {
+        self.state
+            .lock()
+            .unwrap()
+            .variants
+            .insert((repo.into(), tag.into(), media_type.into()), bytes);
+    }
+
+    /// Makes `/v2/<repo>/referrers/<digest>` answer with `index` (JSON).
+    pub fn set_referrers(&self, repo: &str, digest: &str, index: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .referrers
+            .insert((repo.into(), digest.into()), index.into());
+    }
+
     pub fn set_rate(&self, bytes_per_sec: u64) {
         self.state.lock().unwrap().rate = bytes_per_sec;
     }
@@ -309,7 +340,7 @@ async fn handle(
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let (blob, manifest, rate) = {
+    let (blob, manifest, rate, hold) = {
         let mut s = state.lock().unwrap();
         *s.hits.entry(format!("{method} {path}")).or_default() += 1;
         let auth = req
@@ -380,10 +411,67 @@ async fn handle(
         }
         if n >= 3 && segs[n - 2] == "manifests" {
             let repo = segs[..n - 2].join("/");
-            manifest = s.manifests.get(&(repo, segs[n - 1].to_string())).cloned();
+            let reference = segs[n - 1].to_string();
+            manifest = s.manifests.get(&(repo.clone(), reference.clone())).cloned();
+            let accept = req
+                .headers()
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            if let Some((t, _)) = &manifest {
+                if !accept.is_empty() && !accept.contains(t.as_str()) {
+                    let variant = s
+                        .variants
+                        .iter()
+                        .find(|((r, tag, mt), _)| {
+                            *r == repo && *tag == reference && accept.contains(mt.as_str())
+                        })
+                        .map(|((_, _, mt), b)| (mt.clone(), b.clone()));
+                    if variant.is_some() {
+                        manifest = variant;
+                    }
+                }
+            }
         }
-        (blob, manifest, s.rate)
+        if n >= 3 && segs[n - 2] == "tags" && segs[n - 1] == "list" {
+            let repo = segs[..n - 2].join("/");
+            let mut tags: Vec<String> = s
+                .manifests
+                .keys()
+                .filter(|(r, t)| *r == repo && !t.contains(':'))
+                .map(|(_, t)| t.clone())
+                .collect();
+            tags.sort();
+            if tags.is_empty() {
+                return plain(
+                    StatusCode::NOT_FOUND,
+                    r#"{"errors":[{"code":"NAME_UNKNOWN","message":"x"}]}"#,
+                );
+            }
+            let body = serde_json::json!({"name": repo, "tags": tags}).to_string();
+            return Response::builder()
+                .header("content-type", "application/json")
+                .body(full(Bytes::from(body)))
+                .unwrap();
+        }
+        if n >= 3 && segs[n - 2] == "referrers" {
+            let repo = segs[..n - 2].join("/");
+            return match s.referrers.get(&(repo, segs[n - 1].to_string())) {
+                Some(index) => Response::builder()
+                    .header("content-type", "application/vnd.oci.image.index.v1+json")
+                    .body(full(Bytes::from(index.clone())))
+                    .unwrap(),
+                None => plain(StatusCode::NOT_FOUND, "{}"),
+            };
+        }
+        (blob, manifest, s.rate, s.hold_manifests.clone())
     };
+    if let Some(gate) = hold.filter(|_| manifest.is_some()) {
+        gate.reached.send_replace(true);
+        let mut rx = gate.open.subscribe();
+        let _ = rx.wait_for(|o| *o).await;
+    }
     if let Some((media_type, bytes)) = manifest {
         let digest = super::sha256(&bytes);
         let body = if method == Method::HEAD {

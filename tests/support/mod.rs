@@ -53,7 +53,9 @@ impl Ferry {
             r.retry.max_delay = std::time::Duration::from_millis(20);
         }
         tweak(&mut config);
-        let server = Server::bind(config).await.unwrap();
+        let server = Server::bind_with_clock(config, ferry::clock::Clock::manual())
+            .await
+            .unwrap();
         let addr = server.local_addr();
         let app = server.app().clone();
         let (tx, rx) = oneshot::channel();
@@ -82,7 +84,9 @@ impl Ferry {
         let mut config = Config::resolve(file, &overrides).unwrap();
         config.timeouts.idle_read = std::time::Duration::from_secs(20);
         tweak(&mut config);
-        let server = Server::bind(config).await.unwrap();
+        let server = Server::bind_with_clock(config, ferry::clock::Clock::manual())
+            .await
+            .unwrap();
         let addr = server.local_addr();
         let app = server.app().clone();
         let (tx, rx) = oneshot::channel();
@@ -96,6 +100,11 @@ impl Ferry {
             stop: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// Moves ferry's (manual) clock forward.
+    pub fn advance(&self, by: std::time::Duration) {
+        self.app.clock.advance(by);
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,229 @@
+//! `GET /v2/<name>/tags/list` and `GET /v2/_catalog`, with the spec's
+//! pagination (`n`, `last`, lexical order, a `Link` header to the next page).
+//!
+//! Tags come from the upstream when it answers (all of its pages), else from
+//! the tags ferry holds. The catalog lists the repositories ferry holds.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LINK};
+use http::{HeaderMap, Method, Response, StatusCode};
+use serde::Deserialize;
+
+use super::response::{self, Body, API_VERSION_HEADER};
+use super::{query_param, App};
+use crate::coordinator::worse;
+use crate::oci::{ErrorCode, RegistryError};
+use crate::routing::{Resolved, Target};
+use crate::store;
+use crate::upstream::UpstreamError;
+
+/// Upstream tag-list pages followed at most.
+const MAX_PAGES: usize = 50;
+
+pub async fn tags(
+    app: &Arc<App>,
+    repo: &Resolved,
+    query: Option<&str>,
+    head: bool,
+) -> Result<Response<Body>, RegistryError> {
+    let mut failure: Option<UpstreamError> = None;
+    let mut found: Option<BTreeSet<String>> = None;
+    for target in &repo.targets {
+        match upstream_tags(target).await {
+            Ok(tags) => {
+                found = Some(tags);
+                break;
+            }
+            Err(e) => failure = Some(worse(failure, e)),
+        }
+    }
+    let tags = match (found, failure) {
+        (Some(t), _) => t,
+        (None, Some(e)) if e.is_unavailable() => {
+            let mut held = BTreeSet::new();
+            for target in &repo.targets {
+                let store = app.coordinator.store().clone();
+                let (r, n) = (target.registry.name.clone(), repo.local.clone());
+                if let Ok(t) = store::blocking(move || store.list_tags(&r, &n)).await {
+                    held.extend(t);
+                }
+            }
+            if held.is_empty() {
+                return Err(e.to_registry_error(ErrorCode::NameUnknown));
+            }
+            tracing::warn!(repo = %repo.local, error = %e, "upstream unavailable; listing the tags ferry holds");
+            held
+        }
+        (None, e) => {
+            return Err(e
+                .expect("a resolved repository has a target")
+                .to_registry_error(ErrorCode::NameUnknown))
+        }
+    };
+    let (page, more) = paginate(tags.into_iter().collect(), query);
+    let body = serde_json::json!({ "name": repo.local.as_str(), "tags": page });
+    let link = more.map(|(n, last)| {
+        format!(
+            "</v2/{}/tags/list?n={n}&last={last}>; rel=\"next\"",
+            repo.local
+        )
+    });
+    Ok(json_response(body, link, head))
+}
+
+pub async fn catalog(
+    app: &Arc<App>,
+    query: Option<&str>,
+    head: bool,
+) -> Result<Response<Body>, RegistryError> {
+    let store = app.coordinator.store().clone();
+    let repos = store::blocking(move || store.list_repositories())
+        .await
+        .map_err(|e| {
+            RegistryError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Unknown,
+                format!("cannot list the store's repositories: {e}"),
+            )
+        })?;
+    let (page, more) = paginate(repos, query);
+    let body = serde_json::json!({ "repositories": page });
+    let link = more.map(|(n, last)| format!("</v2/_catalog?n={n}&last={last}>; rel=\"next\""));
+    Ok(json_response(body, link, head))
+}
+
+/// Applies `n` and `last` to a sorted list; returns the page and, when more
+/// follow, the `n` and `last` of the next page.
+pub fn paginate(items: Vec<String>, query: Option<&str>) -> (Vec<String>, Option<(usize, String)>) {
+    let n = query
+        .and_then(|q| query_param(q, "n"))
+        .and_then(|n| n.parse::<usize>().ok());
+    let last = query.and_then(|q| query_param(q, "last"));
+    let mut rest: Vec<String> = match &last {
+        Some(l) => items.into_iter().filter(|t| t > l).collect(),
+        None => items,
+    };
+    match n {
+        Some(n) if rest.len() > n => {
+            rest.truncate(n);
+            let next = rest.last().cloned().map(|l| (n, l));
+            (rest, next)
+        }
+        _ => (rest, None),
+    }
+}
+
+fn json_response(body: serde_json::Value, link: Option<String>, head: bool) -> Response<Body> {
+    let bytes = serde_json::to_vec(&body).expect("json serializes");
+    let mut r = Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_LENGTH, bytes.len())
+        .header(API_VERSION_HEADER, "registry/2.0");
+    if let Some(l) = link {
+        r = r.header(LINK, l);
+    }
+    r.body(if head {
+        response::empty()
+    } else {
+        response::full(bytes)
+    })
+    .expect("valid headers")
+}
+
+#[derive(Deserialize)]
+struct TagList {
+    tags: Option<Vec<String>>,
+}
+
+/// Every tag of a repository at one registry, following `Link` pages.
+async fn upstream_tags(target: &Target) -> Result<BTreeSet<String>, UpstreamError> {
+    let upstream = &target.registry.upstream;
+    let mut path = format!("/v2/{}/tags/list", target.upstream_name);
+    let mut tags = BTreeSet::new();
+    for _ in 0..MAX_PAGES {
+        let url = upstream.url(&path).to_string();
+        let resp = upstream
+            .request(Method::GET, &path, HeaderMap::new())
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(UpstreamError::Status {
+                url,
+                status: resp.status(),
+            });
+        }
+        let next = next_link(resp.headers());
+        let body = upstream.read_body(&url, resp.into_body(), 8 << 20).await?;
+        let list: TagList = serde_json::from_slice(&body).map_err(|e| UpstreamError::Protocol {
+            url: url.clone(),
+            cause: format!("tag list is not JSON: {e}"),
+        })?;
+        tags.extend(list.tags.unwrap_or_default());
+        match next {
+            Some(p) => path = p,
+            None => return Ok(tags),
+        }
+    }
+    Ok(tags)
+}
+
+/// The path of a `Link: <...>; rel="next"` header.
+fn next_link(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(LINK)?.to_str().ok()?;
+    let (target, params) = v.split_once(';')?;
+    if !params.contains("rel=\"next\"") && !params.contains("rel=next") {
+        return None;
+    }
+    let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+    let uri: http::Uri = target.parse().ok()?;
+    let pq = uri.path_and_query()?.as_str().to_string();
+    pq.starts_with("/v2/").then_some(pq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn pagination() {
+        let all = v(&["a", "b", "c", "d"]);
+        assert_eq!(paginate(all.clone(), None), (all.clone(), None));
+        assert_eq!(
+            paginate(all.clone(), Some("n=2")),
+            (v(&["a", "b"]), Some((2, "b".into())))
+        );
+        assert_eq!(
+            paginate(all.clone(), Some("n=2&last=b")),
+            (v(&["c", "d"]), None)
+        );
+        assert_eq!(paginate(all.clone(), Some("last=c")), (v(&["d"]), None));
+        assert_eq!(paginate(all, Some("n=0")), (v(&[]), None));
+    }
+
+    #[test]
+    fn link_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            LINK,
+            "</v2/a/tags/list?n=2&last=b>; rel=\"next\""
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(next_link(&h).as_deref(), Some("/v2/a/tags/list?n=2&last=b"));
+        h.insert(
+            LINK,
+            "<https://r.example/v2/a/tags/list?last=x>; rel=\"next\""
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(next_link(&h).as_deref(), Some("/v2/a/tags/list?last=x"));
+        h.insert(LINK, "</etc/passwd>; rel=\"next\"".parse().unwrap());
+        assert_eq!(next_link(&h), None);
+    }
+}

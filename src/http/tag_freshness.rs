@@ -1,0 +1,215 @@
+//! Tags: answered from the store while fresh, revalidated cheaply when not,
+//! served stale when the upstream cannot be used.
+//!
+//! | situation | answer |
+//! | --- | --- |
+//! | stored, younger than `tagTTL`, type acceptable | from the store, no upstream call |
+//! | older | `HEAD` upstream; same digest: from the store (record refreshed); else `GET` |
+//! | upstream unreachable, timeout, 5xx, 429, auth server down | stored tag with a `Warning` header, up to `maxStale` |
+//! | upstream 404 | 404 (the tag was deleted), unless `serveStaleOnNotFound` |
+//!
+//! Concurrent requests for the same tag (and `Accept`) share one
+//! revalidation, as blobs share one fetch.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+
+use super::manifests::{self, Failure, Manifest};
+use super::App;
+use crate::coordinator::{is_absent, worse};
+use crate::oci::{Reference, RegistryError, Tag};
+use crate::routing::Resolved;
+use crate::upstream::UpstreamError;
+
+/// What a tag request resolved to.
+#[derive(Clone, Debug)]
+pub struct TagOutcome {
+    pub manifest: Manifest,
+    /// `hit`, `revalidated`, `miss` or `stale`.
+    pub cache: &'static str,
+    pub warning: Option<String>,
+}
+
+/// A revalidation in flight, shared by every request that waits for it.
+pub type SharedRevalidation = Shared<BoxFuture<'static, Result<TagOutcome, RegistryError>>>;
+
+/// Resolves `tag` for a client that accepts `accept`.
+pub async fn resolve(
+    app: &Arc<App>,
+    repo: &Resolved,
+    tag: &Tag,
+    accept: &str,
+) -> Result<TagOutcome, RegistryError> {
+    for target in &repo.targets {
+        let Some((record, m)) = manifests::stored_tag(app, target, &repo.local, tag).await else {
+            continue;
+        };
+        let ttl = target.registry.config.freshness.tag_ttl;
+        if app.clock.age(record.fetched_at_ms) < ttl && accepts(accept, &m.media_type) {
+            return Ok(TagOutcome {
+                manifest: m,
+                cache: "hit",
+                warning: None,
+            });
+        }
+        break; // the first registry that holds the tag decides
+    }
+    let registries: Vec<String> = repo
+        .targets
+        .iter()
+        .map(|t| t.registry.index.to_string())
+        .collect();
+    let key = format!("{}|{}|{tag}|{accept}", registries.join(","), repo.local);
+    let shared = match app.revalidations.entry(key.clone()) {
+        dashmap::mapref::entry::Entry::Occupied(e) => {
+            app.stats
+                .tag_revalidations_joined
+                .fetch_add(1, Ordering::Relaxed);
+            e.get().clone()
+        }
+        dashmap::mapref::entry::Entry::Vacant(e) => {
+            let (app, repo, tag, accept) =
+                (app.clone(), repo.clone(), tag.clone(), accept.to_string());
+            let fut = async move {
+                let result = revalidate(&app, &repo, &tag, &accept).await;
+                app.revalidations.remove(&key);
+                result
+            }
+            .boxed()
+            .shared();
+            e.insert(fut.clone());
+            fut
+        }
+    };
+    shared.await
+}
+
+async fn revalidate(
+    app: &Arc<App>,
+    repo: &Resolved,
+    tag: &Tag,
+    accept: &str,
+) -> Result<TagOutcome, RegistryError> {
+    let reference = Reference::Tag(tag.clone());
+    let mut failure: Option<UpstreamError> = None;
+    for target in &repo.targets {
+        let stored = manifests::stored_tag(app, target, &repo.local, tag)
+            .await
+            .filter(|(_, m)| accepts(accept, &m.media_type));
+        let attempt: Result<(Manifest, &'static str), Failure> = async {
+            if let Some((_, m)) = &stored {
+                app.stats
+                    .tag_head_revalidations
+                    .fetch_add(1, Ordering::Relaxed);
+                match manifests::head_digest(target, &reference, accept).await? {
+                    Some(d) if d == m.digest => return Ok((m.clone(), "revalidated")),
+                    _ => {}
+                }
+            }
+            app.stats.tag_get_fetches.fetch_add(1, Ordering::Relaxed);
+            let m = manifests::fetch(app, target, &reference, accept, None).await?;
+            Ok((m, "miss"))
+        }
+        .await;
+        match attempt {
+            Ok((m, cache)) => {
+                manifests::remember(app, repo, target);
+                manifests::put_tag(app, target, &repo.local, tag, &m).await;
+                return Ok(TagOutcome {
+                    manifest: m,
+                    cache,
+                    warning: None,
+                });
+            }
+            Err(Failure::Upstream(e)) => {
+                tracing::debug!(registry = %target.registry.name, error = %e, "tag not served here");
+                failure = Some(worse(failure, e));
+            }
+            Err(Failure::Refused(e)) => return Err(e),
+        }
+    }
+    let failure = failure.expect("a resolved repository has a target");
+    if let Some(outcome) = stale(app, repo, tag, &failure).await {
+        return Ok(outcome);
+    }
+    Err(manifests::report(Some(failure)))
+}
+
+/// A stored tag that may be served although the upstream failed.
+async fn stale(
+    app: &App,
+    repo: &Resolved,
+    tag: &Tag,
+    failure: &UpstreamError,
+) -> Option<TagOutcome> {
+    let unavailable = failure.is_unavailable();
+    if !unavailable && !is_absent(failure) {
+        return None;
+    }
+    for target in &repo.targets {
+        let f = target.registry.config.freshness;
+        if !unavailable && !f.serve_stale_on_not_found {
+            continue;
+        }
+        let Some((record, m)) = manifests::stored_tag(app, target, &repo.local, tag).await else {
+            continue;
+        };
+        let age = app.clock.age(record.fetched_at_ms);
+        if f.max_stale.is_some_and(|max| age > max) {
+            tracing::warn!(repo = %repo.local, %tag, age_s = age.as_secs(), "stored tag is older than maxStale; not served");
+            continue;
+        }
+        app.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(repo = %repo.local, %tag, registry = %target.registry.name, digest = %m.digest,
+            age_s = age.as_secs(), error = %failure, "upstream unavailable; serving the stored tag");
+        let why = if unavailable {
+            "upstream unavailable"
+        } else {
+            "upstream no longer has the tag"
+        };
+        let warning = format!(
+            "110 ferry \"{why}, serving stored tag ({}s old): {}\"",
+            age.as_secs(),
+            failure.to_string().replace(['"', '\\'], "'")
+        );
+        return Some(TagOutcome {
+            manifest: m,
+            cache: "stale",
+            warning: Some(warning),
+        });
+    }
+    None
+}
+
+/// True when an `Accept` header admits `media_type`.
+pub fn accepts(accept: &str, media_type: &str) -> bool {
+    accept.split(',').any(|item| {
+        let t = item.split(';').next().unwrap_or("").trim();
+        t == media_type || t == "*/*" || t == "application/*"
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_negotiation() {
+        let oci = "application/vnd.oci.image.index.v1+json";
+        assert!(accepts(
+            "application/vnd.oci.image.index.v1+json, application/json",
+            oci
+        ));
+        assert!(accepts(
+            "application/vnd.oci.image.index.v1+json;q=0.9",
+            oci
+        ));
+        assert!(accepts("*/*", oci));
+        assert!(!accepts(
+            "application/vnd.docker.distribution.manifest.v2+json",
+            oci
+        ));
+    }
+}

@@ -1,0 +1,186 @@
+//! Pre-warming: pull images into the cache ahead of time.
+//!
+//! `ferry prefetch IMAGE...` resolves each image the way a client pull
+//! would (index → every platform's manifest → config and layers) through
+//! the same routing, coordinator and store as the server, so a prefetch
+//! running beside a live ferry shares its store safely. Blobs already
+//! stored are skipped.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::coordinator::BlobHandle;
+use crate::http::App;
+use crate::oci::{Digest, Reference, RepoName};
+
+/// What happened to one blob, for progress displays.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A blob download started; `size` when the upstream said.
+    Started { digest: Digest, size: Option<u64> },
+    /// `bytes` more arrived.
+    Progress { digest: Digest, bytes: u64 },
+    /// Finished (or was already cached).
+    Done {
+        digest: Digest,
+        size: u64,
+        cached: bool,
+    },
+}
+
+/// Totals of a prefetch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub manifests: usize,
+    pub blobs: usize,
+    pub blobs_already_cached: usize,
+    pub bytes_fetched: u64,
+}
+
+/// Splits `[host/]name[:tag|@digest]` into a name and a reference.
+pub fn parse_image(image: &str) -> Result<(String, Reference), String> {
+    let (name, reference) = if let Some((n, d)) = image.split_once('@') {
+        (n, d.to_string())
+    } else {
+        match image.rsplit_once(':') {
+            // A colon after the last slash is a tag; before it, a port.
+            Some((n, t)) if !t.contains('/') => (n, t.to_string()),
+            _ => (image, "latest".to_string()),
+        }
+    };
+    let reference = Reference::parse(&reference)
+        .map_err(|e| format!("image {image:?}: bad reference: {e:?}"))?;
+    Ok((name.to_string(), reference))
+}
+
+/// Pulls one image (every platform) into the cache.
+pub async fn prefetch(
+    app: &Arc<App>,
+    image: &str,
+    on_event: &(dyn Fn(Event) + Sync),
+) -> Result<Report, String> {
+    let (name, reference) = parse_image(image)?;
+    let repo = app
+        .coordinator
+        .router()
+        .resolve(&name, None)
+        .map_err(|e| format!("image {image}: {}", e.message))?;
+    let mut report = Report::default();
+    let mut pending = vec![reference];
+    let mut blobs: Vec<Digest> = Vec::new();
+    while let Some(r) = pending.pop() {
+        let m = app
+            .manifest(&repo, &r)
+            .await
+            .map_err(|e| format!("image {image}: manifest {r}: {}", e.message))?;
+        report.manifests += 1;
+        let doc: Value = serde_json::from_slice(&m.bytes)
+            .map_err(|e| format!("manifest {r} is not JSON: {e}"))?;
+        if let Some(children) = doc.get("manifests").and_then(Value::as_array) {
+            for c in children {
+                if let Some(d) = c
+                    .get("digest")
+                    .and_then(Value::as_str)
+                    .and_then(|d| d.parse().ok())
+                {
+                    pending.push(Reference::Digest(d));
+                }
+            }
+        }
+        let config = doc.get("config").into_iter();
+        let layers = doc
+            .get("layers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten();
+        for b in config.chain(layers) {
+            if let Some(d) = b
+                .get("digest")
+                .and_then(Value::as_str)
+                .and_then(|d| d.parse::<Digest>().ok())
+            {
+                if !blobs.contains(&d) {
+                    blobs.push(d);
+                }
+            }
+        }
+    }
+    for digest in blobs {
+        let fetched = fetch_blob(app, &repo.local, &repo, &digest, on_event).await?;
+        report.blobs += 1;
+        match fetched {
+            None => report.blobs_already_cached += 1,
+            Some(n) => report.bytes_fetched += n,
+        }
+    }
+    Ok(report)
+}
+
+/// Reads a blob through the coordinator to its end; `None` when it was
+/// already stored.
+async fn fetch_blob(
+    app: &Arc<App>,
+    local: &RepoName,
+    repo: &crate::routing::Resolved,
+    digest: &Digest,
+    on_event: &(dyn Fn(Event) + Sync),
+) -> Result<Option<u64>, String> {
+    let handle = app
+        .coordinator
+        .open_blob(repo, digest)
+        .await
+        .map_err(|e| format!("{local}@{digest}: {}", e.message))?;
+    if let BlobHandle::Stored { size, .. } = handle {
+        on_event(Event::Done {
+            digest: digest.clone(),
+            size,
+            cached: true,
+        });
+        return Ok(None);
+    }
+    on_event(Event::Started {
+        digest: digest.clone(),
+        size: handle.size(),
+    });
+    let mut stream = handle.stream(0, None);
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("{local}@{digest}: {e}"))?;
+        total += chunk.len() as u64;
+        on_event(Event::Progress {
+            digest: digest.clone(),
+            bytes: chunk.len() as u64,
+        });
+    }
+    on_event(Event::Done {
+        digest: digest.clone(),
+        size: total,
+        cached: false,
+    });
+    Ok(Some(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references() {
+        let (n, r) = parse_image("library/alpine:3.20").unwrap();
+        assert_eq!(
+            (n.as_str(), r.to_string().as_str()),
+            ("library/alpine", "3.20")
+        );
+        let (n, r) = parse_image("127.0.0.1:5000/team/app").unwrap();
+        assert_eq!(
+            (n.as_str(), r.to_string().as_str()),
+            ("127.0.0.1:5000/team/app", "latest")
+        );
+        let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let (n, r) = parse_image(&format!("a/b@{d}")).unwrap();
+        assert_eq!((n.as_str(), r.to_string()), ("a/b", d.to_string()));
+        assert!(parse_image("a:.bad").is_err());
+    }
+}
