@@ -238,6 +238,21 @@ async fn accept_negotiation_revalidates_for_a_client_that_cannot_take_the_stored
         2,
         "the stored index did not suit; asked upstream"
     );
+
+    // Several Accept lines (as Go clients send them) all count: a client
+    // that takes both gets what the tag now names without a new fetch.
+    let req = http::Request::get(&url)
+        .header("accept", OCI_INDEX)
+        .header("accept", DOCKER_MANIFEST)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let w = read_whole(within(client().request(req)).await.unwrap()).await;
+    assert_eq!(w.status, StatusCode::OK);
+    assert_eq!(w.header("content-type"), Some(DOCKER_MANIFEST));
+    assert_eq!(get_path(&up, "app", "v1").1, 2);
+    // Only the index type: the stored Docker manifest does not suit.
+    let idx = within(request(Method::GET, &url, &[("accept", OCI_INDEX)])).await;
+    assert_eq!(idx.header("content-type"), Some(OCI_INDEX));
 }
 
 fn index_of(children: &[(&str, &str)]) -> Bytes {

@@ -46,12 +46,20 @@ pub async fn serve(
     headers: &HeaderMap,
     head: bool,
 ) -> Result<ManifestAnswer, RegistryError> {
-    let accept = headers
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty())
-        .map(str::to_owned)
-        .unwrap_or_else(default_manifest_accept);
+    // Clients (Go's containers/image, containerd) send one Accept line per
+    // type: all of them count.
+    let accept: Vec<&str> = headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let accept = if accept.is_empty() {
+        default_manifest_accept()
+    } else {
+        accept.join(", ")
+    };
     match reference {
         Reference::Digest(digest) => {
             let (m, cache) = by_digest(app, repo, digest, &accept).await?;

@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Builds a small test image as an OCI layout, for the end-to-end test.
 
-Usage: make-image.py DIR TAG [RANDOM_MIB]
+Usage: make-image.py DIR TAG [RANDOM_MIB] [PLATFORMS]
+
+PLATFORMS is a comma-separated list of architectures (default: amd64).
+With more than one, the image is a multi-platform image: an OCI image index
+naming one image manifest per platform.
 
 The image has a real gzip tar layer with a few text files, and a second
 gzip tar layer holding RANDOM_MIB (default 6) MiB of random bytes, so the
@@ -43,15 +47,11 @@ def put_blob(layout, data):
     return {"digest": "sha256:" + digest, "size": len(data)}
 
 
-def main():
-    layout, tag = sys.argv[1], sys.argv[2]
-    random_mib = int(sys.argv[3]) if len(sys.argv) > 3 else 6
-    os.makedirs(os.path.join(layout, "blobs", "sha256"), exist_ok=True)
-    with open(os.path.join(layout, "oci-layout"), "w") as f:
-        json.dump({"imageLayoutVersion": "1.0.0"}, f)
-
+def image(layout, arch, random_mib):
+    """Writes one platform's config, layers and manifest; returns the
+    manifest's descriptor."""
     small, small_diff = tar_gz([
-        ("etc/motd", b"ferry end-to-end test image\n"),
+        ("etc/motd", f"ferry end-to-end test image ({arch})\n".encode()),
         ("app/hello.txt", b"hello from a real gzip tar layer\n" * 100),
     ])
     big, big_diff = tar_gz([("data/random.bin", os.urandom(random_mib << 20))])
@@ -63,7 +63,7 @@ def main():
         layers.append(d)
 
     config = json.dumps({
-        "architecture": "amd64",
+        "architecture": arch,
         "os": "linux",
         "config": {"Cmd": ["/bin/true"]},
         "rootfs": {"type": "layers", "diff_ids": [small_diff, big_diff]},
@@ -79,10 +79,35 @@ def main():
     }).encode()
     m = put_blob(layout, manifest)
     m["mediaType"] = "application/vnd.oci.image.manifest.v1+json"
-    m["annotations"] = {"org.opencontainers.image.ref.name": tag}
+    m["platform"] = {"architecture": arch, "os": "linux"}
+    print(f"  {arch}: manifest {m['digest']}, layers {[l['size'] for l in layers]} bytes")
+    return m
+
+
+def main():
+    layout, tag = sys.argv[1], sys.argv[2]
+    random_mib = int(sys.argv[3]) if len(sys.argv) > 3 else 6
+    platforms = sys.argv[4].split(",") if len(sys.argv) > 4 else ["amd64"]
+    os.makedirs(os.path.join(layout, "blobs", "sha256"), exist_ok=True)
+    with open(os.path.join(layout, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+    print(f"image {tag}:")
+    manifests = [image(layout, arch, random_mib) for arch in platforms]
+    if len(manifests) == 1:
+        top = manifests[0]
+        del top["platform"]
+    else:
+        index = json.dumps({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        }).encode()
+        top = put_blob(layout, index)
+        top["mediaType"] = "application/vnd.oci.image.index.v1+json"
+        print(f"  index {top['digest']}")
+    top["annotations"] = {"org.opencontainers.image.ref.name": tag}
     with open(os.path.join(layout, "index.json"), "w") as f:
-        json.dump({"schemaVersion": 2, "manifests": [m]}, f)
-    print(f"image {tag}: manifest {m['digest']}, layers {[l['size'] for l in layers]} bytes")
+        json.dump({"schemaVersion": 2, "manifests": [top]}, f)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,11 @@
 # docker-registry) as the upstream, skopeo as the client, ferry between
 # them, all on loopback.
 #
-#   1. push a test image (real gzip tar layer + a multi-megabyte random
-#      layer) to the registry with skopeo;
-#   2. pull it through ferry (cold) and check every blob's digest;
-#   3. stop the registry, pull again through ferry (warm, upstream down)
-#      and check every blob again;
+#   1. push two test images (real gzip tar layer + a multi-megabyte random
+#      layer): a single-platform one and a two-platform one (an OCI index);
+#   2. pull both through ferry (cold) and check every blob's digest;
+#   3. stop the registry, wait past ferry's tag TTL (1s here), pull both
+#      again by tag (warm, upstream down: stale tags) and check again;
 #   4. check every blob in ferry's store against its digest;
 #   5. SIGTERM ferry and check it exits 0.
 #
@@ -52,19 +52,19 @@ wait_http() { # url
     return 1
 }
 
-# Every file in a skopeo dir: copy except manifest.json/version is a blob
+# Every file in a skopeo dir: copy except manifests and version is a blob
 # named by its sha256.
-check_dir() { # dir
+check_dir() { # dir expected-blobs
     local dir=$1 n=0
     for f in "$dir"/*; do
-        case "$(basename "$f")" in manifest.json|version) continue ;; esac
+        case "$(basename "$f")" in *manifest.json|version) continue ;; esac
         local want got
         want=$(basename "$f")
         got=$(sha256sum "$f" | cut -d' ' -f1)
         [ "$want" = "$got" ] || fail "blob $want in $dir hashes to $got"
         n=$((n + 1))
     done
-    [ "$n" -eq 3 ] || fail "$dir holds $n blobs, want 3 (config + 2 layers)"
+    [ "$n" -eq "$2" ] || fail "$dir holds $n blobs, want $2"
 }
 
 [ -x "$FERRY" ] || fail "no ferry binary at $FERRY (run cargo build first)"
@@ -89,30 +89,52 @@ wait_http "http://127.0.0.1:$REG_PORT/v2/" || fail "registry did not start"
 python3 tests/e2e/make-image.py "$WORK/oci" v1 6
 skopeo --insecure-policy copy --quiet --dest-tls-verify=false \
     "oci:$WORK/oci:v1" "docker://127.0.0.1:$REG_PORT/e2e/app:v1" || fail "push to registry"
+python3 tests/e2e/make-image.py "$WORK/oci-multi" v1 2 amd64,arm64
+skopeo --insecure-policy copy --quiet --all --dest-tls-verify=false \
+    "oci:$WORK/oci-multi:v1" "docker://127.0.0.1:$REG_PORT/e2e/multi:v1" || fail "push multi-platform image"
 
 FERRY_PORT=$(free_port)
-RUST_LOG=info "$FERRY" serve --listen "127.0.0.1:$FERRY_PORT" --storage "$WORK/ferry-data" \
-    --upstream "http://127.0.0.1:$REG_PORT" > "$WORK/ferry.log" 2>&1 &
+cat > "$WORK/ferry.json" <<JSON
+{
+  "http": {"address": "127.0.0.1", "port": "$FERRY_PORT"},
+  "storage": {"rootDirectory": "$WORK/ferry-data"},
+  "extensions": {"sync": {"enable": true, "registries": [
+    {"urls": ["http://127.0.0.1:$REG_PORT"], "onDemand": true, "tagTTL": "1s",
+     "maxRetries": 1, "retryDelay": "100ms"}
+  ]}}
+}
+JSON
+"$FERRY" check-config "$WORK/ferry.json" > /dev/null || fail "ferry check-config"
+RUST_LOG=info "$FERRY" serve --config "$WORK/ferry.json" > "$WORK/ferry.log" 2>&1 &
 FERRY_PID=$!
 wait_http "http://127.0.0.1:$FERRY_PORT/v2/" || fail "ferry did not start"
 
-# 1. Cold pull through ferry.
-skopeo --insecure-policy copy --quiet --src-tls-verify=false \
-    "docker://127.0.0.1:$FERRY_PORT/e2e/app:v1" "dir:$WORK/pull-cold" || fail "cold pull through ferry"
-check_dir "$WORK/pull-cold"
-passed=$((passed + 1))
-echo "e2e: cold pull through ferry: 3 blobs, digests verified"
+pull() { # image dest [--all]
+    skopeo --insecure-policy copy --quiet --src-tls-verify=false ${3:-} \
+        "docker://127.0.0.1:$FERRY_PORT/$1" "dir:$2"
+}
 
-# 2. Warm pull with the upstream stopped.
+# 1. Cold pulls through ferry.
+pull e2e/app:v1 "$WORK/pull-cold" || fail "cold pull through ferry"
+check_dir "$WORK/pull-cold" 3
+pull e2e/multi:v1 "$WORK/multi-cold" --all || fail "cold multi-platform pull through ferry"
+check_dir "$WORK/multi-cold" 6
+passed=$((passed + 1))
+echo "e2e: cold pulls through ferry: 3 + 6 blobs (two platforms), digests verified"
+
+# 2. Warm pulls by tag with the upstream stopped and the tag TTL passed.
 kill "$REG_PID"; wait "$REG_PID" 2>/dev/null || true; REG_PID=
 if curl -fsS -o /dev/null "http://127.0.0.1:$REG_PORT/v2/" 2>/dev/null; then fail "registry still answers"; fi
-skopeo --insecure-policy copy --quiet --src-tls-verify=false \
-    "docker://127.0.0.1:$FERRY_PORT/e2e/app:v1" "dir:$WORK/pull-warm" || fail "warm pull with upstream down"
-check_dir "$WORK/pull-warm"
+sleep 2
+pull e2e/app:v1 "$WORK/pull-warm" || fail "warm pull with upstream down"
+check_dir "$WORK/pull-warm" 3
 diff -r "$WORK/pull-cold" "$WORK/pull-warm" > /dev/null || fail "cold and warm pulls differ"
+pull e2e/multi:v1 "$WORK/multi-warm" --all || fail "warm multi-platform pull with upstream down"
+check_dir "$WORK/multi-warm" 6
+diff -r "$WORK/multi-cold" "$WORK/multi-warm" > /dev/null || fail "cold and warm multi-platform pulls differ"
 grep -q 'upstream unavailable; serving the stored tag' "$WORK/ferry.log" || fail "ferry did not log the stored-tag fallback"
 passed=$((passed + 1))
-echo "e2e: warm pull with the upstream stopped: identical, digests verified"
+echo "e2e: warm pulls by tag past the TTL with the upstream stopped: identical, digests verified"
 
 # 3. Every blob ferry stored matches its digest; no temp files remain.
 stored=0
@@ -122,7 +144,8 @@ while IFS= read -r f; do
     [ "$want" = "$got" ] || fail "stored blob $f hashes to $got"
     stored=$((stored + 1))
 done < <(find "$WORK/ferry-data/blobs" -type f)
-[ "$stored" -eq 3 ] || fail "ferry stored $stored blobs, want 3"
+want=$(ls "$WORK/pull-cold" "$WORK/multi-cold" | grep -E '^[0-9a-f]{64}$' | sort -u | wc -l)
+[ "$stored" -eq "$want" ] || fail "ferry stored $stored blobs, want $want (the distinct blobs pulled)"
 [ -z "$(ls -A "$WORK/ferry-data/tmp")" ] || fail "temp files left in the store"
 passed=$((passed + 1))
 echo "e2e: ferry's store holds $stored blobs, each matching its digest"
