@@ -7,6 +7,7 @@
 //! error naming the key and its path; keys ferry accepts but does not act on
 //! yet become start-up warnings. Command-line flags override the file.
 
+mod credentials;
 mod file;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use http::Uri;
 
+pub use credentials::{read_credentials_file, Credentials, Secret};
 pub use file::FileConfig;
 
 /// The built-in defaults, identical to `config.example.json`.
@@ -52,9 +54,14 @@ pub struct RegistryConfig {
     /// Which repositories it serves; empty means all of them.
     pub content: Vec<ContentRule>,
     pub tls_verify: bool,
+    /// Docker's `certs.d` layout: `*.crt` CAs, `*.cert` + `*.key` client pair.
     pub cert_dir: Option<PathBuf>,
     pub retry: RetryPolicy,
     pub freshness: Freshness,
+    /// Sent to the token realm (Bearer) or the registry (Basic).
+    pub credentials: Option<Credentials>,
+    /// Token realm hosts allowed besides the registry's own domain.
+    pub token_realms: Vec<String>,
 }
 
 /// How long what ferry stored about a registry's tags is trusted.
@@ -122,6 +129,8 @@ impl RegistryConfig {
             cert_dir: None,
             retry: RetryPolicy::default(),
             freshness: Freshness::default(),
+            credentials: None,
+            token_realms: Vec::new(),
         }
     }
 }

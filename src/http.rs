@@ -70,7 +70,8 @@ impl App {
             tracing::info!(removed = recovery.temp_files_removed, root = %config.storage_root.display(),
                 "removed temp files left by an earlier run");
         }
-        let router = Router::new(&config);
+        let router = Router::new(&config)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let coordinator = Coordinator::new(Arc::new(store), router);
         Ok(Arc::new(App {
             config: Arc::new(config),

@@ -104,8 +104,16 @@ fn main() -> ExitCode {
                     println!("warning  {w}");
                 }
                 println!();
-                print!("{}", ferry::routing::Router::new(&config).describe());
-                ExitCode::SUCCESS
+                match ferry::routing::Router::new(&config) {
+                    Ok(router) => {
+                        print!("{}", router.describe());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("ferry: {e}");
+                        ExitCode::from(2)
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("ferry: {e}");

@@ -165,25 +165,21 @@ pub struct Router {
 
 impl Router {
     /// Builds one upstream client per configured registry.
-    pub fn new(config: &Config) -> Router {
+    /// Fails when a registry's TLS material (`certDir`) cannot be loaded.
+    pub fn new(config: &Config) -> Result<Router, String> {
         let registries = config
             .registries
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let upstream = Upstream::with_urls(
-                    r.urls.clone(),
-                    config.timeouts,
-                    r.retry,
-                    config.max_retry_wait,
-                );
-                Arc::new(Registry::new(i, r.clone(), upstream))
+                let upstream = Upstream::for_registry(r, config.timeouts, config.max_retry_wait)?;
+                Ok(Arc::new(Registry::new(i, r.clone(), upstream)))
             })
-            .collect();
-        Router {
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Router {
             registries,
             remembered: DashMap::new(),
-        }
+        })
     }
 
     pub fn registries(&self) -> &[Arc<Registry>] {
@@ -287,6 +283,15 @@ impl Router {
                 ));
             }
             out.push_str(&format!("  ns       {}\n", r.hosts.join(", ")));
+            if let Some(c) = &c.credentials {
+                out.push_str(&format!(
+                    "  auth     as {} (password not shown)\n",
+                    c.username
+                ));
+            }
+            if let Some(d) = &c.cert_dir {
+                out.push_str(&format!("  certDir  {}\n", d.display()));
+            }
             out.push_str(&format!(
                 "  retries  {} (delay {}, max {}), tlsVerify {}\n",
                 c.retry.max_retries,
@@ -307,7 +312,7 @@ mod tests {
 
     fn router(json: &str) -> Router {
         let c = Config::resolve(FileConfig::parse(json).unwrap(), &Overrides::default()).unwrap();
-        Router::new(&c)
+        Router::new(&c).unwrap()
     }
 
     fn order(r: &Router, name: &str, ns: Option<&str>) -> Vec<(usize, String)> {

@@ -10,6 +10,7 @@
 mod auth;
 mod error;
 pub mod retry;
+mod tls;
 
 use std::time::Duration;
 
@@ -43,6 +44,17 @@ pub struct Upstream {
     retry: RetryPolicy,
     retry_cap: Duration,
     tokens: std::sync::Arc<auth::TokenCache>,
+    access: std::sync::Arc<Access>,
+    /// Set once the registry asked for Basic auth: send it up front.
+    basic_preemptive: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Who ferry is to a registry, and whom it lets issue tokens.
+#[derive(Debug, Default)]
+struct Access {
+    credentials: Option<crate::config::Credentials>,
+    /// Realm hosts trusted besides the registry's own registrable domain.
+    token_realms: Vec<String>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -65,12 +77,46 @@ impl Upstream {
     }
 
     /// A client that tries `urls` in order and retries per `retry`, never
-    /// waiting longer than `retry_cap` at once.
+    /// waiting longer than `retry_cap` at once; web roots, no credentials.
     pub fn with_urls(
         urls: Vec<Uri>,
         timeouts: Timeouts,
         retry: RetryPolicy,
         retry_cap: Duration,
+    ) -> Upstream {
+        let tls = tls::client_config(true, None).expect("default TLS configuration");
+        Upstream::build(urls, timeouts, retry, retry_cap, tls, Access::default())
+    }
+
+    /// The client for one configured registry: its URLs, retries, TLS
+    /// options (`tlsVerify`, `certDir`) and credentials.
+    pub fn for_registry(
+        config: &crate::config::RegistryConfig,
+        timeouts: Timeouts,
+        retry_cap: Duration,
+    ) -> Result<Upstream, String> {
+        let tls = tls::client_config(config.tls_verify, config.cert_dir.as_deref())?;
+        let access = Access {
+            credentials: config.credentials.clone(),
+            token_realms: config.token_realms.clone(),
+        };
+        Ok(Upstream::build(
+            config.urls.clone(),
+            timeouts,
+            config.retry,
+            retry_cap,
+            tls,
+            access,
+        ))
+    }
+
+    fn build(
+        urls: Vec<Uri>,
+        timeouts: Timeouts,
+        retry: RetryPolicy,
+        retry_cap: Duration,
+        tls: rustls::ClientConfig,
+        access: Access,
     ) -> Upstream {
         assert!(!urls.is_empty(), "a registry needs a URL");
         let mut http = HttpConnector::new();
@@ -78,7 +124,7 @@ impl Upstream {
         http.set_connect_timeout(Some(timeouts.connect));
         http.set_nodelay(true);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -93,6 +139,8 @@ impl Upstream {
             retry,
             retry_cap,
             tokens: Default::default(),
+            access: std::sync::Arc::new(access),
+            basic_preemptive: Default::default(),
         }
     }
 
@@ -173,7 +221,7 @@ impl Upstream {
     }
 
     /// One try at one of the registry's URLs, following redirects and
-    /// answering a bearer challenge once.
+    /// answering one authentication challenge (Bearer or Basic).
     async fn request_at(
         &self,
         base: &Uri,
@@ -181,58 +229,109 @@ impl Upstream {
         path: &str,
         headers: HeaderMap,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        use std::sync::atomic::Ordering;
         let url = join(base, path);
         let scope = scope_for(path);
+        let basic = self
+            .access
+            .credentials
+            .as_ref()
+            .and_then(|c| HeaderValue::from_str(&c.basic_header()).ok());
         let mut token = match &scope {
             Some(s) => self.tokens.get(s).await,
             None => None,
         };
+        let mut auth = match (&token, &basic) {
+            (Some(t), _) => bearer(t),
+            (None, Some(b)) if self.basic_preemptive.load(Ordering::Relaxed) => Some(b.clone()),
+            _ => None,
+        };
         let mut answered_challenge = false;
         loop {
             let resp = self
-                .send(method.clone(), url.clone(), &headers, token.as_deref())
+                .send(method.clone(), url.clone(), &headers, auth.as_ref())
                 .await?;
             if resp.status() != StatusCode::UNAUTHORIZED || answered_challenge {
                 return Ok(resp);
             }
-            let challenge = resp
+            answered_challenge = true;
+            let challenges: Vec<Challenge> = resp
                 .headers()
                 .get_all(http::header::WWW_AUTHENTICATE)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(parse_challenges)
-                .find(|c| c.scheme == "bearer" && c.param("realm").is_some());
-            let Some(challenge) = challenge else {
-                return Ok(resp);
-            };
-            let challenge_scope = challenge
-                .param("scope")
-                .map(str::to_owned)
-                .or_else(|| scope.clone())
-                .unwrap_or_default();
-            let key = scope.clone().unwrap_or_else(|| challenge_scope.clone());
-            let mut auth_failure = None;
-            let fresh = self
-                .tokens
-                .get_or_fetch(&key, token.as_deref(), || {
-                    self.fetch_token(&challenge, &challenge_scope, &mut auth_failure)
-                })
-                .await;
-            match (fresh, auth_failure) {
-                (Some(t), _) => {
-                    token = Some(t);
-                    answered_challenge = true;
+                .collect();
+            if let Some(challenge) = challenges
+                .iter()
+                .find(|c| c.scheme == "bearer" && c.param("realm").is_some())
+            {
+                let realm = challenge.param("realm").unwrap_or_default();
+                if !self.realm_allowed(realm) {
+                    tracing::warn!(registry = %base, realm,
+                        "token realm is on a host outside the registry's domain; refused (allow it with tokenRealms)");
+                    return Err(UpstreamError::Auth {
+                        url: url.to_string(),
+                        cause: format!("token realm {realm} is not trusted for this registry"),
+                    });
                 }
-                // The token server is down: the registry is unavailable.
-                (None, Some(e)) => return Err(e),
-                // The token server said no: the 401 stands.
-                (None, None) => return Ok(resp),
+                let challenge_scope = challenge
+                    .param("scope")
+                    .map(str::to_owned)
+                    .or_else(|| scope.clone())
+                    .unwrap_or_default();
+                let key = scope.clone().unwrap_or_else(|| challenge_scope.clone());
+                let mut auth_failure = None;
+                let fresh = self
+                    .tokens
+                    .get_or_fetch(&key, token.as_deref(), || {
+                        self.fetch_token(challenge, &challenge_scope, &mut auth_failure)
+                    })
+                    .await;
+                match (fresh, auth_failure) {
+                    (Some(t), _) => {
+                        auth = bearer(&t);
+                        token = Some(t);
+                    }
+                    // The token server is down: the registry is unavailable.
+                    (None, Some(e)) => return Err(e),
+                    // The token server said no: the 401 stands.
+                    (None, None) => return Ok(resp),
+                }
+            } else if challenges.iter().any(|c| c.scheme == "basic") && basic.is_some() {
+                self.basic_preemptive.store(true, Ordering::Relaxed);
+                auth = basic.clone();
+            } else {
+                return Ok(resp);
             }
         }
     }
 
-    /// Asks a token realm for an anonymous token. When the realm cannot be
-    /// reached or fails (5xx), `failure` says so.
+    /// A token realm may be the registry's own host, one under the same
+    /// registrable domain (`auth.docker.io` for `registry-1.docker.io`), or
+    /// a host listed in `tokenRealms`. Anything else could be an upstream
+    /// trying to collect credentials.
+    fn realm_allowed(&self, realm: &str) -> bool {
+        let Some(host) = realm
+            .parse::<Uri>()
+            .ok()
+            .and_then(|u| u.host().map(str::to_ascii_lowercase))
+        else {
+            return false;
+        };
+        if self.access.token_realms.contains(&host) {
+            return true;
+        }
+        let domain = |h: &str| psl::domain_str(h).map(str::to_owned);
+        self.urls.iter().any(|u| {
+            let own = u.host().unwrap_or_default().to_ascii_lowercase();
+            own == host || (domain(&own).is_some() && domain(&own) == domain(&host))
+        })
+    }
+
+    /// Asks a token realm for a token, with Basic credentials when the
+    /// registry has some. When the realm cannot be reached or fails (5xx),
+    /// `failure` says so.
     async fn fetch_token(
         &self,
         challenge: &Challenge,
@@ -258,8 +357,13 @@ impl Upstream {
         } else {
             format!("{realm}{sep}{}", query.join("&")).parse().ok()?
         };
+        let basic = self
+            .access
+            .credentials
+            .as_ref()
+            .and_then(|c| HeaderValue::from_str(&c.basic_header()).ok());
         let resp = match self
-            .send(Method::GET, url.clone(), &HeaderMap::new(), None)
+            .send(Method::GET, url.clone(), &HeaderMap::new(), basic.as_ref())
             .await
         {
             Ok(r) => r,
@@ -283,6 +387,7 @@ impl Upstream {
             tracing::warn!(
                 realm,
                 status = resp.status().as_u16(),
+                with_credentials = basic.is_some(),
                 "token realm refused"
             );
             return None;
@@ -298,14 +403,14 @@ impl Upstream {
         parsed
     }
 
-    /// One request, following redirects. The bearer token goes only to the
-    /// registry's own host, never to a redirect target elsewhere.
+    /// One request, following redirects. `Authorization` goes only to the
+    /// host first asked, never to a redirect target elsewhere.
     async fn send(
         &self,
         method: Method,
         mut url: Uri,
         headers: &HeaderMap,
-        token: Option<&str>,
+        auth: Option<&HeaderValue>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let origin = url.authority().cloned();
         for _ in 0..=MAX_REDIRECTS {
@@ -322,10 +427,9 @@ impl Upstream {
                 http::header::USER_AGENT,
                 HeaderValue::from_static(concat!("ferry/", env!("CARGO_PKG_VERSION"))),
             );
-            if let Some(t) = token.filter(|_| url.authority() == origin.as_ref()) {
-                if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
-                    req.headers_mut().insert(http::header::AUTHORIZATION, v);
-                }
+            if let Some(a) = auth.filter(|_| url.authority() == origin.as_ref()) {
+                req.headers_mut()
+                    .insert(http::header::AUTHORIZATION, a.clone());
             }
             let sent = tokio::time::timeout(
                 self.timeouts.response_header + self.timeouts.connect,
@@ -421,6 +525,12 @@ fn join(base: &Uri, path: &str) -> Uri {
     let mut parts = base.clone().into_parts();
     parts.path_and_query = Some(path.parse().expect("ferry builds valid paths"));
     Uri::from_parts(parts).expect("base URL plus path is a URL")
+}
+
+fn bearer(token: &str) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }
 
 /// The token scope a registry path needs: `repository:<name>:pull`.

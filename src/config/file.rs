@@ -114,6 +114,10 @@ pub struct RegistrySection {
     /// ferry: how long a referrers list is cached.
     #[serde(rename = "referrersTTL")]
     pub referrers_ttl: Option<String>,
+    /// ferry: credentials for this registry (overrides credentialsFile).
+    pub credentials: Option<super::Credentials>,
+    /// ferry: token realm hosts trusted besides the registry's own domain.
+    pub token_realms: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -289,11 +293,11 @@ fn registries_from(
             DEFAULT_UPSTREAM,
         )?)]);
     }
-    if sync.credentials_file.is_some() {
-        warnings.push(
-            "extensions.sync.credentialsFile is accepted but upstream credentials are not used yet (anonymous tokens only)".into(),
-        );
-    }
+    let file_credentials = match &sync.credentials_file {
+        Some(p) => super::read_credentials_file(p)
+            .map_err(|e| ConfigError(format!("extensions.sync.credentialsFile: {e}")))?,
+        None => Default::default(),
+    };
     if sync.download_dir.is_some() {
         warnings.push("extensions.sync.downloadDir is ignored: ferry downloads into storage.rootDirectory/tmp".into());
     }
@@ -346,12 +350,35 @@ fn registries_from(
             ));
         }
         let tls_verify = r.tls_verify.unwrap_or(true);
-        if !tls_verify || r.cert_dir.is_some() {
+        if !tls_verify {
             warnings.push(format!(
-                "{}: tlsVerify/certDir are not acted on yet; TLS is verified against the built-in web roots",
-                at("tlsVerify")
+                "{}: false: certificates of {} are not checked",
+                at("tlsVerify"),
+                urls[0]
             ));
         }
+        if let Some(dir) = &r.cert_dir {
+            if !dir.is_dir() {
+                return Err(ConfigError(format!(
+                    "{}: {} is not a directory",
+                    at("certDir"),
+                    dir.display()
+                )));
+            }
+        }
+        let credentials = r.credentials.clone().or_else(|| {
+            urls.iter().find_map(|u| {
+                let host = u.host().unwrap_or_default().to_ascii_lowercase();
+                let key = match u.port_u16() {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host.clone(),
+                };
+                file_credentials
+                    .get(&key)
+                    .or_else(|| file_credentials.get(&host))
+                    .cloned()
+            })
+        });
         let mut content = Vec::new();
         for (k, c) in r.content.iter().flatten().enumerate() {
             let prefix = c.prefix.trim_matches('/').to_string();
@@ -391,6 +418,14 @@ fn registries_from(
             cert_dir: r.cert_dir.clone(),
             retry,
             freshness,
+            credentials,
+            token_realms: r
+                .token_realms
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
         });
     }
     Ok(out)

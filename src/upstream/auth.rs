@@ -251,6 +251,55 @@ mod tests {
         assert_eq!(parse_token_response(b"nope"), None);
     }
 
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn quote(v: &str) -> String {
+            let mut q = String::from("\"");
+            for c in v.chars() {
+                if c == '"' || c == '\\' {
+                    q.push('\\');
+                }
+                q.push(c);
+            }
+            q.push('"');
+            q
+        }
+
+        proptest! {
+            #[test]
+            fn never_panics(header in ".{0,200}") {
+                let _ = parse_challenges(&header);
+            }
+
+            #[test]
+            fn round_trips_formatted_challenges(
+                challenges in prop::collection::vec(
+                    ("[A-Za-z][A-Za-z0-9]{0,8}",
+                     prop::collection::vec(("[a-z][a-z0-9_]{0,8}", "[^\\x00]{0,30}"), 1..5)),
+                    1..4),
+                spaces in " {0,2}",
+            ) {
+                let header = challenges
+                    .iter()
+                    .map(|(scheme, params)| {
+                        let ps: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", quote(v))).collect();
+                        format!("{scheme} {}", ps.join(&format!(",{spaces}")))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(&format!(",{spaces}"));
+                let parsed = parse_challenges(&header);
+                prop_assert_eq!(parsed.len(), challenges.len(), "{}", header);
+                for (got, (scheme, params)) in parsed.iter().zip(&challenges) {
+                    prop_assert_eq!(&got.scheme, &scheme.to_ascii_lowercase());
+                    let want: Vec<(String, String)> = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    prop_assert_eq!(&got.params, &want);
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn concurrent_callers_share_one_token_request() {
         let cache = Arc::new(TokenCache::default());

@@ -118,6 +118,18 @@ struct State {
     variants: HashMap<(String, String, String), Bytes>,
     /// (repository, digest) → referrers index JSON.
     referrers: HashMap<(String, String), String>,
+    /// `/token` wants this `Authorization` (Basic) before it issues.
+    token_credentials: Option<String>,
+    /// Query strings of `/token` requests.
+    token_queries: Vec<String>,
+    /// The realm named in challenges, instead of this server's `/token`.
+    realm: Option<String>,
+    /// Every request needs this `Authorization: Basic` value.
+    basic: Option<String>,
+    /// HTTP versions of the requests received.
+    versions: Vec<http::Version>,
+    /// `https` when serving TLS.
+    scheme: &'static str,
 }
 
 /// The fake registry. Dropping it stops it.
@@ -140,10 +152,20 @@ impl FakeRegistry {
     }
 
     pub async fn start_on(addr: SocketAddr) -> FakeRegistry {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        FakeRegistry::serve(TcpListener::bind(addr).await.unwrap(), None).await
+    }
+
+    /// A registry behind TLS (HTTP/1.1 and HTTP/2 by ALPN).
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> FakeRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        FakeRegistry::serve(listener, Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) -> FakeRegistry {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
             addr: Some(addr),
+            scheme: if tls.is_some() { "https" } else { "http" },
             ..State::default()
         }));
         let body_bytes = Arc::new(AtomicU64::new(0));
@@ -156,16 +178,33 @@ impl FakeRegistry {
                     _ = stop_rx.wait_for(|s| *s) => return,
                 };
                 let (st, bb, mut stop_conn) = (st.clone(), bb.clone(), stop_rx.clone());
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let (st, bb) = (st.clone(), bb.clone());
                         async move { Ok::<_, Infallible>(handle(req, st, bb).await) }
                     });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = stop_conn.wait_for(|s| *s) => {}
+                    let builder = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    match tls {
+                        None => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = stop_conn.wait_for(|s| *s) => {}
+                            }
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = stop_conn.wait_for(|s| *s) => {}
+                            }
+                        }
                     }
                 });
             }
@@ -179,7 +218,32 @@ impl FakeRegistry {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.state.lock().unwrap().scheme, self.addr)
+    }
+
+    /// `/token` issues tokens only to this user (Basic).
+    pub fn require_token_credentials(&self, user: &str, password: &str) {
+        self.state.lock().unwrap().token_credentials = Some(basic_value(user, password));
+    }
+
+    /// Every request needs Basic credentials.
+    pub fn require_basic(&self, user: &str, password: &str) {
+        self.state.lock().unwrap().basic = Some(basic_value(user, password));
+    }
+
+    /// Challenges name this realm (e.g. on another host).
+    pub fn set_realm(&self, realm: &str) {
+        self.state.lock().unwrap().realm = Some(realm.to_string());
+    }
+
+    /// Query strings of the `/token` requests received.
+    pub fn token_queries(&self) -> Vec<String> {
+        self.state.lock().unwrap().token_queries.clone()
+    }
+
+    /// HTTP versions of the requests received.
+    pub fn versions(&self) -> Vec<http::Version> {
+        self.state.lock().unwrap().versions.clone()
     }
 
     /// Adds a blob; returns its digest.
@@ -361,8 +425,30 @@ async fn handle(
             }
             return r.body(full(Bytes::from_static(b"{}"))).unwrap();
         }
+        s.versions.push(req.version());
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Some(want) = s.basic.clone() {
+            if given.as_deref() != Some(want.as_str()) {
+                return Response::builder()
+                    .status(StatusCode::UNAUTHORIZED)
+                    .header("www-authenticate", r#"Basic realm="fake""#)
+                    .body(full(Bytes::new()))
+                    .unwrap();
+            }
+        }
         if let Some(token) = s.bearer.clone() {
             if path == "/token" {
+                s.token_queries
+                    .push(req.uri().query().unwrap_or("").to_string());
+                if let Some(want) = &s.token_credentials {
+                    if given.as_deref() != Some(want.as_str()) {
+                        return plain(StatusCode::UNAUTHORIZED, "{}");
+                    }
+                }
                 let body = format!(r#"{{"token":"{token}","expires_in":300}}"#);
                 return Response::builder()
                     .header("content-type", "application/json")
@@ -370,16 +456,15 @@ async fn handle(
                     .unwrap();
             }
             let want = format!("Bearer {token}");
-            let given = req
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok());
-            if given != Some(want.as_str()) {
+            if given.as_deref() != Some(want.as_str()) {
                 let rest = path.trim_start_matches("/v2/");
                 let repo = rest.rsplitn(3, '/').nth(2).unwrap_or("");
+                let realm = s
+                    .realm
+                    .clone()
+                    .unwrap_or_else(|| format!("{}://{}/token", s.scheme, s.addr.unwrap()));
                 let challenge = format!(
-                    r#"Bearer realm="http://{}/token",service="fake",scope="repository:{repo}:pull""#,
-                    s.addr.unwrap()
+                    r#"Bearer realm="{realm}",service="fake",scope="repository:{repo}:pull""#
                 );
                 return Response::builder()
                     .status(StatusCode::UNAUTHORIZED)
@@ -534,6 +619,14 @@ async fn handle(
             sent,
         ))
         .unwrap()
+}
+
+fn basic_value(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
 }
 
 /// `bytes=a-` or `bytes=a-b`.
