@@ -19,6 +19,14 @@ use http::Uri;
 pub use credentials::{read_credentials_file, Credentials, Secret};
 pub use file::FileConfig;
 
+/// Docker Hub's host names; any of them names the same registry.
+pub const DOCKER_HUB_HOSTS: &[&str] = &[
+    "docker.io",
+    "registry-1.docker.io",
+    "index.docker.io",
+    "registry.hub.docker.com",
+];
+
 /// The built-in defaults, identical to `config.example.json`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 pub const DEFAULT_STORAGE: &str = "./data";

@@ -28,13 +28,7 @@ use crate::upstream::Upstream;
 
 pub use glob::{literal_base, prefix_matches};
 
-/// Docker Hub's hosts; any of them names the same registry.
-const DOCKER_HUB: &[&str] = &[
-    "docker.io",
-    "registry-1.docker.io",
-    "index.docker.io",
-    "registry.hub.docker.com",
-];
+use crate::config::DOCKER_HUB_HOSTS as DOCKER_HUB;
 
 /// One configured upstream registry with its client.
 #[derive(Debug)]

@@ -373,9 +373,16 @@ fn registries_from(
                     Some(p) => format!("{host}:{p}"),
                     None => host.clone(),
                 };
+                // Docker Hub goes by several names; any of them will do.
+                let aliases: &[&str] = if super::DOCKER_HUB_HOSTS.contains(&host.as_str()) {
+                    super::DOCKER_HUB_HOSTS
+                } else {
+                    &[]
+                };
                 file_credentials
                     .get(&key)
                     .or_else(|| file_credentials.get(&host))
+                    .or_else(|| aliases.iter().find_map(|a| file_credentials.get(*a)))
                     .cloned()
             })
         });

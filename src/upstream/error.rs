@@ -94,6 +94,11 @@ impl UpstreamError {
                 StatusCode::TOO_MANY_REQUESTS => {
                     RegistryError::new(*status, ErrorCode::TooManyRequests, msg)
                 }
+                // ferry itself was refused: not the client's credentials to
+                // fix, so no 401 (that would make it log in to the mirror).
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    RegistryError::new(StatusCode::BAD_GATEWAY, ErrorCode::Denied, msg)
+                }
                 _ => RegistryError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, msg),
             },
             UpstreamError::Timeout { .. } => {
