@@ -70,6 +70,8 @@ pub struct RegistryConfig {
     pub credentials: Option<Credentials>,
     /// Token realm hosts allowed besides the registry's own domain.
     pub token_realms: Vec<String>,
+    /// zot's periodic sync: every so often, pull what `content` names.
+    pub poll_interval: Option<Duration>,
 }
 
 /// How long what ferry stored about a registry's tags is trusted.
@@ -105,6 +107,18 @@ pub struct ContentRule {
     pub prefix: String,
     pub destination: Option<String>,
     pub strip_prefix: bool,
+    /// zot's `tags` filter, used by periodic sync.
+    pub tags: Option<TagFilter>,
+}
+
+/// Which tags periodic sync pulls: those matching `regex`, and only
+/// semantic versions when `semver` is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagFilter {
+    pub regex: Option<String>,
+    #[serde(default)]
+    pub semver: bool,
 }
 
 /// Retries of connect errors, timeouts, 5xx, 408 and 429: at most
@@ -139,6 +153,7 @@ impl RegistryConfig {
             freshness: Freshness::default(),
             credentials: None,
             token_realms: Vec::new(),
+            poll_interval: None,
         }
     }
 }

@@ -40,6 +40,7 @@ use crate::stats::Stats;
 use crate::store::FsStore;
 use dashmap::DashMap;
 
+pub use listing::next_link;
 pub use range::{resolve as resolve_range, RangeRequest};
 pub use response::Body;
 pub use router::{route, Route};
@@ -254,6 +255,7 @@ impl Server {
     /// configured shutdown timeout.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let Server { app, listener } = self;
+        let syncs = crate::sync::spawn(&app);
         let graceful = GracefulShutdown::new();
         let builder = auto::Builder::new(TokioExecutor::new());
         tokio::pin!(shutdown);
@@ -285,6 +287,7 @@ impl Server {
             });
         }
         drop(listener);
+        syncs.iter().for_each(|s| s.abort());
         let grace = app.config.shutdown_grace;
         tracing::info!(
             grace_s = grace.as_secs_f64(),

@@ -39,6 +39,7 @@ pub mod prefetch;
 pub mod routing;
 pub mod stats;
 pub mod store;
+pub mod sync;
 pub mod upstream;
 
 pub use config::Config;

@@ -419,3 +419,36 @@ async fn referrers_are_filtered_cached_and_empty_when_unsupported() {
     assert_eq!(v["manifests"], serde_json::json!([]));
     assert_eq!(v["mediaType"], OCI_INDEX);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_sync_pulls_what_content_names_at_start() {
+    let up = FakeRegistry::start().await;
+    let wanted = multi_platform(&up, "team/app", "1.2.0");
+    // Same repository, a tag the semver filter refuses.
+    up.add_manifest("team/app", Some("latest"), OCI_MANIFEST, simple(40));
+    let other_layer = up.add_blob(blob_bytes(1000, 99));
+    let other_config = up.add_blob(Bytes::from_static(b"{}"));
+    up.add_manifest(
+        "elsewhere/app",
+        Some("1.0.0"),
+        OCI_MANIFEST,
+        image_manifest(&other_config, &[(&other_layer, 1000)]),
+    );
+    let json = serde_json::json!({"extensions": {"sync": {"enable": true, "registries": [{
+        "urls": [up.url()], "pollInterval": "1h",
+        "content": [{"prefix": "team/**", "tags": {"semver": true}}]}]}}});
+    let ferry = Ferry::start_json(&json.to_string(), |_| {}).await;
+    within(async {
+        while !wanted.iter().all(|b| ferry.has_blob(b)) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(!ferry.has_blob(&other_layer), "outside the content prefix");
+    assert_eq!(
+        up.hits("GET", "/v2/team/app/manifests/latest"),
+        0,
+        "tag filter"
+    );
+    assert_eq!(up.hits("GET", "/v2/elsewhere/app/tags/list"), 0);
+}

@@ -126,7 +126,7 @@ pub struct ContentSection {
     pub prefix: String,
     pub destination: Option<String>,
     pub strip_prefix: Option<bool>,
-    pub tags: Option<serde_json::Value>,
+    pub tags: Option<super::TagFilter>,
 }
 
 /// ferry's own keys.
@@ -331,9 +331,10 @@ fn registries_from(
             delay,
             max_delay: dur("maxRetryDelay", &r.max_retry_delay)?.unwrap_or(d.max_delay.max(delay)),
         };
-        if dur("pollInterval", &r.poll_interval)?.is_some() {
+        let poll_interval = dur("pollInterval", &r.poll_interval)?;
+        if poll_interval.is_some() && r.content.as_ref().is_none_or(|c| c.is_empty()) {
             warnings.push(format!(
-                "{}: periodic sync is not built yet; ferry fetches on demand only",
+                "{}: periodic sync needs content rules to know what to pull; nothing will be synced",
                 at("pollInterval")
             ));
         }
@@ -395,13 +396,12 @@ fn registries_from(
                     at("content")
                 )));
             }
-            if c.tags.is_some() {
-                warnings.push(format!(
-                    "{}[{k}].tags: tag filters are not applied on demand; ignored",
-                    at("content")
-                ));
+            if let Some(re) = c.tags.as_ref().and_then(|t| t.regex.as_deref()) {
+                regex::Regex::new(re)
+                    .map_err(|e| ConfigError(format!("{}[{k}].tags.regex: {e}", at("content"))))?;
             }
             content.push(ContentRule {
+                tags: c.tags.clone(),
                 prefix,
                 destination: c
                     .destination
@@ -426,6 +426,7 @@ fn registries_from(
             retry,
             freshness,
             credentials,
+            poll_interval,
             token_realms: r
                 .token_realms
                 .clone()
@@ -501,7 +502,8 @@ mod tests {
             vec![ContentRule {
                 prefix: "lank8s".into(),
                 destination: None,
-                strip_prefix: false
+                strip_prefix: false,
+                tags: None
             }]
         );
         assert_eq!(r0.retry.max_retries, 2);

@@ -170,7 +170,7 @@ async fn upstream_tags(target: &Target) -> Result<BTreeSet<String>, UpstreamErro
 }
 
 /// The path of a `Link: <...>; rel="next"` header.
-fn next_link(headers: &HeaderMap) -> Option<String> {
+pub fn next_link(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(LINK)?.to_str().ok()?;
     let (target, params) = v.split_once(';')?;
     if !params.contains("rel=\"next\"") && !params.contains("rel=next") {

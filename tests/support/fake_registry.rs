@@ -481,6 +481,16 @@ async fn handle(
         if path == "/v2/" {
             return plain(StatusCode::OK, "{}");
         }
+        if path == "/v2/_catalog" {
+            let mut repos: Vec<String> = s.manifests.keys().map(|(r, _)| r.clone()).collect();
+            repos.sort();
+            repos.dedup();
+            let body = serde_json::json!({ "repositories": repos }).to_string();
+            return Response::builder()
+                .header("content-type", "application/json")
+                .body(full(Bytes::from(body)))
+                .unwrap();
+        }
         if n >= 3 && segs[n - 2] == "blobs" {
             if let (Some(base), true) = (&s.redirect_blobs, method == Method::GET) {
                 return Response::builder()
