@@ -49,9 +49,35 @@ pub struct Config {
     /// A `Range` on a blob in flight that starts this far beyond the bytes
     /// fetched so far is passed through to the upstream on its own.
     pub far_range_distance: u64,
+    /// Size cap, eviction, free space and scrub.
+    pub lifecycle: LifecycleConfig,
     pub log_level: Option<String>,
     /// Keys that were accepted but have no effect yet, for start-up logs.
     pub warnings: Vec<String>,
+}
+
+/// Keeping the store healthy and within its budget.
+#[derive(Clone, Debug, Default)]
+pub struct LifecycleConfig {
+    /// Evict least-recently-used blobs above this many bytes (down to 90%).
+    pub max_size: Option<u64>,
+    /// Evict blobs not read for this long.
+    pub max_idle: Option<Duration>,
+    /// Do not cache when the filesystem would have less free than this.
+    pub min_free_space: u64,
+    pub eviction_interval: Duration,
+    /// zot's `extensions.scrub`, when enabled.
+    pub scrub: Option<ScrubConfig>,
+}
+
+/// A periodic re-hash of the store.
+#[derive(Clone, Copy, Debug)]
+pub struct ScrubConfig {
+    pub interval: Duration,
+    /// Bytes per second at most.
+    pub rate: Option<u64>,
+    /// Move damaged files aside instead of deleting them.
+    pub quarantine: bool,
 }
 
 /// One upstream registry: where it is, what it serves, how to retry it.

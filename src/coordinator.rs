@@ -14,6 +14,7 @@
 
 mod fetch;
 mod flight;
+mod passthrough;
 mod reader;
 
 use std::fs::File;
@@ -23,6 +24,8 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use http::{Method, StatusCode};
 
+use crate::clock::Clock;
+use crate::lifecycle::{Lifecycle, ReadGuard};
 use crate::oci::{Digest, ErrorCode, RegistryError};
 use crate::routing::{Resolved, Router, Target};
 use crate::store::{self, FsStore};
@@ -34,8 +37,18 @@ pub use reader::{BlobStream, READ_CHUNK};
 /// Where a blob response's bytes come from, and why.
 #[derive(Debug)]
 pub enum BlobHandle {
-    /// Already in the store.
-    Stored { file: Arc<File>, size: u64 },
+    /// Already in the store; the guard keeps it from eviction.
+    Stored {
+        file: Arc<File>,
+        size: u64,
+        guard: Arc<ReadGuard>,
+    },
+    /// No room to cache it: straight from upstream, verified, not kept.
+    Uncached {
+        body: std::sync::Mutex<Option<hyper::body::Incoming>>,
+        digest: Digest,
+        size: Option<u64>,
+    },
     /// Being fetched; `joined` is true when another request started it.
     InFlight {
         flight: Arc<Flight>,
@@ -49,7 +62,7 @@ impl BlobHandle {
     pub fn size(&self) -> Option<u64> {
         match self {
             BlobHandle::Stored { size, .. } => Some(*size),
-            BlobHandle::InFlight { size, .. } => *size,
+            BlobHandle::InFlight { size, .. } | BlobHandle::Uncached { size, .. } => *size,
         }
     }
 
@@ -57,17 +70,31 @@ impl BlobHandle {
     pub fn cache_status(&self) -> &'static str {
         match self {
             BlobHandle::Stored { .. } => "hit",
+            BlobHandle::Uncached { .. } => "uncached",
             BlobHandle::InFlight { joined: false, .. } => "miss",
             BlobHandle::InFlight { joined: true, .. } => "joined",
         }
     }
 
     /// The bytes `[start, end)` of the blob as a stream that follows the
-    /// download when the blob is in flight.
+    /// download when the blob is in flight. An uncached blob streams whole,
+    /// once (callers send it with a 200, ignoring any range).
     pub fn stream(&self, start: u64, end: Option<u64>) -> BlobStream {
         match self {
-            BlobHandle::Stored { file, size } => {
-                BlobStream::stored(file.clone(), start, end.unwrap_or(*size))
+            BlobHandle::Stored { file, size, guard } => {
+                BlobStream::stored(file.clone(), start, end.unwrap_or(*size)).holding(guard.clone())
+            }
+            BlobHandle::Uncached { body, digest, .. } => {
+                let body = body.lock().expect("handle lock").take();
+                match body {
+                    Some(b) => BlobStream::from_stream(passthrough::VerifyingStream::new(
+                        b,
+                        digest.clone(),
+                    )),
+                    None => BlobStream::from_stream(futures::stream::once(async {
+                        Err(std::io::Error::other("uncached blob body already taken"))
+                    })),
+                }
             }
             BlobHandle::InFlight { flight, file, .. } => {
                 BlobStream::following(flight.clone(), file.clone(), start, end)
@@ -82,15 +109,33 @@ pub struct Coordinator {
     store: Arc<FsStore>,
     router: Router,
     inflight: DashMap<Digest, Arc<Flight>>,
+    lifecycle: Arc<Lifecycle>,
+    clock: Clock,
 }
 
 impl Coordinator {
-    pub fn new(store: Arc<FsStore>, router: Router) -> Arc<Coordinator> {
+    pub fn new(
+        store: Arc<FsStore>,
+        router: Router,
+        lifecycle: Arc<Lifecycle>,
+        clock: Clock,
+    ) -> Arc<Coordinator> {
         Arc::new(Coordinator {
             store,
             router,
             inflight: DashMap::new(),
+            lifecycle,
+            clock,
         })
+    }
+
+    pub fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.lifecycle
+    }
+
+    /// True when a fetch of `digest` is running.
+    pub fn is_in_flight(&self, digest: &Digest) -> bool {
+        self.inflight.contains_key(digest)
     }
 
     pub fn store(&self) -> &Arc<FsStore> {
@@ -123,6 +168,7 @@ impl Coordinator {
             return Ok(BlobHandle::Stored {
                 file: Arc::new(file),
                 size,
+                guard: Arc::new(self.lifecycle.reading(digest, &self.clock)),
             });
         }
         let (flight, joined) = match self.inflight.entry(digest.clone()) {
@@ -143,6 +189,20 @@ impl Coordinator {
         let size = match started {
             Ok(Progress::Streaming { size, .. }) => size,
             Ok(Progress::Done { size }) => Some(size),
+            Ok(Progress::Failed(f)) if matches!(*f, FetchFailure::NoRoom(_)) => {
+                // The store cannot take it: serve this client straight
+                // from upstream instead.
+                self.lifecycle
+                    .uncached
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(%digest, reason = %f, "serving blob uncached");
+                let (body, size) = passthrough::open(repo, digest).await?;
+                return Ok(BlobHandle::Uncached {
+                    body: std::sync::Mutex::new(Some(body)),
+                    digest: digest.clone(),
+                    size,
+                });
+            }
             Ok(Progress::Failed(f)) => return Err(f.to_registry_error()),
             Ok(Progress::Connecting) | Err(_) => {
                 return Err(FetchFailure::Abandoned.to_registry_error());

@@ -34,6 +34,7 @@ use tokio::net::TcpListener;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::coordinator::Coordinator;
+use crate::lifecycle::{Lifecycle, SpaceProbe};
 use crate::oci::RegistryError;
 use crate::routing::{Resolved, Router};
 use crate::stats::Stats;
@@ -58,22 +59,41 @@ pub struct App {
     next_request_id: AtomicU64,
 }
 
+/// What tests may swap: the clock, and the free-space probe.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    pub clock: Clock,
+    pub space: Option<SpaceProbe>,
+}
+
 impl App {
-    /// Opens the store and builds the upstream clients.
+    /// Opens the store (cleaning up after a crash, indexing what it holds)
+    /// and builds the upstream clients.
     pub fn new(config: Config) -> std::io::Result<Arc<App>> {
-        App::with_clock(config, Clock::System)
+        App::with_hooks(config, Hooks::default())
     }
 
-    /// As [`App::new`], with a given clock (tests move a manual one).
-    pub fn with_clock(config: Config, clock: Clock) -> std::io::Result<Arc<App>> {
+    /// As [`App::new`], with a given clock and space probe.
+    pub fn with_hooks(config: Config, hooks: Hooks) -> std::io::Result<Arc<App>> {
+        let clock = hooks.clock;
         let (store, recovery) = FsStore::open(&config.storage_root)?;
         if recovery.temp_files_removed > 0 {
             tracing::info!(removed = recovery.temp_files_removed, root = %config.storage_root.display(),
                 "removed temp files left by an earlier run");
         }
+        let lifecycle = Arc::new(Lifecycle::open(
+            &store,
+            config.lifecycle.clone(),
+            hooks.space,
+        )?);
+        tracing::info!(
+            blobs = lifecycle.index.len(),
+            bytes = lifecycle.index.total(),
+            "store indexed"
+        );
         let router = Router::new(&config)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let coordinator = Coordinator::new(Arc::new(store), router);
+        let coordinator = Coordinator::new(Arc::new(store), router, lifecycle, clock.clone());
         Ok(Arc::new(App {
             config: Arc::new(config),
             coordinator,
@@ -228,13 +248,13 @@ pub struct Server {
 impl Server {
     /// Opens the store, builds the app and binds the listen address.
     pub async fn bind(config: Config) -> std::io::Result<Server> {
-        Server::bind_with_clock(config, Clock::System).await
+        Server::bind_with_hooks(config, Hooks::default()).await
     }
 
     /// As [`Server::bind`], with a given clock.
-    pub async fn bind_with_clock(config: Config, clock: Clock) -> std::io::Result<Server> {
+    pub async fn bind_with_hooks(config: Config, hooks: Hooks) -> std::io::Result<Server> {
         let listen = config.listen;
-        let app = App::with_clock(config, clock)?;
+        let app = App::with_hooks(config, hooks)?;
         let listener = TcpListener::bind(listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"))
         })?;
@@ -255,7 +275,8 @@ impl Server {
     /// configured shutdown timeout.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let Server { app, listener } = self;
-        let syncs = crate::sync::spawn(&app);
+        let mut background = crate::sync::spawn(&app);
+        background.extend(crate::lifecycle::tasks::spawn(&app));
         let graceful = GracefulShutdown::new();
         let builder = auto::Builder::new(TokioExecutor::new());
         tokio::pin!(shutdown);
@@ -287,7 +308,7 @@ impl Server {
             });
         }
         drop(listener);
-        syncs.iter().for_each(|s| s.abort());
+        background.iter().for_each(|t| t.abort());
         let grace = app.config.shutdown_grace;
         tracing::info!(
             grace_s = grace.as_secs_f64(),

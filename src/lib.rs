@@ -34,6 +34,7 @@ pub mod clock;
 pub mod config;
 pub mod coordinator;
 pub mod http;
+pub mod lifecycle;
 pub mod oci;
 pub mod prefetch;
 pub mod routing;
@@ -43,4 +44,4 @@ pub mod sync;
 pub mod upstream;
 
 pub use config::Config;
-pub use http::{App, Server};
+pub use http::{App, Hooks, Server};

@@ -60,6 +60,20 @@ enum Command {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Re-hash every stored blob and manifest once, repairing damage; exits
+    /// non-zero when something was damaged. Run it with ferry stopped or
+    /// running: it only removes files that fail their digest.
+    Scrub {
+        /// Config file (as for serve).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Storage root directory.
+        #[arg(long)]
+        storage: Option<PathBuf>,
+        /// Move damaged files to <storage>/quarantine instead of deleting.
+        #[arg(long)]
+        quarantine: bool,
+    },
     /// Validate a config file and print the resolved routing table.
     CheckConfig {
         /// Config file to check.
@@ -70,6 +84,25 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Scrub {
+            config,
+            storage,
+            quarantine,
+        } => {
+            let overrides = Overrides {
+                storage,
+                ..Overrides::default()
+            };
+            let config = match load(config.as_deref(), &overrides) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("ferry: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(config.log_level.as_deref());
+            scrub(&config, quarantine)
+        }
         Command::Prefetch {
             config,
             storage,
@@ -166,6 +199,65 @@ fn load(
             Config::load(DEFAULT_CONFIG.as_ref(), overrides)
         }
         None => Config::defaults(overrides),
+    }
+}
+
+fn scrub(config: &Config, quarantine: bool) -> ExitCode {
+    use std::io::IsTerminal;
+    let root = &config.storage_root;
+    if !root.join("blobs").is_dir() {
+        eprintln!(
+            "ferry: {} is not a ferry store (no blobs/ folder)",
+            root.display()
+        );
+        return ExitCode::from(2);
+    }
+    let from_config = config.lifecycle.scrub;
+    let options = ferry::lifecycle::ScrubOptions {
+        rate: from_config.and_then(|s| s.rate),
+        quarantine: quarantine || from_config.is_some_and(|s| s.quarantine),
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "scrub [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b
+    });
+    let progress = |done: u64, total: u64| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    };
+    let report = ferry::lifecycle::scrub::scrub(root, options, &progress, &|_| {});
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    println!(
+        "scrubbed {}: {} blobs, {} manifests, {} bytes; {} damaged ({}), {} unreadable",
+        root.display(),
+        report.blobs_checked,
+        report.manifests_checked,
+        report.bytes_read,
+        report.damaged.len(),
+        report.action,
+        report.errors.len()
+    );
+    for d in &report.damaged {
+        println!("damaged  {d}");
+    }
+    for e in &report.errors {
+        println!("error    {e}");
+    }
+    if report.damaged.is_empty() && report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -11,8 +11,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{
-    parse_duration, parse_upstream_url, Config, ConfigError, ContentRule, Freshness, Overrides,
-    RegistryConfig, RetryPolicy, Timeouts, DEFAULT_LISTEN, DEFAULT_STORAGE, DEFAULT_UPSTREAM,
+    parse_duration, parse_upstream_url, Config, ConfigError, ContentRule, Freshness,
+    LifecycleConfig, Overrides, RegistryConfig, RetryPolicy, ScrubConfig, Timeouts, DEFAULT_LISTEN,
+    DEFAULT_STORAGE, DEFAULT_UPSTREAM,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +141,16 @@ pub struct FerrySection {
     pub max_manifest_size: Option<usize>,
     pub max_retry_wait: Option<String>,
     pub far_range_distance: Option<u64>,
+    /// Size cap of the store, e.g. "200GiB".
+    pub max_size: Option<String>,
+    /// Evict blobs not read for this long.
+    pub max_idle: Option<String>,
+    /// Keep this much of the store's filesystem free, e.g. "1GiB".
+    pub min_free_space: Option<String>,
+    pub eviction_interval: Option<String>,
+    /// Scrub read rate, bytes per second, e.g. "100MiB".
+    pub scrub_rate: Option<String>,
+    pub scrub_quarantine: Option<bool>,
 }
 
 impl FileConfig {
@@ -230,16 +241,51 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         }
     }
 
-    if let Some(scrub) = file.extensions.as_ref().and_then(|e| e.scrub.as_ref()) {
-        if let Some(i) = &scrub.interval {
-            parse_duration(i).map_err(|e| err(format!("extensions.scrub.interval: {e}")))?;
+    let bytes = |key: &str, v: &Option<String>| -> Result<Option<u64>, ConfigError> {
+        v.as_deref()
+            .map(|s| {
+                s.trim()
+                    .parse::<bytesize::ByteSize>()
+                    .map(|b| b.as_u64())
+                    .map_err(|e| {
+                        err(format!(
+                            "ferry.{key}: {s:?} is not a size like \"200GiB\": {e}"
+                        ))
+                    })
+            })
+            .transpose()
+    };
+    let scrub = match file.extensions.as_ref().and_then(|e| e.scrub.as_ref()) {
+        Some(sc) if sc.enable != Some(false) => {
+            let interval = match &sc.interval {
+                Some(i) => {
+                    parse_duration(i).map_err(|e| err(format!("extensions.scrub.interval: {e}")))?
+                }
+                None => std::time::Duration::from_secs(24 * 3600),
+            };
+            Some(ScrubConfig {
+                interval,
+                rate: bytes("scrubRate", &f.scrub_rate)?,
+                quarantine: f.scrub_quarantine.unwrap_or(false),
+            })
         }
-        if scrub.enable == Some(true) {
-            warnings.push(
-                "extensions.scrub is accepted but this ferry version runs no scrub yet".into(),
-            );
-        }
-    }
+        _ => None,
+    };
+    let lifecycle = LifecycleConfig {
+        max_size: bytes("maxSize", &f.max_size)?,
+        max_idle: f
+            .max_idle
+            .as_deref()
+            .map(|s| parse_duration(s).map_err(|e| err(format!("ferry.maxIdle: {e}"))))
+            .transpose()?,
+        min_free_space: bytes("minFreeSpace", &f.min_free_space)?.unwrap_or(256 << 20),
+        eviction_interval: dur(
+            "evictionInterval",
+            &f.eviction_interval,
+            std::time::Duration::from_secs(30),
+        )?,
+        scrub,
+    };
 
     Ok(Config {
         listen,
@@ -250,6 +296,7 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         max_manifest_size: f.max_manifest_size.unwrap_or(4 << 20),
         max_retry_wait,
         far_range_distance: f.far_range_distance.unwrap_or(16 << 20),
+        lifecycle,
         log_level: file.log.and_then(|l| l.level),
         warnings,
     })
@@ -510,11 +557,10 @@ mod tests {
         assert_eq!(r0.retry.delay, std::time::Duration::from_secs(300));
         assert!(c.registries[1].content.is_empty());
         assert_eq!(c.registries[2].urls[0].host(), Some("registry.lank8s.cn"));
-        // scrub not run yet, and 5m retry delays capped for waiting clients
-        assert!(
-            c.warnings.iter().any(|w| w.contains("scrub")),
-            "{:?}",
-            c.warnings
+        // zot's scrub every 3h; 5m retry delays capped for waiting clients
+        assert_eq!(
+            c.lifecycle.scrub.as_ref().map(|s| s.interval.as_secs()),
+            Some(3 * 3600)
         );
         assert!(
             c.warnings.iter().any(|w| w.contains("maxRetryWait")),

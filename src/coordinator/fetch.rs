@@ -106,6 +106,13 @@ async fn fetch(
         return Ok((size, "store".into()));
     }
 
+    let space = &coordinator.lifecycle.space;
+    if space.reserve(0).is_none() {
+        return Err(FetchFailure::NoRoom(format!(
+            "the store's filesystem is below minFreeSpace or failed a write recently ({} bytes available)",
+            space.probe().available()
+        )));
+    }
     let mut failure: Option<UpstreamError> = None;
     for target in &repo.targets {
         match request(target, digest, 0, None).await {
@@ -113,7 +120,17 @@ async fn fetch(
                 coordinator
                     .router
                     .remember(&repo.local, target.registry.index);
+                let size = content_length(resp.headers()).unwrap_or(0);
+                let Some(_room) = space.reserve(size) else {
+                    return Err(FetchFailure::NoRoom(format!(
+                        "{size} bytes do not fit ({} bytes available)",
+                        space.probe().available()
+                    )));
+                };
                 let size = transfer(coordinator, flight, target, resp).await?;
+                coordinator
+                    .lifecycle
+                    .stored(digest, size, &coordinator.clock);
                 return Ok((size, target.registry.name.clone()));
             }
             Ok(resp) => {
@@ -192,7 +209,10 @@ async fn transfer(
     let s = store.clone();
     let temp = store::blocking(move || s.create_temp(&d))
         .await
-        .map_err(|e| FetchFailure::Store(e.to_string()))?;
+        .map_err(|e| {
+            coordinator.lifecycle.space.mark_degraded();
+            FetchFailure::NoRoom(format!("the store is not writable: {e}"))
+        })?;
     let reader_file = temp.file.try_clone().map_err(|e| {
         FetchFailure::Store(format!(
             "cannot share temp file {}: {e}",
@@ -278,6 +298,12 @@ async fn transfer(
         .await
         .map_err(|e| FetchFailure::Store(format!("writer thread failed: {e}")))?;
     network?;
+    if let Err(FetchFailure::Store(e)) = &written {
+        // Disk full or I/O error: readers of this fetch are aborted; the
+        // next requests are served uncached until the store recovers.
+        tracing::warn!(%digest, error = %e, "store write failed; not caching for a while");
+        coordinator.lifecycle.space.mark_degraded();
+    }
     written
 }
 

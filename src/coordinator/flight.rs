@@ -40,6 +40,9 @@ pub enum FetchFailure {
         received: u64,
     },
     Store(String),
+    /// The store has no room (disk full, below minFreeSpace, unwritable):
+    /// the blob is served uncached.
+    NoRoom(String),
     /// The fetch task ended without saying how (it panicked or was
     /// cancelled at shutdown).
     Abandoned,
@@ -58,6 +61,7 @@ impl std::fmt::Display for FetchFailure {
                 "upstream announced {expected} bytes but sent {received}; nothing was stored"
             ),
             FetchFailure::Store(e) => write!(f, "store failed: {e}"),
+            FetchFailure::NoRoom(e) => write!(f, "no room to cache: {e}"),
             FetchFailure::Abandoned => write!(f, "the fetch ended without a result"),
         }
     }
@@ -71,6 +75,7 @@ impl FetchFailure {
             FetchFailure::DigestMismatch { .. } => "digest_mismatch",
             FetchFailure::LengthMismatch { .. } => "length_mismatch",
             FetchFailure::Store(_) => "store",
+            FetchFailure::NoRoom(_) => "no_room",
             FetchFailure::Abandoned => "abandoned",
         }
     }
@@ -86,11 +91,13 @@ impl FetchFailure {
                     self.to_string(),
                 )
             }
-            FetchFailure::Store(_) | FetchFailure::Abandoned => RegistryError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                self.to_string(),
-            ),
+            FetchFailure::Store(_) | FetchFailure::NoRoom(_) | FetchFailure::Abandoned => {
+                RegistryError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    self.to_string(),
+                )
+            }
         }
     }
 }

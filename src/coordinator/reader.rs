@@ -27,6 +27,8 @@ pub const READ_CHUNK: usize = 256 * 1024;
 /// A stream of a blob's bytes `[pos, end)`.
 pub struct BlobStream {
     inner: Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>,
+    /// Kept alive for as long as the stream (e.g. an eviction guard).
+    _holding: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 struct State {
@@ -92,7 +94,24 @@ impl BlobStream {
                 Some(Ok(b)) => Some((Ok(b), st)),
             }
         });
-        BlobStream { inner: Box::pin(s) }
+        BlobStream {
+            inner: Box::pin(s),
+            _holding: None,
+        }
+    }
+
+    /// Any stream of bytes (the uncached path).
+    pub fn from_stream(s: impl Stream<Item = io::Result<Bytes>> + Send + 'static) -> BlobStream {
+        BlobStream {
+            inner: Box::pin(s),
+            _holding: None,
+        }
+    }
+
+    /// Keeps `value` alive as long as the stream.
+    pub fn holding(mut self, value: impl std::any::Any + Send + Sync) -> BlobStream {
+        self._holding = Some(Box::new(value));
+        self
     }
 }
 

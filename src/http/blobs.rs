@@ -48,6 +48,8 @@ pub async fn get(
     let range_header = headers
         .get(http::header::RANGE)
         .and_then(|v| v.to_str().ok());
+    // An uncached blob streams whole: ranges are ignored (a 200 is allowed).
+    let range_header = range_header.filter(|_| !matches!(handle, BlobHandle::Uncached { .. }));
     let response = match range::resolve(range_header, size) {
         RangeRequest::Full => {
             let mut r = base(digest).status(StatusCode::OK);
@@ -96,7 +98,7 @@ pub async fn get(
 /// in flight has written.
 fn is_far(handle: &BlobHandle, start: u64, distance: u64) -> bool {
     match handle {
-        BlobHandle::Stored { .. } => false,
+        BlobHandle::Stored { .. } | BlobHandle::Uncached { .. } => false,
         BlobHandle::InFlight { flight, .. } => match *flight.subscribe().borrow() {
             crate::coordinator::Progress::Streaming { written, .. } => {
                 start > written.saturating_add(distance)

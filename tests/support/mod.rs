@@ -54,9 +54,7 @@ impl Ferry {
             r.retry.max_delay = std::time::Duration::from_millis(20);
         }
         tweak(&mut config);
-        let server = Server::bind_with_clock(config, ferry::clock::Clock::manual())
-            .await
-            .unwrap();
+        let server = Server::bind_with_hooks(config, hooks()).await.unwrap();
         let addr = server.local_addr();
         let app = server.app().clone();
         let (tx, rx) = oneshot::channel();
@@ -85,9 +83,7 @@ impl Ferry {
         let mut config = Config::resolve(file, &overrides).unwrap();
         config.timeouts.idle_read = std::time::Duration::from_secs(20);
         tweak(&mut config);
-        let server = Server::bind_with_clock(config, ferry::clock::Clock::manual())
-            .await
-            .unwrap();
+        let server = Server::bind_with_hooks(config, hooks()).await.unwrap();
         let addr = server.local_addr();
         let app = server.app().clone();
         let (tx, rx) = oneshot::channel();
@@ -141,6 +137,14 @@ impl Ferry {
         }
         let dir = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+/// A manual clock; free space from the real filesystem.
+fn hooks() -> ferry::Hooks {
+    ferry::Hooks {
+        clock: ferry::clock::Clock::manual(),
+        space: None,
     }
 }
 

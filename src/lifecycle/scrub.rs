@@ -1,0 +1,292 @@
+//! Scrub: re-hash every stored blob and manifest, and take away what no
+//! longer matches its digest, so the next request fetches it again.
+//! zot's scrub only reports; ferry's repairs.
+//!
+//! A pass reads at a bounded rate (so it does not starve clients), removes
+//! a damaged file or moves it to `<root>/quarantine/`, and writes its report
+//! to `<root>/scrub-report.json`. It is blocking code, run on its own thread.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::oci::{Digest, Hasher};
+
+/// What one pass found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScrubReport {
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    pub blobs_checked: u64,
+    pub manifests_checked: u64,
+    pub bytes_read: u64,
+    /// Digests of the damaged files (`blob sha256:...`, `manifest sha256:...`).
+    pub damaged: Vec<String>,
+    /// Files that could not be read.
+    pub errors: Vec<String>,
+    /// Where damaged files went (`removed` or `quarantine`).
+    pub action: String,
+}
+
+/// How a pass behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct ScrubOptions {
+    /// Bytes per second at most; `None`: as fast as the disk goes.
+    pub rate: Option<u64>,
+    /// Move damaged files to `<root>/quarantine/` instead of deleting.
+    pub quarantine: bool,
+}
+
+/// Progress: bytes done so far out of the total to check.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
+
+/// One scrub pass over the store at `root`. `removed` is told about each
+/// damaged blob taken away (to drop it from the index).
+pub fn scrub(
+    root: &Path,
+    options: ScrubOptions,
+    progress: Progress<'_>,
+    removed: &dyn Fn(&Digest),
+) -> ScrubReport {
+    let mut report = ScrubReport {
+        started_ms: super::index::to_ms(std::time::SystemTime::now()),
+        action: if options.quarantine {
+            "quarantine"
+        } else {
+            "removed"
+        }
+        .into(),
+        ..ScrubReport::default()
+    };
+    let mut files = Vec::new();
+    for kind in ["blobs", "manifests"] {
+        collect(&root.join(kind), kind, &mut files);
+    }
+    let total: u64 = files.iter().map(|f| f.2).sum();
+    let mut limiter = RateLimiter::new(options.rate);
+    let mut done = 0u64;
+    for (kind, path, _len) in files {
+        let Some(digest) = digest_of(&path) else {
+            continue;
+        };
+        match check(&path, kind == "manifests", &digest, &mut limiter) {
+            Ok((ok, n)) => {
+                done += n;
+                report.bytes_read += n;
+                if kind == "blobs" {
+                    report.blobs_checked += 1;
+                } else {
+                    report.manifests_checked += 1;
+                }
+                if !ok {
+                    let what = format!("{} {digest}", &kind[..kind.len() - 1]);
+                    tracing::warn!(file = %path.display(), %what, action = %report.action, "scrub: content does not match its digest");
+                    if let Err(e) = take_away(root, &path, &digest, kind, options.quarantine) {
+                        report.errors.push(format!("{}: {e}", path.display()));
+                    } else if kind == "blobs" {
+                        removed(&digest);
+                    }
+                    report.damaged.push(what);
+                }
+            }
+            // A blob evicted mid-pass is no damage.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => report.errors.push(format!("{}: {e}", path.display())),
+        }
+        progress(done, total);
+    }
+    report.finished_ms = super::index::to_ms(std::time::SystemTime::now());
+    let json = serde_json::to_vec_pretty(&report).expect("report serializes");
+    let tmp = root.join("tmp").join("scrub-report.json.small");
+    if std::fs::write(&tmp, json)
+        .and_then(|_| std::fs::rename(&tmp, root.join("scrub-report.json")))
+        .is_err()
+    {
+        tracing::warn!("cannot write scrub-report.json");
+    }
+    report
+}
+
+/// The last report written to `<root>/scrub-report.json`.
+pub fn last_report(root: &Path) -> Option<ScrubReport> {
+    serde_json::from_slice(&std::fs::read(root.join("scrub-report.json")).ok()?).ok()
+}
+
+fn collect(dir: &Path, kind: &'static str, out: &mut Vec<(&'static str, PathBuf, u64)>) {
+    let Ok(algs) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for alg in algs.flatten() {
+        let Ok(shards) = std::fs::read_dir(alg.path()) else {
+            continue;
+        };
+        for shard in shards.flatten() {
+            let Ok(files) = std::fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push((kind, f.path(), len));
+            }
+        }
+    }
+}
+
+/// `<kind>/<alg>/<xx>/<hex>` → the digest the file must have.
+fn digest_of(path: &Path) -> Option<Digest> {
+    let hex = path.file_name()?.to_str()?;
+    let alg = path.parent()?.parent()?.file_name()?.to_str()?;
+    format!("{alg}:{hex}").parse().ok()
+}
+
+/// Hashes a file (a manifest record: after its media-type line).
+fn check(
+    path: &Path,
+    manifest: bool,
+    digest: &Digest,
+    limiter: &mut RateLimiter,
+) -> io::Result<(bool, u64)> {
+    let mut f = File::open(path)?;
+    let mut h = Hasher::new(digest.algorithm());
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    let mut in_header = manifest;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        limiter.consume(n as u64);
+        let mut chunk = &buf[..n];
+        if in_header {
+            match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    chunk = &chunk[i + 1..];
+                    in_header = false;
+                }
+                None => continue,
+            }
+        }
+        h.update(chunk);
+    }
+    Ok((!in_header && h.finish() == *digest, total))
+}
+
+fn take_away(
+    root: &Path,
+    path: &Path,
+    digest: &Digest,
+    kind: &str,
+    quarantine: bool,
+) -> io::Result<()> {
+    if quarantine {
+        let dir = root.join("quarantine");
+        std::fs::create_dir_all(&dir)?;
+        let name = format!("{kind}-{}-{}", digest.algorithm().as_str(), digest.hex());
+        std::fs::rename(path, dir.join(name))
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
+/// Sleeps enough to keep reads under a byte rate.
+struct RateLimiter {
+    rate: Option<u64>,
+    start: Instant,
+    consumed: u64,
+}
+
+impl RateLimiter {
+    fn new(rate: Option<u64>) -> RateLimiter {
+        RateLimiter {
+            rate,
+            start: Instant::now(),
+            consumed: 0,
+        }
+    }
+
+    fn consume(&mut self, n: u64) {
+        let Some(rate) = self.rate.filter(|r| *r > 0) else {
+            return;
+        };
+        self.consumed += n;
+        let due = Duration::from_secs_f64(self.consumed as f64 / rate as f64);
+        let elapsed = self.start.elapsed();
+        if due > elapsed {
+            std::thread::sleep(due - elapsed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FsStore;
+    use std::io::Write;
+
+    #[test]
+    fn finds_and_removes_damage_and_quarantines_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        let mut digests = Vec::new();
+        for n in 0..3u8 {
+            let data = vec![n; 5000];
+            let d = Digest::sha256_of(&data);
+            let mut t = store.create_temp(&d).unwrap();
+            t.file.write_all(&data).unwrap();
+            store.publish_blob(&mut t, &d).unwrap();
+            digests.push(d);
+        }
+        let m = br#"{"schemaVersion":2}"#;
+        let md = Digest::sha256_of(m);
+        store
+            .put_manifest(&md, "application/vnd.oci.image.manifest.v1+json", m)
+            .unwrap();
+        // Damage one blob.
+        let bad = store.blob_path(&digests[1]);
+        let mut bytes = std::fs::read(&bad).unwrap();
+        bytes[100] ^= 1;
+        std::fs::write(&bad, bytes).unwrap();
+
+        let removed = std::sync::Mutex::new(Vec::new());
+        let opts = ScrubOptions {
+            rate: None,
+            quarantine: false,
+        };
+        let r = scrub(dir.path(), opts, &|_, _| {}, &|d| {
+            removed.lock().unwrap().push(d.clone())
+        });
+        assert_eq!((r.blobs_checked, r.manifests_checked), (3, 1));
+        assert_eq!(r.damaged, vec![format!("blob {}", digests[1])]);
+        assert!(!bad.exists());
+        assert_eq!(*removed.lock().unwrap(), vec![digests[1].clone()]);
+        assert!(store.blob_path(&digests[0]).exists());
+        assert_eq!(last_report(dir.path()).unwrap(), r);
+
+        // A clean pass; then quarantine mode keeps the damaged file aside.
+        let again = scrub(dir.path(), opts, &|_, _| {}, &|_| {});
+        assert!(again.damaged.is_empty());
+        let p = store.blob_path(&digests[2]);
+        std::fs::write(&p, b"garbage").unwrap();
+        let q = scrub(
+            dir.path(),
+            ScrubOptions {
+                rate: None,
+                quarantine: true,
+            },
+            &|_, _| {},
+            &|_| {},
+        );
+        assert_eq!(q.damaged.len(), 1);
+        assert!(dir
+            .path()
+            .join("quarantine")
+            .join(format!("blobs-sha256-{}", digests[2].hex()))
+            .exists());
+    }
+}
