@@ -11,39 +11,10 @@ set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 FERRY=${1:-target/debug/ferry}
+NAME=e2e-auth
 WORK=$(mktemp -d)
-PIDS=()
-passed=0
-failed=0
-
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    if [ -n "${E2E_KEEP:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-
-fail() {
-    echo "e2e-auth FAILED: $*" >&2
-    for log in "$WORK"/*.log; do
-        echo "---- $log (last 30 lines)" >&2
-        tail -n 30 "$log" >&2 || true
-    done
-    failed=$((failed + 1))
-    echo "e2e-auth: $passed passed, $failed failed"
-    exit 1
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_port() { # port
-    for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
+. tests/e2e/lib.sh
+trap e2e_cleanup EXIT
 
 for tool in openssl htpasswd skopeo docker-registry; do
     command -v "$tool" >/dev/null || fail "$tool is not installed"
@@ -63,27 +34,15 @@ openssl x509 -req -in "$PKI/server.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -
 cp "$PKI/ca.crt" "$WORK/certs.d/ca.crt"
 htpasswd -Bbn mirror 'pa$$word' > "$WORK/htpasswd" 2>/dev/null
 
-REG_PORT=$(free_port)
-cat > "$WORK/registry.yml" <<YAML
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $WORK/registry-data
+start_registry <<YAML
+  tls:
+    certificate: $PKI/server.crt
+    key: $PKI/server.key
 auth:
   htpasswd:
     realm: ferry-e2e
     path: $WORK/htpasswd
-http:
-  addr: 127.0.0.1:$REG_PORT
-  tls:
-    certificate: $PKI/server.crt
-    key: $PKI/server.key
 YAML
-docker-registry serve "$WORK/registry.yml" > "$WORK/registry.log" 2>&1 &
-PIDS+=($!)
-wait_port "$REG_PORT" || fail "registry did not start"
 
 python3 tests/e2e/make-image.py "$WORK/oci" v1 3 > /dev/null
 skopeo --insecure-policy copy --quiet --dest-cert-dir "$WORK/certs.d" --dest-creds 'mirror:pa$$word' \
@@ -113,16 +72,9 @@ JSON
 PORT=$(start_ferry with-creds ", \"credentialsFile\": \"$WORK/credentials.json\"")
 skopeo --insecure-policy copy --quiet --src-tls-verify=false \
     "docker://127.0.0.1:$PORT/private/app:v1" "dir:$WORK/pull" || fail "pull through ferry with credentials"
-n=0
-for f in "$WORK/pull"/*; do
-    case "$(basename "$f")" in manifest.json|version) continue ;; esac
-    [ "$(basename "$f")" = "$(sha256sum "$f" | cut -d' ' -f1)" ] || fail "blob $f has the wrong digest"
-    n=$((n + 1))
-done
-[ "$n" -eq 3 ] || fail "pulled $n blobs, want 3"
+check_dir "$WORK/pull" 3
 if grep -q 'pa\$\$word' "$WORK/with-creds.log"; then fail "the password appears in ferry's log"; fi
-passed=$((passed + 1))
-echo "e2e-auth: TLS (private CA via certDir) + htpasswd registry pulled through ferry with a credentialsFile: 3 blobs verified"
+ok "TLS (private CA via certDir) + htpasswd registry pulled through ferry with a credentialsFile: 3 blobs verified"
 
 PORT=$(start_ferry no-creds "")
 if skopeo --insecure-policy copy --quiet --src-tls-verify=false \
@@ -131,7 +83,5 @@ if skopeo --insecure-policy copy --quiet --src-tls-verify=false \
 fi
 code=$(curl -s "http://127.0.0.1:$PORT/v2/private/app/manifests/v1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["errors"][0]["code"])')
 [ -n "$code" ] || fail "no OCI error without credentials"
-passed=$((passed + 1))
-echo "e2e-auth: without credentials ferry answers an OCI error ($code), nothing served"
-
-echo "e2e-auth: $passed passed, $failed failed"
+ok "without credentials ferry answers an OCI error ($code), nothing served"
+finish

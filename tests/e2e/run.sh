@@ -16,75 +16,17 @@ set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 FERRY=${1:-target/debug/ferry}
+NAME=e2e
 WORK=$(mktemp -d)
 REG_PID=
-FERRY_PID=
-passed=0
-failed=0
-
-cleanup() {
-    [ -n "$FERRY_PID" ] && kill "$FERRY_PID" 2>/dev/null || true
-    [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null || true
-    if [ -n "${E2E_KEEP:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-
-fail() {
-    echo "e2e FAILED: $*" >&2
-    for log in "$WORK"/*.log; do
-        echo "---- $log (last 30 lines)" >&2
-        tail -n 30 "$log" >&2 || true
-    done
-    failed=$((failed + 1))
-    echo "e2e: $passed passed, $failed failed"
-    exit 1
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_http() { # url
-    for _ in $(seq 1 100); do
-        if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
-
-# Every file in a skopeo dir: copy except manifests and version is a blob
-# named by its sha256.
-check_dir() { # dir expected-blobs
-    local dir=$1 n=0
-    for f in "$dir"/*; do
-        case "$(basename "$f")" in *manifest.json|version) continue ;; esac
-        local want got
-        want=$(basename "$f")
-        got=$(sha256sum "$f" | cut -d' ' -f1)
-        [ "$want" = "$got" ] || fail "blob $want in $dir hashes to $got"
-        n=$((n + 1))
-    done
-    [ "$n" -eq "$2" ] || fail "$dir holds $n blobs, want $2"
-}
+. tests/e2e/lib.sh
+trap e2e_cleanup EXIT
 
 [ -x "$FERRY" ] || fail "no ferry binary at $FERRY (run cargo build first)"
 command -v skopeo >/dev/null || fail "skopeo is not installed"
 command -v docker-registry >/dev/null || fail "docker-registry is not installed"
 
-REG_PORT=$(free_port)
-cat > "$WORK/registry.yml" <<YAML
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $WORK/registry-data
-http:
-  addr: 127.0.0.1:$REG_PORT
-YAML
-docker-registry serve "$WORK/registry.yml" > "$WORK/registry.log" 2>&1 &
-REG_PID=$!
-wait_http "http://127.0.0.1:$REG_PORT/v2/" || fail "registry did not start"
+start_registry < /dev/null
 
 python3 tests/e2e/make-image.py "$WORK/oci" v1 6
 skopeo --insecure-policy copy --quiet --dest-tls-verify=false \
@@ -107,7 +49,8 @@ JSON
 "$FERRY" check-config "$WORK/ferry.json" > /dev/null || fail "ferry check-config"
 RUST_LOG=info "$FERRY" serve --config "$WORK/ferry.json" > "$WORK/ferry.log" 2>&1 &
 FERRY_PID=$!
-wait_http "http://127.0.0.1:$FERRY_PORT/v2/" || fail "ferry did not start"
+PIDS+=("$FERRY_PID")
+wait_port "$FERRY_PORT" || fail "ferry did not start"
 
 pull() { # image dest [--all]
     skopeo --insecure-policy copy --quiet --src-tls-verify=false ${3:-} \
@@ -119,11 +62,10 @@ pull e2e/app:v1 "$WORK/pull-cold" || fail "cold pull through ferry"
 check_dir "$WORK/pull-cold" 3
 pull e2e/multi:v1 "$WORK/multi-cold" --all || fail "cold multi-platform pull through ferry"
 check_dir "$WORK/multi-cold" 6
-passed=$((passed + 1))
-echo "e2e: cold pulls through ferry: 3 + 6 blobs (two platforms), digests verified"
+ok "cold pulls through ferry: 3 + 6 blobs (two platforms), digests verified"
 
 # 2. Warm pulls by tag with the upstream stopped and the tag TTL passed.
-kill "$REG_PID"; wait "$REG_PID" 2>/dev/null || true; REG_PID=
+kill "$REG_PID"; wait "$REG_PID" 2>/dev/null || true
 if curl -fsS -o /dev/null "http://127.0.0.1:$REG_PORT/v2/" 2>/dev/null; then fail "registry still answers"; fi
 sleep 2
 pull e2e/app:v1 "$WORK/pull-warm" || fail "warm pull with upstream down"
@@ -133,8 +75,7 @@ pull e2e/multi:v1 "$WORK/multi-warm" --all || fail "warm multi-platform pull wit
 check_dir "$WORK/multi-warm" 6
 diff -r "$WORK/multi-cold" "$WORK/multi-warm" > /dev/null || fail "cold and warm multi-platform pulls differ"
 grep -q 'upstream unavailable; serving the stored tag' "$WORK/ferry.log" || fail "ferry did not log the stored-tag fallback"
-passed=$((passed + 1))
-echo "e2e: warm pulls by tag past the TTL with the upstream stopped: identical, digests verified"
+ok "warm pulls by tag past the TTL with the upstream stopped: identical, digests verified"
 
 # 3. Every blob ferry stored matches its digest; no temp files remain.
 stored=0
@@ -147,13 +88,10 @@ done < <(find "$WORK/ferry-data/blobs" -type f)
 want=$(ls "$WORK/pull-cold" "$WORK/multi-cold" | grep -E '^[0-9a-f]{64}$' | sort -u | wc -l)
 [ "$stored" -eq "$want" ] || fail "ferry stored $stored blobs, want $want (the distinct blobs pulled)"
 [ -z "$(ls -A "$WORK/ferry-data/tmp")" ] || fail "temp files left in the store"
-passed=$((passed + 1))
-echo "e2e: ferry's store holds $stored blobs, each matching its digest"
+ok "ferry's store holds $stored blobs, each matching its digest"
 
 # 4. SIGTERM: ferry drains and exits 0.
 kill -TERM "$FERRY_PID"
-if wait "$FERRY_PID"; then FERRY_PID=; else fail "ferry exited non-zero on SIGTERM"; fi
-passed=$((passed + 1))
-echo "e2e: ferry stopped cleanly on SIGTERM"
-
-echo "e2e: $passed passed, $failed failed"
+wait "$FERRY_PID" || fail "ferry exited non-zero on SIGTERM"
+ok "ferry stopped cleanly on SIGTERM"
+finish

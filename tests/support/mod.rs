@@ -36,10 +36,32 @@ impl Ferry {
         Ferry::start_in(dir, upstream, tweak).await
     }
 
+    /// With free space read from `available` instead of the filesystem.
+    pub async fn start_with_space(
+        upstream: &str,
+        available: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Ferry {
+        let hooks = ferry::Hooks {
+            clock: ferry::clock::Clock::manual(),
+            space: Some(ferry::lifecycle::SpaceProbe::Manual(available)),
+        };
+        Ferry::start_hooked(tempfile::tempdir().unwrap(), upstream, tweak, hooks).await
+    }
+
     pub async fn start_in(
         dir: tempfile::TempDir,
         upstream: &str,
         tweak: impl FnOnce(&mut Config),
+    ) -> Ferry {
+        Ferry::start_hooked(dir, upstream, tweak, hooks()).await
+    }
+
+    async fn start_hooked(
+        dir: tempfile::TempDir,
+        upstream: &str,
+        tweak: impl FnOnce(&mut Config),
+        hooks: ferry::Hooks,
     ) -> Ferry {
         let overrides = Overrides {
             listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -54,7 +76,7 @@ impl Ferry {
             r.retry.max_delay = std::time::Duration::from_millis(20);
         }
         tweak(&mut config);
-        let server = Server::bind_with_hooks(config, hooks()).await.unwrap();
+        let server = Server::bind_with_hooks(config, hooks).await.unwrap();
         let addr = server.local_addr();
         let app = server.app().clone();
         let (tx, rx) = oneshot::channel();
