@@ -283,7 +283,8 @@ impl Coordinator {
             match result {
                 Ok(resp)
                     if resp.status() == StatusCode::PARTIAL_CONTENT
-                        && content_range_start(resp.headers()) == Some(start) =>
+                        && content_range(resp.headers())
+                            .is_some_and(|(a, b)| a == start && b == last) =>
                 {
                     return Ok(resp)
                 }
@@ -362,9 +363,15 @@ pub fn is_absent(e: &UpstreamError) -> bool {
 
 /// The first byte of a `Content-Range: bytes a-b/n` header.
 pub fn content_range_start(headers: &http::HeaderMap) -> Option<u64> {
+    content_range(headers).map(|(a, _)| a)
+}
+
+/// The first and last bytes of a `Content-Range: bytes a-b/n` header.
+pub fn content_range(headers: &http::HeaderMap) -> Option<(u64, u64)> {
     let v = headers.get(http::header::CONTENT_RANGE)?.to_str().ok()?;
-    let range = v.trim().strip_prefix("bytes ")?;
-    range.split('-').next()?.trim().parse().ok()
+    let range = v.trim().strip_prefix("bytes ")?.split('/').next()?;
+    let (a, b) = range.split_once('-')?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
 }
 
 /// The `Content-Length` header as a number.

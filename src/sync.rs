@@ -65,6 +65,10 @@ pub async fn sync_once(app: &Arc<App>, registry: &Arc<Registry>) -> SyncReport {
         }
     };
     for repo in repos {
+        if crate::oci::RepoName::parse(&repo).is_err() {
+            tracing::warn!(registry = %registry.name, repo = %repo, "periodic sync: skipping an invalid repository name");
+            continue;
+        }
         let Some(rule) = registry
             .config
             .content
@@ -82,7 +86,8 @@ pub async fn sync_once(app: &Arc<App>, registry: &Arc<Registry>) -> SyncReport {
                 continue;
             }
         };
-        for tag in tags.into_iter().filter(|t| admits(rule, t)) {
+        let valid = |t: &String| crate::oci::Tag::parse(t).is_ok();
+        for tag in tags.into_iter().filter(valid).filter(|t| admits(rule, t)) {
             let image = format!("{}/{repo}:{tag}", registry.name);
             match crate::prefetch::prefetch(app, &image, &|_| {}).await {
                 Ok(r) => {

@@ -193,6 +193,12 @@ impl Upstream {
         path: &str,
         headers: HeaderMap,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        if path.parse::<http::uri::PathAndQuery>().is_err() {
+            return Err(UpstreamError::Protocol {
+                url: format!("{}{path}", self.urls[0]),
+                cause: "not a valid request path".into(),
+            });
+        }
         let (method, headers) = (&method, &headers);
         let (result, _retries) = retry::with_retries(&self.retry, self.retry_cap, |_| async move {
             let mut last = None;
@@ -521,10 +527,12 @@ impl Upstream {
     }
 }
 
+/// `base` with `path`; a path that is no valid URI path (names from an
+/// upstream's catalog are not validated by ferry's grammar) gives the base.
 fn join(base: &Uri, path: &str) -> Uri {
     let mut parts = base.clone().into_parts();
-    parts.path_and_query = Some(path.parse().expect("ferry builds valid paths"));
-    Uri::from_parts(parts).expect("base URL plus path is a URL")
+    parts.path_and_query = path.parse().ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
 }
 
 fn bearer(token: &str) -> Option<HeaderValue> {

@@ -126,13 +126,14 @@ impl Stream for BlobStream {
 impl State {
     async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
         loop {
-            // How far the file can be read now, and where the blob ends.
-            let (available, blob_end) = match &mut self.follow {
-                None => (self.end.unwrap_or(0), self.end),
-                Some(f) => match &*f.rx.borrow_and_update() {
-                    Progress::Connecting => (0, None),
-                    Progress::Streaming { size, written } => (*written, *size),
-                    Progress::Done { size } => (*size, Some(*size)),
+            // One snapshot of the fetch's progress decides this pass, so a
+            // state change in the middle cannot end the stream early.
+            let (available, blob_end, done) = match &mut self.follow {
+                None => (self.end.unwrap_or(0), self.end, true),
+                Some(f) => match f.rx.borrow_and_update().clone() {
+                    Progress::Connecting => (0, None, false),
+                    Progress::Streaming { size, written } => (written, size, false),
+                    Progress::Done { size } => (size, Some(size), true),
                     Progress::Failed(why) => {
                         return Some(Err(io::Error::other(format!("blob fetch failed: {why}"))));
                     }
@@ -147,40 +148,28 @@ impl State {
                 // only once the digest was verified: a fetch can still fail
                 // after its last byte was written.
                 let reaches_blob_end = self.end.is_none() || blob_end.is_some_and(|b| e >= b);
-                let verified = self
-                    .follow
-                    .as_ref()
-                    .is_none_or(|f| matches!(*f.rx.borrow(), Progress::Done { .. }));
-                if !reaches_blob_end || verified {
+                if !reaches_blob_end || done {
                     return None;
                 }
-                let f = self.follow.as_mut().expect("unverified implies following");
-                if f.rx.changed().await.is_err() {
-                    return Some(Err(io::Error::other("blob fetch vanished")));
+            } else {
+                let mut limit = end.map_or(available, |e| e.min(available));
+                // Hold back the blob's last byte until its digest is
+                // verified: once a connection has sent all of
+                // Content-Length it counts as complete, so an error after
+                // that would come too late.
+                if let Some(b) = blob_end.filter(|_| !done) {
+                    if end.is_some_and(|e| e >= b) {
+                        limit = limit.min(b.saturating_sub(1));
+                    }
                 }
-                continue;
-            }
-            let mut limit = end.map_or(available, |e| e.min(available));
-            // Hold back the blob's last byte until its digest is verified:
-            // once a connection has sent all of Content-Length it counts
-            // as complete, so an error after that would come too late.
-            if let (Some(f), Some(b)) = (self.follow.as_ref(), blob_end) {
-                let done = matches!(*f.rx.borrow(), Progress::Done { .. });
-                if !done && end.is_some_and(|e| e >= b) {
-                    limit = limit.min(b.saturating_sub(1));
+                if self.pos < limit {
+                    let len = (limit - self.pos).min(READ_CHUNK as u64) as usize;
+                    return Some(self.read(len).await);
                 }
-            }
-            if self.pos < limit {
-                let len = (limit - self.pos).min(READ_CHUNK as u64) as usize;
-                return Some(self.read(len).await);
-            }
-            let done = self
-                .follow
-                .as_ref()
-                .is_some_and(|f| matches!(*f.rx.borrow(), Progress::Done { .. }));
-            if done {
-                // Done with a size smaller than the requested range start.
-                return None;
+                if done {
+                    // Done, and the requested start lies past its end.
+                    return None;
+                }
             }
             match &mut self.follow {
                 Some(f) => {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::response::{self, Body, API_VERSION_HEADER};
 use super::{query_param, App};
 use crate::coordinator::worse;
-use crate::oci::{ErrorCode, RegistryError};
+use crate::oci::{ErrorCode, RegistryError, Tag};
 use crate::routing::{Resolved, Target};
 use crate::store;
 use crate::upstream::UpstreamError;
@@ -45,7 +45,7 @@ pub async fn tags(
             let mut held = BTreeSet::new();
             for target in &repo.targets {
                 let store = app.coordinator.store().clone();
-                let (r, n) = (target.registry.name.clone(), repo.local.clone());
+                let (r, n) = (target.registry.name.clone(), target.upstream_name.clone());
                 if let Ok(t) = store::blocking(move || store.list_tags(&r, &n)).await {
                     held.extend(t);
                 }
@@ -160,7 +160,13 @@ async fn upstream_tags(target: &Target) -> Result<BTreeSet<String>, UpstreamErro
             url: url.clone(),
             cause: format!("tag list is not JSON: {e}"),
         })?;
-        tags.extend(list.tags.unwrap_or_default());
+        // Only tags ferry could serve: this also keeps them safe in headers.
+        tags.extend(
+            list.tags
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|t| Tag::parse(t).is_ok()),
+        );
         match next {
             Some(p) => path = p,
             None => return Ok(tags),

@@ -73,7 +73,7 @@ async fn index_for(
     let key = cache_key(digest);
     let mut cached: Option<Value> = None;
     for target in &repo.targets {
-        if let Some((at, index)) = read_cache(app, target, repo, &key).await {
+        if let Some((at, index)) = read_cache(app, target, &key).await {
             if app.clock.age(at) < target.registry.config.freshness.referrers_ttl {
                 return Ok((index, "hit"));
             }
@@ -134,16 +134,11 @@ async fn upstream_index(
     Ok(index)
 }
 
-async fn read_cache(
-    app: &App,
-    target: &Target,
-    repo: &Resolved,
-    key: &str,
-) -> Option<(u64, Value)> {
+async fn read_cache(app: &App, target: &Target, key: &str) -> Option<(u64, Value)> {
     let store = app.coordinator.store().clone();
     let (r, n, k) = (
         target.registry.name.clone(),
-        repo.local.clone(),
+        target.upstream_name.clone(),
         key.to_string(),
     );
     let bytes = store::blocking(move || store.get_record(&r, &n, "_referrers", &k))
@@ -159,7 +154,7 @@ async fn write_cache(app: &App, target: &Target, repo: &Resolved, key: &str, ind
     let store = app.coordinator.store().clone();
     let (r, n, k) = (
         target.registry.name.clone(),
-        repo.local.clone(),
+        target.upstream_name.clone(),
         key.to_string(),
     );
     if let Err(e) =

@@ -43,7 +43,9 @@ pub async fn resolve(
     accept: &str,
 ) -> Result<TagOutcome, RegistryError> {
     for target in &repo.targets {
-        let Some((record, m)) = manifests::stored_tag(app, target, &repo.local, tag).await else {
+        let Some((record, m)) =
+            manifests::stored_tag(app, target, &target.upstream_name, tag).await
+        else {
             continue;
         };
         let ttl = target.registry.config.freshness.tag_ttl;
@@ -72,10 +74,21 @@ pub async fn resolve(
         dashmap::mapref::entry::Entry::Vacant(e) => {
             let (app, repo, tag, accept) =
                 (app.clone(), repo.clone(), tag.clone(), accept.to_string());
-            let fut = async move {
+            // Spawned, so it finishes (and leaves the map) even when every
+            // waiting client has gone away.
+            let task = tokio::spawn(async move {
                 let result = revalidate(&app, &repo, &tag, &accept).await;
                 app.revalidations.remove(&key);
                 result
+            });
+            let fut = async move {
+                task.await.unwrap_or_else(|e| {
+                    Err(RegistryError::new(
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        crate::oci::ErrorCode::Unavailable,
+                        format!("tag revalidation failed: {e}"),
+                    ))
+                })
             }
             .boxed()
             .shared();
@@ -95,7 +108,7 @@ async fn revalidate(
     let reference = Reference::Tag(tag.clone());
     let mut failure: Option<UpstreamError> = None;
     for target in &repo.targets {
-        let stored = manifests::stored_tag(app, target, &repo.local, tag)
+        let stored = manifests::stored_tag(app, target, &target.upstream_name, tag)
             .await
             .filter(|(_, m)| accepts(accept, &m.media_type));
         let attempt: Result<(Manifest, &'static str), Failure> = async {
@@ -116,7 +129,7 @@ async fn revalidate(
         match attempt {
             Ok((m, cache)) => {
                 manifests::remember(app, repo, target);
-                manifests::put_tag(app, target, &repo.local, tag, &m).await;
+                manifests::put_tag(app, target, &target.upstream_name, tag, &m).await;
                 return Ok(TagOutcome {
                     manifest: m,
                     cache,
@@ -153,7 +166,9 @@ async fn stale(
         if !unavailable && !f.serve_stale_on_not_found {
             continue;
         }
-        let Some((record, m)) = manifests::stored_tag(app, target, &repo.local, tag).await else {
+        let Some((record, m)) =
+            manifests::stored_tag(app, target, &target.upstream_name, tag).await
+        else {
             continue;
         };
         let age = app.clock.age(record.fetched_at_ms);

@@ -28,12 +28,16 @@ pub struct FsStore {
     root: PathBuf,
     tmp: PathBuf,
     seq: AtomicU64,
+    /// The store's lock, held by the process that cleaned tmp/ at start-up.
+    _lock: Option<File>,
 }
 
 /// What start-up recovery found and cleaned.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub temp_files_removed: usize,
+    /// Another process holds the store (its temp files were left alone).
+    pub shared_with_another_process: bool,
 }
 
 /// The stored meaning of a tag.
@@ -74,7 +78,26 @@ impl FsStore {
             fs::create_dir_all(&p).map_err(|e| annotate(e, "cannot create store directory", &p))?;
         }
         let mut report = RecoveryReport::default();
-        for entry in fs::read_dir(&tmp).map_err(|e| annotate(e, "cannot list", &tmp))? {
+        // Another ferry process (a server beside `ferry prefetch`) holding
+        // the store's lock has downloads in tmp/: leave them alone.
+        let lock_path = root.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| annotate(e, "cannot open", &lock_path))?;
+        let owner =
+            rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
+        report.shared_with_another_process = !owner;
+        let leftovers = if owner {
+            fs::read_dir(&tmp)
+                .map_err(|e| annotate(e, "cannot list", &tmp))?
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for entry in leftovers {
             let entry = entry?;
             let p = entry.path();
             let removed = if entry.file_type()?.is_dir() {
@@ -89,6 +112,7 @@ impl FsStore {
             root,
             tmp,
             seq: AtomicU64::new(0),
+            _lock: owner.then_some(lock),
         };
         Ok((store, report))
     }
@@ -376,9 +400,12 @@ fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
     let dir = to.parent().expect("store paths have a parent");
     fs::create_dir_all(dir).map_err(|e| annotate(e, "cannot create directory", dir))?;
     fs::rename(from, to).map_err(|e| annotate(e, "cannot rename into place", to))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| annotate(e, "cannot fsync directory", dir))
+    // The file is in place (and was fsynced): a failed directory fsync only
+    // weakens durability across a power cut, so it is reported, not fatal.
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync directory");
+    }
+    Ok(())
 }
 
 fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
@@ -422,6 +449,11 @@ mod tests {
         assert!(!p.exists());
         fs::write(dir.path().join("tmp/leftover.part"), b"junk").unwrap();
         fs::write(dir.path().join("tmp/other.small"), b"junk").unwrap();
+        // While another opener holds the store, its temp files stay.
+        let (_, shared) = FsStore::open(dir.path()).unwrap();
+        assert!(shared.shared_with_another_process);
+        assert_eq!(shared.temp_files_removed, 0);
+        drop(store);
         let (_, report) = FsStore::open(dir.path()).unwrap();
         assert_eq!(report.temp_files_removed, 2);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);

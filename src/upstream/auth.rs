@@ -152,7 +152,13 @@ impl TokenCache {
 
     /// A valid cached token for `scope`, if any.
     pub async fn get(&self, scope: &str) -> Option<String> {
-        let slot = self.slot(scope);
+        // Look up without inserting: registries without auth add nothing.
+        let slot = self
+            .slots
+            .lock()
+            .expect("token cache lock")
+            .get(scope)
+            .cloned()?;
         let cached = slot.lock().await;
         cached
             .as_ref()

@@ -84,10 +84,39 @@ impl Fault {
 
 #[derive(Clone)]
 struct Blob {
-    data: Bytes,
+    data: Parts,
     fault: Fault,
     /// Answer `Range` requests with the whole blob (200).
     ignore_range: bool,
+    /// Body bytes sent for this blob.
+    sent: Arc<AtomicU64>,
+}
+
+/// A blob's bytes as a short unique head and a (possibly shared) tail, so
+/// benches can serve many distinct 1 GiB blobs from one buffer.
+#[derive(Clone)]
+struct Parts {
+    head: Bytes,
+    tail: Bytes,
+}
+
+impl Parts {
+    fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    fn slice(&self, from: usize, to: usize) -> Bytes {
+        let h = self.head.len();
+        if to <= h {
+            self.head.slice(from..to)
+        } else if from >= h {
+            self.tail.slice(from - h..to - h)
+        } else {
+            let mut v = self.head[from..].to_vec();
+            v.extend_from_slice(&self.tail[..to - h]);
+            v.into()
+        }
+    }
 }
 
 #[derive(Default)]
@@ -256,12 +285,44 @@ impl FakeRegistry {
         self.state.lock().unwrap().blobs.insert(
             digest.clone(),
             Blob {
-                data,
+                data: Parts {
+                    head: Bytes::new(),
+                    tail: data,
+                },
                 fault,
                 ignore_range: false,
+                sent: Arc::default(),
             },
         );
         digest
+    }
+
+    /// A blob made of a unique `head` and a shared `tail` (benches).
+    pub fn add_blob_parts(&self, head: Bytes, tail: Bytes) -> String {
+        let mut h = ferry::oci::Hasher::new(ferry::oci::Algorithm::Sha256);
+        h.update(&head);
+        h.update(&tail);
+        let digest = h.finish().to_string();
+        self.state.lock().unwrap().blobs.insert(
+            digest.clone(),
+            Blob {
+                data: Parts { head, tail },
+                fault: Fault::None,
+                ignore_range: false,
+                sent: Arc::default(),
+            },
+        );
+        digest
+    }
+
+    /// Body bytes sent for one blob, over all requests.
+    pub fn blob_bytes_sent(&self, digest: &str) -> u64 {
+        self.state
+            .lock()
+            .unwrap()
+            .blobs
+            .get(digest)
+            .map_or(0, |b| b.sent.load(Ordering::SeqCst))
     }
 
     pub fn set_ignore_range(&self, digest: &str) {
@@ -614,10 +675,13 @@ async fn handle(
     }
     let mut data = blob.data.clone();
     if let Fault::WrongBytes = blob.fault {
-        let mut v = data.to_vec();
+        let mut v = data.slice(0, data.len()).to_vec();
         let mid = v.len() / 2;
         v[mid] ^= 0xff;
-        data = v.into();
+        data = Parts {
+            head: Bytes::new(),
+            tail: v.into(),
+        };
     }
     builder
         .body(stream_body(
@@ -626,7 +690,7 @@ async fn handle(
             end as usize,
             blob.fault,
             rate,
-            sent,
+            [sent, blob.sent.clone()],
         ))
         .unwrap()
 }
@@ -648,16 +712,16 @@ fn parse_range(h: &str) -> Option<(u64, Option<u64>)> {
 /// Streams `data[from..to]` in 64 KiB chunks at `rate` bytes/s, applying
 /// `fault` (whose offsets are absolute).
 fn stream_body(
-    data: Bytes,
+    data: Parts,
     from: usize,
     to: usize,
     fault: Fault,
     rate: u64,
-    sent: Arc<AtomicU64>,
+    sent: [Arc<AtomicU64>; 2],
 ) -> Body {
     const CHUNK: usize = 64 * 1024;
     struct S {
-        data: Bytes,
+        data: Parts,
         pos: usize,
         from: usize,
         to: usize,
@@ -665,7 +729,7 @@ fn stream_body(
         drop_at: Option<usize>,
         rate: u64,
         start: Instant,
-        sent: Arc<AtomicU64>,
+        sent: [Arc<AtomicU64>; 2],
     }
     let drop_at = match &fault {
         Fault::DropAtEach(list) => {
@@ -741,9 +805,11 @@ fn stream_body(
                 tokio::time::sleep(due - now).await;
             }
         }
-        let chunk = s.data.slice(s.pos..end);
+        let chunk = s.data.slice(s.pos, end);
         s.pos = end;
-        s.sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        for counter in &s.sent {
+            counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        }
         Some((Ok(Frame::data(chunk)), s))
     });
     StreamBody::new(stream).boxed_unsync()
