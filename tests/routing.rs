@@ -44,11 +44,10 @@ fn fast_retries(url_lists: &[&[&str]]) -> String {
     serde_json::json!({"extensions": {"sync": {"enable": true, "registries": regs}}}).to_string()
 }
 
+/// A URL nothing listens on: port 1 needs root to bind and is never used
+/// (a port freed by a test could be reused by a parallel test).
 async fn dead_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    format!("http://{addr}")
+    "http://127.0.0.1:1".to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
