@@ -21,7 +21,9 @@
 //! `FERRY_BENCH_RATE_MBPS` (128, per connection), `FERRY_BENCH_CLIENTS`
 //! ("8,64"), `FERRY_BENCH_LATE_MS` (2000), `FERRY_BENCH_SMALL_SECS` (20),
 //! `FERRY_BENCH_UPSTREAM_PORT` (0: any), `FERRY_BENCH_MIRRORS`
-//! (`name=url,...`: other mirrors of this upstream to measure). Results are
+//! (`name=url,...`: other mirrors of this upstream to measure),
+//! `FERRY_BENCH_BEFORE` (a shell command run once the upstream listens,
+//! e.g. to start those mirrors). Results are
 //! printed and written to `target/ferry-bench/pull.{json,md}`.
 
 #[path = "../tests/support/mod.rs"]

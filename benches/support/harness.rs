@@ -108,6 +108,18 @@ impl Bench {
         let addr = format!("127.0.0.1:{}", opts.upstream_port).parse().unwrap();
         let upstream = FakeRegistry::start_on(addr).await;
         upstream.set_rate(opts.rate);
+        // Mirrors that check their upstream at start (Distribution's proxy
+        // does) are started now that it listens.
+        if let Ok(cmd) = std::env::var("FERRY_BENCH_BEFORE") {
+            let ok = tokio::process::Command::new("sh")
+                .args(["-c", &cmd])
+                .status()
+                .await;
+            assert!(
+                ok.is_ok_and(|s| s.success()),
+                "FERRY_BENCH_BEFORE ({cmd}) failed"
+            );
+        }
         eprintln!(
             "upstream on {}; generating {} MiB of blob data",
             upstream.url(),
@@ -166,10 +178,21 @@ impl Bench {
             manifest,
         );
         paths.push(format!("/v2/{repo}/manifests/{md}"));
-        for p in &paths {
-            let _ = pull(&format!("{}{p}", m.base), None).await;
+        // Warm them; keep what the target serves (Distribution's proxy
+        // refuses some manifests it cannot check).
+        let client = super::support::client();
+        let mut served = Vec::new();
+        for p in paths {
+            let req = Request::get(format!("{}{p}", m.base))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            if let Ok(r) = client.request(req).await {
+                if r.status().is_success() && r.into_body().collect().await.is_ok() {
+                    served.push(p);
+                }
+            }
         }
-        paths
+        served
     }
 
     /// An image of `layers` distinct layers (1/64 of the blob size each,
