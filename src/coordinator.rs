@@ -14,12 +14,14 @@
 
 mod fetch;
 mod flight;
+mod hot;
 mod passthrough;
 mod reader;
 
 use std::fs::File;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use http::{Method, StatusCode};
@@ -41,8 +43,12 @@ pub enum BlobHandle {
     Stored {
         file: Arc<File>,
         size: u64,
+        /// The whole content of a small blob, already read.
+        inline: Option<Bytes>,
         guard: Arc<ReadGuard>,
     },
+    /// A small stored blob held in memory.
+    Memory { bytes: Bytes },
     /// No room to cache it: straight from upstream, verified, not kept.
     Uncached {
         body: std::sync::Mutex<Option<hyper::body::Incoming>>,
@@ -62,6 +68,7 @@ impl BlobHandle {
     pub fn size(&self) -> Option<u64> {
         match self {
             BlobHandle::Stored { size, .. } => Some(*size),
+            BlobHandle::Memory { bytes } => Some(bytes.len() as u64),
             BlobHandle::InFlight { size, .. } | BlobHandle::Uncached { size, .. } => *size,
         }
     }
@@ -69,7 +76,7 @@ impl BlobHandle {
     /// `hit`, `miss` or `joined`, for logs and metrics.
     pub fn cache_status(&self) -> &'static str {
         match self {
-            BlobHandle::Stored { .. } => "hit",
+            BlobHandle::Stored { .. } | BlobHandle::Memory { .. } => "hit",
             BlobHandle::Uncached { .. } => "uncached",
             BlobHandle::InFlight { joined: false, .. } => "miss",
             BlobHandle::InFlight { joined: true, .. } => "joined",
@@ -81,7 +88,24 @@ impl BlobHandle {
     /// once (callers send it with a 200, ignoring any range).
     pub fn stream(&self, start: u64, end: Option<u64>) -> BlobStream {
         match self {
-            BlobHandle::Stored { file, size, guard } => {
+            BlobHandle::Memory { bytes } => {
+                let size = bytes.len() as u64;
+                let end = end.unwrap_or(size).min(size) as usize;
+                let part = bytes.slice((start as usize).min(end)..end);
+                BlobStream::from_stream(futures::stream::once(async move { Ok(part) }))
+            }
+            BlobHandle::Stored {
+                inline: Some(bytes),
+                size,
+                ..
+            } => {
+                let end = end.unwrap_or(*size).min(*size) as usize;
+                let part = bytes.slice((start as usize).min(end)..end);
+                BlobStream::from_stream(futures::stream::once(async move { Ok(part) }))
+            }
+            BlobHandle::Stored {
+                file, size, guard, ..
+            } => {
                 BlobStream::stored(file.clone(), start, end.unwrap_or(*size)).holding(guard.clone())
             }
             BlobHandle::Uncached { body, digest, .. } => {
@@ -103,6 +127,9 @@ impl BlobHandle {
     }
 }
 
+/// Blobs up to this size are read whole when opened.
+const INLINE_MAX: u64 = 256 * 1024;
+
 /// The shared state behind every blob request.
 #[derive(Debug)]
 pub struct Coordinator {
@@ -111,6 +138,7 @@ pub struct Coordinator {
     inflight: DashMap<Digest, Arc<Flight>>,
     lifecycle: Arc<Lifecycle>,
     clock: Clock,
+    hot: hot::HotCache,
 }
 
 impl Coordinator {
@@ -126,7 +154,13 @@ impl Coordinator {
             inflight: DashMap::new(),
             lifecycle,
             clock,
+            hot: hot::HotCache::new(64 << 20),
         })
+    }
+
+    /// Forgets the in-memory copy of a blob (its stored copy was damaged).
+    pub fn forget(&self, digest: &Digest) {
+        self.hot.remove(digest);
     }
 
     pub fn lifecycle(&self) -> &Arc<Lifecycle> {
@@ -164,10 +198,18 @@ impl Coordinator {
         repo: &Resolved,
         digest: &Digest,
     ) -> Result<BlobHandle, RegistryError> {
-        if let Some((file, size)) = self.open_stored(digest).await? {
+        if let Some(bytes) = self.hot.get(digest) {
+            self.lifecycle.index.touch(digest, self.clock.now_ms());
+            return Ok(BlobHandle::Memory { bytes });
+        }
+        if let Some((file, size, inline)) = self.open_stored(digest).await? {
+            if let Some(b) = &inline {
+                self.hot.put(digest, b.clone());
+            }
             return Ok(BlobHandle::Stored {
                 file: Arc::new(file),
                 size,
+                inline,
                 guard: Arc::new(self.lifecycle.reading(digest, &self.clock)),
             });
         }
@@ -305,19 +347,36 @@ impl Coordinator {
             .to_registry_error(ErrorCode::BlobUnknown))
     }
 
-    async fn open_stored(&self, digest: &Digest) -> Result<Option<(File, u64)>, RegistryError> {
+    /// Opens a stored blob; a small one is read whole in the same blocking
+    /// call (one trip to the blocking pool per request, not two).
+    async fn open_stored(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<(File, u64, Option<Bytes>)>, RegistryError> {
         let store = self.store.clone();
         let d = digest.clone();
-        store::blocking(move || store.open_blob(&d))
-            .await
-            .map_err(|e| {
-                tracing::error!(%digest, error = %e, "store read failed");
-                RegistryError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrorCode::Unknown,
-                    format!("cannot read blob {digest} from the store: {e}"),
-                )
-            })
+        store::blocking(move || {
+            let Some((file, size)) = store.open_blob(&d)? else {
+                return Ok(None);
+            };
+            let inline = if size <= INLINE_MAX {
+                let mut buf = vec![0u8; size as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0)?;
+                Some(Bytes::from(buf))
+            } else {
+                None
+            };
+            Ok(Some((file, size, inline)))
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(%digest, error = %e, "store read failed");
+            RegistryError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Unknown,
+                format!("cannot read blob {digest} from the store: {e}"),
+            )
+        })
     }
 
     /// Removes `flight` from the in-flight map, unless a newer fetch of the

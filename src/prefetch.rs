@@ -132,10 +132,10 @@ async fn fetch_blob(
         .open_blob(repo, digest)
         .await
         .map_err(|e| format!("{local}@{digest}: {}", e.message))?;
-    if let BlobHandle::Stored { size, .. } = handle {
+    if let BlobHandle::Stored { .. } | BlobHandle::Memory { .. } = handle {
         on_event(Event::Done {
             digest: digest.clone(),
-            size,
+            size: handle.size().unwrap_or(0),
             cached: true,
         });
         return Ok(None);

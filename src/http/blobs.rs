@@ -98,7 +98,9 @@ pub async fn get(
 /// in flight has written.
 fn is_far(handle: &BlobHandle, start: u64, distance: u64) -> bool {
     match handle {
-        BlobHandle::Stored { .. } | BlobHandle::Uncached { .. } => false,
+        BlobHandle::Stored { .. } | BlobHandle::Memory { .. } | BlobHandle::Uncached { .. } => {
+            false
+        }
         BlobHandle::InFlight { flight, .. } => match *flight.subscribe().borrow() {
             crate::coordinator::Progress::Streaming { written, .. } => {
                 start > written.saturating_add(distance)
