@@ -230,7 +230,7 @@ impl Coordinator {
             .map(|p| p.clone());
         let size = match started {
             Ok(Progress::Streaming { size, .. }) => size,
-            Ok(Progress::Done { size }) => Some(size),
+            Ok(Progress::Done { size } | Progress::Verified { size }) => Some(size),
             Ok(Progress::Failed(f)) if matches!(*f, FetchFailure::NoRoom(_)) => {
                 // The store cannot take it: serve this client straight
                 // from upstream instead.
@@ -276,8 +276,9 @@ impl Coordinator {
             return Ok((Some(meta.len()), "hit"));
         }
         if let Some(flight) = self.flight(digest) {
-            if let Progress::Streaming { size: Some(s), .. } | Progress::Done { size: s } =
-                *flight.subscribe().borrow()
+            if let Progress::Streaming { size: Some(s), .. }
+            | Progress::Verified { size: s }
+            | Progress::Done { size: s } = *flight.subscribe().borrow()
             {
                 return Ok((Some(s), "joined"));
             }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::coordinator::BlobHandle;
+use crate::coordinator::{BlobHandle, Progress};
 use crate::http::App;
 use crate::oci::{Digest, Reference, RepoName};
 
@@ -153,6 +153,18 @@ async fn fetch_blob(
             digest: digest.clone(),
             bytes: chunk.len() as u64,
         });
+    }
+    // The stream ends once the bytes are verified; the blob is stored a
+    // moment later (fsync, rename). Prefetch promises it is stored.
+    if let BlobHandle::InFlight { flight, .. } = &handle {
+        let mut rx = flight.subscribe();
+        let end = rx
+            .wait_for(|p| matches!(p, Progress::Done { .. } | Progress::Failed(_)))
+            .await
+            .map(|p| p.clone());
+        if let Ok(Progress::Failed(why)) = end {
+            return Err(format!("{local}@{digest}: {why}"));
+        }
     }
     on_event(Event::Done {
         digest: digest.clone(),

@@ -427,6 +427,8 @@ fn write_blob(
             actual,
         });
     }
+    // Verified: readers may finish while the file is fsynced and renamed.
+    flight.publish(Progress::Verified { size: written });
     store
         .publish_blob(&mut temp, digest)
         .map_err(|e| FetchFailure::Store(e.to_string()))?;

@@ -21,6 +21,9 @@ pub enum Progress {
     /// Bytes `[0, written)` are in the temp file. `size` is the upstream's
     /// `Content-Length`, when it sent one.
     Streaming { size: Option<u64>, written: u64 },
+    /// All `size` bytes are written and their digest matched; the file is
+    /// being fsynced and renamed into place. Readers may end cleanly.
+    Verified { size: u64 },
     /// Verified and published; the file holds all `size` bytes.
     Done { size: u64 },
     /// Nothing was published; readers must abort.

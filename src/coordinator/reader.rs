@@ -133,7 +133,9 @@ impl State {
                 Some(f) => match f.rx.borrow_and_update().clone() {
                     Progress::Connecting => (0, None, false),
                     Progress::Streaming { size, written } => (written, size, false),
-                    Progress::Done { size } => (size, Some(size), true),
+                    Progress::Verified { size } | Progress::Done { size } => {
+                        (size, Some(size), true)
+                    }
                     Progress::Failed(why) => {
                         return Some(Err(io::Error::other(format!("blob fetch failed: {why}"))));
                     }
