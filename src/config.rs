@@ -36,6 +36,8 @@ pub const DEFAULT_UPSTREAM: &str = "https://registry-1.docker.io";
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// zot's `http.tls`: serve HTTPS with this certificate and key (PEM).
+    pub tls: Option<ListenerTls>,
     pub storage_root: PathBuf,
     /// Upstream registries in config order (the order candidates are tried).
     pub registries: Vec<RegistryConfig>,
@@ -54,6 +56,13 @@ pub struct Config {
     pub log_level: Option<String>,
     /// Keys that were accepted but have no effect yet, for start-up logs.
     pub warnings: Vec<String>,
+}
+
+/// Certificate and key files of the HTTPS listener.
+#[derive(Clone, Debug)]
+pub struct ListenerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Keeping the store healthy and within its budget.

@@ -192,13 +192,17 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         }
     }
 
-    if let Some(tls) = file.http.as_ref().and_then(|h| h.tls.as_ref()) {
-        if tls.cert.is_some() || tls.key.is_some() {
-            return Err(err(
-                "http.tls: this ferry version has no TLS listener yet; terminate TLS in front of it (e.g. a load balancer) and remove http.tls".into(),
-            ));
-        }
-    }
+    let tls = match file.http.as_ref().and_then(|h| h.tls.as_ref()) {
+        None => None,
+        Some(TlsSection {
+            cert: Some(cert),
+            key: Some(key),
+        }) => Some(super::ListenerTls {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        Some(_) => return Err(err("http.tls needs both cert and key".into())),
+    };
 
     let registries = match &o.upstream {
         Some(u) => vec![RegistryConfig::single(parse_upstream_url(u)?)],
@@ -289,6 +293,7 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
 
     Ok(Config {
         listen,
+        tls,
         storage_root,
         registries,
         timeouts,
@@ -579,7 +584,7 @@ mod tests {
             e.0.contains("extensions.sync.registries[1].retryDelay"),
             "{e}"
         );
-        let text = r#"{"http": {"tls": {"cert": "/c", "key": "/k"}}}"#;
+        let text = r#"{"http": {"tls": {"cert": "/c"}}}"#;
         let e =
             Config::resolve(FileConfig::parse(text).unwrap(), &Overrides::default()).unwrap_err();
         assert!(e.0.contains("http.tls"), "{e}");
