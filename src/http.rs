@@ -41,7 +41,7 @@ use crate::stats::Stats;
 use crate::store::FsStore;
 use dashmap::DashMap;
 
-pub use listing::next_link;
+pub use listing::{next_link, paged_list};
 pub use range::{resolve as resolve_range, RangeRequest};
 pub use response::Body;
 pub use router::{route, Route};

@@ -93,15 +93,10 @@ fn main() -> ExitCode {
                 storage,
                 ..Overrides::default()
             };
-            let config = match load(config.as_deref(), &overrides) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("ferry: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            init_logging(config.log_level.as_deref());
-            scrub(&config, quarantine)
+            match setup(config.as_deref(), &overrides) {
+                Ok(config) => scrub(&config, quarantine),
+                Err(code) => code,
+            }
         }
         Command::Prefetch {
             config,
@@ -114,19 +109,10 @@ fn main() -> ExitCode {
                 storage,
                 upstream,
             };
-            let config = match load(config.as_deref(), &overrides) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("ferry: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            init_logging(config.log_level.as_deref());
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            runtime.block_on(prefetch(config, images))
+            match setup(config.as_deref(), &overrides) {
+                Ok(config) => runtime().block_on(prefetch(config, images)),
+                Err(code) => code,
+            }
         }
         Command::CheckConfig { file } => match Config::load(&file, &Overrides::default()) {
             Ok(config) => {
@@ -164,19 +150,11 @@ fn main() -> ExitCode {
                 storage,
                 upstream,
             };
-            let config = match load(config.as_deref(), &overrides) {
+            let config = match setup(config.as_deref(), &overrides) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("ferry: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
-            init_logging(config.log_level.as_deref());
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            match runtime.block_on(serve(config)) {
+            match runtime().block_on(serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "ferry stopped");
@@ -186,6 +164,27 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Loads the config and starts logging, or says why not (exit code 2).
+fn setup(path: Option<&std::path::Path>, overrides: &Overrides) -> Result<Config, ExitCode> {
+    match load(path, overrides) {
+        Ok(c) => {
+            init_logging(c.log_level.as_deref());
+            Ok(c)
+        }
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 /// `--config FILE`, else `config.example.json` if present, else defaults.

@@ -9,16 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, Method, StatusCode};
-use serde::Deserialize;
-
 use crate::config::{ContentRule, TagFilter};
 use crate::http::App;
 use crate::routing::{prefix_matches, Registry};
 use crate::upstream::UpstreamError;
-
-/// Catalog and tag-list pages followed at most.
-const MAX_PAGES: usize = 100;
 
 /// What one sync pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -118,45 +112,9 @@ fn admits(rule: &ContentRule, tag: &str) -> bool {
     !*semver || semver::Version::parse(tag.trim_start_matches('v')).is_ok()
 }
 
-/// A paged list (`repositories` of the catalog, `tags` of a tag list).
+/// A paged list from one registry.
 async fn list(registry: &Registry, first: &str, field: &str) -> Result<Vec<String>, UpstreamError> {
-    #[derive(Deserialize)]
-    struct Page {
-        repositories: Option<Vec<String>>,
-        tags: Option<Vec<String>>,
-    }
-    let upstream = &registry.upstream;
-    let mut path = first.to_string();
-    let mut out = Vec::new();
-    for _ in 0..MAX_PAGES {
-        let url = upstream.url(&path).to_string();
-        let resp = upstream
-            .request(Method::GET, &path, HeaderMap::new())
-            .await?;
-        if resp.status() != StatusCode::OK {
-            return Err(UpstreamError::Status {
-                url,
-                status: resp.status(),
-            });
-        }
-        let next = crate::http::next_link(resp.headers());
-        let body = upstream.read_body(&url, resp.into_body(), 16 << 20).await?;
-        let page: Page = serde_json::from_slice(&body).map_err(|e| UpstreamError::Protocol {
-            url: url.clone(),
-            cause: format!("not a {field} list: {e}"),
-        })?;
-        let items = if field == "tags" {
-            page.tags
-        } else {
-            page.repositories
-        };
-        out.extend(items.unwrap_or_default());
-        match next {
-            Some(p) => path = p,
-            None => break,
-        }
-    }
-    Ok(out)
+    crate::http::paged_list(&registry.upstream, first, field).await
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LINK};
 use http::{HeaderMap, Method, Response, StatusCode};
-use serde::Deserialize;
 
 use super::response::{self, Body, API_VERSION_HEADER};
 use super::{query_param, App};
@@ -133,16 +132,23 @@ fn json_response(body: serde_json::Value, link: Option<String>, head: bool) -> R
     .expect("valid headers")
 }
 
-#[derive(Deserialize)]
-struct TagList {
-    tags: Option<Vec<String>>,
+/// Every tag of a repository at one registry, following `Link` pages;
+/// only tags ferry could serve (which also keeps them safe in headers).
+async fn upstream_tags(target: &Target) -> Result<BTreeSet<String>, UpstreamError> {
+    let path = format!("/v2/{}/tags/list", target.upstream_name);
+    let tags = paged_list(&target.registry.upstream, &path, "tags").await?;
+    Ok(tags.into_iter().filter(|t| Tag::parse(t).is_ok()).collect())
 }
 
-/// Every tag of a repository at one registry, following `Link` pages.
-async fn upstream_tags(target: &Target) -> Result<BTreeSet<String>, UpstreamError> {
-    let upstream = &target.registry.upstream;
-    let mut path = format!("/v2/{}/tags/list", target.upstream_name);
-    let mut tags = BTreeSet::new();
+/// A list the distribution-spec pages with `Link` headers (`tags` of a
+/// tag list, `repositories` of a catalog), all pages concatenated.
+pub async fn paged_list(
+    upstream: &crate::upstream::Upstream,
+    first: &str,
+    field: &str,
+) -> Result<Vec<String>, UpstreamError> {
+    let mut path = first.to_string();
+    let mut out = Vec::new();
     for _ in 0..MAX_PAGES {
         let url = upstream.url(&path).to_string();
         let resp = upstream
@@ -155,24 +161,24 @@ async fn upstream_tags(target: &Target) -> Result<BTreeSet<String>, UpstreamErro
             });
         }
         let next = next_link(resp.headers());
-        let body = upstream.read_body(&url, resp.into_body(), 8 << 20).await?;
-        let list: TagList = serde_json::from_slice(&body).map_err(|e| UpstreamError::Protocol {
-            url: url.clone(),
-            cause: format!("tag list is not JSON: {e}"),
-        })?;
-        // Only tags ferry could serve: this also keeps them safe in headers.
-        tags.extend(
-            list.tags
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|t| Tag::parse(t).is_ok()),
-        );
+        let body = upstream.read_body(&url, resp.into_body(), 16 << 20).await?;
+        let page: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| UpstreamError::Protocol {
+                url: url.clone(),
+                cause: format!("not a {field} list: {e}"),
+            })?;
+        let items = page
+            .get(field)
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten();
+        out.extend(items.filter_map(|v| v.as_str().map(str::to_owned)));
         match next {
             Some(p) => path = p,
-            None => return Ok(tags),
+            None => break,
         }
     }
-    Ok(tags)
+    Ok(out)
 }
 
 /// The path of a `Link: <...>; rel="next"` header.
