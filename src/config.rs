@@ -44,6 +44,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// How long shutdown waits for in-flight responses before it gives up.
     pub shutdown_grace: Duration,
+    /// At shutdown, `/readyz` turns 503 this long before the listener closes.
+    pub drain_delay: Duration,
     /// Manifests larger than this are refused (as CNCF Distribution does).
     pub max_manifest_size: usize,
     /// No single retry delay is longer than this: a client is waiting.

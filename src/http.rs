@@ -35,9 +35,11 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::coordinator::Coordinator;
 use crate::lifecycle::{Lifecycle, SpaceProbe};
+use crate::metrics::{status_class, CacheLabels, MethodLabels, Metrics, RequestLabels};
 use crate::oci::RegistryError;
 use crate::routing::{Resolved, Router};
 use crate::stats::Stats;
+use crate::store;
 use crate::store::FsStore;
 use dashmap::DashMap;
 
@@ -54,6 +56,9 @@ pub struct App {
     /// Wall-clock time for tag freshness; tests use a manual one.
     pub clock: Clock,
     pub stats: Stats,
+    pub metrics: Metrics,
+    /// Set at shutdown: `/readyz` answers 503 from then on.
+    pub draining: std::sync::atomic::AtomicBool,
     /// Tag revalidations in flight, shared by concurrent requests.
     revalidations: DashMap<String, tag_freshness::SharedRevalidation>,
     next_request_id: AtomicU64,
@@ -99,6 +104,8 @@ impl App {
             coordinator,
             clock,
             stats: Stats::default(),
+            metrics: Metrics::default(),
+            draining: std::sync::atomic::AtomicBool::new(false),
             revalidations: DashMap::new(),
             next_request_id: AtomicU64::new(1),
         }))
@@ -111,6 +118,9 @@ impl App {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let head = method == Method::HEAD;
+        if let Some(r) = self.operations(&path).await {
+            return r;
+        }
         let (response, cache) = match self.dispatch(&req, head).await {
             Ok(answer) => answer,
             Err(e) => (response::error(&e, head), "-"),
@@ -121,6 +131,19 @@ impl App {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
             .to_owned();
+        let m = &self.metrics;
+        m.requests
+            .get_or_create(&RequestLabels {
+                route: route_label(&path),
+                status: status_class(response.status().as_u16()),
+            })
+            .inc();
+        if cache != "-" {
+            m.cache.get_or_create(&CacheLabels { result: cache }).inc();
+        }
+        if !head {
+            m.bytes_served.inc_by(bytes.parse().unwrap_or(0));
+        }
         tracing::info!(
             request_id = id,
             %method,
@@ -132,6 +155,95 @@ impl App {
             "request"
         );
         response
+    }
+
+    /// `/healthz`, `/readyz` and `/metrics`; `None` for everything else.
+    async fn operations(self: &Arc<Self>, path: &str) -> Option<Response<Body>> {
+        let text = |status: StatusCode, body: String, kind: &'static str| {
+            Response::builder()
+                .status(status)
+                .header(http::header::CONTENT_TYPE, kind)
+                .header(http::header::CONTENT_LENGTH, body.len())
+                .body(response::full(body))
+                .expect("valid headers")
+        };
+        match path {
+            "/healthz" => Some(text(StatusCode::OK, "ok\n".into(), "text/plain")),
+            "/readyz" => {
+                let why = if self.draining.load(Ordering::SeqCst) {
+                    Some("shutting down".to_string())
+                } else {
+                    self.store_writable().await.err()
+                };
+                Some(match why {
+                    None => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+                    Some(w) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {w}\n"),
+                        "text/plain",
+                    ),
+                })
+            }
+            "/metrics" => {
+                self.sync_metrics();
+                let body = self.metrics.encode();
+                Some(text(
+                    StatusCode::OK,
+                    body,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// Readiness: a file can be created and removed in the store's tmp/.
+    async fn store_writable(&self) -> Result<(), String> {
+        let dir = self.config.storage_root.join("tmp");
+        store::blocking(move || {
+            let p = dir.join(format!("readyz-{}", std::process::id()));
+            std::fs::write(&p, b"")?;
+            std::fs::remove_file(&p)
+        })
+        .await
+        .map_err(|e| format!("store not writable: {e}"))
+    }
+
+    /// Copies figures kept elsewhere into the registry before a scrape.
+    fn sync_metrics(&self) {
+        let m = &self.metrics;
+        let lc = self.coordinator.lifecycle();
+        let sync = |c: &prometheus_client::metrics::counter::Counter, v: u64| {
+            let cur = c.get();
+            if v > cur {
+                c.inc_by(v - cur);
+            }
+        };
+        sync(
+            &m.stale_served,
+            self.stats.stale_served.load(Ordering::Relaxed),
+        );
+        sync(&m.evictions, lc.evictions.load(Ordering::Relaxed));
+        sync(&m.uncached, lc.uncached.load(Ordering::Relaxed));
+        sync(
+            &m.revalidations
+                .get_or_create(&MethodLabels { method: "HEAD" }),
+            self.stats.tag_head_revalidations.load(Ordering::Relaxed),
+        );
+        sync(
+            &m.revalidations
+                .get_or_create(&MethodLabels { method: "GET" }),
+            self.stats.tag_get_fetches.load(Ordering::Relaxed),
+        );
+        m.in_flight.set(self.coordinator.in_flight() as i64);
+        m.store_bytes.set(lc.index.total() as i64);
+        m.store_blobs.set(lc.index.len() as i64);
+        let damaged = lc
+            .last_scrub
+            .lock()
+            .ok()
+            .and_then(|r| r.as_ref().map(|r| r.damaged.len()));
+        m.scrub_damaged_last.set(damaged.unwrap_or(0) as i64);
     }
 
     async fn dispatch(
@@ -205,6 +317,27 @@ impl App {
     fn resolve(&self, req: &Request<Incoming>, name: &str) -> Result<Resolved, RegistryError> {
         let ns = req.uri().query().and_then(|q| query_param(q, "ns"));
         self.coordinator.router().resolve(name, ns.as_deref())
+    }
+}
+
+/// A low-cardinality name for the endpoint a path asked for.
+fn route_label(path: &str) -> &'static str {
+    if path == "/v2/" || path == "/v2" {
+        "base"
+    } else if path == "/v2/_catalog" {
+        "catalog"
+    } else if !path.starts_with("/v2/") {
+        "other"
+    } else if path.contains("/blobs/") {
+        "blob"
+    } else if path.contains("/manifests/") {
+        "manifest"
+    } else if path.ends_with("/tags/list") {
+        "tags"
+    } else if path.contains("/referrers/") {
+        "referrers"
+    } else {
+        "other"
     }
 }
 
@@ -315,6 +448,8 @@ impl Server {
             None => None,
         };
         tokio::pin!(shutdown);
+        let drain_deadline = tokio::time::sleep(std::time::Duration::from_secs(86400 * 365));
+        tokio::pin!(drain_deadline);
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -326,7 +461,16 @@ impl Server {
                         continue;
                     }
                 },
-                _ = &mut shutdown => break,
+                _ = &mut shutdown, if !app.draining.load(Ordering::SeqCst) => {
+                    // Out of the load balancer first: readyz answers 503
+                    // while the listener keeps serving for drainDelay.
+                    app.draining.store(true, Ordering::SeqCst);
+                    tracing::info!(delay_s = app.config.drain_delay.as_secs_f64(),
+                        "shutdown: readyz now 503; closing the listener after the drain delay");
+                    drain_deadline.as_mut().reset(tokio::time::Instant::now() + app.config.drain_delay);
+                    continue;
+                }
+                _ = &mut drain_deadline, if app.draining.load(Ordering::SeqCst) => break,
             };
             let _ = stream.set_nodelay(true);
             let app = app.clone();

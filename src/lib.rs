@@ -35,6 +35,7 @@ pub mod config;
 pub mod coordinator;
 pub mod http;
 pub mod lifecycle;
+pub mod metrics;
 pub mod oci;
 pub mod prefetch;
 pub mod routing;

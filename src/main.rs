@@ -17,6 +17,9 @@ use tracing_subscriber::EnvFilter;
 
 const DEFAULT_CONFIG: &str = "config.example.json";
 
+/// `--log-format json`.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 #[derive(Parser)]
 #[command(
     name = "ferry",
@@ -24,6 +27,9 @@ const DEFAULT_CONFIG: &str = "config.example.json";
     about = "A streaming pull-through cache for OCI container registries"
 )]
 struct Cli {
+    /// Log format: `text` (human) or `json` (one object per line, for collectors).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -83,6 +89,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    JSON_LOGS.store(
+        cli.log_format == "json",
+        std::sync::atomic::Ordering::Relaxed,
+    );
     match cli.command {
         Command::Scrub {
             config,
@@ -357,12 +367,19 @@ async fn shutdown_signal() {
 }
 
 fn init_logging(config_level: Option<&str>) {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(config_level.unwrap_or("info")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stdout().is_terminal())
+            .init();
+    }
 }

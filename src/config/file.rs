@@ -138,6 +138,7 @@ pub struct FerrySection {
     pub response_header_timeout: Option<String>,
     pub idle_read_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
+    pub drain_delay: Option<String>,
     pub max_manifest_size: Option<usize>,
     pub max_retry_wait: Option<String>,
     pub far_range_distance: Option<u64>,
@@ -291,9 +292,11 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         scrub,
     };
 
+    let drain_delay = dur("drainDelay", &f.drain_delay, std::time::Duration::ZERO)?;
     Ok(Config {
         listen,
         tls,
+        drain_delay,
         storage_root,
         registries,
         timeouts,

@@ -1,0 +1,107 @@
+//! Operations endpoints: exact metric values after a scripted scenario,
+//! health, and readiness that turns 503 at shutdown (before the listener
+//! closes) and when the store is not writable.
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use support::*;
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_scripted_scenario_exactly() {
+    let up = FakeRegistry::start().await;
+    let data = blob_bytes(100_000, 400);
+    let d = up.add_blob(data);
+    let ferry = Ferry::start(&up.url()).await;
+    let url = ferry.url(&format!("/v2/x/blobs/{d}"));
+    within(get(&url)).await; // miss
+    ferry.settle().await;
+    within(get(&url)).await; // hit
+    within(get(&url)).await; // hit
+    within(get(&ferry.url(&format!("/v2/x/blobs/{}", sha256(b"none"))))).await; // 404
+    within(get(&ferry.url("/v2/Bad/blobs/x"))).await; // 400
+
+    let m = within(get(&ferry.url("/metrics"))).await;
+    assert_eq!(m.status, StatusCode::OK);
+    let text = String::from_utf8(m.body.to_vec()).unwrap();
+    assert_eq!(
+        metric(&text, r#"ferry_requests_total{route="blob",status="2xx"}"#),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, r#"ferry_requests_total{route="blob",status="4xx"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&text, r#"ferry_cache_results_total{result="miss"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, r#"ferry_cache_results_total{result="hit"}"#),
+        Some(2.0)
+    );
+    assert_eq!(metric(&text, "ferry_store_blobs"), Some(1.0));
+    assert_eq!(metric(&text, "ferry_store_bytes"), Some(100_000.0));
+    assert_eq!(metric(&text, "ferry_inflight_fetches"), Some(0.0));
+    assert!(metric(&text, "ferry_served_bytes_total").unwrap() >= 300_000.0);
+    assert!(!text.contains(&d[7..]), "no digest in labels");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_turns_503_at_shutdown_before_the_listener_closes() {
+    let up = FakeRegistry::start().await;
+    let ferry = Ferry::start_with(&up.url(), |c| c.drain_delay = Duration::from_secs(2)).await;
+    assert_eq!(
+        within(get(&ferry.url("/healthz"))).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        within(get(&ferry.url("/readyz"))).await.status,
+        StatusCode::OK
+    );
+    let ready_url = ferry.url("/readyz");
+    let stopping = tokio::spawn(ferry.stop());
+    let w = within(async {
+        loop {
+            let w = get(&ready_url).await;
+            if w.status != StatusCode::OK {
+                return w;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(w.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&w.body).contains("shutting down"));
+    within(stopping).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_when_the_store_is_not_writable() {
+    let up = FakeRegistry::start().await;
+    let ferry = Ferry::start(&up.url()).await;
+    let tmp = ferry.store_root().join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a directory").unwrap();
+    let w = within(get(&ferry.url("/readyz"))).await;
+    assert_eq!(w.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&w.body).contains("store not writable"));
+    // Upstream state does not matter for readiness.
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+    drop(up);
+    assert_eq!(
+        within(get(&ferry.url("/readyz"))).await.status,
+        StatusCode::OK
+    );
+}
