@@ -14,7 +14,10 @@ NAME=e2e-disk-full
 WORK=$(mktemp -d)
 . tests/e2e/lib.sh
 unmount() {
-    umount "$WORK/small" 2>/dev/null || true
+    # Stop ferry first: a process with files open keeps the mount busy.
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    umount "$WORK/small" 2>/dev/null || umount -l "$WORK/small" 2>/dev/null || true
     e2e_cleanup
 }
 trap unmount EXIT
