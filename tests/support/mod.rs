@@ -76,6 +76,11 @@ impl Ferry {
             r.retry.max_delay = std::time::Duration::from_millis(20);
         }
         tweak(&mut config);
+        Ferry::launch(config, hooks, dir).await
+    }
+
+    /// Binds and runs ferry on `config`; stopped by [`Ferry::stop`].
+    async fn launch(config: Config, hooks: ferry::Hooks, dir: tempfile::TempDir) -> Ferry {
         let server = Server::bind_with_hooks(config, hooks).await.unwrap();
         let addr = server.local_addr();
         let app = server.app().clone();
@@ -105,20 +110,7 @@ impl Ferry {
         let mut config = Config::resolve(file, &overrides).unwrap();
         config.timeouts.idle_read = std::time::Duration::from_secs(20);
         tweak(&mut config);
-        let server = Server::bind_with_hooks(config, hooks()).await.unwrap();
-        let addr = server.local_addr();
-        let app = server.app().clone();
-        let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(server.run(async {
-            let _ = rx.await;
-        }));
-        Ferry {
-            addr,
-            app,
-            dir,
-            stop: Some(tx),
-            task: Some(task),
-        }
+        Ferry::launch(config, hooks(), dir).await
     }
 
     /// Moves ferry's (manual) clock forward.
