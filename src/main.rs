@@ -126,16 +126,21 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { file } => match Config::load(&file, &Overrides::default()) {
             Ok(config) => {
-                println!("{}: valid", file.display());
-                println!("listen   {}", config.listen);
-                println!("storage  {}", config.storage_root.display());
+                let mut out = format!(
+                    "{}: valid\nlisten   {}\nstorage  {}\n",
+                    file.display(),
+                    config.listen,
+                    config.storage_root.display()
+                );
                 for w in &config.warnings {
-                    println!("warning  {w}");
+                    out.push_str(&format!("warning  {w}\n"));
                 }
-                println!();
+                out.push('\n');
                 match ferry::routing::Router::new(&config) {
                     Ok(router) => {
-                        print!("{}", router.describe());
+                        out.push_str(&router.describe());
+                        // A closed pipe (`| head`) is not an error worth a panic.
+                        let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
                         ExitCode::SUCCESS
                     }
                     Err(e) => {
