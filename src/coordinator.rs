@@ -29,9 +29,10 @@ use http::{Method, StatusCode};
 use crate::clock::Clock;
 use crate::lifecycle::{Lifecycle, ReadGuard};
 use crate::oci::{Digest, ErrorCode, RegistryError};
-use crate::routing::{Resolved, Router, Target};
+use crate::routing::{Resolved, Router};
 use crate::store::{self, FsStore};
 use crate::upstream::UpstreamError;
+pub use crate::upstream::{is_absent, worse};
 
 pub use flight::{FetchFailure, Flight, Progress};
 pub use reader::{BlobStream, READ_CHUNK};
@@ -283,19 +284,12 @@ impl Coordinator {
                 return Ok((Some(s), "joined"));
             }
         }
-        let mut failure = None;
-        for target in &repo.targets {
-            match head_blob(target, digest).await {
-                Ok(size) => {
-                    self.router.remember(&repo.local, target.registry.index);
-                    return Ok((size, "miss"));
-                }
-                Err(e) => failure = Some(worse(failure, e)),
-            }
-        }
-        Err(failure
-            .expect("a resolved repository has a target")
-            .to_registry_error(ErrorCode::BlobUnknown))
+        let (resp, target) = repo
+            .first(|t| t.blob(Method::HEAD, digest, http::HeaderMap::new(), StatusCode::OK))
+            .await
+            .map_err(|e| e.to_registry_error(ErrorCode::BlobUnknown))?;
+        self.router.remember(&repo.local, target.registry.index);
+        Ok((content_length(resp.headers()), "miss"))
     }
 
     /// A byte range straight from upstream, not cached: for a range far
@@ -308,44 +302,28 @@ impl Coordinator {
         start: u64,
         last: u64,
     ) -> Result<http::Response<hyper::body::Incoming>, RegistryError> {
-        let mut failure = None;
-        for target in &repo.targets {
+        let range = format!("bytes={start}-{last}");
+        let range = range.as_str();
+        repo.first(|t| {
             let mut headers = http::HeaderMap::new();
-            headers.insert(
-                http::header::RANGE,
-                format!("bytes={start}-{last}")
-                    .parse()
-                    .expect("valid header"),
-            );
-            let path = format!("/v2/{}/blobs/{digest}", target.upstream_name);
-            let result = target
-                .registry
-                .upstream
-                .request(Method::GET, &path, headers)
-                .await;
-            match result {
-                Ok(resp)
-                    if resp.status() == StatusCode::PARTIAL_CONTENT
-                        && content_range(resp.headers())
-                            .is_some_and(|(a, b)| a == start && b == last) =>
-                {
-                    return Ok(resp)
+            headers.insert(http::header::RANGE, range.parse().expect("valid header"));
+            async move {
+                let resp = t
+                    .blob(Method::GET, digest, headers, StatusCode::PARTIAL_CONTENT)
+                    .await?;
+                if content_range(resp.headers()).is_some_and(|(a, b)| a == start && b == last) {
+                    Ok(resp)
+                } else {
+                    Err(UpstreamError::Protocol {
+                        url: t.registry.upstream.url(&t.blob_path(digest)).to_string(),
+                        cause: format!("answered {range} with another range"),
+                    })
                 }
-                Ok(resp) => {
-                    failure = Some(worse(
-                        failure,
-                        UpstreamError::Status {
-                            url: target.registry.upstream.url(&path).to_string(),
-                            status: resp.status(),
-                        },
-                    ))
-                }
-                Err(e) => failure = Some(worse(failure, e)),
             }
-        }
-        Err(failure
-            .expect("a resolved repository has a target")
-            .to_registry_error(ErrorCode::BlobUnknown))
+        })
+        .await
+        .map(|(resp, _)| resp)
+        .map_err(|e| e.to_registry_error(ErrorCode::BlobUnknown))
     }
 
     /// Opens a stored blob; a small one is read whole in the same blocking
@@ -386,39 +364,6 @@ impl Coordinator {
         self.inflight
             .remove_if(&flight.digest, |_, v| Arc::ptr_eq(v, flight));
     }
-}
-
-/// `HEAD` of a blob at one registry: its size when it has it.
-async fn head_blob(target: &Target, digest: &Digest) -> Result<Option<u64>, UpstreamError> {
-    let path = format!("/v2/{}/blobs/{digest}", target.upstream_name);
-    let resp = target
-        .registry
-        .upstream
-        .request(Method::HEAD, &path, http::HeaderMap::new())
-        .await?;
-    if resp.status() != StatusCode::OK {
-        return Err(UpstreamError::Status {
-            url: target.registry.upstream.url(&path).to_string(),
-            status: resp.status(),
-        });
-    }
-    Ok(content_length(resp.headers()))
-}
-
-/// Of two failures at different registries, the one to report: anything
-/// says more than "not found here".
-pub fn worse(a: Option<UpstreamError>, b: UpstreamError) -> UpstreamError {
-    match a {
-        Some(a) if is_absent(&b) => a,
-        _ => b,
-    }
-}
-
-/// 404, or 401/403 for an anonymous client: the registry does not have it
-/// for us, so the next one is asked.
-pub fn is_absent(e: &UpstreamError) -> bool {
-    matches!(e, UpstreamError::Status { status, .. }
-        if matches!(status.as_u16(), 401 | 403 | 404))
 }
 
 /// The first byte of a `Content-Range: bytes a-b/n` header.

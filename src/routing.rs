@@ -23,8 +23,11 @@ use dashmap::DashMap;
 use http::{StatusCode, Uri};
 
 use crate::config::{Config, ContentRule, RegistryConfig};
+use crate::oci::Digest;
 use crate::oci::{ErrorCode, RegistryError, RepoName};
-use crate::upstream::Upstream;
+use crate::upstream::{worse, Upstream, UpstreamError};
+use http::{HeaderMap, Method, Response};
+use hyper::body::Incoming;
 
 pub use glob::{literal_base, prefix_matches};
 
@@ -147,6 +150,63 @@ pub struct Target {
 pub struct Resolved {
     pub local: RepoName,
     pub targets: Vec<Target>,
+}
+
+impl Target {
+    /// `/v2/<upstream name>/blobs/<digest>` at this registry.
+    pub fn blob_path(&self, digest: &Digest) -> String {
+        format!("/v2/{}/blobs/{digest}", self.upstream_name)
+    }
+
+    /// A blob request at this registry; any status but `want` is an error
+    /// that names it (so a 404 lets the next registry be asked).
+    pub async fn blob(
+        &self,
+        method: Method,
+        digest: &Digest,
+        headers: HeaderMap,
+        want: StatusCode,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let path = self.blob_path(digest);
+        let resp = self
+            .registry
+            .upstream
+            .request(method, &path, headers)
+            .await?;
+        if resp.status() != want {
+            return Err(UpstreamError::Status {
+                url: self.registry.upstream.url(&path).to_string(),
+                status: resp.status(),
+            });
+        }
+        Ok(resp)
+    }
+}
+
+impl Resolved {
+    /// Asks each candidate registry in turn: the first success wins, with
+    /// the registry that gave it; else the most telling failure (anything
+    /// says more than "not found here").
+    pub async fn first<'a, T, F, Fut>(
+        &'a self,
+        mut attempt: F,
+    ) -> Result<(T, &'a Target), UpstreamError>
+    where
+        F: FnMut(&'a Target) -> Fut,
+        Fut: std::future::Future<Output = Result<T, UpstreamError>>,
+    {
+        let mut failure = None;
+        for target in &self.targets {
+            match attempt(target).await {
+                Ok(v) => return Ok((v, target)),
+                Err(e) => {
+                    tracing::debug!(registry = %target.registry.name, error = %e, "candidate registry did not serve it");
+                    failure = Some(worse(failure, e));
+                }
+            }
+        }
+        Err(failure.expect("a resolved repository has a target"))
+    }
 }
 
 /// The routing table plus what it learned about repositories.

@@ -28,7 +28,7 @@ use crate::config::{RetryPolicy, Timeouts};
 use crate::oci::{Digest, Reference, RepoName};
 
 pub use auth::{parse_challenges, Challenge};
-pub use error::UpstreamError;
+pub use error::{is_absent, worse, UpstreamError};
 
 /// Redirects followed before a request is given up.
 pub const MAX_REDIRECTS: usize = 5;

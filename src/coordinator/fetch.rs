@@ -34,7 +34,7 @@ use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
 use super::flight::{FetchFailure, Flight, Progress};
-use super::{content_length, content_range_start, worse, Coordinator};
+use super::{content_length, content_range_start, Coordinator};
 use crate::oci::{Digest, Hasher};
 use crate::routing::{Resolved, Target};
 use crate::store::{self, FsStore};
@@ -113,55 +113,25 @@ async fn fetch(
             space.probe().available()
         )));
     }
-    let mut failure: Option<UpstreamError> = None;
-    for target in &repo.targets {
-        match request(target, digest, 0, None).await {
-            Ok(resp) if resp.status() == StatusCode::OK => {
-                coordinator
-                    .router
-                    .remember(&repo.local, target.registry.index);
-                let size = content_length(resp.headers()).unwrap_or(0);
-                let Some(_room) = space.reserve(size) else {
-                    return Err(FetchFailure::NoRoom(format!(
-                        "{size} bytes do not fit ({} bytes available)",
-                        space.probe().available()
-                    )));
-                };
-                let size = transfer(coordinator, flight, target, resp).await?;
-                coordinator
-                    .lifecycle
-                    .stored(digest, size, &coordinator.clock);
-                return Ok((size, target.registry.name.clone()));
-            }
-            Ok(resp) => {
-                let e = status_error(target, digest, resp.status());
-                tracing::debug!(registry = %target.registry.name, error = %e, "registry does not serve the blob");
-                failure = Some(worse(failure, e));
-            }
-            Err(e) => {
-                tracing::debug!(registry = %target.registry.name, error = %e, "registry failed");
-                failure = Some(worse(failure, e));
-            }
-        }
-    }
-    Err(FetchFailure::Upstream(
-        failure.expect("a resolved repository has a target"),
-    ))
-}
-
-fn blob_path(target: &Target, digest: &Digest) -> String {
-    format!("/v2/{}/blobs/{digest}", target.upstream_name)
-}
-
-fn status_error(target: &Target, digest: &Digest, status: StatusCode) -> UpstreamError {
-    UpstreamError::Status {
-        url: target
-            .registry
-            .upstream
-            .url(&blob_path(target, digest))
-            .to_string(),
-        status,
-    }
+    let (resp, target) = repo
+        .first(|t| t.blob(Method::GET, digest, HeaderMap::new(), StatusCode::OK))
+        .await
+        .map_err(FetchFailure::Upstream)?;
+    coordinator
+        .router
+        .remember(&repo.local, target.registry.index);
+    let size = content_length(resp.headers()).unwrap_or(0);
+    let Some(_room) = space.reserve(size) else {
+        return Err(FetchFailure::NoRoom(format!(
+            "{size} bytes do not fit ({} bytes available)",
+            space.probe().available()
+        )));
+    };
+    let size = transfer(coordinator, flight, target, resp).await?;
+    coordinator
+        .lifecycle
+        .stored(digest, size, &coordinator.clock);
+    Ok((size, target.registry.name.clone()))
 }
 
 /// `GET` of the blob at one registry, from `offset` on.
@@ -184,7 +154,7 @@ async fn request(
     target
         .registry
         .upstream
-        .request(Method::GET, &blob_path(target, digest), headers)
+        .request(Method::GET, &target.blob_path(digest), headers)
         .await
 }
 
@@ -232,7 +202,7 @@ async fn transfer(
     let upstream = &target.registry.upstream;
     let (policy, cap) = upstream.retry_policy();
     let idle = upstream.timeouts().idle_read;
-    let url = upstream.url(&blob_path(target, digest)).to_string();
+    let url = upstream.url(&target.blob_path(digest)).to_string();
     let mut received: u64 = 0;
     let mut skip: u64 = 0;
     let mut failures: u32 = 0;

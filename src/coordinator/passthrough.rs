@@ -14,42 +14,21 @@ use http::{HeaderMap, Method, StatusCode};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 
-use super::{content_length, worse};
+use super::content_length;
 use crate::oci::{Digest, ErrorCode, Hasher, RegistryError};
 use crate::routing::Resolved;
-use crate::upstream::UpstreamError;
 
 /// Opens the blob at the first registry that has it: the body and its size.
 pub async fn open(
     repo: &Resolved,
     digest: &Digest,
 ) -> Result<(Incoming, Option<u64>), RegistryError> {
-    let mut failure = None;
-    for target in &repo.targets {
-        let path = format!("/v2/{}/blobs/{digest}", target.upstream_name);
-        match target
-            .registry
-            .upstream
-            .request(Method::GET, &path, HeaderMap::new())
-            .await
-        {
-            Ok(resp) if resp.status() == StatusCode::OK => {
-                let size = content_length(resp.headers());
-                return Ok((resp.into_body(), size));
-            }
-            Ok(resp) => {
-                let e = UpstreamError::Status {
-                    url: target.registry.upstream.url(&path).to_string(),
-                    status: resp.status(),
-                };
-                failure = Some(worse(failure, e));
-            }
-            Err(e) => failure = Some(worse(failure, e)),
-        }
-    }
-    Err(failure
-        .expect("a resolved repository has a target")
-        .to_registry_error(ErrorCode::BlobUnknown))
+    let (resp, _) = repo
+        .first(|t| t.blob(Method::GET, digest, HeaderMap::new(), StatusCode::OK))
+        .await
+        .map_err(|e| e.to_registry_error(ErrorCode::BlobUnknown))?;
+    let size = content_length(resp.headers());
+    Ok((resp.into_body(), size))
 }
 
 /// An upstream body checked against `digest` as it passes.

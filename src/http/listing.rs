@@ -12,7 +12,6 @@ use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::response::{self, Body, API_VERSION_HEADER};
 use super::{query_param, App};
-use crate::coordinator::worse;
 use crate::oci::{ErrorCode, RegistryError, Tag};
 use crate::routing::{Resolved, Target};
 use crate::store;
@@ -27,20 +26,9 @@ pub async fn tags(
     query: Option<&str>,
     head: bool,
 ) -> Result<Response<Body>, RegistryError> {
-    let mut failure: Option<UpstreamError> = None;
-    let mut found: Option<BTreeSet<String>> = None;
-    for target in &repo.targets {
-        match upstream_tags(target).await {
-            Ok(tags) => {
-                found = Some(tags);
-                break;
-            }
-            Err(e) => failure = Some(worse(failure, e)),
-        }
-    }
-    let tags = match (found, failure) {
-        (Some(t), _) => t,
-        (None, Some(e)) if e.is_unavailable() => {
+    let tags = match repo.first(upstream_tags).await {
+        Ok((t, _)) => t,
+        Err(e) if e.is_unavailable() => {
             let mut held = BTreeSet::new();
             for target in &repo.targets {
                 let store = app.coordinator.store().clone();
@@ -55,11 +43,7 @@ pub async fn tags(
             tracing::warn!(repo = %repo.local, error = %e, "upstream unavailable; listing the tags ferry holds");
             held
         }
-        (None, e) => {
-            return Err(e
-                .expect("a resolved repository has a target")
-                .to_registry_error(ErrorCode::NameUnknown))
-        }
+        Err(e) => return Err(e.to_registry_error(ErrorCode::NameUnknown)),
     };
     let (page, more) = paginate(tags.into_iter().collect(), query);
     let body = serde_json::json!({ "name": repo.local.as_str(), "tags": page });

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::response::{self, Body, API_VERSION_HEADER};
 use super::{query_param, App};
-use crate::coordinator::{is_absent, worse};
+use crate::coordinator::is_absent;
 use crate::oci::{Digest, ErrorCode, RegistryError};
 use crate::routing::{Resolved, Target};
 use crate::store;
@@ -80,17 +80,13 @@ async fn index_for(
             cached.get_or_insert(index);
         }
     }
-    let mut failure: Option<UpstreamError> = None;
-    for target in &repo.targets {
-        match upstream_index(app, target, digest).await {
-            Ok(index) => {
-                write_cache(app, target, repo, &key, &index).await;
-                return Ok((index, "miss"));
-            }
-            Err(e) => failure = Some(worse(failure, e)),
+    let failure = match repo.first(|t| upstream_index(app, t, digest)).await {
+        Ok((index, target)) => {
+            write_cache(app, target, repo, &key, &index).await;
+            return Ok((index, "miss"));
         }
-    }
-    let failure = failure.expect("a resolved repository has a target");
+        Err(e) => e,
+    };
     if is_absent(&failure) {
         // No referrers API upstream (or nothing known): the spec's answer.
         return Ok((empty_index(), "miss"));

@@ -72,6 +72,22 @@ impl std::fmt::Display for UpstreamError {
 
 impl std::error::Error for UpstreamError {}
 
+/// Of two failures at different registries, the one to report: anything
+/// says more than "not found here".
+pub fn worse(a: Option<UpstreamError>, b: UpstreamError) -> UpstreamError {
+    match a {
+        Some(a) if is_absent(&b) => a,
+        _ => b,
+    }
+}
+
+/// 404, or 401/403 for an anonymous client: the registry does not have it
+/// for us, so the next one is asked.
+pub fn is_absent(e: &UpstreamError) -> bool {
+    matches!(e, UpstreamError::Status { status, .. }
+        if matches!(status.as_u16(), 401 | 403 | 404))
+}
+
 impl UpstreamError {
     /// True when the upstream could not be used at all (as opposed to an
     /// answer such as 404): ferry then falls back to what it has stored.
