@@ -7,6 +7,7 @@
 //! error naming the key and its path; keys ferry accepts but does not act on
 //! yet become start-up warnings. Command-line flags override the file.
 
+mod access;
 mod credentials;
 mod file;
 
@@ -16,6 +17,10 @@ use std::time::Duration;
 
 use http::Uri;
 
+pub use access::{
+    parse_proxies, AccessConfig, AccessControlSection, AccessToken, ListenerConfig, Policy,
+    RepositoryPolicy,
+};
 pub use credentials::{read_credentials_file, Credentials, Secret};
 pub use file::FileConfig;
 
@@ -58,6 +63,10 @@ pub struct Config {
     pub log_level: Option<String>,
     /// Keys that were accepted but have no effect yet, for start-up logs.
     pub warnings: Vec<String>,
+    /// Connection limits, header limits, trusted proxies, metrics address.
+    pub listener: ListenerConfig,
+    /// Client access control; `None` lets every client read.
+    pub access: Option<AccessConfig>,
 }
 
 /// Certificate and key files of the HTTPS listener.

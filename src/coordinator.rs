@@ -28,6 +28,7 @@ use http::{Method, StatusCode};
 
 use crate::clock::Clock;
 use crate::lifecycle::{Lifecycle, ReadGuard};
+use crate::metrics::Metrics;
 use crate::oci::{Digest, ErrorCode, RegistryError};
 use crate::routing::{Resolved, Router};
 use crate::store::{self, FsStore};
@@ -140,6 +141,7 @@ pub struct Coordinator {
     lifecycle: Arc<Lifecycle>,
     clock: Clock,
     hot: hot::HotCache,
+    metrics: Arc<Metrics>,
 }
 
 impl Coordinator {
@@ -148,6 +150,7 @@ impl Coordinator {
         router: Router,
         lifecycle: Arc<Lifecycle>,
         clock: Clock,
+        metrics: Arc<Metrics>,
     ) -> Arc<Coordinator> {
         Arc::new(Coordinator {
             store,
@@ -155,6 +158,7 @@ impl Coordinator {
             inflight: DashMap::new(),
             lifecycle,
             clock,
+            metrics,
             hot: hot::HotCache::new(64 << 20),
         })
     }
@@ -162,6 +166,10 @@ impl Coordinator {
     /// Forgets the in-memory copy of a blob (its stored copy was damaged).
     pub fn forget(&self, digest: &Digest) {
         self.hot.remove(digest);
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn lifecycle(&self) -> &Arc<Lifecycle> {
@@ -184,6 +192,11 @@ impl Coordinator {
     /// Number of upstream blob fetches running now.
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
+    }
+
+    /// Every fetch in flight now.
+    pub fn flights(&self) -> Vec<Arc<Flight>> {
+        self.inflight.iter().map(|f| f.value().clone()).collect()
     }
 
     /// The in-flight fetch of `digest`, if there is one.

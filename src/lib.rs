@@ -30,11 +30,13 @@
 //!                 failure: temp deleted ─▶ Failed(reason) ─▶ readers abort
 //! ```
 
+pub mod access;
 pub mod clock;
 pub mod config;
 pub mod coordinator;
 pub mod http;
 pub mod lifecycle;
+pub mod listener;
 pub mod metrics;
 pub mod oci;
 pub mod prefetch;
@@ -45,4 +47,5 @@ pub mod sync;
 pub mod upstream;
 
 pub use config::Config;
-pub use http::{App, Hooks, Server};
+pub use http::{App, Hooks};
+pub use listener::Server;

@@ -24,6 +24,12 @@ pub struct CacheLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// [`FetchFailure::reason`](crate::coordinator::FetchFailure::reason).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub method: &'static str,
 }
@@ -44,6 +50,18 @@ pub struct Metrics {
     pub store_bytes: Gauge,
     pub store_blobs: Gauge,
     pub scrub_damaged_last: Gauge,
+    pub scrub_runs: Counter,
+    pub fetch_failures: Family<ReasonLabels, Counter>,
+    /// Upstream bytes that failed their digest (blobs and manifests).
+    pub digest_mismatches: Counter,
+    /// The size cap in bytes (0: none).
+    pub store_max_bytes: Gauge,
+    /// Client connections open now.
+    pub connections: Gauge,
+    /// Connections closed at once because `maxConnections` were open.
+    pub connections_refused: Counter,
+    /// Requests refused by client access control (401 and 403).
+    pub access_denied: Counter,
 }
 
 impl Default for Metrics {
@@ -61,6 +79,13 @@ impl Default for Metrics {
             store_bytes: Gauge::default(),
             store_blobs: Gauge::default(),
             scrub_damaged_last: Gauge::default(),
+            scrub_runs: Counter::default(),
+            fetch_failures: Family::default(),
+            digest_mismatches: Counter::default(),
+            store_max_bytes: Gauge::default(),
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            access_denied: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -114,11 +139,71 @@ impl Default for Metrics {
             "Damaged files found by the last scrub",
             m.scrub_damaged_last.clone(),
         );
+        registry.register(
+            "scrub_runs",
+            "Scrubs of the store completed",
+            m.scrub_runs.clone(),
+        );
+        registry.register(
+            "fetch_failures",
+            "Upstream blob fetches that failed, by reason",
+            m.fetch_failures.clone(),
+        );
+        registry.register(
+            "digest_mismatches",
+            "Upstream blobs and manifests whose bytes failed their digest",
+            m.digest_mismatches.clone(),
+        );
+        registry.register(
+            "store_max_bytes",
+            "The store's size cap in bytes (0: no cap)",
+            m.store_max_bytes.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client connections open now",
+            m.connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once because the connection limit was reached",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "access_denied",
+            "Requests refused by client access control",
+            m.access_denied.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
+    /// Adds the per-registry figures (bytes, retries, resumes, latency).
+    pub fn with_registries(mut self, router: &crate::routing::Router) -> Self {
+        let registries = router
+            .registries()
+            .iter()
+            .map(|r| (r.name.clone(), r.upstream.stats().clone()))
+            .collect();
+        self.registry
+            .register_collector(Box::new(crate::upstream::RegistryCollector::new(
+                registries,
+            )));
+        self
+    }
+
+    /// Counts a failed fetch under its reason.
+    pub fn fetch_failed(&self, failure: &crate::coordinator::FetchFailure) {
+        let reason = failure.reason();
+        self.fetch_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+        if reason == "digest_mismatch" {
+            self.digest_mismatches.inc();
+        }
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -10,6 +10,7 @@
 mod auth;
 mod error;
 pub mod retry;
+mod stats;
 mod tls;
 
 use std::time::Duration;
@@ -29,6 +30,7 @@ use crate::oci::{Digest, Reference, RepoName};
 
 pub use auth::{parse_challenges, Challenge};
 pub use error::{is_absent, worse, UpstreamError};
+pub use stats::{Health, RegistryCollector, UpstreamStats};
 
 /// Redirects followed before a request is given up.
 pub const MAX_REDIRECTS: usize = 5;
@@ -47,6 +49,7 @@ pub struct Upstream {
     access: std::sync::Arc<Access>,
     /// Set once the registry asked for Basic auth: send it up front.
     basic_preemptive: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stats: std::sync::Arc<UpstreamStats>,
 }
 
 /// Who ferry is to a registry, and whom it lets issue tokens.
@@ -141,7 +144,13 @@ impl Upstream {
             tokens: Default::default(),
             access: std::sync::Arc::new(access),
             basic_preemptive: Default::default(),
+            stats: Default::default(),
         }
+    }
+
+    /// Bytes, retries, latency and health of this registry.
+    pub fn stats(&self) -> &std::sync::Arc<UpstreamStats> {
+        &self.stats
     }
 
     /// The registry's URLs, in failover order.
@@ -200,11 +209,20 @@ impl Upstream {
             });
         }
         let (method, headers) = (&method, &headers);
-        let (result, _retries) = retry::with_retries(&self.retry, self.retry_cap, |_| async move {
+        let (result, retries) = retry::with_retries(&self.retry, self.retry_cap, |_| async move {
             let mut last = None;
             let mut retry_after = None;
             for base in &self.urls {
-                match self.request_at(base, method.clone(), path, headers.clone()).await {
+                let asked = std::time::Instant::now();
+                let answer = self.request_at(base, method.clone(), path, headers.clone()).await;
+                match &answer {
+                    Ok(resp) if resp.status().is_server_error() => self
+                        .stats
+                        .failed(format!("{} answered {}", join(base, path), resp.status())),
+                    Ok(_) => self.stats.answered(asked.elapsed()),
+                    Err(e) => self.stats.failed(e.to_string()),
+                }
+                match answer {
                     Ok(resp) if retry::is_retryable(resp.status()) => {
                         tracing::debug!(url = %base, status = resp.status().as_u16(), "upstream answered a retryable status");
                         retry_after = retry_after.max(retry::retry_after(resp.headers()));
@@ -223,6 +241,7 @@ impl Upstream {
             }
         })
         .await;
+        self.stats.retries.inc_by(retries.into());
         result
     }
 
@@ -508,6 +527,7 @@ impl Upstream {
                 }
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
+                        self.stats.bytes.inc_by(data.len() as u64);
                         if out.len() + data.len() > limit {
                             return Err(UpstreamError::TooLarge {
                                 url: url.to_string(),

@@ -58,6 +58,51 @@ async fn metrics_count_a_scripted_scenario_exactly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_metrics_count_bytes_retries_resumes_and_mismatches_by_registry() {
+    let up = FakeRegistry::start().await;
+    let whole = up.add_blob(blob_bytes(70_000, 401));
+    let broken = up.add_blob_with(blob_bytes(90_000, 402), Fault::drop_at_each(vec![40_000]));
+    let corrupt = up.add_blob_with(blob_bytes(30_000, 403), Fault::WrongBytes);
+    let ferry = Ferry::start(&up.url()).await;
+    for d in [&whole, &broken] {
+        let r = within(get(&ferry.url(&format!("/v2/x/blobs/{d}")))).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let r = within(get(&ferry.url(&format!("/v2/x/blobs/{corrupt}")))).await;
+    assert!(r.status != StatusCode::OK || r.body.len() < 30_000);
+    up.fail_next(1, StatusCode::SERVICE_UNAVAILABLE, None);
+    let late = up.add_blob(blob_bytes(10_000, 404));
+    let r = within(get(&ferry.url(&format!("/v2/x/blobs/{late}")))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    ferry.settle().await;
+
+    let text = String::from_utf8(within(get(&ferry.url("/metrics"))).await.body.to_vec()).unwrap();
+    let host = up.url().trim_start_matches("http://").to_string();
+    let of = |name: &str| metric(&text, &format!(r#"{name}{{registry="{host}"}}"#));
+    assert_eq!(
+        of("ferry_upstream_bytes_total"),
+        Some(up.body_bytes() as f64),
+        "{text}"
+    );
+    assert_eq!(of("ferry_upstream_retries_total"), Some(1.0));
+    assert_eq!(of("ferry_fetch_resumes_total"), Some(1.0));
+    // Every upstream answer but the one 503 was timed.
+    assert_eq!(
+        of("ferry_upstream_request_duration_seconds_count"),
+        Some((up.total_hits() - 1) as f64)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"ferry_fetch_failures_total{reason="digest_mismatch"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&text, "ferry_digest_mismatches_total"), Some(1.0));
+    assert_eq!(metric(&text, "ferry_store_blobs"), Some(3.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_turns_503_at_shutdown_before_the_listener_closes() {
     let up = FakeRegistry::start().await;
     let ferry = Ferry::start_with(&up.url(), |c| c.drain_delay = Duration::from_secs(2)).await;

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::{
-    parse_duration, parse_upstream_url, Config, ConfigError, ContentRule, Freshness,
-    LifecycleConfig, Overrides, RegistryConfig, RetryPolicy, ScrubConfig, Timeouts, DEFAULT_LISTEN,
-    DEFAULT_STORAGE, DEFAULT_UPSTREAM,
+    parse_duration, parse_proxies, parse_upstream_url, AccessConfig, Config, ConfigError,
+    ContentRule, Freshness, LifecycleConfig, ListenerConfig, Overrides, RegistryConfig,
+    RetryPolicy, ScrubConfig, Timeouts, DEFAULT_LISTEN, DEFAULT_STORAGE, DEFAULT_UPSTREAM,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -35,6 +35,8 @@ pub struct HttpSection {
     /// zot writes the port as a string; a number is accepted too.
     pub port: Option<Port>,
     pub tls: Option<TlsSection>,
+    pub auth: Option<super::access::AuthSection>,
+    pub access_control: Option<super::access::AccessControlSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +154,16 @@ pub struct FerrySection {
     /// Scrub read rate, bytes per second, e.g. "100MiB".
     pub scrub_rate: Option<String>,
     pub scrub_quarantine: Option<bool>,
+    /// Static bearer tokens for client access control.
+    pub access_tokens: Option<Vec<super::access::AccessToken>>,
+    pub max_connections: Option<usize>,
+    /// Request line and headers, as a size ("64KiB").
+    pub max_header_size: Option<String>,
+    pub header_timeout: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    /// `host:port` for `/metrics` apart from the main listener.
+    pub metrics_address: Option<String>,
+    pub tls_reload_interval: Option<String>,
 }
 
 impl FileConfig {
@@ -293,6 +305,64 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
     };
 
     let drain_delay = dur("drainDelay", &f.drain_delay, std::time::Duration::ZERO)?;
+
+    let ld = ListenerConfig::default();
+    let listener = ListenerConfig {
+        max_connections: match f.max_connections {
+            Some(0) => return Err(err("ferry.maxConnections must be at least 1".into())),
+            Some(n) => n,
+            None => ld.max_connections,
+        },
+        max_header_bytes: bytes("maxHeaderSize", &f.max_header_size)?
+            .map_or(ld.max_header_bytes, |b| b.max(8192) as usize),
+        header_timeout: dur("headerTimeout", &f.header_timeout, ld.header_timeout)?,
+        trusted_proxies: parse_proxies(f.trusted_proxies.as_deref().unwrap_or_default())
+            .map_err(err)?,
+        metrics_listen: f
+            .metrics_address
+            .as_deref()
+            .map(|a| {
+                a.parse::<SocketAddr>().map_err(|e| {
+                    err(format!(
+                        "ferry.metricsAddress: {a:?} is not an address like 127.0.0.1:9100: {e}"
+                    ))
+                })
+            })
+            .transpose()?,
+        tls_reload_interval: dur(
+            "tlsReloadInterval",
+            &f.tls_reload_interval,
+            ld.tls_reload_interval,
+        )?,
+    };
+
+    let (auth, control) = match file.http {
+        Some(h) => (h.auth, h.access_control),
+        None => (None, None),
+    };
+    let tokens = f.access_tokens.unwrap_or_default();
+    let htpasswd = auth
+        .as_ref()
+        .and_then(|a| a.htpasswd.as_ref())
+        .map(|h| h.path.clone());
+    let access = if htpasswd.is_none() && tokens.is_empty() {
+        if control.is_some() {
+            return Err(err(
+                "http.accessControl needs users: set http.auth.htpasswd.path or ferry.accessTokens"
+                    .into(),
+            ));
+        }
+        None
+    } else {
+        Some(AccessConfig {
+            htpasswd,
+            tokens,
+            control,
+            fail_delay: std::time::Duration::from_secs(
+                auth.as_ref().and_then(|a| a.fail_delay).unwrap_or(0),
+            ),
+        })
+    };
     Ok(Config {
         listen,
         tls,
@@ -307,6 +377,8 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         lifecycle,
         log_level: file.log.and_then(|l| l.level),
         warnings,
+        listener,
+        access,
     })
 }
 

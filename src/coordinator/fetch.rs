@@ -84,6 +84,7 @@ pub(super) async fn run(coordinator: Arc<Coordinator>, flight: Arc<Flight>, repo
         }
         Err(failure) => {
             tracing::warn!(%digest, repo = %repo.local, reason = failure.reason(), error = %failure, "blob fetch failed");
+            guard.coordinator.metrics.fetch_failed(&failure);
             guard.flight.publish(Progress::Failed(Arc::new(failure)));
         }
     }
@@ -210,7 +211,19 @@ async fn transfer(
     let mut response = Some(first);
     let network: Result<(), FetchFailure> = loop {
         let attempt = match response.take() {
-            Some(resp) => pump(resp.into_body(), &tx, &mut received, &mut skip, idle, &url).await,
+            Some(resp) => {
+                let fetched = &upstream.stats().bytes;
+                pump(
+                    resp.into_body(),
+                    &tx,
+                    &mut received,
+                    &mut skip,
+                    idle,
+                    &url,
+                    fetched,
+                )
+                .await
+            }
             None => Err(Pump::Broken(UpstreamError::Protocol {
                 url: url.clone(),
                 cause: "no response to resume from".into(),
@@ -236,6 +249,7 @@ async fn transfer(
         }
         tracing::info!(digest = %digest, registry = %target.registry.name, received, error = %broken,
             attempt = failures, "blob transfer broke; resuming");
+        upstream.stats().resumes.inc();
         tokio::time::sleep(retry::backoff(&policy, failures - 1, cap)).await;
         match request(target, digest, received, etag.as_ref()).await {
             Ok(resp) if resp.status() == StatusCode::PARTIAL_CONTENT => {
@@ -293,6 +307,7 @@ async fn pump(
     skip: &mut u64,
     idle: std::time::Duration,
     url: &str,
+    fetched: &prometheus_client::metrics::counter::Counter,
 ) -> Result<(), Pump> {
     loop {
         match tokio::time::timeout(idle, body.frame()).await {
@@ -313,6 +328,7 @@ async fn pump(
                 let Ok(mut data) = frame.into_data() else {
                     continue;
                 };
+                fetched.inc_by(data.len() as u64);
                 if *skip > 0 {
                     let n = (*skip).min(data.len() as u64);
                     *skip -= n;

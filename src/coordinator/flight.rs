@@ -111,6 +111,7 @@ pub struct Flight {
     pub digest: Digest,
     progress: watch::Sender<Progress>,
     file: OnceLock<Arc<File>>,
+    pub started: std::time::Instant,
 }
 
 impl Flight {
@@ -119,7 +120,13 @@ impl Flight {
             digest,
             progress: watch::Sender::new(Progress::Connecting),
             file: OnceLock::new(),
+            started: std::time::Instant::now(),
         }
+    }
+
+    /// The state now.
+    pub fn progress(&self) -> Progress {
+        self.progress.borrow().clone()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Progress> {

@@ -60,9 +60,10 @@ pub async fn catalog(
     app: &Arc<App>,
     query: Option<&str>,
     head: bool,
+    visible: impl Fn(&str) -> bool,
 ) -> Result<Response<Body>, RegistryError> {
     let store = app.coordinator.store().clone();
-    let repos = store::blocking(move || store.list_repositories())
+    let mut repos = store::blocking(move || store.list_repositories())
         .await
         .map_err(|e| {
             RegistryError::new(
@@ -71,6 +72,7 @@ pub async fn catalog(
                 format!("cannot list the store's repositories: {e}"),
             )
         })?;
+    repos.retain(|r| visible(r));
     let (page, more) = paginate(repos, query);
     let body = serde_json::json!({ "repositories": page });
     let link = more.map(|(n, last)| format!("</v2/_catalog?n={n}&last={last}>; rel=\"next\""));

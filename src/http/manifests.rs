@@ -180,6 +180,7 @@ pub async fn fetch(
     let digest = h.finish();
     if let Some(want) = expected {
         if &digest != want {
+            app.metrics.digest_mismatches.inc();
             return Err(Failure::Refused(RegistryError::new(
                 StatusCode::BAD_GATEWAY,
                 ErrorCode::ManifestInvalid,

@@ -77,6 +77,7 @@ pub async fn scrub_now(app: &Arc<App>, options: ScrubOptions) -> super::ScrubRep
         errors = report.errors.len(),
         "scrub pass done"
     );
+    app.metrics.scrub_runs.inc();
     *app.coordinator
         .lifecycle()
         .last_scrub

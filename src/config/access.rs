@@ -1,0 +1,139 @@
+//! Client access control and listener limits as configured.
+//!
+//! Access control takes zot's keys as they are: `http.auth.htpasswd.path`
+//! (bcrypt users), `http.auth.failDelay`, and `http.accessControl` with
+//! `repositories` (glob → `policies`, `defaultPolicy`, `anonymousPolicy`),
+//! `groups` and `adminPolicy`. ferry adds static bearer tokens
+//! (`ferry.accessTokens`), each acting as a named user. Only the `read`
+//! action means anything to a pull-through cache; others are accepted and
+//! ignored. The listener's limits (`ferry.maxConnections`, header size and
+//! time, trusted proxies, a separate metrics address) live here too because
+//! they guard the same door.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Secret;
+
+/// zot's `http.auth`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthSection {
+    pub htpasswd: Option<HtpasswdSection>,
+    /// Seconds to wait before answering a failed login.
+    pub fail_delay: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HtpasswdSection {
+    pub path: PathBuf,
+}
+
+/// zot's `http.accessControl`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessControlSection {
+    #[serde(default)]
+    pub repositories: BTreeMap<String, RepositoryPolicy>,
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupSection>,
+    pub admin_policy: Option<Policy>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RepositoryPolicy {
+    #[serde(default)]
+    pub policies: Vec<Policy>,
+    #[serde(default)]
+    pub default_policy: Vec<String>,
+    #[serde(default)]
+    pub anonymous_policy: Vec<String>,
+}
+
+/// Users and groups granted some actions.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Policy {
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GroupSection {
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+/// One static bearer token (`ferry.accessTokens`): whoever presents it is
+/// `user` for the policies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessToken {
+    pub user: String,
+    pub token: Secret,
+}
+
+/// Resolved client access control; `None` in [`Config`](super::Config)
+/// when the file configures none (every request is allowed).
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    pub htpasswd: Option<PathBuf>,
+    pub tokens: Vec<AccessToken>,
+    /// `None`: any authenticated user may read everything.
+    pub control: Option<AccessControlSection>,
+    pub fail_delay: Duration,
+}
+
+/// Limits and trust of the client-facing listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Connections beyond this many are closed at once.
+    pub max_connections: usize,
+    /// Request line plus headers, in bytes (431 beyond it).
+    pub max_header_bytes: usize,
+    /// A client must finish sending its request headers within this.
+    pub header_timeout: Duration,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Serve `/metrics` (and health) here instead of on the main listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often the TLS certificate and key files are checked for change.
+    pub tls_reload_interval: Duration,
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
+            metrics_listen: None,
+            tls_reload_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Parses `ferry.trustedProxies` entries: an address or a CIDR block.
+pub fn parse_proxies(list: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+    list.iter()
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    format!("ferry.trustedProxies: {s:?} is not an IP address or CIDR block")
+                })
+        })
+        .collect()
+}

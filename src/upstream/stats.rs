@@ -1,0 +1,126 @@
+//! What one upstream registry has done lately: bytes fetched, retries,
+//! resumes, response latency, and its last success and last error.
+//!
+//! Each [`Upstream`](super::Upstream) owns one [`UpstreamStats`]; the
+//! metrics endpoint reads them all through [`RegistryCollector`] at scrape
+//! time (labelled by registry name, a low-cardinality label), and the status
+//! page reads the health part. Counters are prometheus-client types so the
+//! exposition needs no copying.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+
+/// Counters and health of one upstream registry.
+#[derive(Debug)]
+pub struct UpstreamStats {
+    /// Body bytes received from the registry (blobs and manifests).
+    pub bytes: Counter,
+    /// Requests repeated after a connect error, timeout, 408, 429 or 5xx.
+    pub retries: Counter,
+    /// Broken blob transfers continued with a `Range` request.
+    pub resumes: Counter,
+    /// Time from sending a request to its response headers.
+    pub latency: Histogram,
+    health: Mutex<Health>,
+}
+
+/// The registry's recent record, for the status page.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    pub last_ok: Option<SystemTime>,
+    /// When and what went wrong last.
+    pub last_error: Option<(SystemTime, String)>,
+    /// Failed attempts since the last answer.
+    pub failures_in_a_row: u64,
+}
+
+impl Default for UpstreamStats {
+    fn default() -> Self {
+        UpstreamStats {
+            bytes: Counter::default(),
+            retries: Counter::default(),
+            resumes: Counter::default(),
+            // 1 ms .. ~33 s.
+            latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            health: Mutex::new(Health::default()),
+        }
+    }
+}
+
+impl UpstreamStats {
+    /// The registry answered (any status below 500).
+    pub fn answered(&self, after: Duration) {
+        self.latency.observe(after.as_secs_f64());
+        let mut h = self.health.lock().expect("health lock");
+        h.last_ok = Some(SystemTime::now());
+        h.failures_in_a_row = 0;
+    }
+
+    /// An attempt failed: no connection, a timeout, or a 5xx.
+    pub fn failed(&self, what: String) {
+        let mut h = self.health.lock().expect("health lock");
+        h.last_error = Some((SystemTime::now(), what));
+        h.failures_in_a_row += 1;
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.lock().expect("health lock").clone()
+    }
+}
+
+/// Exposes every registry's [`UpstreamStats`] with a `registry` label.
+#[derive(Debug)]
+pub struct RegistryCollector {
+    registries: Vec<(String, Arc<UpstreamStats>)>,
+}
+
+impl RegistryCollector {
+    pub fn new(registries: Vec<(String, Arc<UpstreamStats>)>) -> Self {
+        RegistryCollector { registries }
+    }
+}
+
+impl Collector for RegistryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        type Pick = fn(&UpstreamStats) -> &dyn EncodeMetric;
+        let families: [(&str, &str, Pick); 4] = [
+            (
+                "upstream_bytes",
+                "Body bytes received from each upstream registry",
+                |s| &s.bytes,
+            ),
+            (
+                "upstream_retries",
+                "Upstream requests repeated after an error or a retryable status",
+                |s| &s.retries,
+            ),
+            (
+                "fetch_resumes",
+                "Broken blob transfers resumed with a Range request",
+                |s| &s.resumes,
+            ),
+            (
+                "upstream_request_duration_seconds",
+                "Time from an upstream request to its response headers",
+                |s| &s.latency,
+            ),
+        ];
+        for (name, help, pick) in families {
+            let Some((_, first)) = self.registries.first() else {
+                return Ok(());
+            };
+            let kind = pick(first).metric_type();
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for (registry, stats) in &self.registries {
+                let labels = [("registry", registry.as_str())];
+                pick(stats).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
