@@ -141,18 +141,6 @@ impl Access {
             refuse()
         }
     }
-
-    /// True when `who` may read at least one repository (`/v2/` and the
-    /// catalog answer 200 then).
-    pub fn reads_anything(&self, who: &Identity) -> bool {
-        match (&self.config.control, who) {
-            (_, Identity::User(_)) => true,
-            (None, Identity::Anonymous) => false,
-            (Some(c), Identity::Anonymous) => {
-                c.repositories.values().any(|p| reads(&p.anonymous_policy))
-            }
-        }
-    }
 }
 
 fn reads(actions: &[String]) -> bool {
@@ -269,7 +257,6 @@ mod tests {
             Err(Denied::Unauthenticated)
         );
         assert_eq!(a.check_read(&anon, "private/open"), Ok(()));
-        assert!(a.reads_anything(&anon));
     }
 
     #[test]
@@ -280,7 +267,6 @@ mod tests {
             a.check_read(&Identity::Anonymous, "a/b"),
             Err(Denied::Unauthenticated)
         );
-        assert!(!a.reads_anything(&Identity::Anonymous));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 mod fetch;
 mod flight;
 mod hot;
+mod membership;
 mod passthrough;
 mod reader;
 
@@ -30,7 +31,7 @@ use crate::clock::Clock;
 use crate::lifecycle::{Lifecycle, ReadGuard};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, ErrorCode, RegistryError};
-use crate::routing::{Resolved, Router};
+use crate::routing::{Resolved, Router, Target};
 use crate::store::{self, FsStore};
 use crate::upstream::UpstreamError;
 pub use crate::upstream::{is_absent, worse};
@@ -142,6 +143,7 @@ pub struct Coordinator {
     clock: Clock,
     hot: hot::HotCache,
     metrics: Arc<Metrics>,
+    membership: membership::Membership,
 }
 
 impl Coordinator {
@@ -159,6 +161,7 @@ impl Coordinator {
             lifecycle,
             clock,
             metrics,
+            membership: Default::default(),
             hot: hot::HotCache::new(64 << 20),
         })
     }
@@ -192,6 +195,40 @@ impl Coordinator {
     /// Number of upstream blob fetches running now.
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
+    }
+
+    /// Records that `digests` belong to `target`'s repository (see
+    /// [`membership`]).
+    pub async fn link(&self, target: &Target, digests: Vec<Digest>) {
+        self.membership.record(&self.store, target, digests).await
+    }
+
+    /// The target of `repo` that `digest` is known to belong to, if any.
+    pub async fn belongs<'a>(&self, repo: &'a Resolved, digest: &Digest) -> Option<&'a Target> {
+        self.membership.find(&self.store, repo, digest).await
+    }
+
+    /// Serving stored or in-flight content of `digest` under `repo` is
+    /// allowed only once it is known to belong there; otherwise the
+    /// upstream is asked (`HEAD` under this repository's name) and its
+    /// yes is recorded. A no is `BLOB_UNKNOWN`, exactly as if the blob were
+    /// not cached, so nothing about other repositories' content leaks.
+    pub async fn confirm_blob(
+        &self,
+        repo: &Resolved,
+        digest: &Digest,
+    ) -> Result<(), RegistryError> {
+        if self.belongs(repo, digest).await.is_some() {
+            return Ok(());
+        }
+        let (_, target) = repo
+            .first(|t| t.blob(Method::HEAD, digest, http::HeaderMap::new(), StatusCode::OK))
+            .await
+            .map_err(|e| e.to_registry_error(ErrorCode::BlobUnknown))?;
+        tracing::debug!(%digest, repo = %repo.local, registry = %target.registry.name,
+            "upstream confirmed a cached blob for this repository");
+        self.link(target, vec![digest.clone()]).await;
+        Ok(())
     }
 
     /// Every fetch in flight now.
@@ -287,13 +324,18 @@ impl Coordinator {
         let store = self.store.clone();
         let stat = store::blocking(move || Ok(std::fs::metadata(store.blob_path(&d)).ok())).await;
         if let Ok(Some(meta)) = stat {
+            self.confirm_blob(repo, digest).await?;
             return Ok((Some(meta.len()), "hit"));
         }
         if let Some(flight) = self.flight(digest) {
-            if let Progress::Streaming { size: Some(s), .. }
-            | Progress::Verified { size: s }
-            | Progress::Done { size: s } = *flight.subscribe().borrow()
-            {
+            let size = match *flight.subscribe().borrow() {
+                Progress::Streaming { size: Some(s), .. }
+                | Progress::Verified { size: s }
+                | Progress::Done { size: s } => Some(s),
+                _ => None,
+            };
+            if let Some(s) = size {
+                self.confirm_blob(repo, digest).await?;
                 return Ok((Some(s), "joined"));
             }
         }
@@ -302,6 +344,7 @@ impl Coordinator {
             .await
             .map_err(|e| e.to_registry_error(ErrorCode::BlobUnknown))?;
         self.router.remember(&repo.local, target.registry.index);
+        self.link(target, vec![digest.clone()]).await;
         Ok((content_length(resp.headers()), "miss"))
     }
 

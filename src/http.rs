@@ -242,13 +242,16 @@ impl App {
             | Route::Referrers { name, .. } => Some(name.as_str()),
             Route::Base | Route::Catalog => None,
         };
-        match (name, &self.access) {
+        match (name, &route) {
             (Some(name), _) => self.allow(who, name)?,
-            (None, Some(a)) if !a.reads_anything(who) => {
+            // Like Docker Hub: the base endpoint challenges anonymous
+            // clients, so those with credentials learn to send them (those
+            // without go on anonymously, and read what anonymous may).
+            (None, Route::Base) if self.access.is_some() && *who == Identity::Anonymous => {
                 return Err(denied(
                     Denied::Unauthenticated,
-                    "log in to use this registry",
-                ))
+                    "this registry takes credentials",
+                ));
             }
             (None, _) => {}
         }

@@ -278,9 +278,15 @@ pub async fn serve_io<I>(
             async move { Ok::<_, Infallible>(app.handle(req, peer.ip(), role).await) }
         })
     };
-    app.metrics.connections.inc();
+    // Client connections only; the metrics listener's scrapes don't count.
+    let counted = role == Role::Main;
+    if counted {
+        app.metrics.connections.inc();
+    }
     let _open = scopeguard(|| {
-        app.metrics.connections.dec();
+        if counted {
+            app.metrics.connections.dec();
+        }
     });
     let conn = builder.serve_connection(io, service).into_owned();
     type Served = std::pin::Pin<

@@ -150,3 +150,69 @@ async fn readiness_fails_when_the_store_is_not_writable() {
         StatusCode::OK
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_downloads_in_flight_and_registry_health() {
+    let up = FakeRegistry::start().await;
+    let gate = Gate::new();
+    let d = up.add_blob_with(
+        blob_bytes(2 << 20, 410),
+        Fault::PauseAt(1 << 20, gate.clone()),
+    );
+    let ferry = Ferry::start(&up.url()).await;
+    let url = ferry.url(&format!("/v2/x/blobs/{d}"));
+    let fetch = |u: String| tokio::spawn(async move { get(&u).await });
+    let first = fetch(url.clone());
+    gate.reached().await;
+    let joiner = fetch(url.clone());
+    within(async {
+        while ferry
+            .app
+            .coordinator
+            .flight(&d.parse().unwrap())
+            .is_none_or(|f| {
+                f.readers() < 2
+                    || !matches!(f.progress(),
+                        ferry::coordinator::Progress::Streaming { written, .. } if written == 1 << 20)
+            })
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    let page = within(get(&ferry.url("/"))).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let html = String::from_utf8(page.body.to_vec()).unwrap();
+    assert!(html.contains(r#"<meta http-equiv="refresh" content="5">"#));
+    assert!(!html.contains("<script"), "works without JavaScript");
+    assert!(html.contains("Downloads in flight (1)"), "{html}");
+    assert!(
+        html.contains(&d[..7 + 16]),
+        "the digest in flight is listed"
+    );
+    assert!(html.contains("1.0 MiB of 2.0 MiB (streaming)"), "{html}");
+    let host = up.url().trim_start_matches("http://").to_string();
+    assert!(html.contains(&format!("<code>{host}</code>")));
+    assert!(html.contains("answering"));
+    gate.open();
+    for r in [within(first).await.unwrap(), within(joiner).await.unwrap()] {
+        assert_eq!(sha256(&r.body), d);
+    }
+    ferry.settle().await;
+
+    // A failing upstream shows with its last error; the hit ratio moves.
+    let dead = Ferry::start("http://127.0.0.1:1").await;
+    within(get(&dead.url(&format!("/v2/x/blobs/{d}")))).await;
+    let html = String::from_utf8(within(get(&dead.url("/"))).await.body.to_vec()).unwrap();
+    assert!(html.contains("failing ("), "{html}");
+    assert!(html.contains("Downloads in flight (0)"));
+    within(get(&url)).await;
+    let html = String::from_utf8(within(get(&ferry.url("/"))).await.body.to_vec()).unwrap();
+    // miss + joined + hit: two of three answered without a new download.
+    assert!(html.contains("<b>66.7%</b>"), "{html}");
+}

@@ -103,8 +103,12 @@ async fn fetch(
     let d = digest.clone();
     let s = coordinator.store.clone();
     if let Ok(Some((file, size))) = store::blocking(move || s.open_blob(&d)).await {
-        flight.set_file(Arc::new(file));
-        return Ok((size, "store".into()));
+        // Published under another repository: the shortcut only if it
+        // belongs here too; otherwise the upstream GET below decides.
+        if coordinator.belongs(repo, digest).await.is_some() {
+            flight.set_file(Arc::new(file));
+            return Ok((size, "store".into()));
+        }
     }
 
     let space = &coordinator.lifecycle.space;
@@ -132,6 +136,7 @@ async fn fetch(
     coordinator
         .lifecycle
         .stored(digest, size, &coordinator.clock);
+    coordinator.link(target, vec![digest.clone()]).await;
     Ok((size, target.registry.name.clone()))
 }
 

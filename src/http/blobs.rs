@@ -44,6 +44,10 @@ pub async fn get(
 ) -> Result<BlobAnswer, RegistryError> {
     let handle = coordinator.open_blob(name, digest).await?;
     let cache = handle.cache_status();
+    if matches!(cache, "hit" | "joined") {
+        // Content this request did not fetch itself: only if it belongs here.
+        coordinator.confirm_blob(name, digest).await?;
+    }
     let size = handle.size();
     let range_header = headers
         .get(http::header::RANGE)

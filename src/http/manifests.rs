@@ -95,10 +95,11 @@ async fn by_digest(
     digest: &Digest,
     accept: &str,
 ) -> Result<(Manifest, &'static str), RegistryError> {
+    let reference = Reference::Digest(digest.clone());
     if let Some(m) = stored(app, digest).await? {
+        confirm(app, repo, &reference, accept, &m).await?;
         return Ok((m, "hit"));
     }
-    let reference = Reference::Digest(digest.clone());
     let mut failure = None;
     for target in &repo.targets {
         match fetch(app, target, &reference, accept, Some(digest)).await {
@@ -222,7 +223,64 @@ pub async fn fetch(
     if let Err(e) = store::blocking(move || store.put_manifest(&d, &t, &b)).await {
         tracing::error!(repo = %name, digest = %m.digest, error = %e, "cannot store manifest; serving it uncached");
     }
+    link(app, target, &m).await;
     Ok(m)
+}
+
+/// Records that a manifest and everything it references belong to
+/// `target`'s repository, so its layers are served there from the cache.
+pub async fn link(app: &App, target: &Target, m: &Manifest) {
+    let mut digests = referenced_digests(&m.bytes);
+    digests.push(m.digest.clone());
+    app.coordinator.link(target, digests).await;
+}
+
+/// A stored manifest is answered under `repo` only if it belongs there (see
+/// the coordinator's membership): known, or confirmed by the upstream.
+async fn confirm(
+    app: &App,
+    repo: &Resolved,
+    reference: &Reference,
+    accept: &str,
+    m: &Manifest,
+) -> Result<(), RegistryError> {
+    if app.coordinator.belongs(repo, &m.digest).await.is_some() {
+        return Ok(());
+    }
+    let (_, target) = repo
+        .first(|t| async move {
+            match head_digest(t, reference, accept).await {
+                Ok(_) => Ok(()),
+                Err(Failure::Upstream(e)) => Err(e),
+                Err(Failure::Refused(e)) => Err(UpstreamError::Protocol {
+                    url: t.registry.name.clone(),
+                    cause: e.message,
+                }),
+            }
+        })
+        .await
+        .map_err(|e| e.to_registry_error(ErrorCode::ManifestUnknown))?;
+    link(app, target, m).await;
+    Ok(())
+}
+
+/// The digests a manifest or index names: config, layers, child
+/// manifests, subject, artifact blobs.
+pub fn referenced_digests(bytes: &[u8]) -> Vec<Digest> {
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Vec::new();
+    };
+    let digest_of = |v: &serde_json::Value| v.get("digest")?.as_str()?.parse::<Digest>().ok();
+    let mut out = Vec::new();
+    for key in ["config", "subject"] {
+        out.extend(doc.get(key).and_then(digest_of));
+    }
+    for key in ["layers", "manifests", "blobs"] {
+        if let Some(list) = doc.get(key).and_then(|l| l.as_array()) {
+            out.extend(list.iter().filter_map(digest_of));
+        }
+    }
+    out
 }
 
 /// `HEAD` of a tag at one registry: the digest it names now, if the
@@ -296,6 +354,7 @@ pub async fn put_tag(app: &App, target: &Target, name: &RepoName, tag: &Tag, m: 
     if let Err(e) = store::blocking(move || store.put_tag(&r, &n, &t, &record)).await {
         tracing::error!(repo = %name, %tag, error = %e, "cannot store tag mapping");
     }
+    link(app, target, m).await;
 }
 
 fn answer(

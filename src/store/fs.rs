@@ -344,6 +344,32 @@ impl FsStore {
         }
     }
 
+    /// Leaves an empty marker record (not fsynced: markers are hints that
+    /// can be established again).
+    pub fn mark(&self, registry: &str, repo: &RepoName, kind: &str, key: &str) -> io::Result<()> {
+        let path = self.record_path(registry, repo, kind, key);
+        match fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let dir = path.parent().expect("records live in a directory");
+                fs::create_dir_all(dir).map_err(|e| annotate(e, "cannot create", dir))?;
+                fs::File::create(&path)
+                    .map(|_| ())
+                    .map_err(|e| annotate(e, "cannot create", &path))
+            }
+            Err(e) => Err(annotate(e, "cannot create", &path)),
+        }
+    }
+
+    pub fn is_marked(&self, registry: &str, repo: &RepoName, kind: &str, key: &str) -> bool {
+        self.record_path(registry, repo, kind, key).exists()
+    }
+
     /// `kind` and `key` come from ferry itself (e.g. `_referrers`,
     /// `sha256-<hex>`), never from a request.
     fn record_path(&self, registry: &str, repo: &RepoName, kind: &str, key: &str) -> PathBuf {

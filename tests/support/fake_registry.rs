@@ -122,6 +122,8 @@ impl Parts {
 #[derive(Default)]
 struct State {
     blobs: HashMap<String, Blob>,
+    /// Blobs served only under this repository (digest → repository).
+    blob_repos: HashMap<String, String>,
     /// (repository, tag or digest) → (media type, bytes)
     manifests: HashMap<(String, String), (String, Bytes)>,
     hits: HashMap<String, usize>,
@@ -294,6 +296,17 @@ impl FakeRegistry {
                 sent: Arc::default(),
             },
         );
+        digest
+    }
+
+    /// A blob the registry serves only under `repo` (a private layer).
+    pub fn add_blob_in(&self, repo: &str, data: Bytes) -> String {
+        let digest = self.add_blob(data);
+        self.state
+            .lock()
+            .unwrap()
+            .blob_repos
+            .insert(digest.clone(), repo.to_string());
         digest
     }
 
@@ -560,7 +573,12 @@ async fn handle(
                     .body(full(Bytes::new()))
                     .unwrap();
             }
-            blob = s.blobs.get(segs[n - 1]).cloned();
+            let repo = segs[..n - 2].join("/");
+            blob = s
+                .blobs
+                .get(segs[n - 1])
+                .filter(|_| s.blob_repos.get(segs[n - 1]).is_none_or(|r| *r == repo))
+                .cloned();
             if let Some(r) = req.headers().get("range").and_then(|v| v.to_str().ok()) {
                 s.ranges.push(r.to_string());
             }

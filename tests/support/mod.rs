@@ -20,6 +20,10 @@ pub use fake_registry::{FakeRegistry, Fault, Gate};
 /// A ferry server running in this process with a fresh store.
 pub struct Ferry {
     pub addr: SocketAddr,
+    /// The separate metrics listener, when `metricsAddress` is set.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The HTTPS listener's certificates, when it has them.
+    pub certs: Option<Arc<ferry::listener::CertStore>>,
     pub app: Arc<App>,
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -83,6 +87,8 @@ impl Ferry {
     async fn launch(config: Config, hooks: ferry::Hooks, dir: tempfile::TempDir) -> Ferry {
         let server = Server::bind_with_hooks(config, hooks).await.unwrap();
         let addr = server.local_addr();
+        let metrics_addr = server.metrics_addr();
+        let certs = server.certs().cloned();
         let app = server.app().clone();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.run(async {
@@ -90,6 +96,8 @@ impl Ferry {
         }));
         Ferry {
             addr,
+            metrics_addr,
+            certs,
             app,
             dir,
             stop: Some(tx),

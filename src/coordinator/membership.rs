@@ -1,0 +1,109 @@
+//! Which repositories a stored blob or manifest belongs to.
+//!
+//! The store is content-addressed and shared by every repository, so
+//! without this a client allowed to read one repository could read a
+//! private layer cached through another just by naming its digest. ferry
+//! answers a digest under a repository only once it has seen the content
+//! belong there: fetched from that repository upstream, referenced by a
+//! manifest of that repository, or confirmed by the upstream with a `HEAD`
+//! under that repository's name. Memberships are kept per upstream
+//! repository (registry + upstream name) as empty marker files
+//! (`repositories/<registry>/<name>/_blobs/<algo>-<hex>`), with an in-memory
+//! set in front so a warm hit costs no system call. A lost marker costs one
+//! upstream `HEAD`, never a wrong answer, so markers are not fsynced.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::oci::Digest;
+use crate::routing::{Resolved, Target};
+use crate::store::{self, FsStore};
+
+/// Entries kept in memory before the set is cleared (the markers on disk
+/// still answer).
+const MEMORY_LIMIT: usize = 1 << 20;
+
+/// The record kind under a repository's directory.
+const KIND: &str = "_blobs";
+
+#[derive(Debug, Default)]
+pub struct Membership {
+    seen: DashMap<String, ()>,
+}
+
+fn key(target: &Target, digest: &Digest) -> String {
+    format!(
+        "{}\0{}\0{digest}",
+        target.registry.name, target.upstream_name
+    )
+}
+
+fn marker(digest: &Digest) -> String {
+    digest.to_string().replace(':', "-")
+}
+
+impl Membership {
+    /// Records that `digests` belong to `target`'s repository.
+    pub async fn record(&self, store: &Arc<FsStore>, target: &Target, digests: Vec<Digest>) {
+        let fresh: Vec<Digest> = digests
+            .into_iter()
+            .filter(|d| self.seen.insert(key(target, d), ()).is_none())
+            .collect();
+        if self.seen.len() > MEMORY_LIMIT {
+            self.seen.clear();
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        let (store, registry, name) = (
+            store.clone(),
+            target.registry.name.clone(),
+            target.upstream_name.clone(),
+        );
+        let written = store::blocking(move || {
+            for d in &fresh {
+                store.mark(&registry, &name, KIND, &marker(d))?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(repo = %target.upstream_name, error = %e,
+                "cannot record blob membership; it will be confirmed upstream again");
+        }
+    }
+
+    /// The target of `repo` that `digest` is known to belong to.
+    pub async fn find<'a>(
+        &self,
+        store: &Arc<FsStore>,
+        repo: &'a Resolved,
+        digest: &Digest,
+    ) -> Option<&'a Target> {
+        if let Some(t) = repo
+            .targets
+            .iter()
+            .find(|t| self.seen.contains_key(&key(t, digest)))
+        {
+            return Some(t);
+        }
+        let candidates: Vec<(String, crate::oci::RepoName)> = repo
+            .targets
+            .iter()
+            .map(|t| (t.registry.name.clone(), t.upstream_name.clone()))
+            .collect();
+        let (s, m) = (store.clone(), marker(digest));
+        let found = store::blocking(move || {
+            Ok(candidates
+                .iter()
+                .position(|(r, n)| s.is_marked(r, n, KIND, &m)))
+        })
+        .await
+        .ok()
+        .flatten()?;
+        let t = &repo.targets[found];
+        self.seen.insert(key(t, digest), ());
+        Some(t)
+    }
+}
