@@ -197,8 +197,8 @@ impl Coordinator {
         self.inflight.len()
     }
 
-    /// Records that `digests` belong to `target`'s repository (see
-    /// [`membership`]).
+    /// Records that `digests` belong to `target`'s repository (see the
+    /// `membership` module).
     pub async fn link(&self, target: &Target, digests: Vec<Digest>) {
         self.membership.record(&self.store, target, digests).await
     }

@@ -1,11 +1,11 @@
-//! The HTTP front: the listener, connection handling, graceful shutdown,
-//! request dispatch and the access log.
+//! Request handling: dispatch by route, client access control, the handlers
+//! for blobs, manifests, listings and referrers, and the access log.
 //!
-//! [`Server::bind`] opens the store (cleaning what a crash left), builds the
-//! upstream client and the coordinator, and binds the listener; [`Server::run`]
-//! serves HTTP/1.1 and HTTP/2 (prior knowledge) until its shutdown future
-//! completes, then stops accepting and gives in-flight responses a bounded
-//! time to finish.
+//! [`App`] is everything a request needs (config, coordinator, clock,
+//! metrics, access control); [`App::handle`] answers one request and logs
+//! it. The listeners that feed it live in [`crate::listener`]; the
+//! operations endpoints (`/healthz`, `/readyz`, `/metrics`, the status page
+//! at `/`) in `operations` and `status_page`.
 
 mod blobs;
 mod listing;
@@ -227,6 +227,33 @@ impl App {
         }
     }
 
+    /// May `who` read a routed repository? Policies may name it as the
+    /// client did (`team/app`) or by registry (`ghcr.io/team/app`, the
+    /// registry's `host[:port]` and its upstream name), so per-registry
+    /// rules work for `?ns=` and path-style requests too.
+    fn allow_repo(&self, who: &Identity, repo: &Resolved) -> Result<(), RegistryError> {
+        let Some(a) = &self.access else {
+            return Ok(());
+        };
+        let mut names = vec![repo.local.to_string()];
+        names.extend(
+            repo.targets
+                .iter()
+                .map(|t| format!("{}/{}", t.registry.name, t.upstream_name)),
+        );
+        names
+            .iter()
+            .map(|n| a.check_read(who, n))
+            .find(Result::is_ok)
+            .unwrap_or_else(|| a.check_read(who, &names[0]))
+            .map_err(|d| {
+                denied(
+                    d,
+                    &format!("pulling {} needs credentials that may read it", repo.local),
+                )
+            })
+    }
+
     async fn dispatch(
         self: &Arc<Self>,
         req: &Request<Incoming>,
@@ -242,22 +269,19 @@ impl App {
             | Route::Referrers { name, .. } => Some(name.as_str()),
             Route::Base | Route::Catalog => None,
         };
-        match (name, &route) {
-            (Some(name), _) => self.allow(who, name)?,
+        if self.access.is_some() && *who == Identity::Anonymous && matches!(route, Route::Base) {
             // Like Docker Hub: the base endpoint challenges anonymous
             // clients, so those with credentials learn to send them (those
             // without go on anonymously, and read what anonymous may).
-            (None, Route::Base) if self.access.is_some() && *who == Identity::Anonymous => {
-                return Err(denied(
-                    Denied::Unauthenticated,
-                    "this registry takes credentials",
-                ));
-            }
-            (None, _) => {}
+            return Err(denied(
+                Denied::Unauthenticated,
+                "this registry takes credentials",
+            ));
         }
         let repo = match name {
             Some(name) => {
                 let repo = self.resolve(req, name)?;
+                self.allow_repo(who, &repo)?;
                 answer.registry = repo.targets.first().map(|t| t.registry.name.clone());
                 Some(repo)
             }

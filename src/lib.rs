@@ -13,10 +13,16 @@
 //! | --- | --- |
 //! | [`config`] | the config file (zot's shape + a `ferry` section), flags, defaults |
 //! | [`oci`] | names, tags, digests, media types, OCI error documents: pure parsing |
-//! | [`http`] | the listener, routing, blob and manifest handlers, Range, shutdown |
-//! | [`coordinator`] | the in-flight map, fetch tasks, progress, readers that follow a file |
-//! | [`upstream`] | the registry client: pooled HTTP/1.1 + HTTP/2 over rustls, redirects, errors |
+//! | [`listener`] | listeners, connection limits, header limits, TLS reload, forwarded-for, shutdown |
+//! | [`http`] | request dispatch, blob and manifest handlers, Range, listings, status page, health |
+//! | [`access`] | client access control: htpasswd users, static tokens, repository policies |
+//! | [`coordinator`] | the in-flight map, fetch tasks, progress, readers that follow a file, memberships |
+//! | [`routing`] | registries, `ns=`, path style, content prefixes, Docker Hub's `library/` |
+//! | [`upstream`] | the registry client: pooled HTTP/1.1 + HTTP/2 over rustls, auth, retries, stats |
 //! | [`store`] | the content-addressed filesystem store, atomic publish, crash recovery |
+//! | [`lifecycle`] | the store's index, size cap and LRU eviction, free space, scrub |
+//! | [`metrics`] | the Prometheus registry |
+//! | [`sync`], [`prefetch`] | background `pollInterval` sync and `ferry prefetch` |
 //!
 //! ## The flow of one cold blob
 //!

@@ -39,11 +39,16 @@ async fn guarded(up: &FakeRegistry) -> (Ferry, tempfile::TempDir) {
             "accessControl": {"repositories": {
                 "library/**": {"anonymousPolicy": ["read"]},
                 "private/**": {"policies": [{"users": ["alice", "ci"], "actions": ["read"]}]},
-                "public/**": {"policies": [{"users": ["bob"], "actions": ["read"]}]}
+                "public/**": {"policies": [{"users": ["bob"], "actions": ["read"]}]},
+                format!("{}/**", up.url().trim_start_matches("http://")):
+                    {"policies": [{"users": ["mirror-reader"], "actions": ["read"]}]}
             }}
         },
         "extensions": {"sync": {"registries": [{"urls": [up.url()]}]}},
-        "ferry": {"accessTokens": [{"user": "ci", "token": "tok-123"}]}
+        "ferry": {"accessTokens": [
+            {"user": "ci", "token": "tok-123"},
+            {"user": "mirror-reader", "token": "tok-reg"}
+        ]}
     });
     (Ferry::start_json(&json.to_string(), |_| {}).await, dir)
 }
@@ -116,6 +121,14 @@ async fn htpasswd_users_and_tokens_read_what_their_policy_allows() {
         get_as(&url("private/db"), Some("Bearer nope")).await.status,
         StatusCode::UNAUTHORIZED
     );
+    // A policy on the registry's host covers every repository it serves,
+    // whatever name the client used.
+    for repo in ["private/db", "other/x"] {
+        assert_eq!(
+            get_as(&url(repo), Some("Bearer tok-reg")).await.status,
+            StatusCode::OK
+        );
+    }
     // Nothing outside the policies, even for a known user.
     assert_eq!(
         get_as(&url("other/x"), Some(&alice)).await.status,
