@@ -23,7 +23,8 @@
 //! `FERRY_BENCH_UPSTREAM_PORT` (0: any), `FERRY_BENCH_MIRRORS`
 //! (`name=url,...`: other mirrors of this upstream to measure),
 //! `FERRY_BENCH_BEFORE` (a shell command run once the upstream listens,
-//! e.g. to start those mirrors). Results are
+//! e.g. to start those mirrors), `FERRY_BENCH_ONLY` ("1,3": only these
+//! scenarios; 1 runs 2 and 8's CPU figures too). Results are
 //! printed and written to `target/ferry-bench/pull.{json,md}`.
 
 #[path = "../tests/support/mod.rs"]
@@ -54,32 +55,34 @@ async fn main() {
     for t in &bench.targets {
         eprintln!("== {}", t.name);
         // 1 + 2 + 8 (cold and warm cost).
-        let m = t.open(&bench).await;
-        let digest = bench.new_blob();
-        let cpu0 = m.cpu_seconds();
-        let cold = pull(&m.blob_url(&digest), Some(&digest)).await;
-        let cpu1 = m.cpu_seconds();
-        table.set(t, "cold 1 client: first byte (ms)", ms(cold.first_byte));
-        table.set(t, "cold 1 client: total (s)", cold.total.as_secs_f64());
-        if t.is_mirror() {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let warm = pull(&m.blob_url(&digest), None).await;
-            let cpu2 = m.cpu_seconds();
-            table.set(
-                t,
-                "warm 1 client: throughput (MB/s)",
-                mbps(opts.size, warm.total),
-            );
-            if let (Some(a), Some(b), Some(c)) = (cpu0, cpu1, cpu2) {
-                let gib = opts.size as f64 / (1u64 << 30) as f64;
-                table.set(t, "cost: CPU s per GiB, cold", (b - a) / gib);
-                table.set(t, "cost: CPU s per GiB, warm", (c - b) / gib);
+        if opts.runs(1) {
+            let m = t.open(&bench).await;
+            let digest = bench.new_blob();
+            let cpu0 = m.cpu_seconds();
+            let cold = pull(&m.blob_url(&digest), Some(&digest)).await;
+            let cpu1 = m.cpu_seconds();
+            table.set(t, "cold 1 client: first byte (ms)", ms(cold.first_byte));
+            table.set(t, "cold 1 client: total (s)", cold.total.as_secs_f64());
+            if t.is_mirror() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let warm = pull(&m.blob_url(&digest), None).await;
+                let cpu2 = m.cpu_seconds();
+                table.set(
+                    t,
+                    "warm 1 client: throughput (MB/s)",
+                    mbps(opts.size, warm.total),
+                );
+                if let (Some(a), Some(b), Some(c)) = (cpu0, cpu1, cpu2) {
+                    let gib = opts.size as f64 / (1u64 << 30) as f64;
+                    table.set(t, "cost: CPU s per GiB, cold", (b - a) / gib);
+                    table.set(t, "cost: CPU s per GiB, warm", (c - b) / gib);
+                }
             }
+            drop(m);
         }
-        drop(m);
 
         // 3 (+ 8: peak RSS).
-        for &n in &opts.clients {
+        for &n in opts.clients.iter().filter(|_| opts.runs(3)) {
             let m = t.open(&bench).await;
             let digest = bench.new_blob();
             let pulls = pull_many(&m.blob_url(&digest), &digest, n).await;
@@ -110,41 +113,46 @@ async fn main() {
             table.series(t, n, tot);
         }
 
-        // 4.
-        let m = t.open(&bench).await;
-        let digest = bench.new_blob();
-        let url = m.blob_url(&digest);
-        let first = {
-            let (url, d) = (url.clone(), digest.clone());
-            tokio::spawn(async move { pull(&url, Some(&d)).await })
-        };
-        tokio::time::sleep(opts.late).await;
-        let late = pull(&url, Some(&digest)).await;
-        let first = first.await.unwrap();
-        table.set(t, "late joiner: first byte (ms)", ms(late.first_byte));
-        table.set(t, "late joiner: total (s)", late.total.as_secs_f64());
-        table.set(
-            t,
-            "late joiner: digests correct",
-            late.digest_ok && first.digest_ok,
-        );
-        table.set(
-            t,
-            "late joiner: upstream bytes / blob",
-            bench.upstream.blob_bytes_sent(&digest) as f64 / opts.size as f64,
-        );
+        // 4 and 5.
+        if opts.runs(4) || opts.runs(5) {
+            let m = t.open(&bench).await;
+            let digest = bench.new_blob();
+            let url = m.blob_url(&digest);
+            let first = {
+                let (url, d) = (url.clone(), digest.clone());
+                tokio::spawn(async move { pull(&url, Some(&d)).await })
+            };
+            tokio::time::sleep(opts.late).await;
+            let late = pull(&url, Some(&digest)).await;
+            let first = first.await.unwrap();
+            table.set(t, "late joiner: first byte (ms)", ms(late.first_byte));
+            table.set(t, "late joiner: total (s)", late.total.as_secs_f64());
+            table.set(
+                t,
+                "late joiner: digests correct",
+                late.digest_ok && first.digest_ok,
+            );
+            table.set(
+                t,
+                "late joiner: upstream bytes / blob",
+                bench.upstream.blob_bytes_sent(&digest) as f64 / opts.size as f64,
+            );
 
-        // 5.
-        let digest = bench.new_blob();
-        let (status, took) = range_tail(&m.blob_url(&digest), opts.size).await;
-        table.set(
-            t,
-            "range on an uncached blob: status, time (ms)",
-            format!("{status}, {:.1}", ms(took)),
-        );
-        drop(m);
+            // 5.
+            let digest = bench.new_blob();
+            let (status, took) = range_tail(&m.blob_url(&digest), opts.size).await;
+            table.set(
+                t,
+                "range on an uncached blob: status, time (ms)",
+                format!("{status}, {:.1}", ms(took)),
+            );
+            drop(m);
+        }
 
-        // 6.
+        // 6 and 7.
+        if !(opts.runs(6) || opts.runs(7)) {
+            continue;
+        }
         let m = t.open(&bench).await;
         let paths = bench.small_objects(&m).await;
         let load = hammer(&m.base, &paths, 64, opts.small_for).await;

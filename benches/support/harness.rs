@@ -23,6 +23,8 @@ pub struct Options {
     pub small_for: Duration,
     pub upstream_port: u16,
     pub mirrors: Vec<(String, String)>,
+    /// Scenario numbers to run (`FERRY_BENCH_ONLY`, e.g. "1,3"); all when empty.
+    pub only: Vec<u32>,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -56,7 +58,16 @@ impl Options {
                     )
                 })
                 .collect(),
+            only: env_or("FERRY_BENCH_ONLY", "")
+                .split(',')
+                .filter_map(|c| c.trim().parse().ok())
+                .collect(),
         }
+    }
+
+    /// True when scenario `n` is to run.
+    pub fn runs(&self, n: u32) -> bool {
+        self.only.is_empty() || self.only.contains(&n)
     }
 }
 

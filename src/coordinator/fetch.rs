@@ -48,7 +48,8 @@ const PUBLISH_BATCH: u64 = 1 << 20;
 const WRITER_QUEUE: usize = 64;
 
 enum ToWriter {
-    Data(Bytes),
+    /// A burst of frames, written with one vectored write.
+    Data(Vec<Bytes>),
     End,
 }
 
@@ -64,6 +65,7 @@ impl Drop for FlightGuard {
             self.flight
                 .publish(Progress::Failed(Arc::new(FetchFailure::Abandoned)));
         }
+        self.flight.forget_window();
         self.coordinator.finish(&self.flight);
     }
 }
@@ -314,40 +316,94 @@ async fn pump(
     url: &str,
     fetched: &prometheus_client::metrics::counter::Counter,
 ) -> Result<(), Pump> {
+    // Frames are held back briefly and handed to the writer in bursts: the
+    // writer thread then wakes once per burst, and publishes (waking the
+    // readers) once per burst, instead of once per network frame.
+    let mut held = Held::default();
     loop {
-        match tokio::time::timeout(idle, body.frame()).await {
+        let wait = if held.is_empty() { idle } else { HOLD_FOR };
+        let frame = tokio::time::timeout(wait, body.frame()).await;
+        let frame = match frame {
+            Err(_) if !held.is_empty() => {
+                held.flush(tx).await?;
+                continue;
+            }
             Err(_) => {
                 return Err(Pump::Broken(UpstreamError::Timeout {
                     url: url.to_string(),
                     phase: "reading the blob body",
                 }))
             }
-            Ok(None) => return Ok(()),
+            Ok(None) => {
+                held.flush(tx).await?;
+                return Ok(());
+            }
             Ok(Some(Err(e))) => {
+                held.flush(tx).await?;
                 return Err(Pump::Broken(UpstreamError::Body {
                     url: url.to_string(),
                     cause: error_chain(&e),
-                }))
+                }));
             }
-            Ok(Some(Ok(frame))) => {
-                let Ok(mut data) = frame.into_data() else {
-                    continue;
-                };
-                fetched.inc_by(data.len() as u64);
-                if *skip > 0 {
-                    let n = (*skip).min(data.len() as u64);
-                    *skip -= n;
-                    data = data.slice(n as usize..);
-                    if data.is_empty() {
-                        continue;
-                    }
-                }
-                *received += data.len() as u64;
-                if tx.send(ToWriter::Data(data)).await.is_err() {
-                    return Err(Pump::WriterGone);
-                }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        fetched.inc_by(data.len() as u64);
+        if *skip > 0 {
+            let n = (*skip).min(data.len() as u64);
+            *skip -= n;
+            data = data.slice(n as usize..);
+            if data.is_empty() {
+                continue;
             }
         }
+        let first = *received == 0;
+        *received += data.len() as u64;
+        held.push(data);
+        if held.bytes >= HOLD_BYTES || first {
+            held.flush(tx).await?;
+        }
+    }
+}
+
+/// A frame is held at most this long for more to join it (the first
+/// burst of a transfer is handed over at once, for the first byte's sake).
+const HOLD_FOR: std::time::Duration = std::time::Duration::from_millis(4);
+
+/// A burst is handed over once it holds this many bytes.
+const HOLD_BYTES: usize = 1024 * 1024;
+
+/// Frames received but not yet handed to the writer.
+#[derive(Default)]
+struct Held {
+    frames: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn push(&mut self, b: Bytes) {
+        if b.is_empty() {
+            return;
+        }
+        self.bytes += b.len();
+        self.frames.push(b);
+    }
+
+    async fn flush(&mut self, tx: &mpsc::Sender<ToWriter>) -> Result<(), Pump> {
+        if self.frames.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        let burst = std::mem::take(&mut self.frames);
+        tx.send(ToWriter::Data(burst))
+            .await
+            .map_err(|_| Pump::WriterGone)
     }
 }
 
@@ -379,8 +435,9 @@ fn write_blob(
                     ended = true;
                     break;
                 }
-                ToWriter::Data(data) => {
-                    written += data.len() as u64;
+                ToWriter::Data(burst) => {
+                    let offset = written;
+                    written += burst.iter().map(|b| b.len() as u64).sum::<u64>();
                     if let Some(expected) = size {
                         if written > expected {
                             return Err(FetchFailure::LengthMismatch {
@@ -389,8 +446,11 @@ fn write_blob(
                             });
                         }
                     }
-                    hasher.update(&data);
-                    temp.file.write_all(&data).map_err(store_err)?;
+                    for b in &burst {
+                        hasher.update(b);
+                    }
+                    write_all_vectored(&mut temp.file, &burst).map_err(store_err)?;
+                    flight.remember(offset, &burst);
                 }
             }
             if written - batch_start < PUBLISH_BATCH {
@@ -426,6 +486,51 @@ fn write_blob(
     Ok(written)
 }
 
+/// Writes every byte of `parts`, in order, with as few syscalls as the
+/// kernel allows (`writev`).
+fn write_all_vectored(file: &mut std::fs::File, parts: &[Bytes]) -> std::io::Result<()> {
+    let (mut i, mut off) = (0, 0);
+    while i < parts.len() {
+        let mut slices = Vec::with_capacity(parts.len() - i);
+        slices.push(std::io::IoSlice::new(&parts[i][off..]));
+        slices.extend(parts[i + 1..].iter().map(|p| std::io::IoSlice::new(p)));
+        let mut n = file.write_vectored(&slices)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while i < parts.len() && n >= parts[i].len() - off {
+            n -= parts[i].len() - off;
+            i += 1;
+            off = 0;
+        }
+        off += n;
+    }
+    Ok(())
+}
+
 fn temp_name(digest: &Digest) -> String {
     format!("temp file of {digest}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn vectored_writes_keep_every_byte_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let parts: Vec<Bytes> = (0..50u8)
+            .map(|i| Bytes::from(vec![i; (i as usize * 977) % 70_000 + 1]))
+            .collect();
+        write_all_vectored(&mut f, &parts).unwrap();
+        let mut got = Vec::new();
+        std::fs::File::open(&path)
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(got, parts.concat());
+    }
 }

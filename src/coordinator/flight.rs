@@ -111,7 +111,22 @@ pub struct Flight {
     pub digest: Digest,
     progress: watch::Sender<Progress>,
     file: OnceLock<Arc<File>>,
+    /// The file mapped for reading, once its size is known (shared by
+    /// every reader of this fetch).
+    mapped: OnceLock<Option<super::reader::Mapping>>,
+    /// The last frames written, by offset: followers close behind the
+    /// writer take them from here instead of reading the file.
+    window: std::sync::Mutex<Window>,
     pub started: std::time::Instant,
+}
+
+/// At most this many bytes of recent frames are kept per fetch.
+const WINDOW_BYTES: usize = 4 << 20;
+
+#[derive(Debug, Default)]
+struct Window {
+    frames: std::collections::VecDeque<(u64, bytes::Bytes)>,
+    bytes: usize,
 }
 
 impl Flight {
@@ -120,6 +135,8 @@ impl Flight {
             digest,
             progress: watch::Sender::new(Progress::Connecting),
             file: OnceLock::new(),
+            mapped: OnceLock::new(),
+            window: Default::default(),
             started: std::time::Instant::now(),
         }
     }
@@ -142,6 +159,53 @@ impl Flight {
     /// state leaves `Connecting`.
     pub fn file(&self) -> Option<Arc<File>> {
         self.file.get().cloned()
+    }
+
+    /// The first `size` bytes of the file, memory-mapped; `None` when
+    /// there is no file yet or it cannot be mapped (readers use `pread`).
+    pub(super) fn mapping(&self, size: u64) -> Option<super::reader::Mapping> {
+        let file = self.file()?;
+        self.mapped
+            .get_or_init(|| super::reader::map(&file, size))
+            .clone()
+    }
+
+    /// Keeps frames just written at `offset` (in order) for followers,
+    /// dropping the oldest beyond the window's size.
+    pub(super) fn remember(&self, mut offset: u64, frames: &[bytes::Bytes]) {
+        let mut w = self.window.lock().expect("window lock");
+        for f in frames {
+            w.bytes += f.len();
+            w.frames.push_back((offset, f.clone()));
+            offset += f.len() as u64;
+        }
+        while w.bytes > WINDOW_BYTES {
+            let Some((_, old)) = w.frames.pop_front() else {
+                break;
+            };
+            w.bytes -= old.len();
+        }
+    }
+
+    /// The bytes from `pos` (up to `limit`, within one frame) if they are
+    /// still in the window.
+    pub(super) fn recent(&self, pos: u64, limit: u64) -> Option<bytes::Bytes> {
+        let w = self.window.lock().expect("window lock");
+        let i = w.frames.partition_point(|(o, b)| o + b.len() as u64 <= pos);
+        let (o, b) = w.frames.get(i)?;
+        if *o > pos || pos >= limit {
+            return None;
+        }
+        let from = (pos - o) as usize;
+        let to = ((limit - o) as usize).min(b.len());
+        Some(b.slice(from..to))
+    }
+
+    /// Lets go of the window (the fetch ended).
+    pub(super) fn forget_window(&self) {
+        let mut w = self.window.lock().expect("window lock");
+        w.frames.clear();
+        w.bytes = 0;
     }
 
     pub(super) fn set_file(&self, file: Arc<File>) {

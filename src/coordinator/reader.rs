@@ -1,11 +1,22 @@
 //! Readers: a blob's bytes as a stream, from a stored file or from the temp
 //! file of a fetch in flight, following its growing tail.
 //!
-//! Every read is a positioned read (`pread`) on a shared file handle, done
-//! on the blocking pool, so readers never share an offset and never hold
-//! more than one chunk in memory. A follower waits on the fetch's `watch`
-//! channel when it has caught up with the writer, and ends with an error,
-//! never cleanly, when the fetch failed.
+//! A follower close behind the writer is served from the fetch's window of
+//! recently written frames ([`Flight::recent`]): the very buffers the
+//! network delivered, shared, with no read at all. A file that no longer
+//! changes (a stored blob, or a fetch once verified) is memory-mapped once
+//! and served as slices of that mapping: no copy into a buffer, no trip to
+//! the blocking pool. Everything else (a follower that fell behind the
+//! window, a size unknown, mmap refused) is read with positioned reads
+//! (`pread`) on the blocking pool. Either way readers never share an
+//! offset. A follower waits on the fetch's `watch` channel when it
+//! has caught up with the writer, and ends with an error, never cleanly,
+//! when the fetch failed.
+//!
+//! Mapping is sound here because ferry never truncates or rewrites a blob
+//! file: a temp file only grows until it is renamed into place or unlinked,
+//! a published blob is immutable, unlinking leaves a mapping valid, and a
+//! reader only touches bytes below what the writer reported written.
 
 use std::fs::File;
 use std::io;
@@ -21,8 +32,65 @@ use tokio::sync::watch;
 
 use super::flight::{Flight, Progress};
 
-/// The largest chunk a reader hands to the connection at once.
+/// The largest chunk a reader hands to the connection at once (`pread`).
 pub const READ_CHUNK: usize = 256 * 1024;
+
+/// The largest slice of a mapping handed over at once.
+const MAPPED_CHUNK: usize = 1024 * 1024;
+
+/// A read-only mapping of a file, as `Bytes` (slices share it).
+#[derive(Clone)]
+pub(super) struct Mapping {
+    bytes: Bytes,
+    raw: Arc<memmap2::Mmap>,
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Mapping({} bytes)", self.bytes.len())
+    }
+}
+
+struct Owner(Arc<memmap2::Mmap>);
+
+impl AsRef<[u8]> for Owner {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Mapping {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Bytes `[from, to)`, their page-table entries filled in one call
+    /// (`MADV_POPULATE_READ`) rather than by a fault per page.
+    fn slice(&self, from: u64, to: u64) -> Bytes {
+        let (from, to) = (from as usize, to as usize);
+        let _ = self
+            .raw
+            .advise_range(memmap2::Advice::PopulateRead, from, to - from);
+        self.bytes.slice(from..to)
+    }
+}
+
+/// Maps the first `len` bytes of `file` read-only, advising sequential
+/// access; `None` when it cannot (then reads use `pread`).
+pub(super) fn map(file: &File, len: u64) -> Option<Mapping> {
+    if len == 0 || usize::try_from(len).is_err() {
+        return None;
+    }
+    // SAFETY: see the module comment: blob files are never truncated or
+    // rewritten while ferry runs, and readers stay below the written length.
+    let m = unsafe { memmap2::MmapOptions::new().len(len as usize).map(file) }.ok()?;
+    let _ = m.advise(memmap2::Advice::Sequential);
+    let raw = Arc::new(m);
+    Some(Mapping {
+        bytes: Bytes::from_owner(Owner(raw.clone())),
+        raw,
+    })
+}
 
 /// A stream of a blob's bytes `[pos, end)`.
 pub struct BlobStream {
@@ -33,6 +101,8 @@ pub struct BlobStream {
 
 struct State {
     file: Arc<File>,
+    /// The file mapped (from offset 0), when it could be.
+    map: Option<Mapping>,
     pos: u64,
     /// Exclusive end; `None` means "to the end of the blob".
     end: Option<u64>,
@@ -43,13 +113,14 @@ struct State {
 struct Follow {
     rx: watch::Receiver<Progress>,
     /// Keeps the fetch's sender (and so the channel) alive.
-    _flight: Arc<Flight>,
+    flight: Arc<Flight>,
 }
 
 impl BlobStream {
     /// Bytes `[start, end)` of a stored blob.
     pub fn stored(file: Arc<File>, start: u64, end: u64) -> BlobStream {
         BlobStream::new(State {
+            map: map(&file, end),
             file,
             pos: start,
             end: Some(end),
@@ -69,12 +140,10 @@ impl BlobStream {
         let rx = flight.subscribe();
         BlobStream::new(State {
             file,
+            map: None,
             pos: start,
             end,
-            follow: Some(Follow {
-                rx,
-                _flight: flight,
-            }),
+            follow: Some(Follow { rx, flight }),
             finished: false,
         })
     }
@@ -141,6 +210,12 @@ impl State {
                     }
                 },
             };
+            // A file still being written is not mapped (writing into pages
+            // mapped elsewhere costs the writer dearly); once verified it
+            // will not change again.
+            if let (None, Some(size), Some(f), true) = (&self.map, blob_end, &self.follow, done) {
+                self.map = f.flight.mapping(size);
+            }
             let end = match (self.end, blob_end) {
                 (Some(e), Some(b)) => Some(e.min(b)),
                 (e, b) => e.or(b),
@@ -165,6 +240,21 @@ impl State {
                     }
                 }
                 if self.pos < limit {
+                    if let Some(m) = self.map.as_ref().filter(|m| limit <= m.len()) {
+                        let len = (limit - self.pos).min(MAPPED_CHUNK as u64);
+                        let part = m.slice(self.pos, self.pos + len);
+                        self.pos += len;
+                        return Some(Ok(part));
+                    }
+                    if let Some(recent) = self
+                        .follow
+                        .as_ref()
+                        .and_then(|f| f.flight.recent(self.pos, limit))
+                    {
+                        // Just written: the writer's own buffers, no read.
+                        self.pos += recent.len() as u64;
+                        return Some(Ok(recent));
+                    }
                     let len = (limit - self.pos).min(READ_CHUNK as u64) as usize;
                     return Some(self.read(len).await);
                 }
