@@ -110,6 +110,13 @@ async fn main() {
             if let Some(rss) = m.peak_rss_mib() {
                 table.set(t, &format!("cost: peak RSS at {n} clients (MiB)"), rss);
             }
+            if let Some(anon) = m.peak_anon_mib() {
+                table.set(
+                    t,
+                    &format!("cost: peak anonymous RSS at {n} clients (MiB)"),
+                    anon,
+                );
+            }
             table.series(t, n, tot);
         }
 

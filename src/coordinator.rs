@@ -267,7 +267,7 @@ impl Coordinator {
         let (flight, joined) = match self.inflight.entry(digest.clone()) {
             Entry::Occupied(e) => (e.get().clone(), true),
             Entry::Vacant(e) => {
-                let flight = Arc::new(Flight::new(digest.clone()));
+                let flight = Arc::new(Flight::new(digest.clone(), repo.local.clone()));
                 e.insert(flight.clone());
                 tracing::debug!(%digest, repo = %repo.local, "starting upstream fetch");
                 tokio::spawn(fetch::run(self.clone(), flight.clone(), repo.clone()));
@@ -335,7 +335,9 @@ impl Coordinator {
                 _ => None,
             };
             if let Some(s) = size {
-                self.confirm_blob(repo, digest).await?;
+                if flight.repo != repo.local {
+                    self.confirm_blob(repo, digest).await?;
+                }
                 return Ok((Some(s), "joined"));
             }
         }

@@ -5,6 +5,7 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -96,11 +97,15 @@ impl Target {
                 base: bench.upstream.url(),
                 child: None,
                 _dir: None,
+                peak_anon_kib: None,
+                sampler: None,
             },
             Kind::External(url) => Mirror {
                 base: url.clone(),
                 child: None,
                 _dir: None,
+                peak_anon_kib: None,
+                sampler: None,
             },
             Kind::Ferry => start_ferry(&bench.upstream.url()).await,
         }
@@ -248,10 +253,18 @@ pub struct Mirror {
     pub base: String,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
+    /// Highest anonymous resident memory seen (KiB), sampled every 10 ms:
+    /// ferry's own memory, without the page-cache pages of blob files it
+    /// has mapped (those count in VmHWM, but the kernel can drop them).
+    peak_anon_kib: Option<Arc<AtomicU64>>,
+    sampler: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Mirror {
     fn drop(&mut self) {
+        if let Some(s) = self.sampler.take() {
+            s.abort();
+        }
         if let Some(c) = self.child.as_mut() {
             let _ = c.kill();
             let _ = c.wait();
@@ -272,6 +285,12 @@ impl Mirror {
         let f: Vec<&str> = rest.split_whitespace().collect();
         let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
         Some(ticks / 100.0)
+    }
+
+    /// Peak anonymous resident memory of the ferry child (sampled).
+    pub fn peak_anon_mib(&self) -> Option<f64> {
+        let kib = self.peak_anon_kib.as_ref()?.load(Ordering::Relaxed);
+        (kib > 0).then(|| kib as f64 / 1024.0)
     }
 
     /// Peak resident memory of the ferry child.
@@ -308,10 +327,28 @@ async fn start_ferry(upstream: &str) -> Mirror {
         .expect("spawn ferry");
     for _ in 0..300 {
         if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            let peak = Arc::new(AtomicU64::new(0));
+            let (pid, p) = (child.id(), peak.clone());
+            let sampler = tokio::spawn(async move {
+                loop {
+                    let status = std::fs::read_to_string(format!("/proc/{pid}/status"));
+                    let anon = status.ok().and_then(|s| {
+                        let line = s.lines().find(|l| l.starts_with("RssAnon:"))?.to_owned();
+                        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+                    });
+                    match anon {
+                        Some(kib) => p.fetch_max(kib, Ordering::Relaxed),
+                        None => return,
+                    };
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
             return Mirror {
                 base: format!("http://{addr}"),
                 child: Some(child),
                 _dir: Some(dir),
+                peak_anon_kib: Some(peak),
+                sampler: Some(sampler),
             };
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

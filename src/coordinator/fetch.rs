@@ -44,8 +44,8 @@ use crate::upstream::{error_chain, retry, UpstreamError};
 /// upstream outpaces the disk; when it does not, every frame is published.
 const PUBLISH_BATCH: u64 = 1 << 20;
 
-/// Frames queued between the network and the writer thread.
-const WRITER_QUEUE: usize = 64;
+/// Bursts queued between the network and the writer thread.
+const WRITER_QUEUE: usize = 8;
 
 enum ToWriter {
     /// A burst of frames, written with one vectored write.
@@ -373,7 +373,7 @@ async fn pump(
 const HOLD_FOR: std::time::Duration = std::time::Duration::from_millis(4);
 
 /// A burst is handed over once it holds this many bytes.
-const HOLD_BYTES: usize = 1024 * 1024;
+const HOLD_BYTES: usize = 512 * 1024;
 
 /// Frames received but not yet handed to the writer.
 #[derive(Default)]

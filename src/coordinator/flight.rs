@@ -109,6 +109,9 @@ impl FetchFailure {
 #[derive(Debug)]
 pub struct Flight {
     pub digest: Digest,
+    /// The repository the fetch was started for (its upstream requests
+    /// go under that name, so its content belongs there).
+    pub repo: crate::oci::RepoName,
     progress: watch::Sender<Progress>,
     file: OnceLock<Arc<File>>,
     /// The file mapped for reading, once its size is known (shared by
@@ -121,7 +124,7 @@ pub struct Flight {
 }
 
 /// At most this many bytes of recent frames are kept per fetch.
-const WINDOW_BYTES: usize = 4 << 20;
+const WINDOW_BYTES: usize = 2 << 20;
 
 #[derive(Debug, Default)]
 struct Window {
@@ -130,9 +133,10 @@ struct Window {
 }
 
 impl Flight {
-    pub fn new(digest: Digest) -> Flight {
+    pub fn new(digest: Digest, repo: crate::oci::RepoName) -> Flight {
         Flight {
             digest,
+            repo,
             progress: watch::Sender::new(Progress::Connecting),
             file: OnceLock::new(),
             mapped: OnceLock::new(),

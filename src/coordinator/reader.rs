@@ -36,7 +36,7 @@ use super::flight::{Flight, Progress};
 pub const READ_CHUNK: usize = 256 * 1024;
 
 /// The largest slice of a mapping handed over at once.
-const MAPPED_CHUNK: usize = 1024 * 1024;
+const MAPPED_CHUNK: usize = 512 * 1024;
 
 /// A read-only mapping of a file, as `Bytes` (slices share it).
 #[derive(Clone)]
@@ -64,14 +64,26 @@ impl Mapping {
         self.bytes.len() as u64
     }
 
-    /// Bytes `[from, to)`, their page-table entries filled in one call
-    /// (`MADV_POPULATE_READ`) rather than by a fault per page.
     fn slice(&self, from: u64, to: u64) -> Bytes {
-        let (from, to) = (from as usize, to as usize);
-        let _ = self
-            .raw
-            .advise_range(memmap2::Advice::PopulateRead, from, to - from);
-        self.bytes.slice(from..to)
+        self.bytes.slice(from as usize..to as usize)
+    }
+
+    /// Drops this mapping's page-table entries for `[from, to)` so the
+    /// pages a reader has passed stop counting in ferry's resident size;
+    /// they stay in the page cache, and a later touch maps them again.
+    fn release(&self, from: u64, to: u64) {
+        if to > from {
+            // SAFETY: MADV_DONTNEED on a read-only shared file mapping only
+            // unmaps pages; their content comes back from the file on the
+            // next access, so no slice handed out can observe a change.
+            let _ = unsafe {
+                self.raw.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    from as usize,
+                    (to - from) as usize,
+                )
+            };
+        }
     }
 }
 
@@ -103,6 +115,8 @@ struct State {
     file: Arc<File>,
     /// The file mapped (from offset 0), when it could be.
     map: Option<Mapping>,
+    /// Pages of the mapping below this offset were released.
+    released: u64,
     pos: u64,
     /// Exclusive end; `None` means "to the end of the blob".
     end: Option<u64>,
@@ -121,6 +135,7 @@ impl BlobStream {
     pub fn stored(file: Arc<File>, start: u64, end: u64) -> BlobStream {
         BlobStream::new(State {
             map: map(&file, end),
+            released: start,
             file,
             pos: start,
             end: Some(end),
@@ -141,6 +156,7 @@ impl BlobStream {
         BlobStream::new(State {
             file,
             map: None,
+            released: start,
             pos: start,
             end,
             follow: Some(Follow { rx, flight }),
@@ -244,6 +260,13 @@ impl State {
                         let len = (limit - self.pos).min(MAPPED_CHUNK as u64);
                         let part = m.slice(self.pos, self.pos + len);
                         self.pos += len;
+                        // Keep a few chunks mapped behind the cursor (the
+                        // connection may still be sending them).
+                        let keep_from = self.pos.saturating_sub(2 * MAPPED_CHUNK as u64);
+                        if keep_from >= self.released + 2 * MAPPED_CHUNK as u64 {
+                            m.release(self.released, keep_from);
+                            self.released = keep_from;
+                        }
                         return Some(Ok(part));
                     }
                     if let Some(recent) = self

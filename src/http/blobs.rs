@@ -44,8 +44,13 @@ pub async fn get(
 ) -> Result<BlobAnswer, RegistryError> {
     let handle = coordinator.open_blob(name, digest).await?;
     let cache = handle.cache_status();
-    if matches!(cache, "hit" | "joined") {
-        // Content this request did not fetch itself: only if it belongs here.
+    let same_repository = match &handle {
+        BlobHandle::InFlight { flight, .. } => flight.repo == name.local,
+        _ => false,
+    };
+    if matches!(cache, "hit" | "joined") && !same_repository {
+        // Content this request did not fetch itself (nor a request for
+        // the same repository): only if it belongs here.
         coordinator.confirm_blob(name, digest).await?;
     }
     let size = handle.size();
