@@ -55,6 +55,10 @@ pub struct Config {
     pub max_manifest_size: usize,
     /// No single retry delay is longer than this: a client is waiting.
     pub max_retry_wait: Duration,
+    /// Upstream blob downloads at once per registry (`ferry.maxFetchesPerRegistry`).
+    pub max_fetches_per_registry: usize,
+    /// An upstream 404 for a blob is believed this long (`ferry.absentTTL`).
+    pub absent_ttl: Duration,
     /// A `Range` on a blob in flight that starts this far beyond the bytes
     /// fetched so far is passed through to the upstream on its own.
     pub far_range_distance: u64,

@@ -144,7 +144,15 @@ pub struct Coordinator {
     hot: hot::HotCache,
     metrics: Arc<Metrics>,
     membership: membership::Membership,
+    /// Blobs the upstream recently said a repository does not have, until
+    /// when (clock ms): a flood of requests for made-up digests costs one
+    /// upstream request per digest and repository, not one per request.
+    absent: DashMap<(crate::oci::RepoName, Digest), u64>,
+    absent_ttl: std::time::Duration,
 }
+
+/// Entries in the absent map before it is cleared.
+const ABSENT_LIMIT: usize = 100_000;
 
 impl Coordinator {
     pub fn new(
@@ -153,6 +161,7 @@ impl Coordinator {
         lifecycle: Arc<Lifecycle>,
         clock: Clock,
         metrics: Arc<Metrics>,
+        absent_ttl: std::time::Duration,
     ) -> Arc<Coordinator> {
         Arc::new(Coordinator {
             store,
@@ -162,6 +171,8 @@ impl Coordinator {
             clock,
             metrics,
             membership: Default::default(),
+            absent: DashMap::new(),
+            absent_ttl,
             hot: hot::HotCache::new(64 << 20),
         })
     }
@@ -231,6 +242,39 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Remembers that the upstream has no `digest` for `repo`.
+    pub(crate) fn absent_upstream(&self, repo: &Resolved, digest: &Digest) {
+        if self.absent_ttl.is_zero() {
+            return;
+        }
+        if self.absent.len() >= ABSENT_LIMIT {
+            self.absent.clear();
+        }
+        let until = self.clock.now_ms() + self.absent_ttl.as_millis() as u64;
+        self.absent
+            .insert((repo.local.clone(), digest.clone()), until);
+    }
+
+    /// `BLOB_UNKNOWN` when the upstream said so within `absentTTL`.
+    fn check_absent(&self, repo: &Resolved, digest: &Digest) -> Result<(), RegistryError> {
+        let key = (repo.local.clone(), digest.clone());
+        let Some(until) = self.absent.get(&key).map(|u| *u) else {
+            return Ok(());
+        };
+        if self.clock.now_ms() >= until {
+            self.absent.remove(&key);
+            return Ok(());
+        }
+        self.metrics.absent_hits.inc();
+        Err(RegistryError::not_found(
+            ErrorCode::BlobUnknown,
+            format!(
+                "blob {digest} is unknown to {}'s upstream (asked moments ago)",
+                repo.local
+            ),
+        ))
+    }
+
     /// Every fetch in flight now.
     pub fn flights(&self) -> Vec<Arc<Flight>> {
         self.inflight.iter().map(|f| f.value().clone()).collect()
@@ -263,6 +307,9 @@ impl Coordinator {
                 inline,
                 guard: Arc::new(self.lifecycle.reading(digest, &self.clock)),
             });
+        }
+        if !self.inflight.contains_key(digest) {
+            self.check_absent(repo, digest)?;
         }
         let (flight, joined) = match self.inflight.entry(digest.clone()) {
             Entry::Occupied(e) => (e.get().clone(), true),
@@ -341,10 +388,16 @@ impl Coordinator {
                 return Ok((Some(s), "joined"));
             }
         }
+        self.check_absent(repo, digest)?;
         let (resp, target) = repo
             .first(|t| t.blob(Method::HEAD, digest, http::HeaderMap::new(), StatusCode::OK))
             .await
-            .map_err(|e| e.to_registry_error(ErrorCode::BlobUnknown))?;
+            .map_err(|e| {
+                if is_absent(&e) {
+                    self.absent_upstream(repo, digest);
+                }
+                e.to_registry_error(ErrorCode::BlobUnknown)
+            })?;
         self.router.remember(&repo.local, target.registry.index);
         self.link(target, vec![digest.clone()]).await;
         Ok((content_length(resp.headers()), "miss"))

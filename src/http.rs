@@ -40,6 +40,7 @@ use crate::store::FsStore;
 use dashmap::DashMap;
 
 pub use listing::{next_link, paged_list};
+pub use manifests::referenced_digests;
 pub use range::{resolve as resolve_range, RangeRequest};
 pub use response::Body;
 pub use router::{route, Route};
@@ -107,6 +108,7 @@ impl App {
             lifecycle,
             clock.clone(),
             metrics.clone(),
+            config.absent_ttl,
         );
         Ok(Arc::new(App {
             config: Arc::new(config),

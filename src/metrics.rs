@@ -62,6 +62,10 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Requests refused by client access control (401 and 403).
     pub access_denied: Counter,
+    /// Blob downloads waiting for a registry's `maxFetchesPerRegistry`.
+    pub fetches_queued: Gauge,
+    /// Blob requests answered 404 from the memory of an upstream 404.
+    pub absent_hits: Counter,
 }
 
 impl Default for Metrics {
@@ -86,6 +90,8 @@ impl Default for Metrics {
             connections: Gauge::default(),
             connections_refused: Counter::default(),
             access_denied: Counter::default(),
+            fetches_queued: Gauge::default(),
+            absent_hits: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -174,6 +180,16 @@ impl Default for Metrics {
             "Requests refused by client access control",
             m.access_denied.clone(),
         );
+        registry.register(
+            "fetches_queued",
+            "Blob downloads waiting for their registry's fetch limit",
+            m.fetches_queued.clone(),
+        );
+        registry.register(
+            "absent_hits",
+            "Blob requests answered 404 from a recent upstream 404, without asking again",
+            m.absent_hits.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -191,6 +207,21 @@ impl Metrics {
                 registries,
             )));
         self
+    }
+
+    /// Waits for one of a registry's fetch permits, counted as queued
+    /// meanwhile.
+    pub async fn queued(
+        &self,
+        permits: &std::sync::Arc<tokio::sync::Semaphore>,
+    ) -> tokio::sync::OwnedSemaphorePermit {
+        if let Ok(p) = permits.clone().try_acquire_owned() {
+            return p;
+        }
+        self.fetches_queued.inc();
+        let p = permits.clone().acquire_owned().await;
+        self.fetches_queued.dec();
+        p.expect("fetch permits are never closed")
     }
 
     /// Counts a failed fetch under its reason.

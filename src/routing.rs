@@ -45,6 +45,10 @@ pub struct Registry {
     /// `host[:port]` of every URL, plus Docker Hub's aliases.
     hosts: Vec<String>,
     docker_hub: bool,
+    /// One per blob download running against this registry: a flood of
+    /// requests for distinct digests waits here instead of opening
+    /// unbounded upstream connections.
+    pub fetch_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Registry {
@@ -63,6 +67,7 @@ impl Registry {
             upstream,
             hosts,
             docker_hub,
+            fetch_permits: Arc::new(tokio::sync::Semaphore::new(64)),
         }
     }
 
@@ -227,7 +232,10 @@ impl Router {
             .enumerate()
             .map(|(i, r)| {
                 let upstream = Upstream::for_registry(r, config.timeouts, config.max_retry_wait)?;
-                Ok(Arc::new(Registry::new(i, r.clone(), upstream)))
+                let mut registry = Registry::new(i, r.clone(), upstream);
+                registry.fetch_permits =
+                    Arc::new(tokio::sync::Semaphore::new(config.max_fetches_per_registry));
+                Ok(Arc::new(registry))
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Router {

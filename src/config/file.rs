@@ -164,6 +164,11 @@ pub struct FerrySection {
     /// `host:port` for `/metrics` apart from the main listener.
     pub metrics_address: Option<String>,
     pub tls_reload_interval: Option<String>,
+    /// Upstream blob downloads at once per registry; more wait their turn.
+    pub max_fetches_per_registry: Option<usize>,
+    /// How long an upstream "no such blob" is believed without asking again.
+    #[serde(rename = "absentTTL")]
+    pub absent_ttl: Option<String>,
 }
 
 impl FileConfig {
@@ -373,6 +378,12 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         shutdown_grace,
         max_manifest_size: f.max_manifest_size.unwrap_or(4 << 20),
         max_retry_wait,
+        max_fetches_per_registry: f.max_fetches_per_registry.unwrap_or(64).max(1),
+        absent_ttl: dur(
+            "absentTTL",
+            &f.absent_ttl,
+            std::time::Duration::from_secs(10),
+        )?,
         far_range_distance: f.far_range_distance.unwrap_or(16 << 20),
         lifecycle,
         log_level: file.log.and_then(|l| l.level),

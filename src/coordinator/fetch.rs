@@ -85,6 +85,11 @@ pub(super) async fn run(coordinator: Arc<Coordinator>, flight: Arc<Flight>, repo
             guard.flight.publish(Progress::Done { size });
         }
         Err(failure) => {
+            if let FetchFailure::Upstream(e) = &failure {
+                if crate::upstream::is_absent(e) {
+                    guard.coordinator.absent_upstream(&repo, &digest);
+                }
+            }
             tracing::warn!(%digest, repo = %repo.local, reason = failure.reason(), error = %failure, "blob fetch failed");
             guard.coordinator.metrics.fetch_failed(&failure);
             guard.flight.publish(Progress::Failed(Arc::new(failure)));
@@ -120,8 +125,15 @@ async fn fetch(
             space.probe().available()
         )));
     }
-    let (resp, target) = repo
-        .first(|t| t.blob(Method::GET, digest, HeaderMap::new(), StatusCode::OK))
+    let metrics = &coordinator.metrics;
+    let ((resp, _permit), target) = repo
+        .first(|t| async move {
+            let permit = metrics.queued(&t.registry.fetch_permits).await;
+            let resp = t
+                .blob(Method::GET, digest, HeaderMap::new(), StatusCode::OK)
+                .await?;
+            Ok((resp, permit))
+        })
         .await
         .map_err(FetchFailure::Upstream)?;
     coordinator
