@@ -32,7 +32,7 @@ start_registry < /dev/null
 IMAGES=(chaos/a:v1 chaos/b:v1 chaos/c:v1)
 BLOBS=(3 3 3)
 for i in 0 1 2; do
-    python3 tests/e2e/make-image.py "$WORK/oci-$i" v1 $((4 + 4 * i)) > /dev/null
+    python3 tests/e2e/make-image.py "$WORK/oci-$i" v1 $((32 + 32 * i)) > /dev/null
     skopeo --insecure-policy copy --quiet --dest-tls-verify=false \
         "oci:$WORK/oci-$i:v1" "docker://127.0.0.1:$REG_PORT/${IMAGES[$i]}" || fail "push ${IMAGES[$i]}"
 done
@@ -84,7 +84,8 @@ for round in $(seq 1 "$ROUNDS"); do
         jobs_+=($!)
         dests+=("$dest:$i")
     done
-    sleep "0.$((RANDOM % 10))"
+    # Strike while the pulls are moving (they take a fraction of a second).
+    sleep "0.0$((RANDOM % 10))"
     case $((RANDOM % 3)) in
         0)
             kill -9 "$FERRY_PID" 2>/dev/null || true

@@ -28,7 +28,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 service nginx stop > /dev/null 2>&1 || true
 service docker-registry stop > /dev/null 2>&1 || true
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true  # wrk and the servers need more than 1,000 descriptors
 
 start_registry < /dev/null
 python3 tests/e2e/make-image.py "$WORK/oci" v1 1 > /dev/null
@@ -74,6 +74,7 @@ done
 
 NGINX_PORT=$(free_port)
 cat > "$WORK/nginx.conf" <<NGINX
+user root;  # the store lives in a private temp folder
 worker_processes 2;
 pid $WORK/nginx.pid;
 error_log $WORK/nginx-error.log;

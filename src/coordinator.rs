@@ -131,7 +131,7 @@ impl BlobHandle {
 }
 
 /// Blobs up to this size are read whole when opened.
-const INLINE_MAX: u64 = 256 * 1024;
+const INLINE_MAX: u64 = 2 * 1024 * 1024;
 
 /// The shared state behind every blob request.
 #[derive(Debug)]
