@@ -143,6 +143,37 @@ impl Access {
     }
 }
 
+impl Access {
+    /// True when `user` is in `adminPolicy`.
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.config.control.as_ref().is_some_and(|c| {
+            c.admin_policy.as_ref().is_some_and(|p| {
+                p.users.iter().any(|u| u == user)
+                    || p.groups.iter().any(|g| {
+                        c.groups
+                            .get(g)
+                            .is_some_and(|grp| grp.users.iter().any(|u| u == user))
+                    })
+            })
+        })
+    }
+
+    /// True when a policy written for a registry (its first segment is
+    /// one of the registry's hosts) matches `qualified`, the
+    /// `host/upstream-name` form of a repository: such rules, not the name
+    /// the client used, decide for it.
+    pub fn governs(&self, host: &str, qualified: &str) -> bool {
+        self.config.control.as_ref().is_some_and(|c| {
+            c.repositories.keys().any(|p| {
+                p.split('/')
+                    .find(|s| !s.is_empty())
+                    .is_some_and(|first| first.eq_ignore_ascii_case(host))
+                    && glob_matches(p, qualified)
+            })
+        })
+    }
+}
+
 fn reads(actions: &[String]) -> bool {
     actions.iter().any(|a| a == "read")
 }

@@ -147,7 +147,7 @@ pub struct Coordinator {
     /// Blobs the upstream recently said a repository does not have, until
     /// when (clock ms): a flood of requests for made-up digests costs one
     /// upstream request per digest and repository, not one per request.
-    absent: DashMap<(crate::oci::RepoName, Digest), u64>,
+    absent: DashMap<(String, Digest), u64>,
     absent_ttl: std::time::Duration,
 }
 
@@ -251,13 +251,12 @@ impl Coordinator {
             self.absent.clear();
         }
         let until = self.clock.now_ms() + self.absent_ttl.as_millis() as u64;
-        self.absent
-            .insert((repo.local.clone(), digest.clone()), until);
+        self.absent.insert((repo.key(), digest.clone()), until);
     }
 
     /// `BLOB_UNKNOWN` when the upstream said so within `absentTTL`.
     fn check_absent(&self, repo: &Resolved, digest: &Digest) -> Result<(), RegistryError> {
-        let key = (repo.local.clone(), digest.clone());
+        let key = (repo.key(), digest.clone());
         let Some(until) = self.absent.get(&key).map(|u| *u) else {
             return Ok(());
         };
@@ -314,7 +313,7 @@ impl Coordinator {
         let (flight, joined) = match self.inflight.entry(digest.clone()) {
             Entry::Occupied(e) => (e.get().clone(), true),
             Entry::Vacant(e) => {
-                let flight = Arc::new(Flight::new(digest.clone(), repo.local.clone()));
+                let flight = Arc::new(Flight::new(digest.clone(), repo.key()));
                 e.insert(flight.clone());
                 tracing::debug!(%digest, repo = %repo.local, "starting upstream fetch");
                 tokio::spawn(fetch::run(self.clone(), flight.clone(), repo.clone()));
@@ -382,7 +381,7 @@ impl Coordinator {
                 _ => None,
             };
             if let Some(s) = size {
-                if flight.repo != repo.local {
+                if flight.repo != repo.key() {
                     self.confirm_blob(repo, digest).await?;
                 }
                 return Ok((Some(s), "joined"));
@@ -393,7 +392,7 @@ impl Coordinator {
             .first(|t| t.blob(Method::HEAD, digest, http::HeaderMap::new(), StatusCode::OK))
             .await
             .map_err(|e| {
-                if is_absent(&e) {
+                if crate::upstream::is_not_found(&e) {
                     self.absent_upstream(repo, digest);
                 }
                 e.to_registry_error(ErrorCode::BlobUnknown)

@@ -136,6 +136,12 @@ impl App {
         let path = req.uri().path().to_owned();
         let head = method == Method::HEAD;
         let client = crate::listener::client_of(self, peer, req.headers());
+        if path == "/" && role == Role::Main {
+            return match self.may_see_status(req.headers()).await {
+                Ok(()) => status_page::render(self),
+                Err(e) => self.refusal(&e, head),
+            };
+        }
         if let Some(r) = self.operations(&path, role).await {
             return r;
         }
@@ -194,66 +200,98 @@ impl App {
     fn refusal(&self, e: &RegistryError, head: bool) -> Response<Body> {
         let mut r = response::error(e, head);
         if e.code == ErrorCode::Unauthorized && self.access.is_some() {
-            self.metrics.access_denied.inc();
             r.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static(crate::access::CHALLENGE),
             );
-        } else if e.code == ErrorCode::Denied && self.access.is_some() {
-            self.metrics.access_denied.inc();
         }
         r
+    }
+
+    /// The status page names repositories' digests and upstream errors:
+    /// with access control on, only `adminPolicy` users see it.
+    async fn may_see_status(&self, headers: &http::HeaderMap) -> Result<(), RegistryError> {
+        let Some(a) = &self.access else {
+            return Ok(());
+        };
+        let who = a.identify(headers).await.map_err(|d| {
+            self.metrics.access_denied.inc();
+            denied(d, "the credentials are not valid")
+        })?;
+        match who {
+            Identity::User(u) if a.is_admin(&u) => Ok(()),
+            Identity::User(_) => {
+                self.metrics.access_denied.inc();
+                Err(denied(
+                    Denied::Forbidden,
+                    "the status page is for adminPolicy users",
+                ))
+            }
+            Identity::Anonymous => {
+                self.metrics.access_denied.inc();
+                Err(denied(
+                    Denied::Unauthenticated,
+                    "the status page is for adminPolicy users",
+                ))
+            }
+        }
     }
 
     /// Who sent the request (anonymous when access control is off).
     async fn identify(&self, req: &Request<Incoming>) -> Result<Identity, RegistryError> {
         match &self.access {
             None => Ok(Identity::Anonymous),
-            Some(a) => a
-                .identify(req.headers())
-                .await
-                .map_err(|d| denied(d, "the credentials are not valid")),
-        }
-    }
-
-    /// May `who` read repository `name`? Always, without access control.
-    fn allow(&self, who: &Identity, name: &str) -> Result<(), RegistryError> {
-        match &self.access {
-            None => Ok(()),
-            Some(a) => a.check_read(who, name).map_err(|d| {
-                denied(
-                    d,
-                    &format!("pulling {name} needs credentials that may read it"),
-                )
+            Some(a) => a.identify(req.headers()).await.map_err(|d| {
+                self.metrics.access_denied.inc();
+                denied(d, "the credentials are not valid")
             }),
         }
     }
 
     /// May `who` read a routed repository? Policies may name it as the
-    /// client did (`team/app`) or by registry (`ghcr.io/team/app`, the
-    /// registry's `host[:port]` and its upstream name), so per-registry
-    /// rules work for `?ns=` and path-style requests too.
-    fn allow_repo(&self, who: &Identity, repo: &Resolved) -> Result<(), RegistryError> {
+    /// client did (`team/app`) or by registry (`ghcr.io/team/app`: one of
+    /// the registry's hosts, then its upstream name). For each candidate
+    /// registry, a policy written for that registry that matches decides;
+    /// otherwise the client's name does. Unreadable candidates are dropped;
+    /// none left is a refusal.
+    fn allow_repo(&self, who: &Identity, repo: &mut Resolved) -> Result<(), RegistryError> {
         let Some(a) = &self.access else {
             return Ok(());
         };
-        let mut names = vec![repo.local.to_string()];
-        names.extend(
-            repo.targets
+        let by_name = a.check_read(who, repo.local.as_str());
+        let mut refusal = by_name.err();
+        repo.targets.retain(|t| {
+            let qualified: Vec<(String, &String)> = t
+                .registry
+                .host_names()
                 .iter()
-                .map(|t| format!("{}/{}", t.registry.name, t.upstream_name)),
-        );
-        names
-            .iter()
-            .map(|n| a.check_read(who, n))
-            .find(Result::is_ok)
-            .unwrap_or_else(|| a.check_read(who, &names[0]))
-            .map_err(|d| {
-                denied(
-                    d,
-                    &format!("pulling {} needs credentials that may read it", repo.local),
-                )
-            })
+                .map(|h| (format!("{h}/{}", t.upstream_name), h))
+                .collect();
+            let governing: Vec<&String> = qualified
+                .iter()
+                .filter(|(q, h)| a.governs(h, q))
+                .map(|(q, _)| q)
+                .collect();
+            if governing.is_empty() {
+                return by_name.is_ok();
+            }
+            let verdicts: Vec<Result<(), Denied>> =
+                governing.iter().map(|q| a.check_read(who, q)).collect();
+            if verdicts.iter().any(|v| v.is_ok()) {
+                return true;
+            }
+            refusal = refusal.or(verdicts.into_iter().find_map(|v| v.err()));
+            false
+        });
+        if repo.targets.is_empty() {
+            self.metrics.access_denied.inc();
+            let d = refusal.unwrap_or(Denied::Forbidden);
+            return Err(denied(
+                d,
+                &format!("pulling {} needs credentials that may read it", repo.local),
+            ));
+        }
+        Ok(())
     }
 
     async fn dispatch(
@@ -275,6 +313,7 @@ impl App {
             // Like Docker Hub: the base endpoint challenges anonymous
             // clients, so those with credentials learn to send them (those
             // without go on anonymously, and read what anonymous may).
+            self.metrics.access_denied.inc();
             return Err(denied(
                 Denied::Unauthenticated,
                 "this registry takes credentials",
@@ -282,8 +321,8 @@ impl App {
         }
         let repo = match name {
             Some(name) => {
-                let repo = self.resolve(req, name)?;
-                self.allow_repo(who, &repo)?;
+                let mut repo = self.resolve(req, name)?;
+                self.allow_repo(who, &mut repo)?;
                 answer.registry = repo.targets.first().map(|t| t.registry.name.clone());
                 Some(repo)
             }
@@ -323,7 +362,11 @@ impl App {
                 "-",
             ),
             Route::Catalog => {
-                let visible = |name: &str| self.allow(who, name).is_ok();
+                let visible = |name: &str| {
+                    self.access
+                        .as_ref()
+                        .is_none_or(|a| a.check_read(who, name).is_ok())
+                };
                 (
                     listing::catalog(self, req.uri().query(), head, visible).await?,
                     "hit",

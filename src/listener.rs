@@ -139,8 +139,13 @@ impl Server {
             let (app, builder) = (app.clone(), builder.clone());
             background.push(tokio::spawn(async move {
                 loop {
-                    let Ok((stream, peer)) = l.accept().await else {
-                        continue;
+                    let (stream, peer) = match l.accept().await {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "metrics listener: accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
                     };
                     let conn = serve_io(
                         app.clone(),

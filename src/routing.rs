@@ -71,6 +71,12 @@ impl Registry {
         }
     }
 
+    /// `host[:port]` of every URL of this registry, plus Docker Hub's
+    /// aliases when it is Docker Hub.
+    pub fn host_names(&self) -> &[String] {
+        &self.hosts
+    }
+
     fn serves_host(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
         self.hosts.contains(&host)
@@ -155,6 +161,19 @@ pub struct Target {
 pub struct Resolved {
     pub local: RepoName,
     pub targets: Vec<Target>,
+}
+
+impl Resolved {
+    /// Which upstream repositories this is (registry + upstream name of
+    /// every candidate): the same local name reached with another `ns=`
+    /// is another repository.
+    pub fn key(&self) -> String {
+        self.targets
+            .iter()
+            .map(|t| format!("{}/{}", t.registry.name, t.upstream_name))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 impl Target {

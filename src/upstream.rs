@@ -29,7 +29,7 @@ use crate::config::{RetryPolicy, Timeouts};
 use crate::oci::{Digest, Reference, RepoName};
 
 pub use auth::{parse_challenges, Challenge};
-pub use error::{is_absent, worse, UpstreamError};
+pub use error::{is_absent, is_not_found, worse, UpstreamError};
 pub use stats::{Health, RegistryCollector, UpstreamStats};
 
 /// Redirects followed before a request is given up.

@@ -40,7 +40,7 @@ async fn guarded(up: &FakeRegistry) -> (Ferry, tempfile::TempDir) {
                 "library/**": {"anonymousPolicy": ["read"]},
                 "private/**": {"policies": [{"users": ["alice", "ci"], "actions": ["read"]}]},
                 "public/**": {"policies": [{"users": ["bob"], "actions": ["read"]}]},
-                format!("{}/**", up.url().trim_start_matches("http://")):
+                format!("{}/other/**", up.url().trim_start_matches("http://")):
                     {"policies": [{"users": ["mirror-reader"], "actions": ["read"]}]}
             }}
         },
@@ -121,17 +121,32 @@ async fn htpasswd_users_and_tokens_read_what_their_policy_allows() {
         get_as(&url("private/db"), Some("Bearer nope")).await.status,
         StatusCode::UNAUTHORIZED
     );
-    // A policy on the registry's host covers every repository it serves,
-    // whatever name the client used.
-    for repo in ["private/db", "other/x"] {
-        assert_eq!(
-            get_as(&url(repo), Some("Bearer tok-reg")).await.status,
-            StatusCode::OK
-        );
-    }
+    // A policy written for the registry (its host, then the upstream
+    // name) decides for what it matches, whatever name the client used;
+    // elsewhere the client's name decides.
+    assert_eq!(
+        get_as(&url("other/x"), Some("Bearer tok-reg")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_as(&url("private/db"), Some("Bearer tok-reg"))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
     // Nothing outside the policies, even for a known user.
     assert_eq!(
         get_as(&url("other/x"), Some(&alice)).await.status,
+        StatusCode::FORBIDDEN
+    );
+
+    // The status page names digests and upstream errors: admins only.
+    assert_eq!(
+        get_as(&ferry.url("/"), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get_as(&ferry.url("/"), Some(&alice)).await.status,
         StatusCode::FORBIDDEN
     );
 
@@ -140,8 +155,9 @@ async fn htpasswd_users_and_tokens_read_what_their_policy_allows() {
         .lines()
         .find(|l| l.starts_with("ferry_access_denied_total "))
         .unwrap();
-    // /v2/ anonymous, private anonymous, bob, wrong password, bad token, other/x.
-    assert_eq!(denied, "ferry_access_denied_total 6");
+    // /v2/ anonymous, private anonymous, bob, wrong password, bad token,
+    // the registry token on private/db, alice on other/x, the status page twice.
+    assert_eq!(denied, "ferry_access_denied_total 9");
 }
 
 fn manifest_with_layer(config: &str, layer: &str) -> Bytes {

@@ -86,7 +86,7 @@ pub(super) async fn run(coordinator: Arc<Coordinator>, flight: Arc<Flight>, repo
         }
         Err(failure) => {
             if let FetchFailure::Upstream(e) = &failure {
-                if crate::upstream::is_absent(e) {
+                if crate::upstream::is_not_found(e) {
                     guard.coordinator.absent_upstream(&repo, &digest);
                 }
             }
@@ -332,9 +332,14 @@ async fn pump(
     // writer thread then wakes once per burst, and publishes (waking the
     // readers) once per burst, instead of once per network frame.
     let mut held = Held::default();
+    let mut flush_at = tokio::time::Instant::now();
     loop {
-        let wait = if held.is_empty() { idle } else { HOLD_FOR };
-        let frame = tokio::time::timeout(wait, body.frame()).await;
+        let deadline = if held.is_empty() {
+            tokio::time::Instant::now() + idle
+        } else {
+            flush_at
+        };
+        let frame = tokio::time::timeout_at(deadline, body.frame()).await;
         let frame = match frame {
             Err(_) if !held.is_empty() => {
                 held.flush(tx).await?;
@@ -373,6 +378,9 @@ async fn pump(
         }
         let first = *received == 0;
         *received += data.len() as u64;
+        if held.is_empty() {
+            flush_at = tokio::time::Instant::now() + HOLD_FOR;
+        }
         held.push(data);
         if held.bytes >= HOLD_BYTES || first {
             held.flush(tx).await?;

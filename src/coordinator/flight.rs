@@ -109,9 +109,12 @@ impl FetchFailure {
 #[derive(Debug)]
 pub struct Flight {
     pub digest: Digest,
-    /// The repository the fetch was started for (its upstream requests
-    /// go under that name, so its content belongs there).
-    pub repo: crate::oci::RepoName,
+    /// The repository the fetch was started for ([`Resolved::key`]: its
+    /// upstream requests go under those names, so its content belongs
+    /// there).
+    ///
+    /// [`Resolved::key`]: crate::routing::Resolved::key
+    pub repo: String,
     progress: watch::Sender<Progress>,
     file: OnceLock<Arc<File>>,
     /// The file mapped for reading, once its size is known (shared by
@@ -133,7 +136,7 @@ struct Window {
 }
 
 impl Flight {
-    pub fn new(digest: Digest, repo: crate::oci::RepoName) -> Flight {
+    pub fn new(digest: Digest, repo: String) -> Flight {
         Flight {
             digest,
             repo,

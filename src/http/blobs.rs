@@ -45,7 +45,7 @@ pub async fn get(
     let handle = coordinator.open_blob(name, digest).await?;
     let cache = handle.cache_status();
     let same_repository = match &handle {
-        BlobHandle::InFlight { flight, .. } => flight.repo == name.local,
+        BlobHandle::InFlight { flight, .. } => flight.repo == name.key(),
         _ => false,
     };
     if matches!(cache, "hit" | "joined") && !same_repository {

@@ -244,7 +244,10 @@ async fn confirm(
     accept: &str,
     m: &Manifest,
 ) -> Result<(), RegistryError> {
-    if app.coordinator.belongs(repo, &m.digest).await.is_some() {
+    if let Some(target) = app.coordinator.belongs(repo, &m.digest).await {
+        // Its references may not be recorded yet (stored through another
+        // repository, or before memberships existed): cheap to repeat.
+        link(app, target, m).await;
         return Ok(());
     }
     let (_, target) = repo
@@ -264,17 +267,23 @@ async fn confirm(
     Ok(())
 }
 
-/// The digests a manifest or index names: config, layers, child
-/// manifests, subject, artifact blobs.
+/// The digests a manifest or index names and so brings into its
+/// repository: config, layers, child manifests, artifact blobs. Not its
+/// `subject` and not descriptors with `urls` (foreign layers): registries
+/// accept those without holding them, so they prove nothing about what the
+/// repository contains.
 pub fn referenced_digests(bytes: &[u8]) -> Vec<Digest> {
     let Ok(doc) = serde_json::from_slice::<serde_json::Value>(bytes) else {
         return Vec::new();
     };
-    let digest_of = |v: &serde_json::Value| v.get("digest")?.as_str()?.parse::<Digest>().ok();
+    let digest_of = |v: &serde_json::Value| {
+        if v.get("urls").is_some() {
+            return None;
+        }
+        v.get("digest")?.as_str()?.parse::<Digest>().ok()
+    };
     let mut out = Vec::new();
-    for key in ["config", "subject"] {
-        out.extend(doc.get(key).and_then(digest_of));
-    }
+    out.extend(doc.get("config").and_then(digest_of));
     for key in ["layers", "manifests", "blobs"] {
         if let Some(list) = doc.get(key).and_then(|l| l.as_array()) {
             out.extend(list.iter().filter_map(digest_of));

@@ -58,7 +58,6 @@ impl App {
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 ))
             }
-            "/" if role == Role::Main => Some(super::status_page::render(self)),
             _ if role == Role::Metrics => Some(text(
                 StatusCode::NOT_FOUND,
                 "the metrics listener serves /metrics, /healthz and /readyz\n".into(),

@@ -21,7 +21,7 @@ use crate::metrics::CacheLabels;
 /// Seconds between the page's own refreshes.
 const REFRESH_SECS: u32 = 5;
 
-pub(super) fn render(app: &Arc<App>) -> Response<Body> {
+pub(crate) fn render(app: &Arc<App>) -> Response<Body> {
     let html = page(app);
     Response::builder()
         .status(StatusCode::OK)

@@ -88,6 +88,12 @@ pub fn is_absent(e: &UpstreamError) -> bool {
         if matches!(status.as_u16(), 401 | 403 | 404))
 }
 
+/// True when the upstream said plainly that it has no such thing (404),
+/// as opposed to refusing ferry (401, 403) or failing.
+pub fn is_not_found(e: &UpstreamError) -> bool {
+    matches!(e, UpstreamError::Status { status, .. } if *status == http::StatusCode::NOT_FOUND)
+}
+
 impl UpstreamError {
     /// True when the upstream could not be used at all (as opposed to an
     /// answer such as 404): ferry then falls back to what it has stored.
