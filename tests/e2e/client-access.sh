@@ -42,7 +42,7 @@ cat > "$WORK/ferry.json" <<JSON
     "auth": {"htpasswd": {"path": "$WORK/htpasswd"}},
     "accessControl": {"repositories": {
       "team/**": {"policies": [{"users": ["alice"], "actions": ["read"]}]}
-    }}},
+    }, "adminPolicy": {"users": ["alice"], "actions": ["read"]}}},
   "storage": {"rootDirectory": "$WORK/ferry-data"},
   "extensions": {"sync": {"enable": true, "registries": [
     {"urls": ["http://127.0.0.1:$REG_PORT"], "maxRetries": 0}
@@ -77,17 +77,21 @@ code=$(curl -s -u 'bob:b0b-pw' "http://127.0.0.1:$PORT/v2/team/app/manifests/v1"
 [ "$code" = DENIED ] || fail "bob got $code, want DENIED"
 ok "bob (known, no permission) is refused: $code"
 
-# The status page in a real browser, without JavaScript.
+# The status page in a real browser, without JavaScript: for admins only
+# when access control is on (alice is one here).
+[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/")" = 401 ] || fail "anonymous status page"
+[ "$(curl -s -o /dev/null -w '%{http_code}' -u 'bob:b0b-pw' "http://127.0.0.1:$PORT/")" = 403 ] || fail "bob's status page"
+PAGE="http://alice:al1ce-pw@127.0.0.1:$PORT/"
 CHROME=(chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run
     --disable-background-networking --disable-component-update --disable-sync
     --disable-javascript --user-data-dir="$WORK/chrome" --window-size=1200,900)
-timeout 60 "${CHROME[@]}" --dump-dom "http://127.0.0.1:$PORT/" > "$WORK/page.html" 2> "$WORK/chrome.log" \
+timeout 60 "${CHROME[@]}" --dump-dom "$PAGE" > "$WORK/page.html" 2> "$WORK/chrome.log" \
     || fail "chromium could not load the status page"
 for want in "Downloads in flight (0)" "Upstream registries" "127.0.0.1:$REG_PORT" "answering" \
     "answered from cache"; do
     grep -qF "$want" "$WORK/page.html" || fail "status page lacks '$want'"
 done
-timeout 60 "${CHROME[@]}" --screenshot="$WORK/status.png" "http://127.0.0.1:$PORT/" \
+timeout 60 "${CHROME[@]}" --screenshot="$WORK/status.png" "$PAGE" \
     >> "$WORK/chrome.log" 2>&1 || fail "chromium could not take a screenshot"
 # Pillow: Debian's python3-pil, or whatever python3 comes first with it.
 PY=python3
