@@ -29,17 +29,7 @@ async fn serves_https_with_http2_from_zot_http_tls() {
     });
     let ferry = Ferry::start_json(&json.to_string(), |_| {}).await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(pki.ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = client_tls(&pki.ca_pem);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
@@ -63,20 +53,22 @@ async fn serves_https_with_http2_from_zot_http_tls() {
     assert_ne!(status, 200);
 }
 
-/// The end-entity certificate a TLS handshake with ferry presents.
-async fn served_certificate(ferry: &Ferry, ca_pem: &str) -> Vec<u8> {
+/// A TLS client configuration that trusts the test CA.
+fn client_tls(ca_pem: &str) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// The end-entity certificate a TLS handshake with ferry presents.
+async fn served_certificate(ferry: &Ferry, ca_pem: &str) -> Vec<u8> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(ca_pem)));
     let tcp = tokio::net::TcpStream::connect(ferry.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let conn = within(connector.connect(name, tcp)).await.unwrap();
