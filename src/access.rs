@@ -147,14 +147,9 @@ impl Access {
     /// True when `user` is in `adminPolicy`.
     pub fn is_admin(&self, user: &str) -> bool {
         self.config.control.as_ref().is_some_and(|c| {
-            c.admin_policy.as_ref().is_some_and(|p| {
-                p.users.iter().any(|u| u == user)
-                    || p.groups.iter().any(|g| {
-                        c.groups
-                            .get(g)
-                            .is_some_and(|grp| grp.users.iter().any(|u| u == user))
-                    })
-            })
+            c.admin_policy
+                .as_ref()
+                .is_some_and(|p| names_user(c, p, user))
         })
     }
 
@@ -180,14 +175,18 @@ fn reads(actions: &[String]) -> bool {
 
 /// The policy `p` gives `user` read access (directly or by group).
 fn grants(control: &AccessControlSection, p: &Policy, user: &str) -> bool {
-    reads(&p.actions)
-        && (p.users.iter().any(|u| u == user)
-            || p.groups.iter().any(|g| {
-                control
-                    .groups
-                    .get(g)
-                    .is_some_and(|grp| grp.users.iter().any(|u| u == user))
-            }))
+    reads(&p.actions) && names_user(control, p, user)
+}
+
+/// The policy `p` lists `user`, by name or through one of its groups.
+fn names_user(control: &AccessControlSection, p: &Policy, user: &str) -> bool {
+    p.users.iter().any(|u| u == user)
+        || p.groups.iter().any(|g| {
+            control
+                .groups
+                .get(g)
+                .is_some_and(|grp| grp.users.iter().any(|u| u == user))
+        })
 }
 
 /// The matching repository policy with the longest pattern.
