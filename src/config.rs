@@ -59,6 +59,9 @@ pub struct Config {
     pub max_fetches_per_registry: usize,
     /// An upstream 404 for a blob is believed this long (`ferry.absentTTL`).
     pub absent_ttl: Duration,
+    /// Blobs larger than this are refused, and a body without a length
+    /// is cut off here (`ferry.maxBlobSize`).
+    pub max_blob_size: u64,
     /// A `Range` on a blob in flight that starts this far beyond the bytes
     /// fetched so far is passed through to the upstream on its own.
     pub far_range_distance: u64,
@@ -214,6 +217,10 @@ pub struct Timeouts {
     pub connect: Duration,
     pub response_header: Duration,
     pub idle_read: Duration,
+    /// A blob body averaging fewer bytes per second than this over an
+    /// `idle_read` window counts as broken too (`ferry.minReadRate`; 0: off),
+    /// so an upstream dripping one byte at a time cannot hold a fetch forever.
+    pub min_read_rate: u64,
 }
 
 impl Default for Timeouts {
@@ -222,6 +229,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(10),
             response_header: Duration::from_secs(30),
             idle_read: Duration::from_secs(30),
+            min_read_rate: 1024,
         }
     }
 }

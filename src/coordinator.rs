@@ -149,6 +149,9 @@ pub struct Coordinator {
     /// upstream request per digest and repository, not one per request.
     absent: DashMap<(String, Digest), u64>,
     absent_ttl: std::time::Duration,
+    /// The longest blob ferry accepts (`ferry.maxBlobSize`): an upstream
+    /// that announces more, or sends more without announcing, is cut off.
+    max_blob_size: u64,
 }
 
 /// Entries in the absent map before it is cleared.
@@ -162,6 +165,7 @@ impl Coordinator {
         clock: Clock,
         metrics: Arc<Metrics>,
         absent_ttl: std::time::Duration,
+        max_blob_size: u64,
     ) -> Arc<Coordinator> {
         Arc::new(Coordinator {
             store,
@@ -173,6 +177,7 @@ impl Coordinator {
             membership: Default::default(),
             absent: DashMap::new(),
             absent_ttl,
+            max_blob_size,
             hot: hot::HotCache::new(64 << 20),
         })
     }

@@ -109,6 +109,7 @@ impl App {
             clock.clone(),
             metrics.clone(),
             config.absent_ttl,
+            config.max_blob_size,
         );
         Ok(Arc::new(App {
             config: Arc::new(config),

@@ -371,3 +371,36 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
 pub fn client_of(app: &App, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
     client_addr(peer, headers, &app.config.listener.trusted_proxies)
 }
+
+/// Raises this process's soft limit of open files to its hard limit, as Go
+/// servers do at start: every client connection and every upstream
+/// connection is a file, and the customary soft limit of 1024 would turn
+/// a busy node's connections into accept errors long before
+/// `ferry.maxConnections`. Returns the limit now in force.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let Some(hard) = limit.maximum else {
+        // No hard limit: take a generous, finite one.
+        let want = Rlimit {
+            current: Some(1 << 20),
+            maximum: None,
+        };
+        return match setrlimit(Resource::Nofile, want) {
+            Ok(()) => Ok(1 << 20),
+            Err(_) => Ok(limit.current.unwrap_or(u64::MAX)),
+        };
+    };
+    if limit.current == Some(hard) {
+        return Ok(hard);
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        },
+    )
+    .map_err(std::io::Error::from)?;
+    Ok(hard)
+}

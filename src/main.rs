@@ -356,6 +356,10 @@ async fn serve(config: Config) -> std::io::Result<()> {
         .collect::<Vec<_>>()
         .join(", ");
     let storage = config.storage_root.display().to_string();
+    match ferry::listener::raise_open_file_limit() {
+        Ok(n) => tracing::debug!(open_files = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     let server = Server::bind(config).await?;
     tracing::info!(listen = %server.local_addr(), %upstream, %storage, "ferry is serving");
     server.run(shutdown_signal()).await

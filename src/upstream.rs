@@ -508,6 +508,13 @@ impl Upstream {
         limit: usize,
     ) -> Result<Bytes, UpstreamError> {
         let mut body = body;
+        // An announced length over the limit is refused before reading.
+        if hyper::body::Body::size_hint(&body).lower() > limit as u64 {
+            return Err(UpstreamError::TooLarge {
+                url: url.to_string(),
+                limit,
+            });
+        }
         let mut out = Vec::new();
         loop {
             let frame = tokio::time::timeout(self.timeouts.idle_read, body.frame()).await;

@@ -139,6 +139,8 @@ pub struct FerrySection {
     pub connect_timeout: Option<String>,
     pub response_header_timeout: Option<String>,
     pub idle_read_timeout: Option<String>,
+    /// Slowest acceptable upstream body, per second ("1KiB").
+    pub min_read_rate: Option<String>,
     pub shutdown_timeout: Option<String>,
     pub drain_delay: Option<String>,
     pub max_manifest_size: Option<usize>,
@@ -169,6 +171,8 @@ pub struct FerrySection {
     /// How long an upstream "no such blob" is believed without asking again.
     #[serde(rename = "absentTTL")]
     pub absent_ttl: Option<String>,
+    /// The largest blob accepted ("64GiB").
+    pub max_blob_size: Option<String>,
 }
 
 impl FileConfig {
@@ -234,6 +238,20 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
             Some(s) => parse_duration(s).map_err(|e| err(format!("ferry.{key}: {e}"))),
         }
     };
+    let bytes = |key: &str, v: &Option<String>| -> Result<Option<u64>, ConfigError> {
+        v.as_deref()
+            .map(|s| {
+                s.trim()
+                    .parse::<bytesize::ByteSize>()
+                    .map(|b| b.as_u64())
+                    .map_err(|e| {
+                        err(format!(
+                            "ferry.{key}: {s:?} is not a size like \"200GiB\": {e}"
+                        ))
+                    })
+            })
+            .transpose()
+    };
     let d = Timeouts::default();
     let timeouts = Timeouts {
         connect: dur("connectTimeout", &f.connect_timeout, d.connect)?,
@@ -243,6 +261,7 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
             d.response_header,
         )?,
         idle_read: dur("idleReadTimeout", &f.idle_read_timeout, d.idle_read)?,
+        min_read_rate: bytes("minReadRate", &f.min_read_rate)?.unwrap_or(d.min_read_rate),
     };
     let shutdown_grace = dur(
         "shutdownTimeout",
@@ -263,20 +282,6 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         }
     }
 
-    let bytes = |key: &str, v: &Option<String>| -> Result<Option<u64>, ConfigError> {
-        v.as_deref()
-            .map(|s| {
-                s.trim()
-                    .parse::<bytesize::ByteSize>()
-                    .map(|b| b.as_u64())
-                    .map_err(|e| {
-                        err(format!(
-                            "ferry.{key}: {s:?} is not a size like \"200GiB\": {e}"
-                        ))
-                    })
-            })
-            .transpose()
-    };
     let scrub = match file.extensions.as_ref().and_then(|e| e.scrub.as_ref()) {
         Some(sc) if sc.enable != Some(false) => {
             let interval = match &sc.interval {
@@ -384,6 +389,7 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
             &f.absent_ttl,
             std::time::Duration::from_secs(10),
         )?,
+        max_blob_size: bytes("maxBlobSize", &f.max_blob_size)?.unwrap_or(64 << 30),
         far_range_distance: f.far_range_distance.unwrap_or(16 << 20),
         lifecycle,
         log_level: file.log.and_then(|l| l.level),

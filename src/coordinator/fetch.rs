@@ -140,6 +140,16 @@ async fn fetch(
         .router
         .remember(&repo.local, target.registry.index);
     let size = content_length(resp.headers()).unwrap_or(0);
+    if size > coordinator.max_blob_size {
+        return Err(FetchFailure::Upstream(UpstreamError::TooLarge {
+            url: target
+                .registry
+                .upstream
+                .url(&target.blob_path(digest))
+                .to_string(),
+            limit: coordinator.max_blob_size as usize,
+        }));
+    }
     let Some(_room) = space.reserve(size) else {
         return Err(FetchFailure::NoRoom(format!(
             "{size} bytes do not fit ({} bytes available)",
@@ -216,12 +226,15 @@ async fn transfer(
     let writer = {
         let flight = flight.clone();
         let digest = digest.clone();
-        tokio::task::spawn_blocking(move || write_blob(&store, temp, rx, &flight, &digest, size))
+        let limit = size.unwrap_or(coordinator.max_blob_size);
+        tokio::task::spawn_blocking(move || {
+            write_blob(&store, temp, rx, &flight, &digest, size, limit)
+        })
     };
 
     let upstream = &target.registry.upstream;
     let (policy, cap) = upstream.retry_policy();
-    let idle = upstream.timeouts().idle_read;
+    let timeouts = upstream.timeouts();
     let url = upstream.url(&target.blob_path(digest)).to_string();
     let mut received: u64 = 0;
     let mut skip: u64 = 0;
@@ -237,7 +250,7 @@ async fn transfer(
                     &tx,
                     &mut received,
                     &mut skip,
-                    idle,
+                    &timeouts,
                     &url,
                     fetched,
                 )
@@ -256,9 +269,13 @@ async fn transfer(
                 break Ok(());
             }
             Err(Pump::WriterGone) => break Ok(()),
-            Err(Pump::Broken(e)) => e,
+            Err(Pump::Broken(e)) => (e, false),
+            Err(Pump::TooSlow(e)) => (e, true),
         };
-        if received > progress_mark {
+        let (broken, too_slow) = broken;
+        // A drip makes some progress on every attempt; it must not earn
+        // fresh retries with it.
+        if received > progress_mark && !too_slow {
             failures = 0;
             progress_mark = received;
         }
@@ -313,6 +330,8 @@ async fn transfer(
 enum Pump {
     /// The transfer broke; resume may fix it.
     Broken(UpstreamError),
+    /// The body arrived slower than `minReadRate`.
+    TooSlow(UpstreamError),
     /// The writer stopped (it reports why).
     WriterGone,
 }
@@ -324,10 +343,12 @@ async fn pump(
     tx: &mpsc::Sender<ToWriter>,
     received: &mut u64,
     skip: &mut u64,
-    idle: std::time::Duration,
+    timeouts: &crate::config::Timeouts,
     url: &str,
     fetched: &prometheus_client::metrics::counter::Counter,
 ) -> Result<(), Pump> {
+    let idle = timeouts.idle_read;
+    let mut floor = RateFloor::new(timeouts.min_read_rate, idle);
     // Frames are held back briefly and handed to the writer in bursts: the
     // writer thread then wakes once per burst, and publishes (waking the
     // readers) once per burst, instead of once per network frame.
@@ -368,6 +389,13 @@ async fn pump(
             continue;
         };
         fetched.inc_by(data.len() as u64);
+        if floor.too_slow(data.len() as u64, tokio::time::Instant::now()) {
+            held.flush(tx).await?;
+            return Err(Pump::TooSlow(UpstreamError::Timeout {
+                url: url.to_string(),
+                phase: "reading the blob body (slower than ferry.minReadRate)",
+            }));
+        }
         if *skip > 0 {
             let n = (*skip).min(data.len() as u64);
             *skip -= n;
@@ -385,6 +413,42 @@ async fn pump(
         if held.bytes >= HOLD_BYTES || first {
             held.flush(tx).await?;
         }
+    }
+}
+
+/// Watches a body's average rate over consecutive windows of `window`.
+struct RateFloor {
+    /// Bytes a window must bring; 0 turns the check off.
+    need: u64,
+    window: std::time::Duration,
+    started: tokio::time::Instant,
+    got: u64,
+}
+
+impl RateFloor {
+    fn new(per_second: u64, window: std::time::Duration) -> RateFloor {
+        let need = (per_second as f64 * window.as_secs_f64()) as u64;
+        RateFloor {
+            need,
+            window,
+            started: tokio::time::Instant::now(),
+            got: 0,
+        }
+    }
+
+    /// Counts `n` bytes that arrived at `now`; true when the window that
+    /// just closed brought too few.
+    fn too_slow(&mut self, n: u64, now: tokio::time::Instant) -> bool {
+        self.got += n;
+        if self.need == 0 || now.duration_since(self.started) < self.window {
+            return false;
+        }
+        if self.got < self.need {
+            return true;
+        }
+        self.started = now;
+        self.got = 0;
+        false
     }
 }
 
@@ -435,6 +499,7 @@ fn write_blob(
     flight: &Flight,
     digest: &Digest,
     size: Option<u64>,
+    limit: u64,
 ) -> Result<u64, FetchFailure> {
     let mut hasher = Hasher::new(digest.algorithm());
     let mut written: u64 = 0;
@@ -458,13 +523,14 @@ fn write_blob(
                 ToWriter::Data(burst) => {
                     let offset = written;
                     written += burst.iter().map(|b| b.len() as u64).sum::<u64>();
-                    if let Some(expected) = size {
-                        if written > expected {
-                            return Err(FetchFailure::LengthMismatch {
+                    if written > limit {
+                        return Err(match size {
+                            Some(expected) => FetchFailure::LengthMismatch {
                                 expected,
                                 received: written,
-                            });
-                        }
+                            },
+                            None => FetchFailure::Endless { limit },
+                        });
                     }
                     for b in &burst {
                         hasher.update(b);

@@ -42,6 +42,10 @@ pub enum FetchFailure {
         expected: u64,
         received: u64,
     },
+    /// A body without an announced length ran past `maxBlobSize`.
+    Endless {
+        limit: u64,
+    },
     Store(String),
     /// The store has no room (disk full, below minFreeSpace, unwritable):
     /// the blob is served uncached.
@@ -63,6 +67,10 @@ impl std::fmt::Display for FetchFailure {
                 f,
                 "upstream announced {expected} bytes but sent {received}; nothing was stored"
             ),
+            FetchFailure::Endless { limit } => write!(
+                f,
+                "upstream sent more than ferry.maxBlobSize ({limit} bytes) without announcing a length; nothing was stored"
+            ),
             FetchFailure::Store(e) => write!(f, "store failed: {e}"),
             FetchFailure::NoRoom(e) => write!(f, "no room to cache: {e}"),
             FetchFailure::Abandoned => write!(f, "the fetch ended without a result"),
@@ -76,7 +84,7 @@ impl FetchFailure {
         match self {
             FetchFailure::Upstream(_) => "upstream",
             FetchFailure::DigestMismatch { .. } => "digest_mismatch",
-            FetchFailure::LengthMismatch { .. } => "length_mismatch",
+            FetchFailure::LengthMismatch { .. } | FetchFailure::Endless { .. } => "length_mismatch",
             FetchFailure::Store(_) => "store",
             FetchFailure::NoRoom(_) => "no_room",
             FetchFailure::Abandoned => "abandoned",
@@ -87,13 +95,13 @@ impl FetchFailure {
     pub fn to_registry_error(&self) -> RegistryError {
         match self {
             FetchFailure::Upstream(e) => e.to_registry_error(ErrorCode::BlobUnknown),
-            FetchFailure::DigestMismatch { .. } | FetchFailure::LengthMismatch { .. } => {
-                RegistryError::new(
-                    StatusCode::BAD_GATEWAY,
-                    ErrorCode::DigestInvalid,
-                    self.to_string(),
-                )
-            }
+            FetchFailure::DigestMismatch { .. }
+            | FetchFailure::LengthMismatch { .. }
+            | FetchFailure::Endless { .. } => RegistryError::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::DigestInvalid,
+                self.to_string(),
+            ),
             FetchFailure::Store(_) | FetchFailure::NoRoom(_) | FetchFailure::Abandoned => {
                 RegistryError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod fake_registry;
+pub mod raw_upstream;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -1,0 +1,237 @@
+//! Hostile upstreams, written byte by byte by [`RawUpstream`]: bodies
+//! longer and shorter than announced, bodies without end, a 100 MiB
+//! manifest, a redirect loop and a one-byte drip. In every case ferry
+//! publishes nothing wrong, ends the client's response instead of hanging
+//! it, and bounds what it reads.
+//!
+//! The other hostile-upstream cases live beside the feature they guard:
+//! wrong bytes (`blobs.rs`, `wrong_upstream_bytes_are_never_published`), a
+//! transfer that breaks off (`blobs.rs`), a token realm on a foreign host
+//! (`auth.rs`), redirects that would carry the token elsewhere
+//! (`routing.rs`), wrong manifest bytes for a digest (`manifests.rs`).
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry::config::Config;
+use http::StatusCode;
+use support::raw_upstream::{RawBody, RawReply, RawUpstream};
+use support::*;
+
+const MIB: usize = 1024 * 1024;
+
+/// Short timeouts and one retry: these upstreams never get better, and the
+/// tests are about what ferry does, not how long it waits.
+fn impatient(cfg: &mut Config) {
+    cfg.timeouts.idle_read = Duration::from_secs(1);
+    for r in &mut cfg.registries {
+        r.retry.max_retries = 1;
+    }
+}
+
+fn blob_reply(len: usize, body: RawBody) -> RawReply {
+    RawReply::new(
+        "200 OK",
+        &[
+            ("Content-Length", len.to_string()),
+            ("Content-Type", "application/octet-stream".into()),
+        ],
+        body,
+    )
+}
+
+/// Nothing for `digest` at its final path and no temp file left.
+async fn assert_nothing_published(ferry: &Ferry, digest: &str) {
+    ferry.settle().await;
+    assert!(!ferry.has_blob(digest), "a bad blob was published");
+    let temps = std::fs::read_dir(ferry.store_root().join("tmp"))
+        .unwrap()
+        .count();
+    assert_eq!(temps, 0, "temp file left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_longer_than_its_content_length_is_read_only_to_the_length() {
+    // The first `len` bytes are the blob; 1 MiB of garbage follows.
+    let data = blob_bytes(3 * MIB, 700);
+    let digest = sha256(&data);
+    let mut sent = data.to_vec();
+    sent.extend_from_slice(&blob_bytes(MIB, 701));
+    let (len, sent) = (data.len(), Bytes::from(sent));
+    let up = RawUpstream::start(move |_| blob_reply(len, RawBody::Bytes(sent.clone()))).await;
+    let ferry = Ferry::start_with(&up.url(), impatient).await;
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{digest}")))).await;
+    assert_eq!(w.status, StatusCode::OK);
+    assert_eq!(w.body.len(), len);
+    assert_eq!(sha256(&w.body), digest);
+    ferry.settle().await;
+    assert!(ferry.has_blob(&digest));
+
+    // Announcing less than the blob: what arrives hashes wrong.
+    let other = blob_bytes(2 * MIB, 702);
+    let short = sha256(&other);
+    let up = RawUpstream::start(move |_| blob_reply(MIB, RawBody::Bytes(other.clone()))).await;
+    let ferry = Ferry::start_with(&up.url(), impatient).await;
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{short}")))).await;
+    assert!(
+        w.status != StatusCode::OK || w.body_error.is_some(),
+        "a truncated blob was served as complete"
+    );
+    assert_nothing_published(&ferry, &short).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_shorter_than_its_content_length_ends_the_response_in_an_error() {
+    let data = blob_bytes(2 * MIB, 703);
+    let digest = sha256(&data);
+    let claimed = data.len() + 1000;
+    // Closes early: a broken transfer, resumed once, then given up.
+    let d = data.clone();
+    let up = RawUpstream::start(move |_| blob_reply(claimed, RawBody::Bytes(d.clone()))).await;
+    let ferry = Ferry::start_with(&up.url(), impatient).await;
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{digest}")))).await;
+    assert!(w.status != StatusCode::OK || w.body_error.is_some());
+    assert!(w.body.len() <= data.len());
+    assert_nothing_published(&ferry, &digest).await;
+    assert!(up.requests() <= 2, "{} upstream requests", up.requests());
+
+    // Stays open and silent instead: the idle timeout ends it.
+    let up =
+        RawUpstream::start(move |_| blob_reply(claimed, RawBody::ThenHang(data.clone()))).await;
+    let ferry = Ferry::start_with(&up.url(), impatient).await;
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{digest}")))).await;
+    assert!(w.status != StatusCode::OK || w.body_error.is_some());
+    assert_nothing_published(&ferry, &digest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_body_is_cut_at_max_blob_size() {
+    // No Content-Length, no end: close-delimited bytes forever.
+    let up = RawUpstream::start(|_| {
+        RawReply::new(
+            "200 OK",
+            &[("Content-Type", "application/octet-stream".into())],
+            RawBody::Endless,
+        )
+    })
+    .await;
+    let ferry = Ferry::start_with(&up.url(), |cfg| {
+        impatient(cfg);
+        cfg.max_blob_size = 8 * MIB as u64;
+    })
+    .await;
+    let digest = sha256(b"whatever the upstream claims this is");
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{digest}")))).await;
+    assert!(w.status != StatusCode::OK || w.body_error.is_some());
+    assert!(w.body.len() <= 8 * MIB, "served {} bytes", w.body.len());
+    assert_nothing_published(&ferry, &digest).await;
+    let failures = ferry.app.metrics.encode();
+    assert!(
+        failures.contains("ferry_fetch_failures_total{reason=\"length_mismatch\"} 1"),
+        "{failures}"
+    );
+    // What the upstream managed to push before ferry hung up: the limit
+    // plus what the socket buffers hold.
+    let sent = up.body_bytes_sent();
+    eprintln!("endless body: upstream wrote {sent} bytes before ferry closed");
+    assert!(sent < 24 * MIB as u64, "ferry read {sent} bytes");
+
+    // Announcing more than maxBlobSize is refused before any body byte.
+    let up = RawUpstream::start(|_| blob_reply(64 * MIB, RawBody::Endless)).await;
+    let ferry = Ferry::start_with(&up.url(), |cfg| cfg.max_blob_size = 8 * MIB as u64).await;
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{digest}")))).await;
+    assert_eq!(w.status, StatusCode::BAD_GATEWAY);
+    assert_nothing_published(&ferry, &digest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_byte_drip_is_given_up_instead_of_holding_the_client_forever() {
+    let data = blob_bytes(64 * 1024, 704);
+    let digest = sha256(&data);
+    let up = RawUpstream::start(move |_| {
+        blob_reply(
+            data.len(),
+            RawBody::Drip {
+                bytes: data.clone(),
+                every: Duration::from_millis(100),
+            },
+        )
+    })
+    .await;
+    // 10 bytes/s against a floor of 1 KiB/s over each 1 s window.
+    let ferry = Ferry::start_with(&up.url(), impatient).await;
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{digest}")))).await;
+    assert!(w.status != StatusCode::OK || w.body_error.is_some());
+    assert_nothing_published(&ferry, &digest).await;
+    assert!(
+        up.requests() <= 2,
+        "a drip earned {} attempts",
+        up.requests()
+    );
+    assert!(up.body_bytes_sent() < 100, "{} bytes", up.body_bytes_sent());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mib_manifest_is_refused_after_reading_at_most_the_cap() {
+    let manifest = |announce: bool| {
+        move |_: &support::raw_upstream::RawRequest| {
+            let mut headers = vec![(
+                "Content-Type",
+                "application/vnd.oci.image.manifest.v1+json".to_string(),
+            )];
+            if announce {
+                headers.push(("Content-Length", (100 * MIB).to_string()));
+            }
+            RawReply::new("200 OK", &headers, RawBody::Endless)
+        }
+    };
+    for announce in [true, false] {
+        let up = RawUpstream::start(manifest(announce)).await;
+        let ferry = Ferry::start(&up.url()).await;
+        let w = within(get(&ferry.url("/v2/big/manifests/latest"))).await;
+        assert_eq!(w.status, StatusCode::BAD_GATEWAY, "announce={announce}");
+        assert_eq!(w.error_code(), "SIZE_INVALID");
+        let sent = up.body_bytes_sent();
+        eprintln!("100 MiB manifest (length announced: {announce}): upstream wrote {sent} bytes into the socket");
+        // The 4 MiB cap plus socket buffers, far from 100 MiB; nothing
+        // read at all when the length was announced.
+        assert!(sent < 16 * MIB as u64, "ferry read {sent} bytes");
+        if announce {
+            let read = ferry.app.metrics.encode();
+            let line = read
+                .lines()
+                .find(|l| l.starts_with("ferry_upstream_bytes_total{"))
+                .unwrap_or_default()
+                .to_string();
+            assert!(line.ends_with(" 0"), "{line}");
+        }
+        let again = within(get(&ferry.url("/v2/big/manifests/latest"))).await;
+        assert_eq!(again.status, StatusCode::BAD_GATEWAY, "nothing was cached");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_loop_is_followed_a_bounded_number_of_times() {
+    let up = RawUpstream::start(|r| {
+        RawReply::new(
+            "307 Temporary Redirect",
+            &[("Location", r.path.clone()), ("Content-Length", "0".into())],
+            RawBody::Bytes(Bytes::new()),
+        )
+    })
+    .await;
+    let ferry = Ferry::start_with(&up.url(), impatient).await;
+    let digest = sha256(b"loop");
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{digest}")))).await;
+    assert_eq!(w.status, StatusCode::BAD_GATEWAY);
+    let limit = ferry::upstream::MAX_REDIRECTS + 1;
+    let tries = ferry.app.config.registries[0].retry.max_retries as usize + 1;
+    assert!(
+        up.requests() <= limit * tries,
+        "{} requests for a redirect loop (limit {limit} per try, {tries} tries)",
+        up.requests()
+    );
+    assert_nothing_published(&ferry, &digest).await;
+}
