@@ -10,6 +10,7 @@
 mod access;
 mod credentials;
 mod file;
+mod storage_driver;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub use access::{
 };
 pub use credentials::{read_credentials_file, Credentials, Secret};
 pub use file::FileConfig;
+pub use storage_driver::{S3Settings, SharedStorage};
 
 /// Docker Hub's host names; any of them names the same registry.
 pub const DOCKER_HUB_HOSTS: &[&str] = &[
@@ -44,6 +46,9 @@ pub struct Config {
     /// zot's `http.tls`: serve HTTPS with this certificate and key (PEM).
     pub tls: Option<ListenerTls>,
     pub storage_root: PathBuf,
+    /// zot's `storage.storageDriver`: the bucket (or shared directory)
+    /// several replicas share; `storage_root` is then the local spool.
+    pub shared: Option<SharedStorage>,
     /// Upstream registries in config order (the order candidates are tried).
     pub registries: Vec<RegistryConfig>,
     pub timeouts: Timeouts,

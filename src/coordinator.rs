@@ -152,6 +152,18 @@ pub struct Coordinator {
     /// The longest blob ferry accepts (`ferry.maxBlobSize`): an upstream
     /// that announces more, or sends more without announcing, is cut off.
     max_blob_size: u64,
+    /// The bucket several replicas share, if configured.
+    shared: Option<Arc<crate::shared::Shared>>,
+}
+
+/// How fetches behave, from the config.
+pub struct FetchSettings {
+    /// `ferry.absentTTL`.
+    pub absent_ttl: std::time::Duration,
+    /// `ferry.maxBlobSize`.
+    pub max_blob_size: u64,
+    /// The shared tier (`storage.storageDriver`).
+    pub shared: Option<Arc<crate::shared::Shared>>,
 }
 
 /// Entries in the absent map before it is cleared.
@@ -164,9 +176,13 @@ impl Coordinator {
         lifecycle: Arc<Lifecycle>,
         clock: Clock,
         metrics: Arc<Metrics>,
-        absent_ttl: std::time::Duration,
-        max_blob_size: u64,
+        settings: FetchSettings,
     ) -> Arc<Coordinator> {
+        let FetchSettings {
+            absent_ttl,
+            max_blob_size,
+            shared,
+        } = settings;
         Arc::new(Coordinator {
             store,
             router,
@@ -174,7 +190,8 @@ impl Coordinator {
             lifecycle,
             clock,
             metrics,
-            membership: Default::default(),
+            membership: membership::Membership::new(shared.clone()),
+            shared,
             absent: DashMap::new(),
             absent_ttl,
             max_blob_size,
@@ -202,6 +219,11 @@ impl Coordinator {
 
     pub fn store(&self) -> &Arc<FsStore> {
         &self.store
+    }
+
+    /// The shared tier, when replicas share a bucket.
+    pub fn shared(&self) -> Option<&Arc<crate::shared::Shared>> {
+        self.shared.as_ref()
     }
 
     pub fn router(&self) -> &Router {

@@ -102,14 +102,21 @@ impl App {
             None => None,
         };
         let metrics = Arc::new(Metrics::default().with_registries(&router));
+        let shared = match &config.shared {
+            Some(s) => Some(Arc::new(crate::shared::Shared::open(s)?)),
+            None => None,
+        };
         let coordinator = Coordinator::new(
             Arc::new(store),
             router,
             lifecycle,
             clock.clone(),
             metrics.clone(),
-            config.absent_ttl,
-            config.max_blob_size,
+            crate::coordinator::FetchSettings {
+                absent_ttl: config.absent_ttl,
+                max_blob_size: config.max_blob_size,
+                shared,
+            },
         );
         Ok(Arc::new(App {
             config: Arc::new(config),

@@ -47,6 +47,7 @@ pub mod metrics;
 pub mod oci;
 pub mod prefetch;
 pub mod routing;
+pub mod shared;
 pub mod stats;
 pub mod store;
 pub mod sync;

@@ -66,6 +66,11 @@ pub struct Metrics {
     pub fetches_queued: Gauge,
     /// Blob requests answered 404 from the memory of an upstream 404.
     pub absent_hits: Counter,
+    /// Blob bytes read from the shared tier (another replica's fetches).
+    pub shared_read_bytes: Counter,
+    /// Blobs uploaded to the shared tier, and failed uploads.
+    pub shared_uploads: Counter,
+    pub shared_upload_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -92,8 +97,26 @@ impl Default for Metrics {
             access_denied: Counter::default(),
             fetches_queued: Gauge::default(),
             absent_hits: Counter::default(),
+            shared_read_bytes: Counter::default(),
+            shared_uploads: Counter::default(),
+            shared_upload_failures: Counter::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "shared_read_bytes",
+            "Blob bytes read from the shared tier",
+            m.shared_read_bytes.clone(),
+        );
+        registry.register(
+            "shared_uploads",
+            "Blobs uploaded to the shared tier",
+            m.shared_uploads.clone(),
+        );
+        registry.register(
+            "shared_upload_failures",
+            "Uploads to the shared tier that failed or were aborted",
+            m.shared_upload_failures.clone(),
+        );
         registry.register(
             "requests",
             "Requests by route and status class",

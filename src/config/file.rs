@@ -57,6 +57,8 @@ pub enum Port {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StorageSection {
     pub root_directory: Option<PathBuf>,
+    /// The shared tier (zot's S3 block as it is).
+    pub storage_driver: Option<super::storage_driver::StorageDriverSection>,
     /// zot storage keys that make no sense for a cache; accepted, ignored.
     pub dedupe: Option<bool>,
     pub gc: Option<bool>,
@@ -205,6 +207,14 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
             .and_then(|s| s.root_directory.clone())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STORAGE))
     });
+    let shared = match file
+        .storage
+        .as_ref()
+        .and_then(|s| s.storage_driver.as_ref())
+    {
+        Some(d) => Some(super::storage_driver::resolve(d, &mut warnings)?),
+        None => None,
+    };
     if let Some(s) = &file.storage {
         if s.dedupe.is_some() || s.gc.is_some() {
             warnings.push(
@@ -378,6 +388,7 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         tls,
         drain_delay,
         storage_root,
+        shared,
         registries,
         timeouts,
         shutdown_grace,

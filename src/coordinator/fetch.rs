@@ -34,6 +34,7 @@ use hyper::body::Incoming;
 use tokio::sync::mpsc;
 
 use super::flight::{FetchFailure, Flight, Progress};
+use super::BlobStream;
 use super::{content_length, content_range_start, Coordinator};
 use crate::oci::{Digest, Hasher};
 use crate::routing::{Resolved, Target};
@@ -118,6 +119,12 @@ async fn fetch(
         }
     }
 
+    if let Some(size) = from_shared_tier(coordinator, repo, digest).await {
+        return transfer_from_shared(coordinator, flight, size)
+            .await
+            .map(|n| (n, "shared".into()));
+    }
+
     let space = &coordinator.lifecycle.space;
     if space.reserve(0).is_none() {
         return Err(FetchFailure::NoRoom(format!(
@@ -188,24 +195,20 @@ async fn request(
         .await
 }
 
-/// Streams the upstream body into the temp file, resuming broken
-/// transfers, and returns the verified size.
-async fn transfer(
+/// Creates the temp file, shows it to readers and starts the writer thread.
+async fn start_spool(
     coordinator: &Arc<Coordinator>,
     flight: &Arc<Flight>,
-    target: &Target,
-    first: Response<Incoming>,
-) -> Result<u64, FetchFailure> {
-    let digest = &flight.digest;
+    size: Option<u64>,
+) -> Result<
+    (
+        mpsc::Sender<ToWriter>,
+        tokio::task::JoinHandle<Result<u64, FetchFailure>>,
+    ),
+    FetchFailure,
+> {
     let store = coordinator.store.clone();
-    let size = content_length(first.headers());
-    let etag = first
-        .headers()
-        .get(ETAG)
-        .filter(|t| !t.as_bytes().starts_with(b"W/"))
-        .cloned();
-
-    let d = digest.clone();
+    let d = flight.digest.clone();
     let s = store.clone();
     let temp = store::blocking(move || s.create_temp(&d))
         .await
@@ -223,14 +226,129 @@ async fn transfer(
     flight.publish(Progress::Streaming { size, written: 0 });
 
     let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-    let writer = {
-        let flight = flight.clone();
-        let digest = digest.clone();
-        let limit = size.unwrap_or(coordinator.max_blob_size);
-        tokio::task::spawn_blocking(move || {
-            write_blob(&store, temp, rx, &flight, &digest, size, limit)
+    let flight = flight.clone();
+    let digest = flight.digest.clone();
+    let limit = size.unwrap_or(coordinator.max_blob_size);
+    let writer = tokio::task::spawn_blocking(move || {
+        write_blob(&store, temp, rx, &flight, &digest, size, limit)
+    });
+    Ok((tx, writer))
+}
+
+/// The blob's size in the shared tier when it is there and may be served
+/// under `repo` (its membership is recorded, locally, in the tier, or
+/// confirmed upstream).
+async fn from_shared_tier(
+    coordinator: &Arc<Coordinator>,
+    repo: &Resolved,
+    digest: &Digest,
+) -> Option<u64> {
+    let shared = coordinator.shared.as_ref()?;
+    let size = match shared.blob_size(digest).await {
+        Ok(s) => s?,
+        Err(e) => {
+            tracing::warn!(%digest, error = %e, "shared tier unavailable; fetching upstream");
+            return None;
+        }
+    };
+    if size > coordinator.max_blob_size {
+        return None;
+    }
+    coordinator.confirm_blob(repo, digest).await.ok()?;
+    Some(size)
+}
+
+/// Copies a blob from the shared tier into the local spool, verified like
+/// an upstream transfer (the bucket is trusted no more than an upstream).
+async fn transfer_from_shared(
+    coordinator: &Arc<Coordinator>,
+    flight: &Arc<Flight>,
+    size: u64,
+) -> Result<u64, FetchFailure> {
+    let digest = &flight.digest;
+    let shared = coordinator.shared.as_ref().expect("shared tier checked");
+    let failed = |e: std::io::Error| {
+        FetchFailure::Upstream(UpstreamError::Body {
+            url: format!("{} ({digest})", shared.describe()),
+            cause: e.to_string(),
         })
     };
+    let mut body = shared.read_blob(digest, 0..size).await.map_err(failed)?;
+    let (tx, writer) = start_spool(coordinator, flight, Some(size)).await?;
+    let mut network = Ok(());
+    while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+        match chunk {
+            Ok(b) => {
+                coordinator.metrics.shared_read_bytes.inc_by(b.len() as u64);
+                if tx.send(ToWriter::Data(vec![b])).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                network = Err(failed(e));
+                break;
+            }
+        }
+    }
+    if network.is_ok() {
+        let _ = tx.send(ToWriter::End).await;
+    }
+    drop(tx);
+    let written = writer
+        .await
+        .map_err(|e| FetchFailure::Store(format!("writer thread failed: {e}")))?;
+    network?;
+    written
+}
+
+/// Uploads the blob being fetched to the shared tier, as one more reader
+/// of the fetch (see `shared::upload`).
+fn mirror_to_shared(
+    shared: Arc<crate::shared::Shared>,
+    flight: &Arc<Flight>,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
+    let Some(file) = flight.file() else {
+        return;
+    };
+    let stream = BlobStream::following(flight.clone(), file, 0, None);
+    let digest = flight.digest.clone();
+    tokio::spawn(async move {
+        match crate::shared::upload::mirror(&shared, &digest, stream).await {
+            Ok(m) => {
+                if let crate::shared::upload::Mirrored::Uploaded(_) = m {
+                    metrics.shared_uploads.inc();
+                }
+                tracing::debug!(%digest, outcome = ?m, "shared tier upload");
+            }
+            Err(e) => {
+                metrics.shared_upload_failures.inc();
+                tracing::warn!(%digest, error = %e, "shared tier upload failed");
+            }
+        }
+    });
+}
+
+/// Streams the upstream body into the temp file, resuming broken
+/// transfers, and returns the verified size.
+async fn transfer(
+    coordinator: &Arc<Coordinator>,
+    flight: &Arc<Flight>,
+    target: &Target,
+    first: Response<Incoming>,
+) -> Result<u64, FetchFailure> {
+    let digest = &flight.digest;
+    let size = content_length(first.headers());
+    let etag = first
+        .headers()
+        .get(ETAG)
+        .filter(|t| !t.as_bytes().starts_with(b"W/"))
+        .cloned();
+
+    let (tx, writer) = start_spool(coordinator, flight, size).await?;
+    if let Some(shared) = coordinator.shared.clone() {
+        mirror_to_shared(shared, flight, coordinator.metrics.clone());
+    }
 
     let upstream = &target.registry.upstream;
     let (policy, cap) = upstream.retry_policy();

@@ -11,6 +11,9 @@
 //! (`repositories/<registry>/<name>/_blobs/<algo>-<hex>`), with an in-memory
 //! set in front so a warm hit costs no system call. A lost marker costs one
 //! upstream `HEAD`, never a wrong answer, so markers are not fsynced.
+//! With a shared tier the markers are written there too (in the
+//! background), and a replica that has no local marker asks the tier, so a
+//! membership one replica learned holds for all of them.
 
 use std::sync::Arc;
 
@@ -18,6 +21,7 @@ use dashmap::DashMap;
 
 use crate::oci::Digest;
 use crate::routing::{Resolved, Target};
+use crate::shared::Shared;
 use crate::store::{self, FsStore};
 
 /// Entries kept in memory before the set is cleared (the markers on disk
@@ -30,6 +34,7 @@ const KIND: &str = "_blobs";
 #[derive(Debug, Default)]
 pub struct Membership {
     seen: DashMap<String, ()>,
+    shared: Option<Arc<Shared>>,
 }
 
 fn key(target: &Target, digest: &Digest) -> String {
@@ -44,6 +49,13 @@ fn marker(digest: &Digest) -> String {
 }
 
 impl Membership {
+    pub fn new(shared: Option<Arc<Shared>>) -> Membership {
+        Membership {
+            seen: DashMap::new(),
+            shared,
+        }
+    }
+
     /// Records that `digests` belong to `target`'s repository.
     pub async fn record(&self, store: &Arc<FsStore>, target: &Target, digests: Vec<Digest>) {
         let fresh: Vec<Digest> = digests
@@ -61,6 +73,17 @@ impl Membership {
             target.registry.name.clone(),
             target.upstream_name.clone(),
         );
+        if let Some(shared) = self.shared.clone() {
+            let (registry, name, fresh) = (registry.clone(), name.clone(), fresh.clone());
+            tokio::spawn(async move {
+                for d in &fresh {
+                    if let Err(e) = shared.mark(&registry, &name, KIND, &marker(d)).await {
+                        tracing::warn!(repo = %name, error = %e, "cannot record blob membership in the shared tier");
+                        return;
+                    }
+                }
+            });
+        }
         let written = store::blocking(move || {
             for d in &fresh {
                 store.mark(&registry, &name, KIND, &marker(d))?;
@@ -94,14 +117,31 @@ impl Membership {
             .map(|t| (t.registry.name.clone(), t.upstream_name.clone()))
             .collect();
         let (s, m) = (store.clone(), marker(digest));
-        let found = store::blocking(move || {
-            Ok(candidates
-                .iter()
-                .position(|(r, n)| s.is_marked(r, n, KIND, &m)))
-        })
-        .await
-        .ok()
-        .flatten()?;
+        let local = {
+            let candidates = candidates.clone();
+            store::blocking(move || {
+                Ok(candidates
+                    .iter()
+                    .position(|(r, n)| s.is_marked(r, n, KIND, &m)))
+            })
+            .await
+            .ok()
+            .flatten()
+        };
+        let found = match (local, &self.shared) {
+            (Some(i), _) => i,
+            (None, None) => return None,
+            (None, Some(shared)) => {
+                let mut hit = None;
+                for (i, (r, n)) in candidates.iter().enumerate() {
+                    if let Ok(true) = shared.is_marked(r, n, KIND, &marker(digest)).await {
+                        hit = Some(i);
+                        break;
+                    }
+                }
+                hit?
+            }
+        };
         let t = &repo.targets[found];
         self.seen.insert(key(t, digest), ());
         Some(t)

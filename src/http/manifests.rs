@@ -223,6 +223,14 @@ pub async fn fetch(
     if let Err(e) = store::blocking(move || store.put_manifest(&d, &t, &b)).await {
         tracing::error!(repo = %name, digest = %m.digest, error = %e, "cannot store manifest; serving it uncached");
     }
+    if let Some(shared) = app.coordinator.shared() {
+        if let Err(e) = shared
+            .put_manifest(&m.digest, &m.media_type, &m.bytes)
+            .await
+        {
+            tracing::warn!(repo = %name, digest = %m.digest, error = %e, "cannot put manifest in the shared tier");
+        }
+    }
     link(app, target, &m).await;
     Ok(m)
 }
@@ -321,14 +329,41 @@ pub async fn stored(app: &App, digest: &Digest) -> Result<Option<Manifest>, Regi
     let store = app.coordinator.store().clone();
     let d = digest.clone();
     match store::blocking(move || store.get_manifest(&d)).await {
-        Ok(Some((media_type, bytes))) => Ok(Some(Manifest {
-            digest: digest.clone(),
-            media_type,
-            bytes,
-        })),
+        Ok(Some((media_type, bytes))) => {
+            return Ok(Some(Manifest {
+                digest: digest.clone(),
+                media_type,
+                bytes,
+            }))
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(%digest, error = %e, "cannot read stored manifest"),
+    }
+    from_shared(app, digest).await
+}
+
+/// A manifest another replica put in the shared tier (checked against its
+/// digest there), kept in the local store too.
+async fn from_shared(app: &App, digest: &Digest) -> Result<Option<Manifest>, RegistryError> {
+    let Some(shared) = app.coordinator.shared() else {
+        return Ok(None);
+    };
+    match shared.get_manifest(digest).await {
+        Ok(Some((media_type, bytes))) => {
+            let store = app.coordinator.store().clone();
+            let (d, t, b) = (digest.clone(), media_type.clone(), bytes.clone());
+            if let Err(e) = store::blocking(move || store.put_manifest(&d, &t, &b)).await {
+                tracing::warn!(%digest, error = %e, "cannot keep a shared manifest locally");
+            }
+            Ok(Some(Manifest {
+                digest: digest.clone(),
+                media_type,
+                bytes,
+            }))
+        }
         Ok(None) => Ok(None),
         Err(e) => {
-            tracing::error!(%digest, error = %e, "cannot read stored manifest");
+            tracing::warn!(%digest, error = %e, "cannot read manifest from the shared tier");
             Ok(None)
         }
     }
@@ -343,9 +378,26 @@ pub async fn stored_tag(
 ) -> Option<(TagRecord, Manifest)> {
     let store = app.coordinator.store().clone();
     let (r, n, t) = (target.registry.name.clone(), name.clone(), tag.clone());
-    let record = store::blocking(move || store.get_tag(&r, &n, &t))
+    let local = store::blocking(move || store.get_tag(&r, &n, &t))
         .await
-        .ok()??;
+        .ok()
+        .flatten();
+    // Another replica may have resolved the tag more recently.
+    let shared = match app.coordinator.shared() {
+        Some(s) => s
+            .get_tag(&target.registry.name, name, tag)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(repo = %name, %tag, error = %e, "cannot read tag from the shared tier");
+                None
+            }),
+        None => None,
+    };
+    let record = match (local, shared) {
+        (Some(l), Some(s)) if s.fetched_at_ms > l.fetched_at_ms => s,
+        (Some(l), _) => l,
+        (None, s) => s?,
+    };
     let digest: Digest = record.digest.parse().ok()?;
     let m = stored(app, &digest).await.ok()??;
     Some((record, m))
@@ -360,8 +412,17 @@ pub async fn put_tag(app: &App, target: &Target, name: &RepoName, tag: &Tag, m: 
         fetched_at_ms: app.clock.now_ms(),
     };
     let (r, n, t) = (target.registry.name.clone(), name.clone(), tag.clone());
+    let shared_record = record.clone();
     if let Err(e) = store::blocking(move || store.put_tag(&r, &n, &t, &record)).await {
         tracing::error!(repo = %name, %tag, error = %e, "cannot store tag mapping");
+    }
+    if let Some(shared) = app.coordinator.shared() {
+        if let Err(e) = shared
+            .put_tag(&target.registry.name, name, tag, &shared_record)
+            .await
+        {
+            tracing::warn!(repo = %name, %tag, error = %e, "cannot put tag mapping in the shared tier");
+        }
     }
     link(app, target, m).await;
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod conformance;
 pub mod fake_registry;
 pub mod raw_upstream;
 pub mod tls;

@@ -1,0 +1,153 @@
+//! Replicas sharing one cache: two ferries with their own local stores and
+//! one shared tier (the `filesystem` driver, a temp dir standing for the
+//! bucket). What one replica fetched, the other serves without asking the
+//! upstream; what failed verification never reaches the tier.
+//! The same flows against a real S3 server (Garage) and three replica
+//! processes behind nginx are in `tests/e2e/replicas.sh`.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry::config::SharedStorage;
+use futures::StreamExt;
+use http::StatusCode;
+use support::*;
+
+const MIB: usize = 1024 * 1024;
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+async fn replica(up: &FakeRegistry, shared: &std::path::Path) -> Ferry {
+    let root = shared.to_path_buf();
+    Ferry::start_with(&up.url(), move |cfg| {
+        cfg.shared = Some(SharedStorage::Filesystem { root });
+    })
+    .await
+}
+
+/// Waits (bounded) until `n` uploads to the tier finished.
+async fn uploads(ferry: &Ferry, n: u64) {
+    within(async {
+        while ferry.app.metrics.shared_uploads.get() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+async fn shared_blobs(ferry: &Ferry) -> Vec<ferry::shared::SharedBlob> {
+    let shared = ferry.app.coordinator.shared().unwrap();
+    shared
+        .list_blobs()
+        .map(|b| b.unwrap())
+        .collect::<Vec<_>>()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_one_replica_fetched_is_served_by_another_without_the_upstream() {
+    let up = FakeRegistry::start().await;
+    let shared = tempfile::tempdir().unwrap();
+    // Larger than one upload part: the multipart path.
+    let data = blob_bytes(20 * MIB + 123, 900);
+    let digest = up.add_blob_in("team/app", data.clone());
+    let small = up.add_blob_in("team/app", blob_bytes(3000, 901));
+    let (a, b) = (
+        replica(&up, shared.path()).await,
+        replica(&up, shared.path()).await,
+    );
+
+    for d in [&digest, &small] {
+        let w = within(get(&a.url(&format!("/v2/team/app/blobs/{d}")))).await;
+        assert_eq!(sha256(&w.body), *d);
+    }
+    uploads(&a, 2).await;
+    let mut listed = shared_blobs(&a).await;
+    listed.sort_by_key(|b| b.size);
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[1].digest.to_string(), digest);
+    assert_eq!(listed[1].size, data.len() as u64);
+
+    // Replica B has never seen it: it reads the tier, not the upstream.
+    let w = within(get(&b.url(&format!("/v2/team/app/blobs/{digest}")))).await;
+    assert_eq!(w.status, StatusCode::OK);
+    assert_eq!(sha256(&w.body), digest);
+    assert_eq!(up.blob_gets(&digest), 1, "the upstream was asked twice");
+    assert_eq!(b.app.metrics.shared_read_bytes.get(), data.len() as u64);
+    b.settle().await;
+    assert!(b.has_blob(&digest), "B keeps a local copy");
+    // A range on B, now local.
+    let r = within(request(
+        http::Method::GET,
+        &b.url(&format!("/v2/team/app/blobs/{digest}")),
+        &[("range", "bytes=100-199")],
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.body[..], &data[100..200]);
+    assert_eq!(b.app.metrics.shared_uploads.get(), 0, "B uploaded again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_fail_verification_never_reach_the_tier() {
+    let up = FakeRegistry::start().await;
+    let shared = tempfile::tempdir().unwrap();
+    let digest = up.add_blob_with(blob_bytes(12 * MIB, 902), Fault::WrongBytes);
+    let a = replica(&up, shared.path()).await;
+    let w = within(get(&a.url(&format!("/v2/x/blobs/{digest}")))).await;
+    assert!(w.body_error.is_some());
+    a.settle().await;
+    within(async {
+        while a.app.metrics.shared_upload_failures.get() < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        shared_blobs(&a).await.is_empty(),
+        "an unverified blob was published"
+    );
+    assert_eq!(a.app.metrics.shared_uploads.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_and_manifests_resolved_by_one_replica_are_fresh_for_another() {
+    let up = FakeRegistry::start().await;
+    let shared = tempfile::tempdir().unwrap();
+    let layer = up.add_blob_in("team/app", blob_bytes(5000, 903));
+    let body = Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{layer}","size":5000}},"layers":[]}}"#
+    ));
+    let digest = up.add_manifest("team/app", Some("v1"), OCI_MANIFEST, body.clone());
+    let (a, b) = (
+        replica(&up, shared.path()).await,
+        replica(&up, shared.path()).await,
+    );
+    let w = within(get(&a.url("/v2/team/app/manifests/v1"))).await;
+    assert_eq!(w.body, body);
+    let tag_gets = up.hits("GET", "/v2/team/app/manifests/v1");
+
+    // Within the tag TTL, B answers from the tier: no upstream request.
+    let w = within(get(&b.url("/v2/team/app/manifests/v1"))).await;
+    assert_eq!(w.status, StatusCode::OK);
+    assert_eq!(w.body, body);
+    assert_eq!(w.header("docker-content-digest"), Some(digest.as_str()));
+    assert_eq!(up.hits("GET", "/v2/team/app/manifests/v1"), tag_gets);
+    assert_eq!(up.hits("HEAD", "/v2/team/app/manifests/v1"), 0);
+
+    // The layer it references belongs to team/app for B too (membership
+    // from the tier): no confirming HEAD upstream.
+    let w = within(get(&a.url(&format!("/v2/team/app/blobs/{layer}")))).await;
+    assert_eq!(sha256(&w.body), layer);
+    uploads(&a, 1).await;
+    up.set_status_override(Some(StatusCode::SERVICE_UNAVAILABLE));
+    let w = within(get(&b.url(&format!("/v2/team/app/blobs/{layer}")))).await;
+    assert_eq!(
+        w.status,
+        StatusCode::OK,
+        "served from the tier while the upstream is down"
+    );
+    assert_eq!(sha256(&w.body), layer);
+    assert_eq!(up.hits("HEAD", &format!("/v2/team/app/blobs/{layer}")), 0);
+}

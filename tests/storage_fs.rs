@@ -1,0 +1,17 @@
+//! The storage conformance suite (`support/conformance.rs`) against the
+//! `filesystem` shared-tier driver. The S3 run is `tests/storage_s3.rs`.
+
+mod support;
+
+use ferry::config::SharedStorage;
+use ferry::shared::Shared;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_filesystem_backend_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = Shared::open(&SharedStorage::Filesystem {
+        root: dir.path().join("bucket"),
+    })
+    .unwrap();
+    support::conformance::run_all(&shared).await;
+}
