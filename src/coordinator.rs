@@ -414,6 +414,9 @@ impl Coordinator {
                 return Ok((Some(s), "joined"));
             }
         }
+        if let Some(size) = self.shared_blob(repo, digest).await {
+            return Ok((Some(size), "shared"));
+        }
         self.check_absent(repo, digest)?;
         let (resp, target) = repo
             .first(|t| t.blob(Method::HEAD, digest, http::HeaderMap::new(), StatusCode::OK))
@@ -427,6 +430,25 @@ impl Coordinator {
         self.router.remember(&repo.local, target.registry.index);
         self.link(target, vec![digest.clone()]).await;
         Ok((content_length(resp.headers()), "miss"))
+    }
+
+    /// The blob's size in the shared tier, when it is there and may be
+    /// served under `repo` (its membership is recorded locally or in the
+    /// tier, or the upstream confirms it).
+    pub async fn shared_blob(&self, repo: &Resolved, digest: &Digest) -> Option<u64> {
+        let shared = self.shared.as_ref()?;
+        let size = match shared.blob_size(digest).await {
+            Ok(s) => s?,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "shared tier unavailable");
+                return None;
+            }
+        };
+        if size > self.max_blob_size {
+            return None;
+        }
+        self.confirm_blob(repo, digest).await.ok()?;
+        Some(size)
     }
 
     /// A byte range straight from upstream, not cached: for a range far

@@ -19,7 +19,8 @@ pub struct RequestLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
-    /// `hit`, `miss`, `joined`, `revalidated`, `stale`, `passthrough`, `uncached`.
+    /// `hit`, `miss`, `joined`, `revalidated`, `stale`, `passthrough`, `uncached`,
+    /// `shared` (size from the shared tier), `redirect` (307 to the bucket).
     pub result: &'static str,
 }
 

@@ -54,6 +54,8 @@ pub struct Shared {
     signer: Option<Arc<dyn object_store::signer::Signer>>,
     prefix: String,
     describe: String,
+    /// Answer hits with a 307 to a presigned URL (`redirect: true`).
+    redirect: bool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -98,7 +100,13 @@ impl Shared {
             signer: None,
             prefix: prefix.trim_matches('/').to_string(),
             describe,
+            redirect: false,
         }
+    }
+
+    /// True when blob hits are answered with a redirect to the bucket.
+    pub fn redirects(&self) -> bool {
+        self.redirect
     }
 
     /// For logs: which bucket or directory.
@@ -394,6 +402,7 @@ mod s3 {
         );
         let mut shared = Shared::with_store(s3.clone(), &s.prefix, describe);
         shared.signer = Some(s3);
+        shared.redirect = s.redirect;
         Ok(shared)
     }
 

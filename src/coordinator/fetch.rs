@@ -119,7 +119,7 @@ async fn fetch(
         }
     }
 
-    if let Some(size) = from_shared_tier(coordinator, repo, digest).await {
+    if let Some(size) = coordinator.shared_blob(repo, digest).await {
         return transfer_from_shared(coordinator, flight, size)
             .await
             .map(|n| (n, "shared".into()));
@@ -233,29 +233,6 @@ async fn start_spool(
         write_blob(&store, temp, rx, &flight, &digest, size, limit)
     });
     Ok((tx, writer))
-}
-
-/// The blob's size in the shared tier when it is there and may be served
-/// under `repo` (its membership is recorded, locally, in the tier, or
-/// confirmed upstream).
-async fn from_shared_tier(
-    coordinator: &Arc<Coordinator>,
-    repo: &Resolved,
-    digest: &Digest,
-) -> Option<u64> {
-    let shared = coordinator.shared.as_ref()?;
-    let size = match shared.blob_size(digest).await {
-        Ok(s) => s?,
-        Err(e) => {
-            tracing::warn!(%digest, error = %e, "shared tier unavailable; fetching upstream");
-            return None;
-        }
-    };
-    if size > coordinator.max_blob_size {
-        return None;
-    }
-    coordinator.confirm_blob(repo, digest).await.ok()?;
-    Some(size)
 }
 
 /// Copies a blob from the shared tier into the local spool, verified like

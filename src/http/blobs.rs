@@ -42,6 +42,9 @@ pub async fn get(
     headers: &HeaderMap,
     far_range_distance: u64,
 ) -> Result<BlobAnswer, RegistryError> {
+    if let Some(answer) = redirect(coordinator, name, digest).await {
+        return Ok(answer);
+    }
     let handle = coordinator.open_blob(name, digest).await?;
     let cache = handle.cache_status();
     let same_repository = match &handle {
@@ -100,6 +103,37 @@ pub async fn get(
     Ok(BlobAnswer {
         response: response.expect("valid headers"),
         cache,
+    })
+}
+
+/// How long a presigned URL handed to a client stays valid.
+const PRESIGNED_FOR: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// With `redirect: true`, a blob the shared tier holds is answered with a
+/// 307 to a presigned URL, so the client downloads straight from the
+/// bucket (Range included). Anything else takes the normal path.
+async fn redirect(
+    coordinator: &Arc<Coordinator>,
+    name: &Resolved,
+    digest: &Digest,
+) -> Option<BlobAnswer> {
+    let shared = coordinator.shared().filter(|s| s.redirects())?.clone();
+    coordinator.shared_blob(name, digest).await?;
+    let url = match shared.presign(digest, PRESIGNED_FOR).await {
+        Ok(u) => u?,
+        Err(e) => {
+            tracing::warn!(%digest, error = %e, "cannot presign; serving the blob itself");
+            return None;
+        }
+    };
+    Some(BlobAnswer {
+        response: base(digest)
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(http::header::LOCATION, url)
+            .header(CONTENT_LENGTH, 0)
+            .body(response::empty())
+            .expect("valid headers"),
+        cache: "redirect",
     })
 }
 

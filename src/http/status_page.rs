@@ -43,9 +43,16 @@ fn page(app: &Arc<App>) -> String {
         "stale",
         "passthrough",
         "uncached",
+        "shared",
+        "redirect",
     ];
     let answered: u64 = results.iter().map(|r| count(r)).sum();
-    let saved = count("hit") + count("joined") + count("revalidated") + count("stale");
+    let saved = count("hit")
+        + count("joined")
+        + count("revalidated")
+        + count("stale")
+        + count("shared")
+        + count("redirect");
     let served = m.bytes_served.get();
     let registries = app.coordinator.router().registries();
     let fetched: u64 = registries

@@ -167,5 +167,15 @@ pub async fn mirror(
             }
         }
     }
-    up.commit().await.map(Mirrored::Uploaded)
+    let written = up.written();
+    match up.commit().await {
+        Ok(n) => Ok(Mirrored::Uploaded(n)),
+        // Another replica's upload of the same digest may win the race
+        // (some stores, Garage among them, cancel the older of two
+        // uploads to one key): the same bytes are there, all is well.
+        Err(e) => match shared.blob_size(digest).await {
+            Ok(Some(size)) if size == written => Ok(Mirrored::Present),
+            _ => Err(e),
+        },
+    }
 }

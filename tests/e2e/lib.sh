@@ -71,3 +71,63 @@ check_dir() { # dir expected-blobs
     done
     [ "$n" -eq "$2" ] || fail "$dir holds $n blobs, want $2"
 }
+
+# Starts Garage (a real S3 server) on free loopback ports with its data in
+# $WORK/garage: one node, a layout of 1 GB, one bucket and one key made
+# with its CLI. Sets S3_ENDPOINT, S3_BUCKET, S3_KEY, S3_SECRET and GARAGE
+# (the CLI with its config).
+start_garage() {
+    command -v garage > /dev/null || fail "garage is not installed (cargo install garage --locked)"
+    local dir="$WORK/garage" s3 rpc admin
+    mkdir -p "$dir"
+    s3=$(free_port); rpc=$(free_port); admin=$(free_port)
+    cat > "$dir/garage.toml" <<TOML
+metadata_dir = "$dir/meta"
+data_dir = "$dir/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$rpc"
+rpc_public_addr = "127.0.0.1:$rpc"
+rpc_secret = "$(openssl rand -hex 32)"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$s3"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:$admin"
+TOML
+    GARAGE="garage -c $dir/garage.toml"
+    RUST_LOG=warn garage -c "$dir/garage.toml" server > "$WORK/garage.log" 2>&1 &
+    PIDS+=("$!")
+    wait_port "$s3" || fail "garage did not start"
+    local node=""
+    for _ in $(seq 1 50); do
+        node=$($GARAGE status 2>/dev/null | grep -oE '^[0-9a-f]{16}' | head -n 1 || true)
+        [ -n "$node" ] && break
+        sleep 0.2
+    done
+    [ -n "$node" ] || fail "garage status shows no node"
+    $GARAGE layout assign -z dc1 -c 1G "$node" > /dev/null || fail "garage layout assign"
+    $GARAGE layout apply --version 1 > /dev/null || fail "garage layout apply"
+    S3_BUCKET=ferry
+    $GARAGE bucket create "$S3_BUCKET" > /dev/null || fail "garage bucket create"
+    local key
+    key=$($GARAGE key create ferry-key) || fail "garage key create"
+    S3_KEY=$(echo "$key" | awk -F': *' '/Key ID/ {print $2; exit}')
+    S3_SECRET=$(echo "$key" | awk -F': *' '/Secret key/ {print $2; exit}')
+    [ -n "$S3_KEY" ] && [ -n "$S3_SECRET" ] || fail "cannot read the key from: $key"
+    $GARAGE bucket allow --read --write --owner "$S3_BUCKET" --key ferry-key > /dev/null \
+        || fail "garage bucket allow"
+    S3_ENDPOINT="http://127.0.0.1:$s3"
+}
+
+# An S3 request signed with the test key (curl's SigV4): s3 GET /bucket/key...
+s3() { # method path [curl args...]
+    local method=$1 path=$2
+    shift 2
+    curl -sS -X "$method" --aws-sigv4 "aws:amz:garage:s3" --user "$S3_KEY:$S3_SECRET" \
+        -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" \
+        "$S3_ENDPOINT$path" "$@"
+}

@@ -117,18 +117,25 @@ async fn aborted_and_dropped_uploads_leave_nothing(shared: &Shared, seed: u64) {
 async fn concurrent_uploads_of_one_digest_leave_one_correct_object(shared: &Shared, seed: u64) {
     let data = blob_bytes(PART_SIZE + 3 * MIB, seed);
     let d = digest_of(&data);
+    // Three replicas mirror the same fetch at once: each may upload or
+    // find the others' object, none fails.
     let uploads = (0..3).map(|_| {
-        let data = data.clone();
+        let pieces: Vec<std::io::Result<Bytes>> = data
+            .chunks(MIB)
+            .map(|p| Ok(Bytes::copy_from_slice(p)))
+            .collect();
         let d = d.clone();
         async move {
-            let mut up = shared.begin_blob(&d);
-            for piece in data.chunks(MIB) {
-                up.write(Bytes::copy_from_slice(piece)).await.unwrap();
-            }
-            up.commit().await.unwrap()
+            let stream = ferry::coordinator::BlobStream::from_stream(futures::stream::iter(pieces));
+            mirror(shared, &d, stream).await
         }
     });
-    futures::future::join_all(uploads).await;
+    for outcome in futures::future::join_all(uploads).await {
+        match outcome.unwrap() {
+            Mirrored::Uploaded(n) => assert_eq!(n, data.len() as u64),
+            Mirrored::Present => {}
+        }
+    }
     assert_eq!(shared.blob_size(&d).await.unwrap(), Some(data.len() as u64));
     assert_eq!(read_all(shared, &d, 0..data.len() as u64).await, data);
     // A mirror of what is there already uploads nothing.
