@@ -98,8 +98,14 @@ pub struct LifecycleConfig {
     /// Do not cache when the filesystem would have less free than this.
     pub min_free_space: u64,
     pub eviction_interval: Duration,
-    /// zot's `extensions.scrub`, when enabled.
+    /// zot's `extensions.scrub`, when enabled (the shared tier is scrubbed
+    /// too).
     pub scrub: Option<ScrubConfig>,
+    /// Size cap of the shared tier (`ferry.sharedMaxSize`), oldest first.
+    pub shared_max_size: Option<u64>,
+    /// How often the shared tier's cap and leftover uploads are checked
+    /// (`ferry.sharedCheckInterval`).
+    pub shared_check_interval: Duration,
 }
 
 /// A periodic re-hash of the store.

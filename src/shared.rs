@@ -23,6 +23,7 @@
 //! Backends are `object_store` implementations: S3 (AWS, Garage, MinIO,
 //! Ceph RGW, GCS's S3 API) and a local directory.
 
+pub mod maintenance;
 pub mod upload;
 
 use std::io;
@@ -211,6 +212,60 @@ impl Shared {
         }
         let _ = (d, ttl);
         Ok(None)
+    }
+
+    /// Incomplete multipart uploads under the prefix (S3's
+    /// ListMultipartUploads, first 1,000); none for a directory.
+    pub async fn pending_uploads(&self) -> io::Result<Vec<maintenance::PendingUpload>> {
+        #[cfg(feature = "s3")]
+        if let Some(signer) = &self.signer {
+            use object_store::signer::SignedUrlOptions;
+            let prefix = if self.prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", self.prefix)
+            };
+            let opts = SignedUrlOptions::new()
+                .with_query([("uploads", String::new()), ("prefix", prefix)]);
+            let url = signer
+                .signed_url_opts(
+                    http::Method::GET,
+                    &Key::from(""),
+                    Duration::from_secs(60),
+                    &opts,
+                )
+                .await
+                .map_err(|e| {
+                    io::Error::other(format!("{}: cannot sign a listing: {e}", self.describe))
+                })?;
+            let text = s3::send(reqwest::Method::GET, url).await?;
+            return Ok(maintenance::parse_uploads(&text));
+        }
+        Ok(Vec::new())
+    }
+
+    /// Aborts one incomplete multipart upload.
+    pub async fn abort_upload(&self, up: &maintenance::PendingUpload) -> io::Result<()> {
+        #[cfg(feature = "s3")]
+        if let Some(signer) = &self.signer {
+            use object_store::signer::SignedUrlOptions;
+            let opts = SignedUrlOptions::new().with_query([("uploadId", up.upload_id.clone())]);
+            let url = signer
+                .signed_url_opts(
+                    http::Method::DELETE,
+                    &Key::from(up.key.as_str()),
+                    Duration::from_secs(60),
+                    &opts,
+                )
+                .await
+                .map_err(|e| {
+                    io::Error::other(format!("shared object {}: cannot sign: {e}", up.key))
+                })?;
+            s3::send(reqwest::Method::DELETE, url).await?;
+            return Ok(());
+        }
+        let _ = up;
+        Ok(())
     }
 
     async fn put_small(&self, rel: &str, bytes: Bytes) -> io::Result<()> {
@@ -404,6 +459,29 @@ mod s3 {
         shared.signer = Some(s3);
         shared.redirect = s.redirect;
         Ok(shared)
+    }
+
+    /// Sends one presigned request; the body of a 2xx answer.
+    pub(super) async fn send(
+        method: reqwest::Method,
+        url: object_store::signer::Url,
+    ) -> io::Result<String> {
+        let shown = format!("{method} {}", url.path());
+        let fail = |e: String| io::Error::other(format!("shared tier {shown}: {e}"));
+        let resp = reqwest::Client::new()
+            .request(method, url.as_str())
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| fail(e.to_string()))?;
+        if !status.is_success() {
+            return Err(fail(format!(
+                "{status}: {}",
+                text.chars().take(300).collect::<String>()
+            )));
+        }
+        Ok(text)
     }
 
     /// The access key pair of `AWS_PROFILE` (or `default`) in the AWS

@@ -151,3 +151,36 @@ async fn tags_and_manifests_resolved_by_one_replica_are_fresh_for_another() {
     assert_eq!(sha256(&w.body), layer);
     assert_eq!(up.hits("HEAD", &format!("/v2/team/app/blobs/{layer}")), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_tier_is_kept_under_its_cap_by_the_upkeep_task() {
+    let up = FakeRegistry::start().await;
+    let shared = tempfile::tempdir().unwrap();
+    let blobs: Vec<String> = (0..3)
+        .map(|i| up.add_blob_in("x", blob_bytes(3 * MIB, 910 + i)))
+        .collect();
+    let root = shared.path().to_path_buf();
+    let a = Ferry::start_with(&up.url(), move |cfg| {
+        cfg.shared = Some(SharedStorage::Filesystem { root });
+        cfg.lifecycle.shared_max_size = Some(8 * MIB as u64);
+        cfg.lifecycle.shared_check_interval = Duration::from_secs(1);
+    })
+    .await;
+    for d in &blobs {
+        let w = within(get(&a.url(&format!("/v2/x/blobs/{d}")))).await;
+        assert_eq!(sha256(&w.body), *d);
+    }
+    uploads(&a, 3).await;
+    // 9 MiB in the tier against a cap of 8: the next upkeep deletes down
+    // to 90% of the cap, oldest first.
+    within(async {
+        while shared_blobs(&a).await.len() > 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let left = shared_blobs(&a).await;
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().map(|b| b.size).sum::<u64>() <= 8 * MIB as u64 / 10 * 9);
+    assert_eq!(a.app.metrics.evictions.get(), 1);
+}

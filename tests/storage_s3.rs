@@ -30,7 +30,12 @@ fn settings(prefix: &str) -> SharedStorage {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_s3_backend_conforms() {
-    let shared = Shared::open(&settings("conformance")).unwrap();
+    // A fresh prefix: the suite lists and caps everything under it.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let shared = Shared::open(&settings(&format!("conformance-{run}"))).unwrap();
     assert!(shared.describe().starts_with("s3 bucket"));
     support::conformance::run_all(&shared).await;
 }

@@ -155,6 +155,9 @@ pub struct FerrySection {
     /// Keep this much of the store's filesystem free, e.g. "1GiB".
     pub min_free_space: Option<String>,
     pub eviction_interval: Option<String>,
+    /// The shared tier's size cap ("2TiB").
+    pub shared_max_size: Option<String>,
+    pub shared_check_interval: Option<String>,
     /// Scrub read rate, bytes per second, e.g. "100MiB".
     pub scrub_rate: Option<String>,
     pub scrub_quarantine: Option<bool>,
@@ -322,6 +325,12 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
             std::time::Duration::from_secs(30),
         )?,
         scrub,
+        shared_max_size: bytes("sharedMaxSize", &f.shared_max_size)?,
+        shared_check_interval: dur(
+            "sharedCheckInterval",
+            &f.shared_check_interval,
+            std::time::Duration::from_secs(3600),
+        )?,
     };
 
     let drain_delay = dur("drainDelay", &f.drain_delay, std::time::Duration::ZERO)?;

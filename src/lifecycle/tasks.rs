@@ -1,7 +1,9 @@
 //! The background tasks: eviction (every `evictionInterval`, and at once
-//! when a publish takes the store over its cap) and scrub (every
-//! `extensions.scrub.interval`). Both run their file work on the blocking
-//! pool and end when the server shuts down.
+//! when a publish takes the store over its cap), scrub (every
+//! `extensions.scrub.interval`, the shared tier too) and, with a shared
+//! tier, its size cap and leftover uploads (every `sharedCheckInterval`).
+//! Local file work runs on the blocking pool; all end when the server
+//! shuts down.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,23 @@ pub fn spawn(app: &Arc<App>) -> Vec<tokio::task::JoinHandle<()>> {
             }
         }));
     }
+    if let Some(shared) = app.coordinator.shared().cloned() {
+        let app = app.clone();
+        let every = app
+            .coordinator
+            .lifecycle()
+            .config
+            .shared_check_interval
+            .max(Duration::from_secs(1));
+        tasks.push(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                shared_upkeep(&app, &shared).await;
+            }
+        }));
+    }
     if let Some(sc) = app.coordinator.lifecycle().config.scrub {
         let app = app.clone();
         tasks.push(tokio::spawn(async move {
@@ -45,6 +64,36 @@ pub fn spawn(app: &Arc<App>) -> Vec<tokio::task::JoinHandle<()>> {
         }));
     }
     tasks
+}
+
+/// Multipart uploads older than this are a dead replica's leftovers.
+const LEFTOVER_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// The shared tier's cap and leftover uploads.
+pub async fn shared_upkeep(app: &Arc<App>, shared: &crate::shared::Shared) {
+    use crate::shared::maintenance;
+    if let Some(max) = app.coordinator.lifecycle().config.shared_max_size {
+        let coordinator = app.coordinator.clone();
+        match maintenance::enforce_cap(shared, max, |d| coordinator.is_in_flight(d)).await {
+            Ok(r) if !r.deleted.is_empty() => {
+                tracing::info!(
+                    deleted = r.deleted.len(),
+                    freed = r.freed,
+                    total = r.total,
+                    store = shared.describe(),
+                    "shared tier over its cap: oldest blobs deleted"
+                );
+                app.metrics.evictions.inc_by(r.deleted.len() as u64);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "shared tier cap check failed"),
+        }
+    }
+    match maintenance::clean_uploads(shared, LEFTOVER_AGE).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(aborted = n, "leftover shared uploads aborted"),
+        Err(e) => tracing::warn!(error = %e, "cannot list leftover shared uploads"),
+    }
 }
 
 /// One eviction pass, off the async runtime.
@@ -77,6 +126,17 @@ pub async fn scrub_now(app: &Arc<App>, options: ScrubOptions) -> super::ScrubRep
         errors = report.errors.len(),
         "scrub pass done"
     );
+    if let Some(shared) = app.coordinator.shared() {
+        let r = crate::shared::maintenance::scrub(shared, options.rate).await;
+        tracing::info!(
+            blobs = r.blobs_checked,
+            bytes = r.bytes_checked,
+            damaged = r.damaged.len(),
+            errors = r.errors.len(),
+            store = shared.describe(),
+            "shared tier scrub done"
+        );
+    }
     app.metrics.scrub_runs.inc();
     *app.coordinator
         .lifecycle()

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry::oci::{Digest, RepoName, Tag};
+use ferry::shared::maintenance;
 use ferry::shared::upload::{mirror, Mirrored, PART_SIZE};
 use ferry::shared::Shared;
 use ferry::store::TagRecord;
@@ -50,6 +51,8 @@ pub async fn run_all(shared: &Shared) {
     listing_and_deleting(shared, seed + 4).await;
     manifests_tags_and_marks(shared, seed + 5).await;
     presigned_urls_serve_the_bytes(shared, seed + 6).await;
+    scrub_and_cap(shared, seed + 7).await;
+    leftover_uploads_are_cleaned(shared, seed + 8).await;
 }
 
 async fn missing_blobs_have_no_size(shared: &Shared, seed: u64) {
@@ -243,4 +246,82 @@ async fn presigned_urls_serve_the_bytes(shared: &Shared, seed: u64) {
         }
     }
     shared.delete_blob(&d).await.unwrap();
+}
+
+async fn put(shared: &Shared, d: &Digest, bytes: Bytes) {
+    let mut up = shared.begin_blob(d);
+    up.write(bytes).await.unwrap();
+    up.commit().await.unwrap();
+}
+
+/// Needs a tier holding nothing else (a fresh prefix or directory).
+async fn scrub_and_cap(shared: &Shared, seed: u64) {
+    let good: Vec<Bytes> = [1000, 2000, 3000]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| blob_bytes(*n, seed + i as u64))
+        .collect();
+    for b in &good {
+        put(shared, &digest_of(b), b.clone()).await;
+    }
+    // Bytes under a key they do not hash to (bit rot, a bad writer).
+    let bad = digest_of(format!("claimed {seed}").as_bytes());
+    put(shared, &bad, blob_bytes(500, seed + 9)).await;
+
+    let report = maintenance::scrub(shared, None).await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.blobs_checked, 4);
+    assert_eq!(report.bytes_checked, 6500);
+    assert_eq!(report.damaged, vec![bad.clone()]);
+    assert_eq!(shared.blob_size(&bad).await.unwrap(), None);
+    for b in &good {
+        assert!(shared.blob_size(&digest_of(b)).await.unwrap().is_some());
+    }
+
+    // Cap 5,000 of 6,000 bytes: down to 4,500, never the protected one.
+    let protected = digest_of(&good[2]);
+    let cap = maintenance::enforce_cap(shared, 5000, |d| *d == protected)
+        .await
+        .unwrap();
+    assert!(cap.total <= 4500, "{cap:?}");
+    assert!(!cap.deleted.is_empty());
+    assert!(!cap.deleted.contains(&protected));
+    for b in &good {
+        let d = digest_of(b);
+        let present = shared.blob_size(&d).await.unwrap().is_some();
+        assert_eq!(present, !cap.deleted.contains(&d), "{d}");
+    }
+    let under = maintenance::enforce_cap(shared, 1 << 20, |_| false)
+        .await
+        .unwrap();
+    assert!(under.deleted.is_empty());
+    for b in &good {
+        shared.delete_blob(&digest_of(b)).await.unwrap();
+    }
+}
+
+async fn leftover_uploads_are_cleaned(shared: &Shared, seed: u64) {
+    let data = blob_bytes(PART_SIZE + 1000, seed);
+    let d = digest_of(&data);
+    let mut up = shared.begin_blob(&d);
+    up.write(data).await.unwrap();
+    // A replica that died mid-upload: no abort, no commit.
+    std::mem::forget(up);
+    let mine = |ups: &[maintenance::PendingUpload]| {
+        ups.iter().filter(|u| u.key.ends_with(d.hex())).count()
+    };
+    let before = shared.pending_uploads().await.unwrap();
+    let young = maintenance::clean_uploads(shared, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(young, 0, "a young upload was aborted");
+    let aborted = maintenance::clean_uploads(shared, Duration::ZERO)
+        .await
+        .unwrap();
+    if shared.describe().starts_with("s3") {
+        assert_eq!(mine(&before), 1, "the upload is not listed");
+        assert!(aborted >= 1);
+    }
+    assert_eq!(mine(&shared.pending_uploads().await.unwrap()), 0);
+    assert_eq!(shared.blob_size(&d).await.unwrap(), None);
 }
