@@ -7,13 +7,19 @@
 # fails if ferry answered anything but 200 or lost a connection.
 #
 # Usage: scripts/load.sh [path/to/ferry] [seconds]   (default 60 s, or
-#        LOAD_SECS; LOAD_CONNS sets the connection count, default 1000).
+#        LOAD_SECS; LOAD_CONNS sets the connection count, default 1000;
+#        LOAD_MIB the size of the image's random layer, default 1;
+#        LOAD_SET which objects: all (default: the manifest and every
+#        blob), small (the manifest and blobs under 64 KiB) or large (the
+#        random layer alone)).
 #        Installs wrk, nginx-light, skopeo, docker-registry with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FERRY=${1:-target/release/ferry}
 SECS=${2:-${LOAD_SECS:-60}}
 CONNS=${LOAD_CONNS:-1000}
+MIB=${LOAD_MIB:-1}
+SET=${LOAD_SET:-all}
 NAME=load
 WORK=$(mktemp -d)
 . tests/e2e/lib.sh
@@ -31,7 +37,7 @@ service docker-registry stop > /dev/null 2>&1 || true
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true  # wrk and the servers need more than 1,000 descriptors
 
 start_registry < /dev/null
-python3 tests/e2e/make-image.py "$WORK/oci" v1 1 > /dev/null
+python3 tests/e2e/make-image.py "$WORK/oci" v1 "$MIB" > /dev/null
 skopeo --insecure-policy copy --quiet --dest-tls-verify=false \
     "oci:$WORK/oci:v1" "docker://127.0.0.1:$REG_PORT/load/app:v1" || fail "push"
 
@@ -53,13 +59,23 @@ skopeo --insecure-policy copy --quiet --src-tls-verify=false \
 
 # The paths: every blob of the image and its manifest, by digest.
 paths=()
+largest=$(ls -S "$WORK/pull" | head -n 1)
 for f in "$WORK/pull"/*; do
     b=$(basename "$f")
-    case "$b" in
-        manifest.json) paths+=("/v2/load/app/manifests/sha256:$(sha256sum "$f" | cut -d' ' -f1)") ;;
-        version) ;;
+    size=$(stat -c %s "$f")
+    case "$SET:$b" in
+        *:version) ;;
+        large:"$largest") paths+=("/v2/load/app/blobs/sha256:$b") ;;
+        large:*) ;;
+        *:manifest.json) paths+=("/v2/load/app/manifests/sha256:$(sha256sum "$f" | cut -d' ' -f1)") ;;
+        small:*) [ "$size" -lt 65536 ] && paths+=("/v2/load/app/blobs/sha256:$b") ;;
         *) paths+=("/v2/load/app/blobs/sha256:$b") ;;
     esac
+done
+[ ${#paths[@]} -gt 0 ] || fail "no paths for LOAD_SET=$SET"
+sizes=""
+for p in "${paths[@]}"; do
+    sizes="$sizes $(curl -s -o /dev/null -w '%{size_download}' "http://127.0.0.1:$PORT$p")B"
 done
 {
     echo "paths = {"
@@ -110,7 +126,7 @@ for p in "${paths[@]}"; do
 done
 
 run_wrk() { # name port
-    wrk -t2 -c"$CONNS" -d"${SECS}s" --timeout 10s --latency -s "$WORK/paths.lua" \
+    wrk -t2 -c"$CONNS" -d"${SECS}s" --timeout 60s --latency -s "$WORK/paths.lua" \
         "http://127.0.0.1:$2" > "$WORK/wrk-$1.txt" 2>&1 || fail "wrk against $1"
 }
 field() { # file pattern column
@@ -128,8 +144,8 @@ errors() { # file: non-2xx responses + socket errors
     sock=$(grep -E 'Socket errors' "$1" | sed 's/.*connect \([0-9]*\), read \([0-9]*\), write \([0-9]*\), timeout \([0-9]*\)/\1+\2+\3+\4/' || true)
     echo "$(( ${non2xx:-0} + ${sock:-0} ))"
 }
-printf '\n%s connections, %s s, %s paths (%s blobs + manifest), wrk -t2, %s\n\n' \
-    "$CONNS" "$SECS" "${#paths[@]}" "$(( ${#paths[@]} - 1 ))" "$(date -u +%Y-%m-%d)"
+printf '\n%s connections, %s s, LOAD_SET=%s: %s paths of sizes%s, wrk -t2, %s\n\n' \
+    "$CONNS" "$SECS" "$SET" "${#paths[@]}" "$sizes" "$(date -u +%Y-%m-%d)"
 printf '| | ferry | nginx (same files from disk) |\n|---|---|---|\n'
 printf '| requests/s | %s | %s |\n' "$(field "$WORK/wrk-ferry.txt" '^Requests/sec' 2)" "$(field "$WORK/wrk-nginx.txt" '^Requests/sec' 2)"
 printf '| p50 latency | %s | %s |\n' "$(field "$WORK/wrk-ferry.txt" '^ +50%' 2)" "$(field "$WORK/wrk-nginx.txt" '^ +50%' 2)"

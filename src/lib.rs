@@ -20,6 +20,7 @@
 //! | [`routing`] | registries, `ns=`, path style, content prefixes, Docker Hub's `library/` |
 //! | [`upstream`] | the registry client: pooled HTTP/1.1 + HTTP/2 over rustls, auth, retries, stats |
 //! | [`store`] | the content-addressed filesystem store, atomic publish, crash recovery |
+//! | [`shared`] | the bucket several replicas share (S3 or a directory): uploads while fetching, upkeep |
 //! | [`lifecycle`] | the store's index, size cap and LRU eviction, free space, scrub |
 //! | [`metrics`] | the Prometheus registry |
 //! | [`sync`], [`prefetch`] | background `pollInterval` sync and `ferry prefetch` |

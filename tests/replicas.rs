@@ -184,3 +184,37 @@ async fn the_shared_tier_is_kept_under_its_cap_by_the_upkeep_task() {
     assert!(left.iter().map(|b| b.size).sum::<u64>() <= 8 * MIB as u64 / 10 * 9);
     assert_eq!(a.app.metrics.evictions.get(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_object_in_the_tier_is_refused_deleted_and_fetched_again() {
+    let up = FakeRegistry::start().await;
+    let shared = tempfile::tempdir().unwrap();
+    let data = blob_bytes(2 * MIB, 920);
+    let digest = up.add_blob_in("x", data.clone());
+    let b = replica(&up, shared.path()).await;
+    // Bytes under the blob's key that do not hash to it (bit rot).
+    let tier = b.app.coordinator.shared().unwrap();
+    let d: ferry::oci::Digest = digest.parse().unwrap();
+    let mut upload = tier.begin_blob(&d);
+    upload.write(blob_bytes(2 * MIB, 921)).await.unwrap();
+    upload.commit().await.unwrap();
+    // Membership is not the question here: the upstream confirms it.
+    let url = b.url(&format!("/v2/x/blobs/{digest}"));
+    let w = within(get(&url)).await;
+    assert!(w.body_error.is_some(), "damaged bytes were served whole");
+    assert_eq!(up.blob_gets(&digest), 0);
+    b.settle().await;
+    assert!(!b.has_blob(&digest));
+    within(async {
+        while tier.blob_size(&d).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // The next request goes upstream and puts a good copy in the tier.
+    let w = within(get(&url)).await;
+    assert_eq!(sha256(&w.body), digest);
+    assert_eq!(up.blob_gets(&digest), 1);
+    uploads(&b, 1).await;
+    assert_eq!(shared_blobs(&b).await.len(), 1);
+}

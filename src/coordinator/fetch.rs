@@ -120,9 +120,22 @@ async fn fetch(
     }
 
     if let Some(size) = coordinator.shared_blob(repo, digest).await {
-        return transfer_from_shared(coordinator, flight, size)
-            .await
-            .map(|n| (n, "shared".into()));
+        let copied = transfer_from_shared(coordinator, flight, size).await;
+        if let Err(
+            FetchFailure::DigestMismatch { .. }
+            | FetchFailure::LengthMismatch { .. }
+            | FetchFailure::Endless { .. },
+        ) = &copied
+        {
+            // Damaged in the bucket: delete it, so the next request
+            // fetches from upstream (and uploads a good copy).
+            if let Some(shared) = coordinator.shared.clone() {
+                let d = digest.clone();
+                tracing::warn!(digest = %d, store = shared.describe(), "shared blob is damaged; deleting it");
+                tokio::spawn(async move { shared.delete_blob(&d).await });
+            }
+        }
+        return copied.map(|n| (n, "shared".into()));
     }
 
     let space = &coordinator.lifecycle.space;
