@@ -432,6 +432,17 @@ impl Coordinator {
         Ok((content_length(resp.headers()), "miss"))
     }
 
+    /// True when the blob is in the local store or being fetched here.
+    pub async fn is_local(&self, digest: &Digest) -> bool {
+        if self.hot.get(digest).is_some() || self.inflight.contains_key(digest) {
+            return true;
+        }
+        let (store, d) = (self.store.clone(), digest.clone());
+        store::blocking(move || Ok(store.blob_path(&d).exists()))
+            .await
+            .unwrap_or(false)
+    }
+
     /// The blob's size in the shared tier, when it is there and may be
     /// served under `repo` (its membership is recorded locally or in the
     /// tier, or the upstream confirms it).

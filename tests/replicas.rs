@@ -69,12 +69,29 @@ async fn a_blob_one_replica_fetched_is_served_by_another_without_the_upstream() 
     assert_eq!(listed[1].digest.to_string(), digest);
     assert_eq!(listed[1].size, data.len() as u64);
 
-    // Replica B has never seen it: it reads the tier, not the upstream.
+    // A Range on B, which has never seen it: one ranged GET on the tier,
+    // streamed through, no local copy.
+    let r = within(request(
+        http::Method::GET,
+        &b.url(&format!("/v2/team/app/blobs/{digest}")),
+        &[("range", "bytes=10000000-10000099")],
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.body[..], &data[10_000_000..10_000_100]);
+    assert_eq!(b.app.metrics.shared_read_bytes.get(), 100);
+    assert!(!b.has_blob(&digest));
+    assert_eq!(b.app.coordinator.in_flight(), 0);
+
+    // A full GET on B reads the tier, not the upstream, and keeps a copy.
     let w = within(get(&b.url(&format!("/v2/team/app/blobs/{digest}")))).await;
     assert_eq!(w.status, StatusCode::OK);
     assert_eq!(sha256(&w.body), digest);
     assert_eq!(up.blob_gets(&digest), 1, "the upstream was asked twice");
-    assert_eq!(b.app.metrics.shared_read_bytes.get(), data.len() as u64);
+    assert_eq!(
+        b.app.metrics.shared_read_bytes.get(),
+        data.len() as u64 + 100
+    );
     b.settle().await;
     assert!(b.has_blob(&digest), "B keeps a local copy");
     // A range on B, now local.

@@ -45,6 +45,9 @@ pub async fn get(
     if let Some(answer) = redirect(coordinator, name, digest).await {
         return Ok(answer);
     }
+    if let Some(answer) = shared_range(coordinator, name, digest, headers).await? {
+        return Ok(answer);
+    }
     let handle = coordinator.open_blob(name, digest).await?;
     let cache = handle.cache_status();
     let same_repository = match &handle {
@@ -104,6 +107,60 @@ pub async fn get(
         response: response.expect("valid headers"),
         cache,
     })
+}
+
+/// A Range on a blob this replica does not have but the shared tier does
+/// is one ranged GET on the bucket, streamed through: a lazy-pulling
+/// snapshotter reading a footer does not make the replica copy the whole
+/// blob. A full GET copies it to the local spool instead (see
+/// `coordinator::fetch`).
+async fn shared_range(
+    coordinator: &Arc<Coordinator>,
+    name: &Resolved,
+    digest: &Digest,
+    headers: &HeaderMap,
+) -> Result<Option<BlobAnswer>, RegistryError> {
+    let Some(shared) = coordinator.shared().cloned() else {
+        return Ok(None);
+    };
+    let Some(range_header) = headers
+        .get(http::header::RANGE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(None);
+    };
+    if coordinator.is_local(digest).await {
+        return Ok(None);
+    }
+    let Some(size) = coordinator.shared_blob(name, digest).await else {
+        return Ok(None);
+    };
+    let RangeRequest::Partial { start, last } = range::resolve(Some(range_header), Some(size))
+    else {
+        return Ok(None);
+    };
+    let body = match shared.read_blob(digest, start..last + 1).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(%digest, error = %e, "ranged read from the shared tier failed");
+            return Ok(None);
+        }
+    };
+    coordinator
+        .metrics()
+        .shared_read_bytes
+        .inc_by(last - start + 1);
+    Ok(Some(BlobAnswer {
+        response: base(digest)
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(CONTENT_LENGTH, last - start + 1)
+            .header(CONTENT_RANGE, format!("bytes {start}-{last}/{size}"))
+            .body(response::stream(
+                crate::coordinator::BlobStream::from_stream(body),
+            ))
+            .expect("valid headers"),
+        cache: "shared",
+    }))
 }
 
 /// How long a presigned URL handed to a client stays valid.
