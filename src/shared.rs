@@ -53,10 +53,38 @@ pub struct Shared {
     store: Arc<dyn ObjectStore>,
     #[cfg(feature = "s3")]
     signer: Option<Arc<dyn object_store::signer::Signer>>,
+    #[cfg(feature = "s3")]
+    skip_verify: bool,
     prefix: String,
     describe: String,
     /// Answer hits with a 307 to a presigned URL (`redirect: true`).
     redirect: bool,
+    /// Uploads running at once (each holds up to three parts in memory).
+    pub(crate) upload_permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// A small operation (HEAD, a manifest, a tag, a marker) that takes longer
+/// than this counts as failed: the request falls back to the upstream
+/// instead of waiting on a stuck bucket.
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Uploads to the tier at once per replica.
+const UPLOADS_AT_ONCE: usize = 8;
+
+/// Small objects (manifests, tag records) larger than this are damaged.
+const SMALL_MAX: u64 = 8 << 20;
+
+async fn bounded<T>(
+    key: &Key,
+    f: impl std::future::Future<Output = object_store::Result<T>>,
+) -> object_store::Result<T> {
+    match tokio::time::timeout(OP_TIMEOUT, f).await {
+        Ok(r) => r,
+        Err(_) => Err(object_store::Error::Generic {
+            store: "shared tier",
+            source: format!("{key}: no answer in {} s", OP_TIMEOUT.as_secs()).into(),
+        }),
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -99,9 +127,12 @@ impl Shared {
             store,
             #[cfg(feature = "s3")]
             signer: None,
+            #[cfg(feature = "s3")]
+            skip_verify: false,
             prefix: prefix.trim_matches('/').to_string(),
             describe,
             redirect: false,
+            upload_permits: Arc::new(tokio::sync::Semaphore::new(UPLOADS_AT_ONCE)),
         }
     }
 
@@ -123,6 +154,10 @@ impl Shared {
         }
     }
 
+    fn blob_prefix(&self) -> String {
+        self.key("blobs").to_string()
+    }
+
     fn blob_key(&self, d: &Digest) -> Key {
         self.key(&format!("blobs/{}/{}", d.algorithm().as_str(), d.hex()))
     }
@@ -130,7 +165,7 @@ impl Shared {
     /// The size of the blob in the tier, or None.
     pub async fn blob_size(&self, d: &Digest) -> io::Result<Option<u64>> {
         let key = self.blob_key(d);
-        match self.store.head(&key).await {
+        match bounded(&key, self.store.head(&key)).await {
             Ok(meta) => Ok(Some(meta.size)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(named(&key, e)),
@@ -148,9 +183,7 @@ impl Shared {
             range: Some(GetRange::Bounded(range)),
             ..Default::default()
         };
-        let got = self
-            .store
-            .get_opts(&key, opts)
+        let got = bounded(&key, self.store.get_opts(&key, opts))
             .await
             .map_err(|e| named(&key, e))?;
         let k = key.clone();
@@ -220,11 +253,8 @@ impl Shared {
         #[cfg(feature = "s3")]
         if let Some(signer) = &self.signer {
             use object_store::signer::SignedUrlOptions;
-            let prefix = if self.prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{}/", self.prefix)
-            };
+            // Only ferry's own blob uploads, never another application's.
+            let prefix = format!("{}/", self.blob_prefix());
             let opts = SignedUrlOptions::new()
                 .with_query([("uploads", String::new()), ("prefix", prefix)]);
             let url = signer
@@ -238,7 +268,7 @@ impl Shared {
                 .map_err(|e| {
                     io::Error::other(format!("{}: cannot sign a listing: {e}", self.describe))
                 })?;
-            let text = s3::send(reqwest::Method::GET, url).await?;
+            let text = s3::send(reqwest::Method::GET, url, self.skip_verify).await?;
             return Ok(maintenance::parse_uploads(&text));
         }
         Ok(Vec::new())
@@ -261,7 +291,7 @@ impl Shared {
                 .map_err(|e| {
                     io::Error::other(format!("shared object {}: cannot sign: {e}", up.key))
                 })?;
-            s3::send(reqwest::Method::DELETE, url).await?;
+            s3::send(reqwest::Method::DELETE, url, self.skip_verify).await?;
             return Ok(());
         }
         let _ = up;
@@ -270,8 +300,7 @@ impl Shared {
 
     async fn put_small(&self, rel: &str, bytes: Bytes) -> io::Result<()> {
         let key = self.key(rel);
-        self.store
-            .put(&key, PutPayload::from(bytes))
+        bounded(&key, self.store.put(&key, PutPayload::from(bytes)))
             .await
             .map(|_| ())
             .map_err(|e| named(&key, e))
@@ -279,8 +308,18 @@ impl Shared {
 
     async fn get_small(&self, rel: &str) -> io::Result<Option<Bytes>> {
         let key = self.key(rel);
-        match self.store.get(&key).await {
-            Ok(r) => r.bytes().await.map(Some).map_err(|e| named(&key, e)),
+        match bounded(&key, self.store.get(&key)).await {
+            Ok(r) if r.meta.size > SMALL_MAX => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "shared object {key} is {} bytes, too large for a record",
+                    r.meta.size
+                ),
+            )),
+            Ok(r) => bounded(&key, r.bytes())
+                .await
+                .map(Some)
+                .map_err(|e| named(&key, e)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(named(&key, e)),
         }
@@ -315,7 +354,11 @@ impl Shared {
         if &h.finish() != d {
             return Err(damaged("bytes do not match the digest"));
         }
-        let media_type = String::from_utf8_lossy(&record[..nl]).into_owned();
+        let media_type = std::str::from_utf8(&record[..nl])
+            .ok()
+            .filter(|t| http::HeaderValue::from_str(t).is_ok())
+            .ok_or_else(|| damaged("the media type is not a header value"))?
+            .to_string();
         Ok(Some((media_type, bytes)))
     }
 
@@ -375,7 +418,7 @@ impl Shared {
         key: &str,
     ) -> io::Result<bool> {
         let k = self.key(&repo_rel(registry, repo, &format!("_{kind}"), key));
-        match self.store.head(&k).await {
+        match bounded(&k, self.store.head(&k)).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(named(&k, e)),
@@ -421,6 +464,11 @@ mod s3 {
         // is ring.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut b = AmazonS3Builder::from_env()
+            .with_retry(object_store::RetryConfig {
+                max_retries: 2,
+                retry_timeout: std::time::Duration::from_secs(10),
+                ..Default::default()
+            })
             .with_bucket_name(&s.bucket)
             .with_region(&s.region)
             .with_virtual_hosted_style_request(!s.path_style)
@@ -458,6 +506,7 @@ mod s3 {
         let mut shared = Shared::with_store(s3.clone(), &s.prefix, describe);
         shared.signer = Some(s3);
         shared.redirect = s.redirect;
+        shared.skip_verify = s.skip_verify;
         Ok(shared)
     }
 
@@ -465,10 +514,16 @@ mod s3 {
     pub(super) async fn send(
         method: reqwest::Method,
         url: object_store::signer::Url,
+        skip_verify: bool,
     ) -> io::Result<String> {
         let shown = format!("{method} {}", url.path());
         let fail = |e: String| io::Error::other(format!("shared tier {shown}: {e}"));
-        let resp = reqwest::Client::new()
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(skip_verify)
+            .timeout(super::OP_TIMEOUT)
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let resp = client
             .request(method, url.as_str())
             .send()
             .await

@@ -42,6 +42,16 @@ fn blob_reply(len: usize, body: RawBody) -> RawReply {
     )
 }
 
+/// `ferry_upstream_bytes_total` of the one registry.
+fn upstream_bytes(ferry: &Ferry) -> u64 {
+    let text = ferry.app.metrics.encode();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("ferry_upstream_bytes_total{"))
+        .unwrap_or_else(|| panic!("no upstream bytes metric in {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 /// Nothing for `digest` at its final path and no temp file left.
 async fn assert_nothing_published(ferry: &Ferry, digest: &str) {
     ferry.settle().await;
@@ -144,6 +154,7 @@ async fn an_endless_body_is_cut_at_max_blob_size() {
     let w = within(get(&ferry.url(&format!("/v2/x/blobs/{digest}")))).await;
     assert_eq!(w.status, StatusCode::BAD_GATEWAY);
     assert_nothing_published(&ferry, &digest).await;
+    assert_eq!(upstream_bytes(&ferry), 0, "body bytes were read");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,13 +210,7 @@ async fn a_100_mib_manifest_is_refused_after_reading_at_most_the_cap() {
         // read at all when the length was announced.
         assert!(sent < 16 * MIB as u64, "ferry read {sent} bytes");
         if announce {
-            let read = ferry.app.metrics.encode();
-            let line = read
-                .lines()
-                .find(|l| l.starts_with("ferry_upstream_bytes_total{"))
-                .unwrap_or_default()
-                .to_string();
-            assert!(line.ends_with(" 0"), "{line}");
+            assert_eq!(upstream_bytes(&ferry), 0, "body bytes were read");
         }
         let again = within(get(&ferry.url("/v2/big/manifests/latest"))).await;
         assert_eq!(again.status, StatusCode::BAD_GATEWAY, "nothing was cached");
@@ -234,4 +239,24 @@ async fn a_redirect_loop_is_followed_a_bounded_number_of_times() {
         up.requests()
     );
     assert_nothing_published(&ferry, &digest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_listing_is_refused_before_its_body_is_read() {
+    // A tags list announcing 100 MiB (the listing limit is 16 MiB).
+    let up = RawUpstream::start(|_| {
+        RawReply::new(
+            "200 OK",
+            &[
+                ("Content-Type", "application/json".into()),
+                ("Content-Length", (100 * MIB).to_string()),
+            ],
+            RawBody::Endless,
+        )
+    })
+    .await;
+    let ferry = Ferry::start_with(&up.url(), impatient).await;
+    let w = within(get(&ferry.url("/v2/x/tags/list"))).await;
+    assert_ne!(w.status, StatusCode::OK);
+    assert_eq!(upstream_bytes(&ferry), 0, "body bytes were read");
 }

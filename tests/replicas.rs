@@ -144,6 +144,23 @@ async fn tags_and_manifests_resolved_by_one_replica_are_fresh_for_another() {
     let w = within(get(&a.url("/v2/team/app/manifests/v1"))).await;
     assert_eq!(w.body, body);
     let tag_gets = up.hits("GET", "/v2/team/app/manifests/v1");
+    // A puts the records in the background.
+    let tier = a.app.coordinator.shared().unwrap().clone();
+    let d: ferry::oci::Digest = digest.parse().unwrap();
+    let tag_file = |root: &std::path::Path| {
+        std::fs::read_dir(root.join("repositories"))
+            .ok()
+            .and_then(|mut regs| regs.next())
+            .and_then(|r| r.ok())
+            .map(|r| r.path().join("team/app/_tags/v1").exists())
+            .unwrap_or(false)
+    };
+    within(async {
+        while tier.get_manifest(&d).await.unwrap().is_none() || !tag_file(shared.path()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
 
     // Within the tag TTL, B answers from the tier: no upstream request.
     let w = within(get(&b.url("/v2/team/app/manifests/v1"))).await;

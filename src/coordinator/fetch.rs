@@ -120,7 +120,11 @@ async fn fetch(
     }
 
     if let Some(size) = coordinator.shared_blob(repo, digest).await {
-        let copied = transfer_from_shared(coordinator, flight, size).await;
+        let copied = match copy_from_shared(coordinator, flight, repo, size).await {
+            // The bucket would not even start the GET: ask the upstream.
+            None => return fetch_upstream(coordinator, flight, repo).await,
+            Some(c) => c,
+        };
         if let Err(
             FetchFailure::DigestMismatch { .. }
             | FetchFailure::LengthMismatch { .. }
@@ -137,6 +141,16 @@ async fn fetch(
         }
         return copied.map(|n| (n, "shared".into()));
     }
+    fetch_upstream(coordinator, flight, repo).await
+}
+
+/// The upstream half of [`fetch`].
+async fn fetch_upstream(
+    coordinator: &Arc<Coordinator>,
+    flight: &Arc<Flight>,
+    repo: &Resolved,
+) -> Result<(u64, String), FetchFailure> {
+    let digest = &flight.digest;
 
     let space = &coordinator.lifecycle.space;
     if space.reserve(0).is_none() {
@@ -249,11 +263,51 @@ async fn start_spool(
 }
 
 /// Copies a blob from the shared tier into the local spool, verified like
-/// an upstream transfer (the bucket is trusted no more than an upstream).
+/// an upstream transfer (the bucket is trusted no more than an upstream),
+/// and accounted like one (free space, the eviction index). None when the
+/// bucket would not start the GET: the caller asks the upstream instead.
+async fn copy_from_shared(
+    coordinator: &Arc<Coordinator>,
+    flight: &Arc<Flight>,
+    repo: &Resolved,
+    size: u64,
+) -> Option<Result<u64, FetchFailure>> {
+    let digest = &flight.digest;
+    let shared = coordinator.shared.as_ref().expect("shared tier checked");
+    let body = match shared.read_blob(digest, 0..size).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(%digest, error = %e, "cannot read the shared tier; fetching upstream");
+            return None;
+        }
+    };
+    let space = &coordinator.lifecycle.space;
+    let Some(_room) = space.reserve(size) else {
+        return Some(Err(FetchFailure::NoRoom(format!(
+            "{size} bytes do not fit ({} bytes available)",
+            space.probe().available()
+        ))));
+    };
+    let idle = repo
+        .targets
+        .first()
+        .map(|t| t.registry.upstream.timeouts().idle_read)
+        .unwrap_or(std::time::Duration::from_secs(30));
+    let copied = transfer_from_shared(coordinator, flight, body, size, idle).await;
+    if copied.is_ok() {
+        coordinator
+            .lifecycle
+            .stored(digest, size, &coordinator.clock);
+    }
+    Some(copied)
+}
+
 async fn transfer_from_shared(
     coordinator: &Arc<Coordinator>,
     flight: &Arc<Flight>,
+    mut body: futures::stream::BoxStream<'static, std::io::Result<Bytes>>,
     size: u64,
+    idle: std::time::Duration,
 ) -> Result<u64, FetchFailure> {
     let digest = &flight.digest;
     let shared = coordinator.shared.as_ref().expect("shared tier checked");
@@ -263,10 +317,17 @@ async fn transfer_from_shared(
             cause: e.to_string(),
         })
     };
-    let mut body = shared.read_blob(digest, 0..size).await.map_err(failed)?;
     let (tx, writer) = start_spool(coordinator, flight, Some(size)).await?;
     let mut network = Ok(());
-    while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+    loop {
+        let chunk = match tokio::time::timeout(idle, futures::StreamExt::next(&mut body)).await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no bytes for {} s", idle.as_secs()),
+            )),
+        };
         match chunk {
             Ok(b) => {
                 coordinator.metrics.shared_read_bytes.inc_by(b.len() as u64);

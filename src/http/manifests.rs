@@ -223,13 +223,17 @@ pub async fn fetch(
     if let Err(e) = store::blocking(move || store.put_manifest(&d, &t, &b)).await {
         tracing::error!(repo = %name, digest = %m.digest, error = %e, "cannot store manifest; serving it uncached");
     }
-    if let Some(shared) = app.coordinator.shared() {
-        if let Err(e) = shared
-            .put_manifest(&m.digest, &m.media_type, &m.bytes)
-            .await
-        {
-            tracing::warn!(repo = %name, digest = %m.digest, error = %e, "cannot put manifest in the shared tier");
-        }
+    if let Some(shared) = app.coordinator.shared().cloned() {
+        // In the background: a slow bucket never delays the answer.
+        let (m, name) = (m.clone(), name.clone());
+        tokio::spawn(async move {
+            if let Err(e) = shared
+                .put_manifest(&m.digest, &m.media_type, &m.bytes)
+                .await
+            {
+                tracing::warn!(repo = %name, digest = %m.digest, error = %e, "cannot put manifest in the shared tier");
+            }
+        });
     }
     link(app, target, &m).await;
     Ok(m)
@@ -393,6 +397,15 @@ pub async fn stored_tag(
             }),
         None => None,
     };
+    // A record dated in the future (clock skew, damage) would stay fresh
+    // for ever: it counts as just expired instead.
+    let not_after = app.clock.now_ms() + 5 * 60 * 1000;
+    let shared = shared.map(|mut r| {
+        if r.fetched_at_ms > not_after {
+            r.fetched_at_ms = 0;
+        }
+        r
+    });
     let record = match (local, shared) {
         (Some(l), Some(s)) if s.fetched_at_ms > l.fetched_at_ms => s,
         (Some(l), _) => l,
@@ -416,13 +429,13 @@ pub async fn put_tag(app: &App, target: &Target, name: &RepoName, tag: &Tag, m: 
     if let Err(e) = store::blocking(move || store.put_tag(&r, &n, &t, &record)).await {
         tracing::error!(repo = %name, %tag, error = %e, "cannot store tag mapping");
     }
-    if let Some(shared) = app.coordinator.shared() {
-        if let Err(e) = shared
-            .put_tag(&target.registry.name, name, tag, &shared_record)
-            .await
-        {
-            tracing::warn!(repo = %name, %tag, error = %e, "cannot put tag mapping in the shared tier");
-        }
+    if let Some(shared) = app.coordinator.shared().cloned() {
+        let (registry, name, tag) = (target.registry.name.clone(), name.clone(), tag.clone());
+        tokio::spawn(async move {
+            if let Err(e) = shared.put_tag(&registry, &name, &tag, &shared_record).await {
+                tracing::warn!(repo = %name, %tag, error = %e, "cannot put tag mapping in the shared tier");
+            }
+        });
     }
     link(app, target, m).await;
 }

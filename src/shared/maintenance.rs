@@ -127,8 +127,10 @@ pub struct PendingUpload {
 }
 
 /// Aborts incomplete multipart uploads under the tier's prefix that were
-/// started more than `older_than` ago; returns how many. A directory has
-/// none (its staged parts are removed with the upload).
+/// started more than `older_than` ago; returns how many. Only ferry's
+/// blob keys are looked at (the first 1,000 pending uploads per pass). A
+/// directory has none to list: staged files of a replica that crashed
+/// mid-upload stay behind (see the README).
 pub async fn clean_uploads(shared: &Shared, older_than: Duration) -> io::Result<usize> {
     let pending = shared.pending_uploads().await?;
     let now = SystemTime::now();
@@ -138,9 +140,15 @@ pub async fn clean_uploads(shared: &Shared, older_than: Duration) -> io::Result<
         if age < older_than {
             continue;
         }
-        shared.abort_upload(&up).await?;
-        tracing::info!(key = %up.key, age_s = age.as_secs(), "aborted a leftover shared upload");
-        aborted += 1;
+        match shared.abort_upload(&up).await {
+            Ok(()) => {
+                tracing::info!(key = %up.key, age_s = age.as_secs(), "aborted a leftover shared upload");
+                aborted += 1;
+            }
+            Err(e) => {
+                tracing::warn!(key = %up.key, error = %e, "cannot abort a leftover shared upload")
+            }
+        }
     }
     Ok(aborted)
 }

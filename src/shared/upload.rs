@@ -146,6 +146,14 @@ pub async fn mirror(
     digest: &Digest,
     mut stream: BlobStream,
 ) -> io::Result<Mirrored> {
+    // Bounded uploads at once: a slow bucket makes mirrors wait (reading
+    // nothing meanwhile), never pile up memory.
+    let _permit = shared
+        .upload_permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| io::Error::other("shared tier closed"))?;
     if shared.blob_size(digest).await?.is_some() {
         return Ok(Mirrored::Present);
     }
