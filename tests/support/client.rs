@@ -52,6 +52,16 @@ pub async fn get(url: &str) -> Whole {
     request(Method::GET, url, &[]).await
 }
 
+/// A GET whose connection may break before the response head (an aborted
+/// fetch of a small blob can end the connection that fast): Err then.
+pub async fn try_get(url: &str) -> Result<Whole, String> {
+    let req = Request::builder().uri(url).body(Empty::new()).unwrap();
+    match client().request(req).await {
+        Ok(resp) => Ok(read_whole(resp).await),
+        Err(e) => Err(format!("request to {url} failed: {e}")),
+    }
+}
+
 pub async fn send(method: Method, url: &str, headers: &[(&str, &str)]) -> http::Response<Incoming> {
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
