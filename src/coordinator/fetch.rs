@@ -184,12 +184,7 @@ async fn fetch_upstream(
             limit: coordinator.max_blob_size as usize,
         }));
     }
-    let Some(_room) = space.reserve(size) else {
-        return Err(FetchFailure::NoRoom(format!(
-            "{size} bytes do not fit ({} bytes available)",
-            space.probe().available()
-        )));
-    };
+    let _room = room_for(space, size)?;
     let size = transfer(coordinator, flight, target, resp).await?;
     coordinator
         .lifecycle
@@ -220,6 +215,19 @@ async fn request(
         .upstream
         .request(Method::GET, &target.blob_path(digest), headers)
         .await
+}
+
+/// Reserves room for `size` bytes in the store, or says why there is none.
+fn room_for(
+    space: &crate::lifecycle::Space,
+    size: u64,
+) -> Result<crate::lifecycle::Reservation, FetchFailure> {
+    space.reserve(size).ok_or_else(|| {
+        FetchFailure::NoRoom(format!(
+            "{size} bytes do not fit ({} bytes available)",
+            space.probe().available()
+        ))
+    })
 }
 
 /// Creates the temp file, shows it to readers and starts the writer thread.
@@ -281,12 +289,9 @@ async fn copy_from_shared(
             return None;
         }
     };
-    let space = &coordinator.lifecycle.space;
-    let Some(_room) = space.reserve(size) else {
-        return Some(Err(FetchFailure::NoRoom(format!(
-            "{size} bytes do not fit ({} bytes available)",
-            space.probe().available()
-        ))));
+    let _room = match room_for(&coordinator.lifecycle.space, size) {
+        Ok(r) => r,
+        Err(e) => return Some(Err(e)),
     };
     let idle = repo
         .targets
