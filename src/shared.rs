@@ -257,21 +257,31 @@ impl Shared {
             let prefix = format!("{}/", self.blob_prefix());
             let opts = SignedUrlOptions::new()
                 .with_query([("uploads", String::new()), ("prefix", prefix)]);
-            let url = signer
-                .signed_url_opts(
-                    http::Method::GET,
-                    &Key::from(""),
-                    Duration::from_secs(60),
-                    &opts,
-                )
-                .await
-                .map_err(|e| {
-                    io::Error::other(format!("{}: cannot sign a listing: {e}", self.describe))
-                })?;
-            let text = s3::send(reqwest::Method::GET, url, self.skip_verify).await?;
+            let text = self
+                .presigned(signer, http::Method::GET, &Key::from(""), &opts)
+                .await?;
             return Ok(maintenance::parse_uploads(&text));
         }
         Ok(Vec::new())
+    }
+
+    /// Sends one request object_store does not wrap, signed by its signer;
+    /// the body of a 2xx answer.
+    #[cfg(feature = "s3")]
+    async fn presigned(
+        &self,
+        signer: &Arc<dyn object_store::signer::Signer>,
+        method: http::Method,
+        key: &Key,
+        opts: &object_store::signer::SignedUrlOptions,
+    ) -> io::Result<String> {
+        let url = signer
+            .signed_url_opts(method.clone(), key, Duration::from_secs(60), opts)
+            .await
+            .map_err(|e| io::Error::other(format!("shared object {key}: cannot sign: {e}")))?;
+        let method =
+            reqwest::Method::from_bytes(method.as_str().as_bytes()).map_err(io::Error::other)?;
+        s3::send(method, url, self.skip_verify).await
     }
 
     /// Aborts one incomplete multipart upload.
@@ -280,18 +290,13 @@ impl Shared {
         if let Some(signer) = &self.signer {
             use object_store::signer::SignedUrlOptions;
             let opts = SignedUrlOptions::new().with_query([("uploadId", up.upload_id.clone())]);
-            let url = signer
-                .signed_url_opts(
-                    http::Method::DELETE,
-                    &Key::from(up.key.as_str()),
-                    Duration::from_secs(60),
-                    &opts,
-                )
-                .await
-                .map_err(|e| {
-                    io::Error::other(format!("shared object {}: cannot sign: {e}", up.key))
-                })?;
-            s3::send(reqwest::Method::DELETE, url, self.skip_verify).await?;
+            self.presigned(
+                signer,
+                http::Method::DELETE,
+                &Key::from(up.key.as_str()),
+                &opts,
+            )
+            .await?;
             return Ok(());
         }
         let _ = up;
