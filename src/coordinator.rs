@@ -12,12 +12,18 @@
 //! only after the blob was published (verified, fsynced, renamed) or the
 //! fetch failed, so a later request sees either the stored blob or nothing.
 
+mod absent;
 mod fetch;
 mod flight;
+mod handle;
 mod hot;
+mod mapping;
 mod membership;
+mod mirror;
 mod passthrough;
 mod reader;
+mod spool;
+mod transfer;
 
 use std::fs::File;
 use std::sync::Arc;
@@ -28,110 +34,31 @@ use dashmap::DashMap;
 use http::{Method, StatusCode};
 
 use crate::clock::Clock;
-use crate::lifecycle::{Lifecycle, ReadGuard};
-use crate::metrics::Metrics;
-use crate::oci::{Digest, ErrorCode, RegistryError};
+use crate::lifecycle::Lifecycle;
+use crate::metrics::{CacheStatus, Metrics};
+use crate::oci::{Digest, ErrorCode, Hasher, RegistryError};
 use crate::routing::{Resolved, Router, Target};
 use crate::store::{self, FsStore};
+use crate::upstream::headers::{content_length, content_range};
 use crate::upstream::UpstreamError;
-pub use crate::upstream::{is_absent, worse};
 
 pub use flight::{FetchFailure, Flight, Progress};
+pub use handle::BlobHandle;
 pub use reader::{BlobStream, READ_CHUNK};
 
-/// Where a blob response's bytes come from, and why.
-#[derive(Debug)]
-pub enum BlobHandle {
-    /// Already in the store; the guard keeps it from eviction.
-    Stored {
-        file: Arc<File>,
-        size: u64,
-        /// The whole content of a small blob, already read.
-        inline: Option<Bytes>,
-        guard: Arc<ReadGuard>,
-    },
-    /// A small stored blob held in memory.
-    Memory { bytes: Bytes },
-    /// No room to cache it: straight from upstream, verified, not kept.
-    Uncached {
-        body: std::sync::Mutex<Option<hyper::body::Incoming>>,
-        digest: Digest,
-        size: Option<u64>,
-    },
-    /// Being fetched; `joined` is true when another request started it.
-    InFlight {
-        flight: Arc<Flight>,
-        file: Arc<File>,
-        size: Option<u64>,
-        joined: bool,
-    },
-}
-
-impl BlobHandle {
-    pub fn size(&self) -> Option<u64> {
-        match self {
-            BlobHandle::Stored { size, .. } => Some(*size),
-            BlobHandle::Memory { bytes } => Some(bytes.len() as u64),
-            BlobHandle::InFlight { size, .. } | BlobHandle::Uncached { size, .. } => *size,
-        }
-    }
-
-    /// `hit`, `miss` or `joined`, for logs and metrics.
-    pub fn cache_status(&self) -> &'static str {
-        match self {
-            BlobHandle::Stored { .. } | BlobHandle::Memory { .. } => "hit",
-            BlobHandle::Uncached { .. } => "uncached",
-            BlobHandle::InFlight { joined: false, .. } => "miss",
-            BlobHandle::InFlight { joined: true, .. } => "joined",
-        }
-    }
-
-    /// The bytes `[start, end)` of the blob as a stream that follows the
-    /// download when the blob is in flight. An uncached blob streams whole,
-    /// once (callers send it with a 200, ignoring any range).
-    pub fn stream(&self, start: u64, end: Option<u64>) -> BlobStream {
-        match self {
-            BlobHandle::Memory { bytes } => {
-                let size = bytes.len() as u64;
-                let end = end.unwrap_or(size).min(size) as usize;
-                let part = bytes.slice((start as usize).min(end)..end);
-                BlobStream::from_stream(futures::stream::once(async move { Ok(part) }))
-            }
-            BlobHandle::Stored {
-                inline: Some(bytes),
-                size,
-                ..
-            } => {
-                let end = end.unwrap_or(*size).min(*size) as usize;
-                let part = bytes.slice((start as usize).min(end)..end);
-                BlobStream::from_stream(futures::stream::once(async move { Ok(part) }))
-            }
-            BlobHandle::Stored {
-                file, size, guard, ..
-            } => {
-                BlobStream::stored(file.clone(), start, end.unwrap_or(*size)).holding(guard.clone())
-            }
-            BlobHandle::Uncached { body, digest, .. } => {
-                let body = body.lock().expect("handle lock").take();
-                match body {
-                    Some(b) => BlobStream::from_stream(passthrough::VerifyingStream::new(
-                        b,
-                        digest.clone(),
-                    )),
-                    None => BlobStream::from_stream(futures::stream::once(async {
-                        Err(std::io::Error::other("uncached blob body already taken"))
-                    })),
-                }
-            }
-            BlobHandle::InFlight { flight, file, .. } => {
-                BlobStream::following(flight.clone(), file.clone(), start, end)
-            }
-        }
-    }
-}
-
-/// Blobs up to this size are read whole when opened.
+/// Blobs up to this size are read whole (and verified) when opened, and
+/// then kept in memory.
 const INLINE_MAX: u64 = 2 * 1024 * 1024;
+
+/// What the store holds for a digest.
+enum Stored {
+    /// A small blob, read whole and verified.
+    Small(Bytes),
+    /// A larger blob, opened.
+    File(File, u64),
+    /// A small blob that failed its digest (and was removed).
+    Damaged,
+}
 
 /// The shared state behind every blob request.
 #[derive(Debug)]
@@ -144,11 +71,8 @@ pub struct Coordinator {
     hot: hot::HotCache,
     metrics: Arc<Metrics>,
     membership: membership::Membership,
-    /// Blobs the upstream recently said a repository does not have, until
-    /// when (clock ms): a flood of requests for made-up digests costs one
-    /// upstream request per digest and repository, not one per request.
-    absent: DashMap<(String, Digest), u64>,
-    absent_ttl: std::time::Duration,
+    /// Blobs the upstream recently said a repository does not have.
+    absent: absent::Absent,
     /// The longest blob ferry accepts (`ferry.maxBlobSize`): an upstream
     /// that announces more, or sends more without announcing, is cut off.
     max_blob_size: u64,
@@ -165,9 +89,6 @@ pub struct FetchSettings {
     /// The shared tier (`storage.storageDriver`).
     pub shared: Option<Arc<crate::shared::Shared>>,
 }
-
-/// Entries in the absent map before it is cleared.
-const ABSENT_LIMIT: usize = 100_000;
 
 impl Coordinator {
     pub fn new(
@@ -192,14 +113,14 @@ impl Coordinator {
             metrics,
             membership: membership::Membership::new(shared.clone()),
             shared,
-            absent: DashMap::new(),
-            absent_ttl,
+            absent: absent::Absent::new(absent_ttl),
             max_blob_size,
             hot: hot::HotCache::new(64 << 20),
         })
     }
 
-    /// Forgets the in-memory copy of a blob (its stored copy was damaged).
+    /// Forgets the in-memory copy of a blob whose stored copy is gone
+    /// (removed as damaged, or evicted).
     pub fn forget(&self, digest: &Digest) {
         self.hot.remove(digest);
     }
@@ -271,24 +192,12 @@ impl Coordinator {
 
     /// Remembers that the upstream has no `digest` for `repo`.
     pub(crate) fn absent_upstream(&self, repo: &Resolved, digest: &Digest) {
-        if self.absent_ttl.is_zero() {
-            return;
-        }
-        if self.absent.len() >= ABSENT_LIMIT {
-            self.absent.clear();
-        }
-        let until = self.clock.now_ms() + self.absent_ttl.as_millis() as u64;
-        self.absent.insert((repo.key(), digest.clone()), until);
+        self.absent.remember(repo.key(), digest, &self.clock);
     }
 
     /// `BLOB_UNKNOWN` when the upstream said so within `absentTTL`.
     fn check_absent(&self, repo: &Resolved, digest: &Digest) -> Result<(), RegistryError> {
-        let key = (repo.key(), digest.clone());
-        let Some(until) = self.absent.get(&key).map(|u| *u) else {
-            return Ok(());
-        };
-        if self.clock.now_ms() >= until {
-            self.absent.remove(&key);
+        if !self.absent.is_absent(repo.key(), digest, &self.clock) {
             return Ok(());
         }
         self.metrics.absent_hits.inc();
@@ -311,10 +220,32 @@ impl Coordinator {
         self.inflight.get(digest).map(|f| f.clone())
     }
 
-    /// Opens a blob for reading: from the store, or by joining or starting
-    /// its upstream fetch. Returns once the upstream has answered (so the
-    /// size is known) or the fetch failed.
+    /// Opens a blob for reading under `repo`: from memory or the store, or
+    /// by joining or starting its upstream fetch. Returns once the upstream
+    /// has answered (so the size is known) or the fetch failed.
+    ///
+    /// Access is decided here: content this request did not fetch itself
+    /// (a stored blob, or a fetch started for another repository) is
+    /// answered only once it is known to belong to `repo` (see
+    /// [`Coordinator::confirm_blob`]).
     pub async fn open_blob(
+        self: &Arc<Self>,
+        repo: &Resolved,
+        digest: &Digest,
+    ) -> Result<BlobHandle, RegistryError> {
+        let handle = self.open_any(repo, digest).await?;
+        let foreign = match &handle {
+            BlobHandle::Stored { .. } | BlobHandle::Memory { .. } => true,
+            BlobHandle::InFlight { flight, .. } => flight.repo != repo.key(),
+            BlobHandle::Uncached { .. } => false,
+        };
+        if foreign {
+            self.confirm_blob(repo, digest).await?;
+        }
+        Ok(handle)
+    }
+
+    async fn open_any(
         self: &Arc<Self>,
         repo: &Resolved,
         digest: &Digest,
@@ -323,16 +254,20 @@ impl Coordinator {
             self.lifecycle.index.touch(digest, self.clock.now_ms());
             return Ok(BlobHandle::Memory { bytes });
         }
-        if let Some((file, size, inline)) = self.open_stored(digest).await? {
-            if let Some(b) = &inline {
-                self.hot.put(digest, b.clone());
+        match self.open_stored(digest).await? {
+            Some(Stored::Small(bytes)) => {
+                self.lifecycle.index.touch(digest, self.clock.now_ms());
+                self.hot.put(digest, bytes.clone());
+                return Ok(BlobHandle::Memory { bytes });
             }
-            return Ok(BlobHandle::Stored {
-                file: Arc::new(file),
-                size,
-                inline,
-                guard: Arc::new(self.lifecycle.reading(digest, &self.clock)),
-            });
+            Some(Stored::File(file, size)) => {
+                return Ok(BlobHandle::Stored {
+                    file: Arc::new(file),
+                    size,
+                    guard: Arc::new(self.lifecycle.reading(digest, &self.clock)),
+                });
+            }
+            Some(Stored::Damaged) | None => {}
         }
         if !self.inflight.contains_key(digest) {
             self.check_absent(repo, digest)?;
@@ -358,13 +293,11 @@ impl Coordinator {
             Ok(Progress::Failed(f)) if matches!(*f, FetchFailure::NoRoom(_)) => {
                 // The store cannot take it: serve this client straight
                 // from upstream instead.
-                self.lifecycle
-                    .uncached
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.uncached.inc();
                 tracing::warn!(%digest, reason = %f, "serving blob uncached");
                 let (body, size) = passthrough::open(repo, digest).await?;
                 return Ok(BlobHandle::Uncached {
-                    body: std::sync::Mutex::new(Some(body)),
+                    body,
                     digest: digest.clone(),
                     size,
                 });
@@ -392,13 +325,13 @@ impl Coordinator {
         &self,
         repo: &Resolved,
         digest: &Digest,
-    ) -> Result<(Option<u64>, &'static str), RegistryError> {
+    ) -> Result<(Option<u64>, CacheStatus), RegistryError> {
         let d = digest.clone();
         let store = self.store.clone();
         let stat = store::blocking(move || Ok(std::fs::metadata(store.blob_path(&d)).ok())).await;
         if let Ok(Some(meta)) = stat {
             self.confirm_blob(repo, digest).await?;
-            return Ok((Some(meta.len()), "hit"));
+            return Ok((Some(meta.len()), CacheStatus::Hit));
         }
         if let Some(flight) = self.flight(digest) {
             let size = match *flight.subscribe().borrow() {
@@ -411,11 +344,11 @@ impl Coordinator {
                 if flight.repo != repo.key() {
                     self.confirm_blob(repo, digest).await?;
                 }
-                return Ok((Some(s), "joined"));
+                return Ok((Some(s), CacheStatus::Joined));
             }
         }
         if let Some(size) = self.shared_blob(repo, digest).await {
-            return Ok((Some(size), "shared"));
+            return Ok((Some(size), CacheStatus::Shared));
         }
         self.check_absent(repo, digest)?;
         let (resp, target) = repo
@@ -429,7 +362,7 @@ impl Coordinator {
             })?;
         self.router.remember(&repo.local, target.registry.index);
         self.link(target, vec![digest.clone()]).await;
-        Ok((content_length(resp.headers()), "miss"))
+        Ok((content_length(resp.headers()), CacheStatus::Miss))
     }
 
     /// True when the blob is in the local store or being fetched here.
@@ -496,26 +429,29 @@ impl Coordinator {
         .map_err(|e| e.to_registry_error(ErrorCode::BlobUnknown))
     }
 
-    /// Opens a stored blob; a small one is read whole in the same blocking
-    /// call (one trip to the blocking pool per request, not two).
-    async fn open_stored(
-        &self,
-        digest: &Digest,
-    ) -> Result<Option<(File, u64, Option<Bytes>)>, RegistryError> {
+    /// Opens a stored blob; a small one is read whole and checked against
+    /// its digest in the same blocking call (one trip to the blocking pool
+    /// per request, not two). A small blob that fails its digest is taken
+    /// out of the store and the index, so it is fetched again.
+    async fn open_stored(&self, digest: &Digest) -> Result<Option<Stored>, RegistryError> {
         let store = self.store.clone();
         let d = digest.clone();
-        store::blocking(move || {
+        let opened = store::blocking(move || {
             let Some((file, size)) = store.open_blob(&d)? else {
                 return Ok(None);
             };
-            let inline = if size <= INLINE_MAX {
-                let mut buf = vec![0u8; size as usize];
-                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0)?;
-                Some(Bytes::from(buf))
-            } else {
-                None
-            };
-            Ok(Some((file, size, inline)))
+            if size > INLINE_MAX {
+                return Ok(Some(Stored::File(file, size)));
+            }
+            let mut buf = vec![0u8; size as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0)?;
+            let mut h = Hasher::new(d.algorithm());
+            h.update(&buf);
+            if h.finish() != d {
+                std::fs::remove_file(store.blob_path(&d))?;
+                return Ok(Some(Stored::Damaged));
+            }
+            Ok(Some(Stored::Small(Bytes::from(buf))))
         })
         .await
         .map_err(|e| {
@@ -525,7 +461,14 @@ impl Coordinator {
                 ErrorCode::Unknown,
                 format!("cannot read blob {digest} from the store: {e}"),
             )
-        })
+        })?;
+        if let Some(Stored::Damaged) = opened {
+            tracing::warn!(%digest, "stored blob failed its digest; removed, fetching it again");
+            self.lifecycle.index.remove(digest);
+            self.hot.remove(digest);
+            return Ok(None);
+        }
+        Ok(opened)
     }
 
     /// Removes `flight` from the in-flight map, unless a newer fetch of the
@@ -534,27 +477,4 @@ impl Coordinator {
         self.inflight
             .remove_if(&flight.digest, |_, v| Arc::ptr_eq(v, flight));
     }
-}
-
-/// The first byte of a `Content-Range: bytes a-b/n` header.
-pub fn content_range_start(headers: &http::HeaderMap) -> Option<u64> {
-    content_range(headers).map(|(a, _)| a)
-}
-
-/// The first and last bytes of a `Content-Range: bytes a-b/n` header.
-pub fn content_range(headers: &http::HeaderMap) -> Option<(u64, u64)> {
-    let v = headers.get(http::header::CONTENT_RANGE)?.to_str().ok()?;
-    let range = v.trim().strip_prefix("bytes ")?.split('/').next()?;
-    let (a, b) = range.split_once('-')?;
-    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
-}
-
-/// The `Content-Length` header as a number.
-pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }

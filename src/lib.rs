@@ -9,35 +9,42 @@
 //!
 //! ## Map of the house
 //!
-//! | module | owns |
-//! | --- | --- |
-//! | [`config`] | the config file (zot's shape + a `ferry` section), flags, defaults |
-//! | [`oci`] | names, tags, digests, media types, OCI error documents: pure parsing |
-//! | [`listener`] | listeners, connection limits, header limits, TLS reload, forwarded-for, shutdown |
-//! | [`http`] | request dispatch, blob and manifest handlers, Range, listings, status page, health |
-//! | [`access`] | client access control: htpasswd users, static tokens, repository policies |
-//! | [`coordinator`] | the in-flight map, fetch tasks, progress, readers that follow a file, memberships |
-//! | [`routing`] | registries, `ns=`, path style, content prefixes, Docker Hub's `library/` |
-//! | [`upstream`] | the registry client: pooled HTTP/1.1 + HTTP/2 over rustls, auth, retries, stats |
-//! | [`store`] | the content-addressed filesystem store, atomic publish, crash recovery |
-//! | [`shared`] | the bucket several replicas share (S3 or a directory): uploads while fetching, upkeep |
-//! | [`lifecycle`] | the store's index, size cap and LRU eviction, free space, scrub |
-//! | [`metrics`] | the Prometheus registry |
-//! | [`sync`], [`prefetch`] | background `pollInterval` sync and `ferry prefetch` |
+//! Dependencies point one way, top to bottom; no module imports one above
+//! it (`python3 tools/modcycles.py src`-style checks find no cycle).
+//!
+//! | layer | module | owns |
+//! | --- | --- | --- |
+//! | wiring | [`server`] | `ferry serve`: app + listener + background tasks, started and stopped together |
+//! | | [`sync`], [`prefetch`] | periodic `pollInterval` sync and `ferry prefetch`, on top of the service |
+//! | transport | [`listener`] | listeners, connection limits, header limits, TLS, shutdown; calls a [`listener::Handler`] |
+//! | | [`http`] | the HTTP adapter: routing a path, Range, responses, the access log, health, metrics, status page |
+//! | service | [`app`] | the application state, manifests and tag freshness, referrers, listings, who may read what, background tasks |
+//! | | [`access`] | client credentials: htpasswd users, static tokens, repository policies |
+//! | coordination | [`coordinator`] | the in-flight map, fetch tasks (source, transfer, spool), readers, memberships, memory caches |
+//! | | [`routing`] | registries, `ns=`, path style, content prefixes, Docker Hub's `library/` |
+//! | | [`lifecycle`] | the store's index, size cap and LRU eviction, free space, scrub |
+//! | | [`metrics`] | every Prometheus metric, with typed labels ([`metrics::CacheStatus`]) |
+//! | storage | [`upstream`] | the registry client: pooled HTTP/1.1 + HTTP/2 over rustls, auth, retries, listings |
+//! | | [`store`] | the content-addressed filesystem store; only a [`store::VerifiedBlob`] is published |
+//! | | [`shared`] | the bucket several replicas share (S3 or a directory): uploads while fetching, upkeep |
+//! | leaves | [`config`], [`oci`], [`clock`] | the config file and defaults; names, digests, media types, OCI errors; time |
 //!
 //! ## The flow of one cold blob
 //!
 //! ```text
-//! client ─GET /v2/<name>/blobs/<digest>─▶ http::route ─▶ Coordinator::open_blob
-//!    stored? ── yes ─▶ BlobStream::stored (pread, Range)
-//!    in flight? ─ yes ─▶ join: BlobStream::following (temp file, watch)
-//!    else ─▶ spawn fetch task (detached) ─▶ upstream GET
-//!              └▶ writer thread: temp file + SHA-256, Progress::Streaming{written}
-//!              └▶ end: length + digest check ─▶ fsync ─▶ rename ─▶ Done ─▶ leave map
+//! client ─GET /v2/<name>/blobs/<digest>─▶ http::handle ─▶ Coordinator::open_blob
+//!    in memory / stored? ── yes ─▶ (belongs to <name>?) ─▶ BlobHandle::Memory / Stored
+//!    in flight? ─ yes ─▶ join: BlobHandle::InFlight ─▶ BlobStream::following
+//!    else ─▶ spawn fetch task (detached): fetch (source) ─▶ transfer (pump, resume)
+//!              └▶ spool writer thread: TempBlob::append (writes + hashes), Progress::Streaming
+//!              └▶ end: length check ─▶ TempBlob::verify ─▶ VerifiedBlob ─▶ publish ─▶ Done
 //!                 failure: temp deleted ─▶ Failed(reason) ─▶ readers abort
 //! ```
+//!
+//! docs/internals.md has the store layout and the invariants in full.
 
 pub mod access;
+pub mod app;
 pub mod clock;
 pub mod config;
 pub mod coordinator;
@@ -48,12 +55,12 @@ pub mod metrics;
 pub mod oci;
 pub mod prefetch;
 pub mod routing;
+pub mod server;
 pub mod shared;
-pub mod stats;
 pub mod store;
 pub mod sync;
 pub mod upstream;
 
+pub use app::{App, Hooks};
 pub use config::Config;
-pub use http::{App, Hooks};
-pub use listener::Server;
+pub use server::Server;

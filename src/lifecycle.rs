@@ -10,15 +10,14 @@ pub mod eviction;
 mod index;
 pub mod scrub;
 mod space;
-pub mod tasks;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
 use crate::clock::Clock;
 use crate::config::LifecycleConfig;
+use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::store::FsStore;
 
@@ -31,6 +30,9 @@ pub use space::{Reservation, Space, SpaceProbe};
 pub struct EvictionReport {
     pub evicted: usize,
     pub bytes: u64,
+    /// The blobs whose files were deleted: the caller drops any other copy
+    /// it holds (the coordinator's memory cache).
+    pub digests: Vec<Digest>,
 }
 
 /// The store's caretaker, shared by the coordinator and background tasks.
@@ -42,9 +44,8 @@ pub struct Lifecycle {
     /// Open readers per stored blob: such blobs are never evicted.
     readers: DashMap<Digest, usize>,
     pub last_scrub: Mutex<Option<ScrubReport>>,
-    pub evictions: AtomicU64,
-    /// Blobs served without caching for want of room.
-    pub uncached: AtomicU64,
+    /// Evictions are counted here as they happen.
+    metrics: Arc<Metrics>,
     /// Wakes the eviction task after a publish took the store over its cap.
     pub pressure: tokio::sync::Notify,
 }
@@ -55,6 +56,7 @@ impl Lifecycle {
         store: &FsStore,
         config: LifecycleConfig,
         probe: Option<SpaceProbe>,
+        metrics: Arc<Metrics>,
     ) -> std::io::Result<Lifecycle> {
         let index = Index::rebuild(store.root())?;
         let probe = probe.unwrap_or_else(|| SpaceProbe::Statvfs(store.root().to_path_buf()));
@@ -64,8 +66,7 @@ impl Lifecycle {
             config,
             index,
             readers: DashMap::new(),
-            evictions: AtomicU64::new(0),
-            uncached: AtomicU64::new(0),
+            metrics,
             pressure: tokio::sync::Notify::new(),
         })
     }
@@ -123,14 +124,14 @@ impl Lifecycle {
                     report.evicted += 1;
                     report.bytes += sizes.get(&d).copied().unwrap_or(0);
                     self.index.remove(&d);
+                    report.digests.push(d);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.index.remove(&d),
                 Err(e) => tracing::warn!(digest = %d, error = %e, "cannot evict blob"),
             }
         }
         if report.evicted > 0 {
-            self.evictions
-                .fetch_add(report.evicted as u64, Ordering::Relaxed);
+            self.metrics.evictions.inc_by(report.evicted as u64);
             tracing::info!(
                 evicted = report.evicted,
                 bytes = report.bytes,

@@ -1,27 +1,32 @@
 //! The client-facing door: listeners, connection limits, slow clients,
-//! TLS with certificate reload, and graceful shutdown.
+//! TLS, and graceful shutdown. It knows nothing of registries: it hands
+//! each request to a [`Handler`] and writes back what it returns.
 //!
-//! [`Server::bind`] opens the store and builds the [`App`], then binds the
-//! main listener (and, when `ferry.metricsAddress` is set, a second one that
-//! serves only `/metrics` and health). [`Server::run`] accepts connections
-//! until its shutdown future completes: `/readyz` turns 503 at once, the
-//! listener keeps serving for `drainDelay`, then closes, and in-flight
-//! responses get `shutdownTimeout` to finish.
+//! [`Listener::bind`] binds the main listener (and, when
+//! `ferry.metricsAddress` is set, a second one whose requests are marked
+//! [`Role::Metrics`]). [`Listener::run`] accepts connections until its
+//! shutdown future completes: `on_drain` is called at once (so `/readyz`
+//! turns 503), the listener keeps serving for `drainDelay`, then closes,
+//! and in-flight responses get `shutdownTimeout` to finish. It spawns one
+//! task per connection and nothing else; background work is the server
+//! wiring's (see [`crate::server`]).
 //!
 //! Every connection holds one of `maxConnections` permits (over the limit
 //! it is closed at once and counted); its request headers must arrive
 //! within `headerTimeout` and fit in `maxHeaderSize` (431 otherwise), and a
 //! connection that sends nothing at all is closed after `headerTimeout`.
 
-mod forwarded;
 mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -31,41 +36,53 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, ListenerConfig};
-use crate::http::{App, Hooks};
+use crate::http::{Body, Role};
+use crate::metrics::Metrics;
 
-pub use forwarded::client_addr;
-pub use tls::CertStore;
+pub use tls::{reload_loop, CertStore};
 
-/// Which requests a listener answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// The registry API, the status page, and (unless a metrics address is
-    /// set) `/metrics` and health.
-    Main,
-    /// Only `/metrics`, `/healthz` and `/readyz`.
-    Metrics,
+/// Answers requests: what the listener calls for each one.
+pub trait Handler: Clone + Send + Sync + 'static {
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        role: Role,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Request<Incoming>, SocketAddr, Role) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send,
+{
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        role: Role,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        self(req, peer, role)
+    }
 }
 
 /// A client that opens a connection and never finishes the TLS handshake
 /// is dropped after this long.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A bound, ready-to-run ferry server.
-pub struct Server {
-    app: Arc<App>,
+/// Bound listeners, ready to run.
+pub struct Listener {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     certs: Option<Arc<CertStore>>,
+    limits: ListenerConfig,
+    drain_delay: Duration,
+    shutdown_grace: Duration,
 }
 
-impl Server {
-    /// Opens the store, builds the app and binds the listen address(es).
-    pub async fn bind(config: Config) -> std::io::Result<Server> {
-        Server::bind_with_hooks(config, Hooks::default()).await
-    }
-
-    /// As [`Server::bind`], with a given clock and space probe.
-    pub async fn bind_with_hooks(config: Config, hooks: Hooks) -> std::io::Result<Server> {
+impl Listener {
+    /// Loads the TLS certificates (if any) and binds the listen address(es).
+    pub async fn bind(config: &Config) -> std::io::Result<Listener> {
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -80,12 +97,13 @@ impl Server {
             Some(a) => Some(bind(a).await?),
             None => None,
         };
-        let app = App::with_hooks(config, hooks)?;
-        Ok(Server {
-            app,
+        Ok(Listener {
             listener,
             metrics_listener,
             certs,
+            limits: config.listener.clone(),
+            drain_delay: config.drain_delay,
+            shutdown_grace: config.shutdown_grace,
         })
     }
 
@@ -102,105 +120,103 @@ impl Server {
             .map(|l| l.local_addr().expect("bound listener has an address"))
     }
 
-    pub fn app(&self) -> &Arc<App> {
-        &self.app
-    }
-
     /// The HTTPS listener's certificates, when it has them.
     pub fn certs(&self) -> Option<&Arc<CertStore>> {
         self.certs.as_ref()
     }
 
-    /// Serves until `shutdown` completes, then drains for at most the
-    /// configured shutdown timeout.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let Server {
-            app,
+    /// Serves `handler` until `shutdown` completes, then drains for at most
+    /// the configured shutdown timeout. `on_drain` is called when draining
+    /// begins.
+    pub async fn run(
+        self,
+        handler: impl Handler,
+        metrics: Arc<Metrics>,
+        on_drain: impl FnOnce(),
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let Listener {
             listener,
             metrics_listener,
             certs,
+            limits,
+            drain_delay,
+            shutdown_grace,
         } = self;
-        let mut background = crate::sync::spawn(&app);
-        background.extend(crate::lifecycle::tasks::spawn(&app));
         let acceptor = match &certs {
-            Some(c) => {
-                background.push(spawn_cert_reload(
-                    c.clone(),
-                    app.config.listener.tls_reload_interval,
-                ));
-                Some(c.acceptor()?)
-            }
+            Some(c) => Some(c.acceptor()?),
             None => None,
         };
+        let door = Door::new(&limits, metrics.clone());
         let graceful = GracefulShutdown::new();
-        let builder = connection_builder(&app.config.listener);
-        let permits = Arc::new(Semaphore::new(app.config.listener.max_connections));
-        if let Some(l) = metrics_listener {
-            let (app, builder) = (app.clone(), builder.clone());
-            background.push(tokio::spawn(async move {
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let metrics_task = metrics_listener.map(|l| {
+            let (door, handler) = (door.clone(), handler.clone());
+            tokio::spawn(async move {
                 loop {
                     let (stream, peer) = match l.accept().await {
                         Ok(a) => a,
                         Err(e) => {
                             tracing::warn!(error = %e, "metrics listener: accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
                         }
                     };
-                    let conn = serve_io(
-                        app.clone(),
-                        builder.clone(),
-                        TokioIo::new(stream),
-                        peer,
-                        Role::Metrics,
-                        None,
-                    );
+                    let io = TokioIo::new(stream);
+                    let conn = door
+                        .clone()
+                        .serve(handler.clone(), io, peer, Role::Metrics, None);
                     tokio::spawn(conn);
                 }
-            }));
-        }
+            })
+        });
         tokio::pin!(shutdown);
-        let far = tokio::time::Instant::now() + std::time::Duration::from_secs(86400 * 365);
+        let mut on_drain = Some(on_drain);
+        let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         let drain_deadline = tokio::time::sleep_until(far);
         tokio::pin!(drain_deadline);
         loop {
+            let draining = on_drain.is_none();
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
-                _ = &mut shutdown, if !app.draining.load(Ordering::SeqCst) => {
+                _ = &mut shutdown, if !draining => {
                     // Out of the load balancer first: readyz answers 503
                     // while the listener keeps serving for drainDelay.
-                    app.draining.store(true, Ordering::SeqCst);
-                    tracing::info!(delay_s = app.config.drain_delay.as_secs_f64(),
+                    if let Some(f) = on_drain.take() {
+                        f();
+                    }
+                    tracing::info!(delay_s = drain_delay.as_secs_f64(),
                         "shutdown: readyz now 503; closing the listener after the drain delay");
-                    drain_deadline.as_mut().reset(tokio::time::Instant::now() + app.config.drain_delay);
+                    drain_deadline.as_mut().reset(tokio::time::Instant::now() + drain_delay);
                     continue;
                 }
-                _ = &mut drain_deadline, if app.draining.load(Ordering::SeqCst) => break,
+                _ = &mut drain_deadline, if draining => break,
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                app.metrics.connections_refused.inc();
-                tracing::warn!(%peer, limit = app.config.listener.max_connections,
+                metrics.connections_refused.inc();
+                tracing::warn!(%peer, limit = limits.max_connections,
                     "connection limit reached; closing a new connection");
                 tokio::spawn(refuse(stream));
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
+            let (door, handler, watcher) = (door.clone(), handler.clone(), graceful.watcher());
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 match acceptor {
                     None => {
                         let io = TokioIo::new(stream);
-                        serve_io(app, builder, io, peer, Role::Main, Some(watcher)).await
+                        door.serve(handler, io, peer, Role::Main, Some(watcher))
+                            .await
                     }
                     Some(acceptor) => {
                         let handshake =
@@ -219,25 +235,23 @@ impl Server {
                         };
                         // ALPN already chose the protocol: no sniffing.
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let builder = if h2 {
-                            builder.http2_only()
-                        } else {
-                            builder.http1_only()
-                        };
+                        let door = door.only(h2);
                         let io = TokioIo::new(stream);
-                        serve_io(app, builder, io, peer, Role::Main, Some(watcher)).await
+                        door.serve(handler, io, peer, Role::Main, Some(watcher))
+                            .await
                     }
                 }
             });
         }
         drop(listener);
-        background.iter().for_each(|t| t.abort());
-        let grace = app.config.shutdown_grace;
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
         tracing::info!(
-            grace_s = grace.as_secs_f64(),
+            grace_s = shutdown_grace.as_secs_f64(),
             "shutting down: no new connections, draining"
         );
-        match tokio::time::timeout(grace, graceful.shutdown()).await {
+        match tokio::time::timeout(shutdown_grace, graceful.shutdown()).await {
             Ok(()) => tracing::info!("all connections finished"),
             Err(_) => tracing::warn!("shutdown timeout reached; closing remaining connections"),
         }
@@ -245,8 +259,103 @@ impl Server {
     }
 }
 
+/// How every connection is served: HTTP/1.1 and HTTP/2 with ferry's header
+/// limits, the first-request deadline, and the connection gauge.
+#[derive(Clone)]
+pub struct Door {
+    builder: auto::Builder<TokioExecutor>,
+    header_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Door {
+    pub fn new(limits: &ListenerConfig, metrics: Arc<Metrics>) -> Door {
+        Door {
+            builder: connection_builder(limits),
+            header_timeout: limits.header_timeout,
+            metrics,
+        }
+    }
+
+    /// The same door speaking only HTTP/2 (`h2`) or only HTTP/1.1, for a
+    /// TLS connection whose protocol ALPN chose.
+    fn only(mut self, h2: bool) -> Door {
+        self.builder = if h2 {
+            self.builder.http2_only()
+        } else {
+            self.builder.http1_only()
+        };
+        self
+    }
+
+    /// Serves one connection until it ends. A connection that has not sent
+    /// a whole request within `headerTimeout` of opening is closed (hyper's
+    /// own header timeout covers the requests after the first). Public so
+    /// tests can drive it over an in-memory pipe on paused time.
+    pub async fn serve<I>(
+        self,
+        handler: impl Handler,
+        io: TokioIo<I>,
+        peer: SocketAddr,
+        role: Role,
+        shutdown: Option<Watcher>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let started = Arc::new(AtomicBool::new(false));
+        let service = {
+            let started = started.clone();
+            service_fn(move |req| {
+                started.store(true, Ordering::Relaxed);
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler.call(req, peer, role).await) }
+            })
+        };
+        // Client connections only; the metrics listener's scrapes don't count.
+        let counted = role == Role::Main;
+        if counted {
+            self.metrics.connections.inc();
+        }
+        let metrics = self.metrics.clone();
+        let _open = scopeguard(move || {
+            if counted {
+                metrics.connections.dec();
+            }
+        });
+        let conn = self.builder.serve_connection(io, service).into_owned();
+        type Served = std::pin::Pin<
+            Box<dyn Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send>,
+        >;
+        let mut conn: Served = match shutdown {
+            Some(w) => Box::pin(w.watch(conn)),
+            None => Box::pin(conn),
+        };
+        let first_deadline = tokio::time::sleep(self.header_timeout);
+        tokio::pin!(first_deadline);
+        // Armed until the first request arrives; the first deadline after
+        // that disarms it instead of closing a connection that is working.
+        let mut armed = true;
+        let result = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = &mut first_deadline, if armed => {
+                    if started.load(Ordering::Relaxed) {
+                        armed = false;
+                        continue;
+                    }
+                    tracing::debug!(%peer, "no request within the header timeout; closing");
+                    return;
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
 /// HTTP/1.1 and HTTP/2 with ferry's header limits.
-pub fn connection_builder(limits: &ListenerConfig) -> auto::Builder<TokioExecutor> {
+fn connection_builder(limits: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -260,98 +369,12 @@ pub fn connection_builder(limits: &ListenerConfig) -> auto::Builder<TokioExecuto
     builder
 }
 
-/// Serves one connection until it ends. A connection that has not sent a
-/// whole request within `headerTimeout` of opening is closed (hyper's own
-/// header timeout covers the requests after the first). Public so tests
-/// can drive it over an in-memory pipe on paused time.
-pub async fn serve_io<I>(
-    app: Arc<App>,
-    builder: auto::Builder<TokioExecutor>,
-    io: TokioIo<I>,
-    peer: SocketAddr,
-    role: Role,
-    shutdown: Option<Watcher>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let started = Arc::new(AtomicBool::new(false));
-    let service = {
-        let (app, started) = (app.clone(), started.clone());
-        service_fn(move |req| {
-            started.store(true, Ordering::Relaxed);
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(req, peer.ip(), role).await) }
-        })
-    };
-    // Client connections only; the metrics listener's scrapes don't count.
-    let counted = role == Role::Main;
-    if counted {
-        app.metrics.connections.inc();
-    }
-    let _open = scopeguard(|| {
-        if counted {
-            app.metrics.connections.dec();
-        }
-    });
-    let conn = builder.serve_connection(io, service).into_owned();
-    type Served = std::pin::Pin<
-        Box<dyn Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send>,
-    >;
-    let mut conn: Served = match shutdown {
-        Some(w) => Box::pin(w.watch(conn)),
-        None => Box::pin(conn),
-    };
-    let first_deadline = tokio::time::sleep(app.config.listener.header_timeout);
-    tokio::pin!(first_deadline);
-    // Armed until the first request arrives; the first deadline after
-    // that disarms it instead of closing a connection that is working.
-    let mut armed = true;
-    let result = loop {
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            _ = &mut first_deadline, if armed => {
-                if started.load(Ordering::Relaxed) {
-                    armed = false;
-                    continue;
-                }
-                tracing::debug!(%peer, "no request within the header timeout; closing");
-                return;
-            }
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
-    }
-}
-
 /// Best effort: tell an HTTP/1.1 client why, then close.
 async fn refuse(mut stream: tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;
     let msg = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(msg)).await;
     let _ = stream.shutdown().await;
-}
-
-fn spawn_cert_reload(
-    certs: Arc<CertStore>,
-    every: std::time::Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let c = certs.clone();
-            match tokio::task::spawn_blocking(move || c.reload_if_changed()).await {
-                Ok(Ok(true)) => tracing::info!("TLS certificate reloaded"),
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "TLS certificate files changed but cannot be used; keeping the current certificate")
-                }
-                Err(_) => {}
-            }
-        }
-    })
 }
 
 /// Runs `f` when dropped.
@@ -365,11 +388,6 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
         }
     }
     Guard(Some(f))
-}
-
-/// The client address of a request from `peer` (see [`client_addr`]).
-pub fn client_of(app: &App, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
-    client_addr(peer, headers, &app.config.listener.trusted_proxies)
 }
 
 /// Raises this process's soft limit of open files to its hard limit, as Go

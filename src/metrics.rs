@@ -3,7 +3,7 @@
 //! class, cache result, method; never a digest or a repository.
 //! Store figures are read at scrape time from the lifecycle's index.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -17,16 +17,97 @@ pub struct RequestLabels {
     pub status: &'static str,
 }
 
+/// Where an answer came from, and why: the access log's `cache` field,
+/// the `result` label of `ferry_cache_results_total`, and the status
+/// page's hit ratio all read this one value.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// From the store (or memory), no upstream call.
+    Hit,
+    /// This request started the upstream fetch.
+    Miss,
+    /// Joined a fetch in flight that another request started.
+    Joined,
+    /// A tag confirmed unchanged upstream with a `HEAD`.
+    Revalidated,
+    /// A stored tag served because the upstream could not be used.
+    Stale,
+    /// A range far beyond a download, straight from upstream.
+    Passthrough,
+    /// No room to cache: straight from upstream, verified, not kept.
+    Uncached,
+    /// From the shared tier (another replica's fetch).
+    Shared,
+    /// 307 to a presigned URL in the shared tier.
+    Redirect,
+}
+
+impl CacheStatus {
+    /// Every status, for displays that list them.
+    pub const ALL: [CacheStatus; 9] = [
+        CacheStatus::Hit,
+        CacheStatus::Miss,
+        CacheStatus::Joined,
+        CacheStatus::Revalidated,
+        CacheStatus::Stale,
+        CacheStatus::Passthrough,
+        CacheStatus::Uncached,
+        CacheStatus::Shared,
+        CacheStatus::Redirect,
+    ];
+
+    /// The answer cost no upstream transfer of the content.
+    pub fn saved_upstream(self) -> bool {
+        matches!(
+            self,
+            CacheStatus::Hit
+                | CacheStatus::Joined
+                | CacheStatus::Revalidated
+                | CacheStatus::Stale
+                | CacheStatus::Shared
+                | CacheStatus::Redirect
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Joined => "joined",
+            CacheStatus::Revalidated => "revalidated",
+            CacheStatus::Stale => "stale",
+            CacheStatus::Passthrough => "passthrough",
+            CacheStatus::Uncached => "uncached",
+            CacheStatus::Shared => "shared",
+            CacheStatus::Redirect => "redirect",
+        }
+    }
+}
+
+impl EncodeLabelValue for CacheStatus {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+impl std::fmt::Display for CacheStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
-    /// `hit`, `miss`, `joined`, `revalidated`, `stale`, `passthrough`, `uncached`,
-    /// `shared` (size from the shared tier), `redirect` (307 to the bucket).
-    pub result: &'static str,
+    pub result: CacheStatus,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// [`FetchFailure::reason`](crate::coordinator::FetchFailure::reason).
+    /// Why a blob fetch failed: `upstream`, `digest_mismatch`,
+    /// `length_mismatch`, `store`, `no_room`, `abandoned`.
     pub reason: &'static str,
 }
 
@@ -46,6 +127,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub stale_served: Counter,
     pub revalidations: Family<MethodLabels, Counter>,
+    /// Tag requests that joined a revalidation already in flight.
+    pub revalidations_joined: Counter,
     pub evictions: Counter,
     pub uncached: Counter,
     pub store_bytes: Gauge,
@@ -84,6 +167,7 @@ impl Default for Metrics {
             in_flight: Gauge::default(),
             stale_served: Counter::default(),
             revalidations: Family::default(),
+            revalidations_joined: Counter::default(),
             evictions: Counter::default(),
             uncached: Counter::default(),
             store_bytes: Gauge::default(),
@@ -149,8 +233,13 @@ impl Default for Metrics {
             m.revalidations.clone(),
         );
         registry.register(
+            "tag_revalidations_joined",
+            "Tag requests that joined a revalidation already in flight",
+            m.revalidations_joined.clone(),
+        );
+        registry.register(
             "evictions",
-            "Blobs evicted by the size cap or maxIdle",
+            "Blobs evicted by the size cap or maxIdle, locally and from the shared tier",
             m.evictions.clone(),
         );
         registry.register(
@@ -248,9 +337,9 @@ impl Metrics {
         p.expect("fetch permits are never closed")
     }
 
-    /// Counts a failed fetch under its reason.
-    pub fn fetch_failed(&self, failure: &crate::coordinator::FetchFailure) {
-        let reason = failure.reason();
+    /// Counts a failed fetch under its `reason` (a low-cardinality label
+    /// such as `upstream` or `digest_mismatch`).
+    pub fn fetch_failed(&self, reason: &'static str) {
         self.fetch_failures
             .get_or_create(&ReasonLabels { reason })
             .inc();

@@ -9,10 +9,10 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use serde_json::Value;
 
+use crate::app::manifests::references;
+use crate::app::App;
 use crate::coordinator::{BlobHandle, Progress};
-use crate::http::App;
 use crate::oci::{Digest, Reference, RepoName};
 
 /// What happened to one blob, for progress displays.
@@ -76,34 +76,12 @@ pub async fn prefetch(
             .await
             .map_err(|e| format!("image {image}: manifest {r}: {}", e.message))?;
         report.manifests += 1;
-        let doc: Value = serde_json::from_slice(&m.bytes)
-            .map_err(|e| format!("manifest {r} is not JSON: {e}"))?;
-        if let Some(children) = doc.get("manifests").and_then(Value::as_array) {
-            for c in children {
-                if let Some(d) = c
-                    .get("digest")
-                    .and_then(Value::as_str)
-                    .and_then(|d| d.parse().ok())
-                {
-                    pending.push(Reference::Digest(d));
-                }
-            }
-        }
-        let config = doc.get("config").into_iter();
-        let layers = doc
-            .get("layers")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten();
-        for b in config.chain(layers) {
-            if let Some(d) = b
-                .get("digest")
-                .and_then(Value::as_str)
-                .and_then(|d| d.parse::<Digest>().ok())
-            {
-                if !blobs.contains(&d) {
-                    blobs.push(d);
-                }
+        // The server's own parser: foreign layers (`urls`) are skipped.
+        let refs = references(&m.bytes);
+        pending.extend(refs.manifests.into_iter().map(Reference::Digest));
+        for d in refs.blobs {
+            if !blobs.contains(&d) {
+                blobs.push(d);
             }
         }
     }
@@ -144,6 +122,7 @@ async fn fetch_blob(
         digest: digest.clone(),
         size: handle.size(),
     });
+    let flight = handle.flight().cloned();
     let mut stream = handle.stream(0, None);
     let mut total = 0u64;
     while let Some(chunk) = stream.next().await {
@@ -156,7 +135,7 @@ async fn fetch_blob(
     }
     // The stream ends once the bytes are verified; the blob is stored a
     // moment later (fsync, rename). Prefetch promises it is stored.
-    if let BlobHandle::InFlight { flight, .. } = &handle {
+    if let Some(flight) = flight {
         let mut rx = flight.subscribe();
         let end = rx
             .wait_for(|p| matches!(p, Progress::Done { .. } | Progress::Failed(_)))

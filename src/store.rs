@@ -3,12 +3,16 @@
 //! The store only moves bytes; it has no idea of upstreams or clients. Today
 //! there is one backend, [`FsStore`], a content-addressed directory tree.
 //! Everything that reaches a final path got there by `rename` from a fully
-//! written, fsynced temp file in the same filesystem, so a crash at any
+//! written, verified ([`VerifiedBlob`]), fsynced temp file in the same
+//! filesystem, so a crash at any
 //! moment leaves at most a temp file, which [`FsStore::open`] removes.
 
+mod durable;
 mod fs;
+mod temp;
 
-pub use fs::{FsStore, RecoveryReport, TagRecord, TempBlob};
+pub use fs::{FsStore, RecoveryReport, TagRecord};
+pub use temp::{Mismatch, TempBlob, VerifiedBlob};
 
 /// Runs a blocking store operation off the async runtime.
 pub async fn blocking<T, F>(f: F) -> std::io::Result<T>

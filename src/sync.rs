@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::app::App;
 use crate::config::{ContentRule, TagFilter};
-use crate::http::App;
 use crate::routing::{prefix_matches, Registry};
 use crate::upstream::UpstreamError;
 
@@ -114,7 +114,7 @@ fn admits(rule: &ContentRule, tag: &str) -> bool {
 
 /// A paged list from one registry.
 async fn list(registry: &Registry, first: &str, field: &str) -> Result<Vec<String>, UpstreamError> {
-    crate::http::paged_list(&registry.upstream, first, field).await
+    crate::upstream::paged_list(&registry.upstream, first, field).await
 }
 
 #[cfg(test)]

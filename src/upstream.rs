@@ -9,6 +9,8 @@
 
 mod auth;
 mod error;
+pub mod headers;
+mod listing;
 pub mod retry;
 mod stats;
 mod tls;
@@ -30,6 +32,7 @@ use crate::oci::{Digest, Reference, RepoName};
 
 pub use auth::{parse_challenges, Challenge};
 pub use error::{is_absent, is_not_found, worse, UpstreamError};
+pub use listing::paged_list;
 pub use stats::{Health, RegistryCollector, UpstreamStats};
 
 /// Redirects followed before a request is given up.

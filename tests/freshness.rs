@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -77,9 +76,8 @@ async fn tags_are_served_from_the_store_within_the_ttl_and_revalidated_with_head
     assert_eq!(w.body, v2);
     assert_eq!(w.header("docker-content-digest"), Some(d2.as_str()));
     assert_eq!(get_path(&up, "app", "latest"), (2, 2));
-    let s = &ferry.app.stats;
-    assert_eq!(s.tag_head_revalidations.load(Ordering::Relaxed), 2);
-    assert_eq!(s.tag_get_fetches.load(Ordering::Relaxed), 2);
+    assert_eq!(revalidations(&ferry, "HEAD"), 2);
+    assert_eq!(revalidations(&ferry, "GET"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +141,7 @@ async fn stale_tags_are_served_on_5xx_429_and_outage_but_not_on_404() {
     let w = within(get(&ferry.url("/v2/app/manifests/v1"))).await;
     assert_eq!(w.status, StatusCode::OK);
     assert!(w.header("warning").is_some());
-    assert!(ferry.app.stats.stale_served.load(Ordering::Relaxed) >= 3);
+    assert!(ferry.app.metrics.stale_served.get() >= 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,13 +191,7 @@ async fn concurrent_requests_for_a_tag_share_one_revalidation() {
         .collect();
     gate.reached().await;
     within(async {
-        while ferry
-            .app
-            .stats
-            .tag_revalidations_joined
-            .load(Ordering::Relaxed)
-            < 7
-        {
+        while ferry.app.metrics.revalidations_joined.get() < 7 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
@@ -451,4 +443,14 @@ async fn periodic_sync_pulls_what_content_names_at_start() {
         "tag filter"
     );
     assert_eq!(up.hits("GET", "/v2/elsewhere/app/tags/list"), 0);
+}
+
+/// Tag revalidations upstream with `method`, as /metrics counts them.
+fn revalidations(ferry: &Ferry, method: &'static str) -> u64 {
+    ferry
+        .app
+        .metrics
+        .revalidations
+        .get_or_create(&ferry::metrics::MethodLabels { method })
+        .get()
 }

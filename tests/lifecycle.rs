@@ -98,7 +98,7 @@ async fn scrub_removes_a_corrupted_blob_and_the_next_request_refetches_it() {
         rate: Some(64 << 20),
         quarantine: false,
     };
-    let report = ferry::lifecycle::tasks::scrub_now(&ferry.app, opts).await;
+    let report = ferry::app::tasks::scrub_now(&ferry.app, opts).await;
     assert_eq!(report.damaged, vec![format!("blob {bad}")]);
     assert_eq!(report.blobs_checked, 2);
     assert!(!path.exists());
@@ -150,7 +150,7 @@ async fn eviction_keeps_the_newest_used_and_never_breaks_a_response_in_progress(
     within(get(&blob_url(&ferry, &digests[4]))).await;
     let lc = ferry.app.coordinator.lifecycle();
     within(async {
-        while lc.evictions.load(std::sync::atomic::Ordering::Relaxed) < 2 {
+        while ferry.app.metrics.evictions.get() < 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
@@ -166,7 +166,7 @@ async fn eviction_keeps_the_newest_used_and_never_breaks_a_response_in_progress(
     );
     assert!(ferry.has_blob(&digests[4]));
     assert_eq!(lc.index.total(), 3 * mib as u64);
-    assert_eq!(lc.evictions.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(ferry.app.metrics.evictions.get(), 2);
     let rest = within(body.collect()).await.unwrap().to_bytes();
     let mut all = first;
     all.extend_from_slice(&rest);
@@ -199,15 +199,7 @@ async fn a_full_store_serves_clients_uncached_and_caching_resumes_when_space_ret
     }
     ferry.settle().await;
     assert!(!ferry.has_blob(&d));
-    assert_eq!(
-        ferry
-            .app
-            .coordinator
-            .lifecycle()
-            .uncached
-            .load(Ordering::Relaxed),
-        2
-    );
+    assert_eq!(ferry.app.metrics.uncached.get(), 2);
 
     // Space returns: the next request caches.
     available.store(1 << 30, Ordering::SeqCst);

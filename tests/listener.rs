@@ -198,7 +198,8 @@ mod slow_clients {
     use std::time::Duration;
 
     use ferry::config::{Config, Overrides};
-    use ferry::listener::{connection_builder, serve_io, Role};
+    use ferry::http::Role;
+    use ferry::listener::Door;
     use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
     use tokio::time::Instant;
@@ -215,13 +216,13 @@ mod slow_clients {
         let mut config = Config::defaults(&overrides).unwrap();
         config.listener.header_timeout = HEADER_TIMEOUT;
         config.listener.max_header_bytes = 16 * 1024;
-        let builder = connection_builder(&config.listener);
+        let limits = config.listener.clone();
         let app = ferry::App::new(config).unwrap();
+        let door = Door::new(&limits, app.metrics.clone());
         let (client, server) = tokio::io::duplex(1 << 20);
         let peer = "127.0.0.1:4000".parse().unwrap();
-        tokio::spawn(serve_io(
-            app,
-            builder,
+        tokio::spawn(door.serve(
+            ferry::server::handler(app),
             TokioIo::new(server),
             peer,
             Role::Main,

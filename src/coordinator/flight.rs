@@ -127,7 +127,7 @@ pub struct Flight {
     file: OnceLock<Arc<File>>,
     /// The file mapped for reading, once its size is known (shared by
     /// every reader of this fetch).
-    mapped: OnceLock<Option<super::reader::Mapping>>,
+    mapped: OnceLock<Option<super::mapping::Mapping>>,
     /// The last frames written, by offset: followers close behind the
     /// writer take them from here instead of reading the file.
     window: std::sync::Mutex<Window>,
@@ -178,10 +178,10 @@ impl Flight {
 
     /// The first `size` bytes of the file, memory-mapped; `None` when
     /// there is no file yet or it cannot be mapped (readers use `pread`).
-    pub(super) fn mapping(&self, size: u64) -> Option<super::reader::Mapping> {
+    pub(super) fn mapping(&self, size: u64) -> Option<super::mapping::Mapping> {
         let file = self.file()?;
         self.mapped
-            .get_or_init(|| super::reader::map(&file, size))
+            .get_or_init(|| super::mapping::map(&file, size))
             .clone()
     }
 

@@ -1,65 +1,67 @@
-//! Small blobs kept in memory after they were read from the store, so the
-//! many tiny requests of an image pull (configs, small layers) cost no
-//! system call at all. Content-addressed bytes never go stale; entries are
-//! dropped when the cache is over its budget and when a scrub finds the
-//! stored copy damaged.
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! Small blobs kept in memory after they were read from the store (and
+//! verified against their digest), so the many tiny requests of an image
+//! pull (configs, small layers) cost no system call at all.
+//!
+//! A quick_cache weighed in bytes: it stays within its budget whatever is
+//! put in, and evicts by its own policy (CLOCK-Pro). Content-addressed
+//! bytes never go stale; an entry leaves when the stored copy does (scrub,
+//! eviction: see `Coordinator::forget`).
 
 use bytes::Bytes;
-use dashmap::DashMap;
+use quick_cache::sync::Cache;
+use quick_cache::Weighter;
 
 use crate::oci::Digest;
 
+#[derive(Clone, Debug)]
+struct ByLength;
+
+impl Weighter<Digest, Bytes> for ByLength {
+    fn weight(&self, _: &Digest, bytes: &Bytes) -> u64 {
+        // An empty blob still takes an entry.
+        bytes.len().max(1) as u64
+    }
+}
+
 #[derive(Debug)]
 pub struct HotCache {
-    map: DashMap<Digest, Bytes>,
-    bytes: AtomicU64,
+    map: Cache<Digest, Bytes, ByLength>,
     budget: u64,
 }
 
+/// Typical entry size, for the cache's sizing of its table.
+const TYPICAL: u64 = 16 * 1024;
+
 impl HotCache {
     pub fn new(budget: u64) -> HotCache {
+        let items = (budget / TYPICAL).max(16) as usize;
         HotCache {
-            map: DashMap::new(),
-            bytes: AtomicU64::new(0),
+            map: Cache::with_weighter(items, budget, ByLength),
             budget,
         }
     }
 
     pub fn get(&self, digest: &Digest) -> Option<Bytes> {
-        self.map.get(digest).map(|b| b.clone())
+        self.map.get(digest)
     }
 
+    /// Keeps `bytes` (verified content of `digest`); a blob larger than a
+    /// sixteenth of the budget is not kept.
     pub fn put(&self, digest: &Digest, bytes: Bytes) {
-        let len = bytes.len() as u64;
-        if len > self.budget / 16 {
+        if bytes.len() as u64 > self.budget / 16 {
             return;
         }
-        if self.map.insert(digest.clone(), bytes).is_none() {
-            self.bytes.fetch_add(len, Ordering::Relaxed);
-        }
-        if self.bytes.load(Ordering::Relaxed) > self.budget {
-            // Over budget: drop about a quarter, whichever come first.
-            let victims: Vec<Digest> = self
-                .map
-                .iter()
-                .take(self.map.len() / 4 + 1)
-                .map(|e| e.key().clone())
-                .collect();
-            victims.iter().for_each(|d| self.remove(d));
-        }
+        self.map.insert(digest.clone(), bytes);
     }
 
     pub fn remove(&self, digest: &Digest) {
-        if let Some((_, b)) = self.map.remove(digest) {
-            self.bytes.fetch_sub(b.len() as u64, Ordering::Relaxed);
-        }
+        self.map.remove(digest);
     }
 
+    /// Bytes held now.
     #[cfg(test)]
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.map.weight()
     }
 }
 

@@ -8,8 +8,9 @@
 //! manifest of that repository, or confirmed by the upstream with a `HEAD`
 //! under that repository's name. Memberships are kept per upstream
 //! repository (registry + upstream name) as empty marker files
-//! (`repositories/<registry>/<name>/_blobs/<algo>-<hex>`), with an in-memory
-//! set in front so a warm hit costs no system call. A lost marker costs one
+//! (`repositories/<registry>/<name>/_blobs/<algo>-<hex>`), with a bounded
+//! in-memory cache in front (quick_cache, [`MEMORY_LIMIT`] entries) so a
+//! warm hit costs no system call. A lost marker costs one
 //! upstream `HEAD`, never a wrong answer, so markers are not fsynced.
 //! With a shared tier the markers are written there too (in the
 //! background), and a replica that has no local marker asks the tier, so a
@@ -17,23 +18,21 @@
 
 use std::sync::Arc;
 
-use dashmap::DashMap;
-
 use crate::oci::Digest;
 use crate::routing::{Resolved, Target};
 use crate::shared::Shared;
 use crate::store::{self, FsStore};
 
-/// Entries kept in memory before the set is cleared (the markers on disk
-/// still answer).
-const MEMORY_LIMIT: usize = 1 << 20;
+/// Memberships kept in memory at most (the markers on disk still answer
+/// for the others).
+pub const MEMORY_LIMIT: usize = 1 << 20;
 
 /// The record kind under a repository's directory.
 const KIND: &str = "_blobs";
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Membership {
-    seen: DashMap<String, ()>,
+    seen: quick_cache::sync::Cache<String, ()>,
     shared: Option<Arc<Shared>>,
 }
 
@@ -51,7 +50,7 @@ fn marker(digest: &Digest) -> String {
 impl Membership {
     pub fn new(shared: Option<Arc<Shared>>) -> Membership {
         Membership {
-            seen: DashMap::new(),
+            seen: quick_cache::sync::Cache::new(MEMORY_LIMIT),
             shared,
         }
     }
@@ -60,11 +59,15 @@ impl Membership {
     pub async fn record(&self, store: &Arc<FsStore>, target: &Target, digests: Vec<Digest>) {
         let fresh: Vec<Digest> = digests
             .into_iter()
-            .filter(|d| self.seen.insert(key(target, d), ()).is_none())
+            .filter(|d| {
+                let k = key(target, d);
+                if self.seen.get(&k).is_some() {
+                    return false;
+                }
+                self.seen.insert(k, ());
+                true
+            })
             .collect();
-        if self.seen.len() > MEMORY_LIMIT {
-            self.seen.clear();
-        }
         if fresh.is_empty() {
             return;
         }
@@ -107,7 +110,7 @@ impl Membership {
         if let Some(t) = repo
             .targets
             .iter()
-            .find(|t| self.seen.contains_key(&key(t, digest)))
+            .find(|t| self.seen.get(&key(t, digest)).is_some())
         {
             return Some(t);
         }

@@ -14,9 +14,9 @@ use http::{HeaderMap, Method, StatusCode};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 
-use super::content_length;
 use crate::oci::{Digest, ErrorCode, Hasher, RegistryError};
 use crate::routing::Resolved;
+use crate::upstream::headers::content_length;
 
 /// Opens the blob at the first registry that has it: the body and its size.
 pub async fn open(

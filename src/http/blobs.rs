@@ -8,16 +8,13 @@ use http::{HeaderMap, Response, StatusCode};
 
 use super::range::{self, RangeRequest};
 use super::response::{self, Body, DIGEST_HEADER};
-use crate::coordinator::BlobHandle;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{BlobHandle, BlobStream, Coordinator, Progress};
+use crate::metrics::CacheStatus;
 use crate::oci::{Digest, RegistryError};
 use crate::routing::Resolved;
 
-/// The answer and the cache status for the access log.
-pub struct BlobAnswer {
-    pub response: Response<Body>,
-    pub cache: &'static str,
-}
+/// The answer and where it came from, for the access log.
+pub type BlobAnswer = (Response<Body>, CacheStatus);
 
 pub async fn head(
     coordinator: &Arc<Coordinator>,
@@ -29,10 +26,7 @@ pub async fn head(
     if let Some(size) = size {
         r = r.header(CONTENT_LENGTH, size);
     }
-    Ok(BlobAnswer {
-        response: r.body(response::empty()).expect("valid headers"),
-        cache,
-    })
+    Ok((r.body(response::empty()).expect("valid headers"), cache))
 }
 
 pub async fn get(
@@ -48,17 +42,10 @@ pub async fn get(
     if let Some(answer) = shared_range(coordinator, name, digest, headers).await? {
         return Ok(answer);
     }
+    // Access is decided by the coordinator: content this request did not
+    // fetch itself is opened only if it belongs to this repository.
     let handle = coordinator.open_blob(name, digest).await?;
     let cache = handle.cache_status();
-    let same_repository = match &handle {
-        BlobHandle::InFlight { flight, .. } => flight.repo == name.key(),
-        _ => false,
-    };
-    if matches!(cache, "hit" | "joined") && !same_repository {
-        // Content this request did not fetch itself (nor a request for
-        // the same repository): only if it belongs here.
-        coordinator.confirm_blob(name, digest).await?;
-    }
     let size = handle.size();
     let range_header = headers
         .get(http::header::RANGE)
@@ -76,18 +63,16 @@ pub async fn get(
         RangeRequest::Partial { start, last } if is_far(&handle, start, far_range_distance) => {
             // Far beyond the download: its own upstream request, not cached.
             let upstream = coordinator.fetch_range(name, digest, start, last).await?;
-            return Ok(BlobAnswer {
-                response: base(digest)
-                    .status(StatusCode::PARTIAL_CONTENT)
-                    .header(CONTENT_LENGTH, last - start + 1)
-                    .header(
-                        CONTENT_RANGE,
-                        format!("bytes {start}-{last}/{}", size.expect("ranges need a size")),
-                    )
-                    .body(response::passthrough(upstream.into_body()))
-                    .expect("valid headers"),
-                cache: "passthrough",
-            });
+            let r = base(digest)
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(CONTENT_LENGTH, last - start + 1)
+                .header(
+                    CONTENT_RANGE,
+                    format!("bytes {start}-{last}/{}", size.expect("ranges need a size")),
+                )
+                .body(response::passthrough(upstream.into_body()))
+                .expect("valid headers");
+            return Ok((r, CacheStatus::Passthrough));
         }
         RangeRequest::Partial { start, last } => base(digest)
             .status(StatusCode::PARTIAL_CONTENT)
@@ -103,10 +88,7 @@ pub async fn get(
             .header(CONTENT_LENGTH, 0)
             .body(response::empty()),
     };
-    Ok(BlobAnswer {
-        response: response.expect("valid headers"),
-        cache,
-    })
+    Ok((response.expect("valid headers"), cache))
 }
 
 /// A Range on a blob this replica does not have but the shared tier does
@@ -150,17 +132,13 @@ async fn shared_range(
         .metrics()
         .shared_read_bytes
         .inc_by(last - start + 1);
-    Ok(Some(BlobAnswer {
-        response: base(digest)
-            .status(StatusCode::PARTIAL_CONTENT)
-            .header(CONTENT_LENGTH, last - start + 1)
-            .header(CONTENT_RANGE, format!("bytes {start}-{last}/{size}"))
-            .body(response::stream(
-                crate::coordinator::BlobStream::from_stream(body),
-            ))
-            .expect("valid headers"),
-        cache: "shared",
-    }))
+    let r = base(digest)
+        .status(StatusCode::PARTIAL_CONTENT)
+        .header(CONTENT_LENGTH, last - start + 1)
+        .header(CONTENT_RANGE, format!("bytes {start}-{last}/{size}"))
+        .body(response::stream(BlobStream::from_stream(body)))
+        .expect("valid headers");
+    Ok(Some((r, CacheStatus::Shared)))
 }
 
 /// How long a presigned URL handed to a client stays valid.
@@ -183,15 +161,13 @@ async fn redirect(
             return None;
         }
     };
-    Some(BlobAnswer {
-        response: base(digest)
-            .status(StatusCode::TEMPORARY_REDIRECT)
-            .header(http::header::LOCATION, url)
-            .header(CONTENT_LENGTH, 0)
-            .body(response::empty())
-            .expect("valid headers"),
-        cache: "redirect",
-    })
+    let r = base(digest)
+        .status(StatusCode::TEMPORARY_REDIRECT)
+        .header(http::header::LOCATION, url)
+        .header(CONTENT_LENGTH, 0)
+        .body(response::empty())
+        .expect("valid headers");
+    Some((r, CacheStatus::Redirect))
 }
 
 /// True when `start` lies more than `distance` bytes beyond what the fetch
@@ -202,9 +178,7 @@ fn is_far(handle: &BlobHandle, start: u64, distance: u64) -> bool {
             false
         }
         BlobHandle::InFlight { flight, .. } => match *flight.subscribe().borrow() {
-            crate::coordinator::Progress::Streaming { written, .. } => {
-                start > written.saturating_add(distance)
-            }
+            Progress::Streaming { written, .. } => start > written.saturating_add(distance),
             _ => false,
         },
     }

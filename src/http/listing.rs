@@ -1,24 +1,19 @@
 //! `GET /v2/<name>/tags/list` and `GET /v2/_catalog`, with the spec's
 //! pagination (`n`, `last`, lexical order, a `Link` header to the next page).
 //!
-//! Tags come from the upstream when it answers (all of its pages), else from
-//! the tags ferry holds. The catalog lists the repositories ferry holds.
+//! What is listed comes from [`crate::app::listing`]; this adapter pages
+//! it and writes the JSON.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LINK};
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{Response, StatusCode};
 
+use super::query_param;
 use super::response::{self, Body, API_VERSION_HEADER};
-use super::{query_param, App};
-use crate::oci::{ErrorCode, RegistryError, Tag};
-use crate::routing::{Resolved, Target};
-use crate::store;
-use crate::upstream::UpstreamError;
-
-/// Upstream tag-list pages followed at most.
-const MAX_PAGES: usize = 50;
+use crate::app::App;
+use crate::oci::RegistryError;
+use crate::routing::Resolved;
 
 pub async fn tags(
     app: &Arc<App>,
@@ -26,25 +21,7 @@ pub async fn tags(
     query: Option<&str>,
     head: bool,
 ) -> Result<Response<Body>, RegistryError> {
-    let tags = match repo.first(upstream_tags).await {
-        Ok((t, _)) => t,
-        Err(e) if e.is_unavailable() => {
-            let mut held = BTreeSet::new();
-            for target in &repo.targets {
-                let store = app.coordinator.store().clone();
-                let (r, n) = (target.registry.name.clone(), target.upstream_name.clone());
-                if let Ok(t) = store::blocking(move || store.list_tags(&r, &n)).await {
-                    held.extend(t);
-                }
-            }
-            if held.is_empty() {
-                return Err(e.to_registry_error(ErrorCode::NameUnknown));
-            }
-            tracing::warn!(repo = %repo.local, error = %e, "upstream unavailable; listing the tags ferry holds");
-            held
-        }
-        Err(e) => return Err(e.to_registry_error(ErrorCode::NameUnknown)),
-    };
+    let tags = app.tags(repo).await?;
     let (page, more) = paginate(tags.into_iter().collect(), query);
     let body = serde_json::json!({ "name": repo.local.as_str(), "tags": page });
     let link = more.map(|(n, last)| {
@@ -62,16 +39,7 @@ pub async fn catalog(
     head: bool,
     visible: impl Fn(&str) -> bool,
 ) -> Result<Response<Body>, RegistryError> {
-    let store = app.coordinator.store().clone();
-    let mut repos = store::blocking(move || store.list_repositories())
-        .await
-        .map_err(|e| {
-            RegistryError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Unknown,
-                format!("cannot list the store's repositories: {e}"),
-            )
-        })?;
+    let mut repos = app.repositories().await?;
     repos.retain(|r| visible(r));
     let (page, more) = paginate(repos, query);
     let body = serde_json::json!({ "repositories": page });
@@ -118,68 +86,6 @@ fn json_response(body: serde_json::Value, link: Option<String>, head: bool) -> R
     .expect("valid headers")
 }
 
-/// Every tag of a repository at one registry, following `Link` pages;
-/// only tags ferry could serve (which also keeps them safe in headers).
-async fn upstream_tags(target: &Target) -> Result<BTreeSet<String>, UpstreamError> {
-    let path = format!("/v2/{}/tags/list", target.upstream_name);
-    let tags = paged_list(&target.registry.upstream, &path, "tags").await?;
-    Ok(tags.into_iter().filter(|t| Tag::parse(t).is_ok()).collect())
-}
-
-/// A list the distribution-spec pages with `Link` headers (`tags` of a
-/// tag list, `repositories` of a catalog), all pages concatenated.
-pub async fn paged_list(
-    upstream: &crate::upstream::Upstream,
-    first: &str,
-    field: &str,
-) -> Result<Vec<String>, UpstreamError> {
-    let mut path = first.to_string();
-    let mut out = Vec::new();
-    for _ in 0..MAX_PAGES {
-        let url = upstream.url(&path).to_string();
-        let resp = upstream
-            .request(Method::GET, &path, HeaderMap::new())
-            .await?;
-        if resp.status() != StatusCode::OK {
-            return Err(UpstreamError::Status {
-                url,
-                status: resp.status(),
-            });
-        }
-        let next = next_link(resp.headers());
-        let body = upstream.read_body(&url, resp.into_body(), 16 << 20).await?;
-        let page: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| UpstreamError::Protocol {
-                url: url.clone(),
-                cause: format!("not a {field} list: {e}"),
-            })?;
-        let items = page
-            .get(field)
-            .and_then(serde_json::Value::as_array)
-            .into_iter()
-            .flatten();
-        out.extend(items.filter_map(|v| v.as_str().map(str::to_owned)));
-        match next {
-            Some(p) => path = p,
-            None => break,
-        }
-    }
-    Ok(out)
-}
-
-/// The path of a `Link: <...>; rel="next"` header.
-pub fn next_link(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get(LINK)?.to_str().ok()?;
-    let (target, params) = v.split_once(';')?;
-    if !params.contains("rel=\"next\"") && !params.contains("rel=next") {
-        return None;
-    }
-    let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
-    let uri: http::Uri = target.parse().ok()?;
-    let pq = uri.path_and_query()?.as_str().to_string();
-    pq.starts_with("/v2/").then_some(pq)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,26 +108,5 @@ mod tests {
         );
         assert_eq!(paginate(all.clone(), Some("last=c")), (v(&["d"]), None));
         assert_eq!(paginate(all, Some("n=0")), (v(&[]), None));
-    }
-
-    #[test]
-    fn link_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            LINK,
-            "</v2/a/tags/list?n=2&last=b>; rel=\"next\""
-                .parse()
-                .unwrap(),
-        );
-        assert_eq!(next_link(&h).as_deref(), Some("/v2/a/tags/list?n=2&last=b"));
-        h.insert(
-            LINK,
-            "<https://r.example/v2/a/tags/list?last=x>; rel=\"next\""
-                .parse()
-                .unwrap(),
-        );
-        assert_eq!(next_link(&h).as_deref(), Some("/v2/a/tags/list?last=x"));
-        h.insert(LINK, "</etc/passwd>; rel=\"next\"".parse().unwrap());
-        assert_eq!(next_link(&h), None);
     }
 }

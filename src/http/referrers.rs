@@ -1,23 +1,20 @@
-//! `GET /v2/<name>/referrers/<digest>`: the OCI referrers API, passed
-//! through and cached like a tag (for `referrersTTL`), filtered by
-//! `artifactType` here. An upstream without the API (404) gets the empty
-//! image index the spec allows; an unavailable one, the cached list.
+//! `GET /v2/<name>/referrers/<digest>`: the index from
+//! [`crate::app::referrers`], filtered by `artifactType` here
+//! (`OCI-Filters-Applied` says so).
 
 use std::sync::Arc;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{Response, StatusCode};
 use serde_json::Value;
 
+use super::query_param;
 use super::response::{self, Body, API_VERSION_HEADER};
-use super::{query_param, App};
-use crate::coordinator::is_absent;
-use crate::oci::{Digest, ErrorCode, RegistryError};
-use crate::routing::{Resolved, Target};
-use crate::store;
-use crate::upstream::UpstreamError;
-
-const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+use crate::app::referrers::INDEX;
+use crate::app::App;
+use crate::metrics::CacheStatus;
+use crate::oci::{Digest, RegistryError};
+use crate::routing::Resolved;
 
 pub async fn serve(
     app: &Arc<App>,
@@ -25,8 +22,8 @@ pub async fn serve(
     digest: &Digest,
     query: Option<&str>,
     head: bool,
-) -> Result<(Response<Body>, &'static str), RegistryError> {
-    let (index, cache) = index_for(app, repo, digest).await?;
+) -> Result<(Response<Body>, CacheStatus), RegistryError> {
+    let (index, cache) = crate::app::referrers::index(app, repo, digest).await?;
     let filter = query.and_then(|q| query_param(q, "artifactType"));
     let index = match &filter {
         Some(t) => filtered(index, t),
@@ -49,113 +46,9 @@ pub async fn serve(
     Ok((r.body(body).expect("valid headers"), cache))
 }
 
-fn empty_index() -> Value {
-    serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": []})
-}
-
 fn filtered(mut index: Value, artifact_type: &str) -> Value {
     if let Some(list) = index.get_mut("manifests").and_then(Value::as_array_mut) {
         list.retain(|m| m.get("artifactType").and_then(Value::as_str) == Some(artifact_type));
     }
     index
-}
-
-fn cache_key(digest: &Digest) -> String {
-    format!("{}-{}", digest.algorithm().as_str(), digest.hex())
-}
-
-/// The referrers index: cached while fresh, else from upstream.
-async fn index_for(
-    app: &Arc<App>,
-    repo: &Resolved,
-    digest: &Digest,
-) -> Result<(Value, &'static str), RegistryError> {
-    let key = cache_key(digest);
-    let mut cached: Option<Value> = None;
-    for target in &repo.targets {
-        if let Some((at, index)) = read_cache(app, target, &key).await {
-            if app.clock.age(at) < target.registry.config.freshness.referrers_ttl {
-                return Ok((index, "hit"));
-            }
-            cached.get_or_insert(index);
-        }
-    }
-    let failure = match repo.first(|t| upstream_index(app, t, digest)).await {
-        Ok((index, target)) => {
-            write_cache(app, target, repo, &key, &index).await;
-            return Ok((index, "miss"));
-        }
-        Err(e) => e,
-    };
-    if is_absent(&failure) {
-        // No referrers API upstream (or nothing known): the spec's answer.
-        return Ok((empty_index(), "miss"));
-    }
-    match cached {
-        Some(index) if failure.is_unavailable() => Ok((index, "stale")),
-        _ => Err(failure.to_registry_error(ErrorCode::ManifestUnknown)),
-    }
-}
-
-async fn upstream_index(
-    app: &App,
-    target: &Target,
-    digest: &Digest,
-) -> Result<Value, UpstreamError> {
-    let upstream = &target.registry.upstream;
-    let path = format!("/v2/{}/referrers/{digest}", target.upstream_name);
-    let url = upstream.url(&path).to_string();
-    let mut headers = HeaderMap::new();
-    headers.insert(http::header::ACCEPT, HeaderValue::from_static(INDEX));
-    let resp = upstream.request(Method::GET, &path, headers).await?;
-    if resp.status() != StatusCode::OK {
-        return Err(UpstreamError::Status {
-            url,
-            status: resp.status(),
-        });
-    }
-    let body = upstream
-        .read_body(&url, resp.into_body(), app.config.max_manifest_size)
-        .await?;
-    let index: Value = serde_json::from_slice(&body).map_err(|e| UpstreamError::Protocol {
-        url: url.clone(),
-        cause: format!("referrers answer is not JSON: {e}"),
-    })?;
-    if !index.get("manifests").is_some_and(Value::is_array) {
-        return Err(UpstreamError::Protocol {
-            url,
-            cause: "referrers answer is not an image index".into(),
-        });
-    }
-    Ok(index)
-}
-
-async fn read_cache(app: &App, target: &Target, key: &str) -> Option<(u64, Value)> {
-    let store = app.coordinator.store().clone();
-    let (r, n, k) = (
-        target.registry.name.clone(),
-        target.upstream_name.clone(),
-        key.to_string(),
-    );
-    let bytes = store::blocking(move || store.get_record(&r, &n, "_referrers", &k))
-        .await
-        .ok()??;
-    let v: Value = serde_json::from_slice(&bytes).ok()?;
-    Some((v.get("fetchedAt")?.as_u64()?, v.get("index")?.clone()))
-}
-
-async fn write_cache(app: &App, target: &Target, repo: &Resolved, key: &str, index: &Value) {
-    let record = serde_json::json!({"fetchedAt": app.clock.now_ms(), "index": index});
-    let bytes = serde_json::to_vec(&record).expect("json serializes");
-    let store = app.coordinator.store().clone();
-    let (r, n, k) = (
-        target.registry.name.clone(),
-        target.upstream_name.clone(),
-        key.to_string(),
-    );
-    if let Err(e) =
-        store::blocking(move || store.put_record(&r, &n, "_referrers", &k, &bytes)).await
-    {
-        tracing::warn!(repo = %repo.local, error = %e, "cannot cache referrers");
-    }
 }

@@ -14,9 +14,10 @@ use std::time::SystemTime;
 
 use http::{Response, StatusCode};
 
-use super::{response, App, Body};
+use super::{response, Body};
+use crate::app::App;
 use crate::coordinator::Progress;
-use crate::metrics::CacheLabels;
+use crate::metrics::{CacheLabels, CacheStatus};
 
 /// Seconds between the page's own refreshes.
 const REFRESH_SECS: u32 = 5;
@@ -34,25 +35,13 @@ pub(crate) fn render(app: &Arc<App>) -> Response<Body> {
 
 fn page(app: &Arc<App>) -> String {
     let m = &app.metrics;
-    let count = |r: &'static str| m.cache.get_or_create(&CacheLabels { result: r }).get();
-    let results = [
-        "hit",
-        "miss",
-        "joined",
-        "revalidated",
-        "stale",
-        "passthrough",
-        "uncached",
-        "shared",
-        "redirect",
-    ];
-    let answered: u64 = results.iter().map(|r| count(r)).sum();
-    let saved = count("hit")
-        + count("joined")
-        + count("revalidated")
-        + count("stale")
-        + count("shared")
-        + count("redirect");
+    let count = |result: CacheStatus| m.cache.get_or_create(&CacheLabels { result }).get();
+    let answered: u64 = CacheStatus::ALL.iter().map(|r| count(*r)).sum();
+    let saved: u64 = CacheStatus::ALL
+        .iter()
+        .filter(|r| r.saved_upstream())
+        .map(|r| count(*r))
+        .sum();
     let served = m.bytes_served.get();
     let registries = app.coordinator.router().registries();
     let fetched: u64 = registries

@@ -227,7 +227,6 @@ impl RateLimiter {
 mod tests {
     use super::*;
     use crate::store::FsStore;
-    use std::io::Write;
 
     #[test]
     fn finds_and_removes_damage_and_quarantines_when_asked() {
@@ -238,8 +237,8 @@ mod tests {
             let data = vec![n; 5000];
             let d = Digest::sha256_of(&data);
             let mut t = store.create_temp(&d).unwrap();
-            t.file.write_all(&data).unwrap();
-            store.publish_blob(&mut t, &d).unwrap();
+            t.append(&[bytes::Bytes::from(data.clone())]).unwrap();
+            store.publish_blob(t.verify().unwrap()).unwrap();
             digests.push(d);
         }
         let m = br#"{"schemaVersion":2}"#;

@@ -114,3 +114,22 @@ fn read_pair(t: &ListenerTls) -> std::io::Result<CertifiedKey> {
         ))
     })
 }
+
+/// Checks the certificate files every `every` and loads them when they
+/// changed (certificate renewal without a restart); runs until dropped.
+pub async fn reload_loop(certs: Arc<CertStore>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let c = certs.clone();
+        match tokio::task::spawn_blocking(move || c.reload_if_changed()).await {
+            Ok(Ok(true)) => tracing::info!("TLS certificate reloaded"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "TLS certificate files changed but cannot be used; keeping the current certificate")
+            }
+            Err(_) => {}
+        }
+    }
+}

@@ -132,9 +132,19 @@ impl fmt::Debug for Digest {
 }
 
 /// An incremental hasher for one algorithm.
+#[derive(Clone)]
 pub enum Hasher {
     Sha256(sha2::Sha256),
     Sha512(sha2::Sha512),
+}
+
+impl fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Hasher::Sha256(_) => "Hasher(sha256)",
+            Hasher::Sha512(_) => "Hasher(sha512)",
+        })
+    }
 }
 
 impl Hasher {

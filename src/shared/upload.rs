@@ -20,7 +20,6 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
 use super::Shared;
-use crate::coordinator::BlobStream;
 use crate::oci::Digest;
 
 /// Parts are this large (S3 wants 5 MiB or more for all but the last).
@@ -144,8 +143,9 @@ pub enum Mirrored {
 pub async fn mirror(
     shared: &Shared,
     digest: &Digest,
-    mut stream: BlobStream,
+    stream: impl futures::Stream<Item = io::Result<Bytes>> + Send,
 ) -> io::Result<Mirrored> {
+    let mut stream = std::pin::pin!(stream);
     // Bounded uploads at once: a slow bucket makes mirrors wait (reading
     // nothing meanwhile), never pile up memory.
     let _permit = shared

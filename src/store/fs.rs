@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::durable::{annotate, rename_durably};
+use super::temp::{TempBlob, VerifiedBlob};
 use crate::oci::{Digest, RepoName, Tag};
 
 /// A content-addressed store in a local directory.
@@ -49,22 +51,6 @@ pub struct TagRecord {
     /// When the upstream last confirmed this mapping (ms since the epoch).
     #[serde(rename = "fetchedAt", default)]
     pub fetched_at_ms: u64,
-}
-
-/// A temp file being written; removed on drop unless published.
-#[derive(Debug)]
-pub struct TempBlob {
-    pub path: PathBuf,
-    pub file: File,
-    published: bool,
-}
-
-impl Drop for TempBlob {
-    fn drop(&mut self) {
-        if !self.published {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
 }
 
 impl FsStore {
@@ -175,22 +161,15 @@ impl FsStore {
             .create_new(true)
             .open(&path)
             .map_err(|e| annotate(e, "cannot create temp file", &path))?;
-        Ok(TempBlob {
-            path,
-            file,
-            published: false,
-        })
+        Ok(TempBlob::new(path, file, digest.clone()))
     }
 
-    /// Makes a fully written and verified temp file the stored blob:
-    /// fsync the file, rename it into place, fsync the directory.
-    pub fn publish_blob(&self, temp: &mut TempBlob, digest: &Digest) -> io::Result<PathBuf> {
-        temp.file
-            .sync_all()
-            .map_err(|e| annotate(e, "cannot fsync temp file", &temp.path))?;
-        let dest = self.blob_path(digest);
-        rename_durably(&temp.path, &dest)?;
-        temp.published = true;
+    /// Makes a verified temp file the stored blob: fsync the file, rename
+    /// it into place, fsync the directory. Only a [`VerifiedBlob`] can be
+    /// published, and only [`TempBlob::verify`] makes one.
+    pub fn publish_blob(&self, blob: VerifiedBlob) -> io::Result<PathBuf> {
+        let dest = self.blob_path(blob.digest());
+        blob.publish_to(&dest)?;
         Ok(dest)
     }
 
@@ -420,24 +399,6 @@ fn registry_dir(registry: &str) -> String {
     d
 }
 
-/// Renames `from` to `to`, creating `to`'s directory, and fsyncs that
-/// directory so the rename survives a power cut.
-fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
-    let dir = to.parent().expect("store paths have a parent");
-    fs::create_dir_all(dir).map_err(|e| annotate(e, "cannot create directory", dir))?;
-    fs::rename(from, to).map_err(|e| annotate(e, "cannot rename into place", to))?;
-    // The file is in place (and was fsynced): a failed directory fsync only
-    // weakens durability across a power cut, so it is reported, not fatal.
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot fsync directory");
-    }
-    Ok(())
-}
-
-fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,9 +412,8 @@ mod tests {
         let d = Digest::sha256_of(data);
         assert!(store.open_blob(&d).unwrap().is_none());
         let mut t = store.create_temp(&d).unwrap();
-        t.file.write_all(data).unwrap();
-        store.publish_blob(&mut t, &d).unwrap();
-        drop(t);
+        t.append(&[Bytes::from_static(data)]).unwrap();
+        store.publish_blob(t.verify().unwrap()).unwrap();
         let (mut f, len) = store.open_blob(&d).unwrap().unwrap();
         assert_eq!(len, data.len() as u64);
         let mut back = Vec::new();
@@ -470,7 +430,7 @@ mod tests {
         let (store, _) = FsStore::open(dir.path()).unwrap();
         let d = Digest::sha256_of(b"x");
         let t = store.create_temp(&d).unwrap();
-        let p = t.path.clone();
+        let p = t.path().to_path_buf();
         drop(t);
         assert!(!p.exists());
         fs::write(dir.path().join("tmp/leftover.part"), b"junk").unwrap();

@@ -11,29 +11,19 @@
 //! Concurrent requests for the same tag (and `Accept`) share one
 //! revalidation, as blobs share one fetch.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 
-use super::manifests::{self, Failure, Manifest};
+use super::manifests::{self, Failure, Manifest, Resolution};
 use super::App;
-use crate::coordinator::{is_absent, worse};
+use crate::metrics::{CacheStatus, MethodLabels};
 use crate::oci::{Reference, RegistryError, Tag};
 use crate::routing::Resolved;
-use crate::upstream::UpstreamError;
-
-/// What a tag request resolved to.
-#[derive(Clone, Debug)]
-pub struct TagOutcome {
-    pub manifest: Manifest,
-    /// `hit`, `revalidated`, `miss` or `stale`.
-    pub cache: &'static str,
-    pub warning: Option<String>,
-}
+use crate::upstream::{is_absent, worse, UpstreamError};
 
 /// A revalidation in flight, shared by every request that waits for it.
-pub type SharedRevalidation = Shared<BoxFuture<'static, Result<TagOutcome, RegistryError>>>;
+pub type SharedRevalidation = Shared<BoxFuture<'static, Result<Resolution, RegistryError>>>;
 
 /// Resolves `tag` for a client that accepts `accept`.
 pub async fn resolve(
@@ -41,7 +31,7 @@ pub async fn resolve(
     repo: &Resolved,
     tag: &Tag,
     accept: &str,
-) -> Result<TagOutcome, RegistryError> {
+) -> Result<Resolution, RegistryError> {
     for target in &repo.targets {
         let Some((record, m)) =
             manifests::stored_tag(app, target, &target.upstream_name, tag).await
@@ -50,9 +40,9 @@ pub async fn resolve(
         };
         let ttl = target.registry.config.freshness.tag_ttl;
         if app.clock.age(record.fetched_at_ms) < ttl && accepts(accept, &m.media_type) {
-            return Ok(TagOutcome {
+            return Ok(Resolution {
                 manifest: m,
-                cache: "hit",
+                cache: CacheStatus::Hit,
                 warning: None,
             });
         }
@@ -66,9 +56,7 @@ pub async fn resolve(
     let key = format!("{}|{}|{tag}|{accept}", registries.join(","), repo.local);
     let shared = match app.revalidations.entry(key.clone()) {
         dashmap::mapref::entry::Entry::Occupied(e) => {
-            app.stats
-                .tag_revalidations_joined
-                .fetch_add(1, Ordering::Relaxed);
+            app.metrics.revalidations_joined.inc();
             e.get().clone()
         }
         dashmap::mapref::entry::Entry::Vacant(e) => {
@@ -104,33 +92,37 @@ async fn revalidate(
     repo: &Resolved,
     tag: &Tag,
     accept: &str,
-) -> Result<TagOutcome, RegistryError> {
+) -> Result<Resolution, RegistryError> {
     let reference = Reference::Tag(tag.clone());
     let mut failure: Option<UpstreamError> = None;
     for target in &repo.targets {
         let stored = manifests::stored_tag(app, target, &target.upstream_name, tag)
             .await
             .filter(|(_, m)| accepts(accept, &m.media_type));
-        let attempt: Result<(Manifest, &'static str), Failure> = async {
+        let attempt: Result<(Manifest, CacheStatus), Failure> = async {
             if let Some((_, m)) = &stored {
-                app.stats
-                    .tag_head_revalidations
-                    .fetch_add(1, Ordering::Relaxed);
+                app.metrics
+                    .revalidations
+                    .get_or_create(&MethodLabels { method: "HEAD" })
+                    .inc();
                 match manifests::head_digest(target, &reference, accept).await? {
-                    Some(d) if d == m.digest => return Ok((m.clone(), "revalidated")),
+                    Some(d) if d == m.digest => return Ok((m.clone(), CacheStatus::Revalidated)),
                     _ => {}
                 }
             }
-            app.stats.tag_get_fetches.fetch_add(1, Ordering::Relaxed);
+            app.metrics
+                .revalidations
+                .get_or_create(&MethodLabels { method: "GET" })
+                .inc();
             let m = manifests::fetch(app, target, &reference, accept, None).await?;
-            Ok((m, "miss"))
+            Ok((m, CacheStatus::Miss))
         }
         .await;
         match attempt {
             Ok((m, cache)) => {
                 manifests::remember(app, repo, target);
                 manifests::put_tag(app, target, &target.upstream_name, tag, &m).await;
-                return Ok(TagOutcome {
+                return Ok(Resolution {
                     manifest: m,
                     cache,
                     warning: None,
@@ -156,7 +148,7 @@ async fn stale(
     repo: &Resolved,
     tag: &Tag,
     failure: &UpstreamError,
-) -> Option<TagOutcome> {
+) -> Option<Resolution> {
     let unavailable = failure.is_unavailable();
     if !unavailable && !is_absent(failure) {
         return None;
@@ -176,7 +168,7 @@ async fn stale(
             tracing::warn!(repo = %repo.local, %tag, age_s = age.as_secs(), "stored tag is older than maxStale; not served");
             continue;
         }
-        app.stats.stale_served.fetch_add(1, Ordering::Relaxed);
+        app.metrics.stale_served.inc();
         tracing::warn!(repo = %repo.local, %tag, registry = %target.registry.name, digest = %m.digest,
             age_s = age.as_secs(), error = %failure, "upstream unavailable; serving the stored tag");
         let why = if unavailable {
@@ -189,9 +181,9 @@ async fn stale(
             age.as_secs(),
             failure.to_string().replace(['"', '\\'], "'")
         );
-        return Some(TagOutcome {
+        return Some(Resolution {
             manifest: m,
-            cache: "stale",
+            cache: CacheStatus::Stale,
             warning: Some(warning),
         });
     }

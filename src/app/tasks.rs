@@ -2,14 +2,15 @@
 //! when a publish takes the store over its cap), scrub (every
 //! `extensions.scrub.interval`, the shared tier too) and, with a shared
 //! tier, its size cap and leftover uploads (every `sharedCheckInterval`).
-//! Local file work runs on the blocking pool; all end when the server
-//! shuts down.
+//! Local file work runs on the blocking pool. The server's wiring starts
+//! them and aborts them at shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::scrub::{scrub, ScrubOptions};
-use crate::http::App;
+use super::App;
+use crate::lifecycle::scrub::{scrub, ScrubOptions};
+use crate::lifecycle::{EvictionReport, ScrubReport};
 
 pub fn spawn(app: &Arc<App>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
@@ -97,24 +98,29 @@ pub async fn shared_upkeep(app: &Arc<App>, shared: &crate::shared::Shared) {
 }
 
 /// One eviction pass, off the async runtime.
-pub async fn evict_now(app: &Arc<App>) -> super::EvictionReport {
+pub async fn evict_now(app: &Arc<App>) -> EvictionReport {
     let coordinator = app.coordinator.clone();
     let now = app.clock.now_ms();
     tokio::task::spawn_blocking(move || {
         let lc = coordinator.lifecycle();
-        lc.evict(coordinator.store(), now, |d| coordinator.is_in_flight(d))
+        let report = lc.evict(coordinator.store(), now, |d| coordinator.is_in_flight(d));
+        report.digests.iter().for_each(|d| coordinator.forget(d));
+        report
     })
     .await
     .unwrap_or_default()
 }
 
 /// One scrub pass, off the async runtime; the report is kept.
-pub async fn scrub_now(app: &Arc<App>, options: ScrubOptions) -> super::ScrubReport {
+pub async fn scrub_now(app: &Arc<App>, options: ScrubOptions) -> ScrubReport {
     let coordinator = app.coordinator.clone();
     let report = tokio::task::spawn_blocking(move || {
         let lc = coordinator.lifecycle();
+        // A damaged blob leaves the index and the memory cache with its
+        // file, so nothing keeps serving what the store no longer holds.
         scrub(coordinator.store().root(), options, &|_, _| {}, &|d| {
-            lc.index.remove(d)
+            lc.index.remove(d);
+            coordinator.forget(d);
         })
     })
     .await

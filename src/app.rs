@@ -1,0 +1,189 @@
+//! The service layer: ferry's application state and what a request can ask
+//! of it, with no HTTP in sight.
+//!
+//! [`App`] is built once from the config (store, lifecycle, router,
+//! coordinator, metrics, access control) and shared by everything that
+//! serves: the HTTP adapter ([`crate::http`]), the background tasks
+//! ([`tasks`]), the periodic sync and `ferry prefetch`. Its children own one
+//! concern each: [`manifests`] (by digest: stored or fetched and verified),
+//! [`tags`] (freshness, shared revalidation, serving stale), [`referrers`],
+//! [`listing`] (tags and catalog) and [`authorize`] (the one decision of who
+//! may read which repository).
+
+pub mod authorize;
+pub mod listing;
+pub mod manifests;
+pub mod referrers;
+pub mod tags;
+pub mod tasks;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::access::Access;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::coordinator::Coordinator;
+use crate::lifecycle::{Lifecycle, SpaceProbe};
+use crate::metrics::Metrics;
+use crate::oci::{Reference, RegistryError};
+use crate::routing::{Resolved, Router};
+use crate::store::{self, FsStore};
+
+pub use manifests::{Manifest, Resolution};
+
+/// Everything a request needs, built once.
+#[derive(Debug)]
+pub struct App {
+    pub config: Arc<Config>,
+    pub coordinator: Arc<Coordinator>,
+    /// Wall-clock time for tag freshness; tests use a manual one.
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+    /// Set at shutdown: `/readyz` answers 503 from then on.
+    pub draining: AtomicBool,
+    /// Tag revalidations in flight, shared by concurrent requests.
+    revalidations: DashMap<String, tags::SharedRevalidation>,
+    /// Client access control, when configured.
+    pub access: Option<Access>,
+}
+
+/// What tests may swap: the clock, and the free-space probe.
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    pub clock: Clock,
+    pub space: Option<SpaceProbe>,
+}
+
+impl App {
+    /// Opens the store (cleaning up after a crash, indexing what it holds)
+    /// and builds the upstream clients.
+    pub fn new(config: Config) -> std::io::Result<Arc<App>> {
+        App::with_hooks(config, Hooks::default())
+    }
+
+    /// As [`App::new`], with a given clock and space probe.
+    pub fn with_hooks(config: Config, hooks: Hooks) -> std::io::Result<Arc<App>> {
+        let clock = hooks.clock;
+        let (store, recovery) = FsStore::open(&config.storage_root)?;
+        if recovery.temp_files_removed > 0 {
+            tracing::info!(removed = recovery.temp_files_removed, root = %config.storage_root.display(),
+                "removed temp files left by an earlier run");
+        }
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let router = Router::new(&config).map_err(invalid)?;
+        let metrics = Arc::new(Metrics::default().with_registries(&router));
+        let lifecycle = Arc::new(Lifecycle::open(
+            &store,
+            config.lifecycle.clone(),
+            hooks.space,
+            metrics.clone(),
+        )?);
+        tracing::info!(
+            blobs = lifecycle.index.len(),
+            bytes = lifecycle.index.total(),
+            "store indexed"
+        );
+        let access = match &config.access {
+            Some(a) => Some(Access::load(a).map_err(invalid)?),
+            None => None,
+        };
+        let shared = match &config.shared {
+            Some(s) => Some(Arc::new(crate::shared::Shared::open(s)?)),
+            None => None,
+        };
+        let coordinator = Coordinator::new(
+            Arc::new(store),
+            router,
+            lifecycle,
+            clock.clone(),
+            metrics.clone(),
+            crate::coordinator::FetchSettings {
+                absent_ttl: config.absent_ttl,
+                max_blob_size: config.max_blob_size,
+                shared,
+            },
+        );
+        Ok(Arc::new(App {
+            config: Arc::new(config),
+            coordinator,
+            clock,
+            metrics,
+            draining: AtomicBool::new(false),
+            revalidations: DashMap::new(),
+            access,
+        }))
+    }
+
+    /// Routes a repository name, honouring containerd's `?ns=`.
+    pub fn resolve(&self, name: &str, ns: Option<&str>) -> Result<Resolved, RegistryError> {
+        self.coordinator.router().resolve(name, ns)
+    }
+
+    /// A manifest as a client would get it (by digest, or by tag with the
+    /// freshness rules), accepting every manifest type.
+    pub async fn manifest(
+        self: &Arc<Self>,
+        repo: &Resolved,
+        reference: &Reference,
+    ) -> Result<Manifest, RegistryError> {
+        let accept = crate::oci::default_manifest_accept();
+        Ok(self
+            .resolve_manifest(repo, reference, &accept)
+            .await?
+            .manifest)
+    }
+
+    /// A manifest by digest or by tag for a client that accepts `accept`.
+    pub async fn resolve_manifest(
+        self: &Arc<Self>,
+        repo: &Resolved,
+        reference: &Reference,
+        accept: &str,
+    ) -> Result<Resolution, RegistryError> {
+        match reference {
+            Reference::Digest(digest) => {
+                let (manifest, cache) = manifests::by_digest(self, repo, digest, accept).await?;
+                Ok(Resolution {
+                    manifest,
+                    cache,
+                    warning: None,
+                })
+            }
+            Reference::Tag(tag) => tags::resolve(self, repo, tag, accept).await,
+        }
+    }
+
+    /// Readiness: a file can be created and removed in the store's tmp/.
+    pub async fn store_writable(&self) -> Result<(), String> {
+        let dir = self.config.storage_root.join("tmp");
+        store::blocking(move || {
+            let p = dir.join(format!("readyz-{}", std::process::id()));
+            std::fs::write(&p, b"")?;
+            std::fs::remove_file(&p)
+        })
+        .await
+        .map_err(|e| format!("store not writable: {e}"))
+    }
+
+    /// Sets the gauges that describe the present (fetches in flight, the
+    /// store's size) before a scrape. Counters are counted where things
+    /// happen, never here.
+    pub fn refresh_gauges(&self) {
+        let m = &self.metrics;
+        let lc = self.coordinator.lifecycle();
+        m.in_flight.set(self.coordinator.in_flight() as i64);
+        m.store_bytes.set(lc.index.total() as i64);
+        m.store_blobs.set(lc.index.len() as i64);
+        m.store_max_bytes
+            .set(lc.config.max_size.unwrap_or(0) as i64);
+        let damaged = lc
+            .last_scrub
+            .lock()
+            .ok()
+            .and_then(|r| r.as_ref().map(|r| r.damaged.len()));
+        m.scrub_damaged_last.set(damaged.unwrap_or(0) as i64);
+    }
+}

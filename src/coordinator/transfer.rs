@@ -1,0 +1,371 @@
+//! Moving a body into the spool: the one pump every source uses, and the
+//! resume loop around it for upstream transfers.
+//!
+//! [`pump`] reads a body chunk by chunk (an idle read longer than the
+//! configured timeout, or a rate below `minReadRate`, breaks it), holds
+//! chunks back briefly so the writer gets bursts, and hands them to the
+//! [`Spool`]. [`upstream`] resumes a broken upstream transfer from the
+//! bytes already received with `Range: bytes=<n>-` (and `If-Range` when
+//! the upstream gave a strong ETag); an upstream that ignores the range and
+//! sends the whole blob again is read past what is already written.
+//! Readers see a pause, not an error; only when `maxRetries` consecutive
+//! attempts make no progress does the fetch fail. [`copy`] is one pass of
+//! the same pump over another source (the shared tier), without resuming.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use http::header::{ETAG, IF_RANGE, RANGE};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
+
+use super::flight::{FetchFailure, Flight};
+use super::spool::Spool;
+use super::Coordinator;
+use crate::config::Timeouts;
+use crate::oci::Digest;
+use crate::routing::Target;
+use crate::upstream::headers::{content_length, content_range_start};
+use crate::upstream::{error_chain, retry, UpstreamError};
+
+/// A body as the pump reads it: chunks, or why the body broke.
+type Chunks<'a> = futures::stream::BoxStream<'a, Result<Bytes, String>>;
+
+/// The data frames of an upstream body.
+fn chunks(body: Incoming) -> Chunks<'static> {
+    body.into_data_stream().map_err(|e| error_chain(&e)).boxed()
+}
+
+/// Streams the upstream response `first` into a new spool, resuming broken
+/// transfers, and returns the verified size.
+pub(super) async fn upstream(
+    coordinator: &Arc<Coordinator>,
+    flight: &Arc<Flight>,
+    target: &Target,
+    first: Response<Incoming>,
+) -> Result<u64, FetchFailure> {
+    let digest = &flight.digest;
+    let size = content_length(first.headers());
+    let etag = first
+        .headers()
+        .get(ETAG)
+        .filter(|t| !t.as_bytes().starts_with(b"W/"))
+        .cloned();
+
+    let spool = Spool::start(coordinator, flight, size, coordinator.max_blob_size).await?;
+    if let Some(shared) = coordinator.shared.clone() {
+        super::mirror::start(shared, flight, coordinator.metrics.clone());
+    }
+
+    let upstream = &target.registry.upstream;
+    let (policy, cap) = upstream.retry_policy();
+    let timeouts = upstream.timeouts();
+    let url = upstream.url(&target.blob_path(digest)).to_string();
+    let fetched = &upstream.stats().bytes;
+    let mut received: u64 = 0;
+    let mut skip: u64 = 0;
+    let mut failures: u32 = 0;
+    let mut progress_mark: u64 = 0;
+    let mut response = Some(first);
+    let network: Result<(), FetchFailure> = loop {
+        let attempt = match response.take() {
+            Some(resp) => {
+                let mut pos = Position {
+                    received: &mut received,
+                    skip: &mut skip,
+                };
+                pump(
+                    chunks(resp.into_body()),
+                    &spool,
+                    &mut pos,
+                    &timeouts,
+                    &url,
+                    fetched,
+                )
+                .await
+            }
+            None => Err(Pump::Broken(UpstreamError::Protocol {
+                url: url.clone(),
+                cause: "no response to resume from".into(),
+            })),
+        };
+        let (broken, too_slow) = match attempt {
+            Ok(()) | Err(Pump::WriterGone) => break Ok(()),
+            Err(Pump::Broken(e)) => (e, false),
+            Err(Pump::TooSlow(e)) => (e, true),
+        };
+        // A drip makes some progress on every attempt; it must not earn
+        // fresh retries with it.
+        if received > progress_mark && !too_slow {
+            failures = 0;
+            progress_mark = received;
+        }
+        failures += 1;
+        if failures > policy.max_retries {
+            break Err(FetchFailure::Upstream(broken));
+        }
+        tracing::info!(digest = %digest, registry = %target.registry.name, received, error = %broken,
+            attempt = failures, "blob transfer broke; resuming");
+        upstream.stats().resumes.inc();
+        tokio::time::sleep(retry::backoff(&policy, failures - 1, cap)).await;
+        match request(target, digest, received, etag.as_ref()).await {
+            Ok(resp) if resp.status() == StatusCode::PARTIAL_CONTENT => {
+                if content_range_start(resp.headers()) == Some(received) {
+                    skip = 0;
+                    response = Some(resp);
+                } else {
+                    tracing::warn!(%digest, "upstream answered the resume with another range; retrying");
+                }
+            }
+            Ok(resp) if resp.status() == StatusCode::OK => {
+                // Range ignored (or If-Range failed): the whole blob again.
+                if size.is_some() && content_length(resp.headers()) != size {
+                    break Err(FetchFailure::Upstream(UpstreamError::Protocol {
+                        url: url.clone(),
+                        cause: "the blob changed size between attempts".into(),
+                    }));
+                }
+                skip = received;
+                response = Some(resp);
+            }
+            Ok(resp) => {
+                tracing::warn!(%digest, status = resp.status().as_u16(), "resume request refused");
+            }
+            Err(e) => tracing::warn!(%digest, error = %e, "resume request failed"),
+        }
+    };
+    let written = spool.finish(network).await;
+    if let Err(FetchFailure::Store(e)) = &written {
+        // Disk full or I/O error: readers of this fetch are aborted; the
+        // next requests are served uncached until the store recovers.
+        tracing::warn!(%digest, error = %e, "store write failed; not caching for a while");
+        coordinator.lifecycle.space.mark_degraded();
+    }
+    written
+}
+
+/// One pass of `body` (of `size` bytes, from `source`) into a new spool,
+/// with the same batching, idle timeout and rate floor as an upstream
+/// transfer, and no resume. Returns the verified size.
+pub(super) async fn copy(
+    coordinator: &Arc<Coordinator>,
+    flight: &Arc<Flight>,
+    body: impl Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    size: u64,
+    source: &str,
+    timeouts: &Timeouts,
+    counted: &Counter,
+) -> Result<u64, FetchFailure> {
+    let spool = Spool::start(coordinator, flight, Some(size), size).await?;
+    let (mut received, mut skip) = (0, 0);
+    let mut pos = Position {
+        received: &mut received,
+        skip: &mut skip,
+    };
+    let body = body.map_err(|e| e.to_string()).boxed();
+    let network = match pump(body, &spool, &mut pos, timeouts, source, counted).await {
+        Ok(()) | Err(Pump::WriterGone) => Ok(()),
+        Err(Pump::Broken(e) | Pump::TooSlow(e)) => Err(FetchFailure::Upstream(e)),
+    };
+    spool.finish(network).await
+}
+
+/// `GET` of the blob at one registry, from `offset` on.
+async fn request(
+    target: &Target,
+    digest: &Digest,
+    offset: u64,
+    etag: Option<&HeaderValue>,
+) -> Result<Response<Incoming>, UpstreamError> {
+    let mut headers = HeaderMap::new();
+    if offset > 0 {
+        headers.insert(
+            RANGE,
+            HeaderValue::from_str(&format!("bytes={offset}-")).expect("valid"),
+        );
+        if let Some(tag) = etag {
+            headers.insert(IF_RANGE, tag.clone());
+        }
+    }
+    target
+        .registry
+        .upstream
+        .request(Method::GET, &target.blob_path(digest), headers)
+        .await
+}
+
+/// How one pass of the pump ended, when not cleanly.
+enum Pump {
+    /// The transfer broke; resume may fix it.
+    Broken(UpstreamError),
+    /// The body arrived slower than `minReadRate`.
+    TooSlow(UpstreamError),
+    /// The writer stopped (it reports why).
+    WriterGone,
+}
+
+impl From<super::spool::WriterGone> for Pump {
+    fn from(_: super::spool::WriterGone) -> Pump {
+        Pump::WriterGone
+    }
+}
+
+/// Where a transfer stands across attempts.
+struct Position<'a> {
+    /// Bytes of the blob handed to the spool so far.
+    received: &'a mut u64,
+    /// Bytes still to drop from this body (already written by an earlier
+    /// attempt whose range the upstream ignored).
+    skip: &'a mut u64,
+}
+
+/// Moves one body to the spool.
+async fn pump(
+    mut body: Chunks<'_>,
+    spool: &Spool,
+    pos: &mut Position<'_>,
+    timeouts: &Timeouts,
+    url: &str,
+    counted: &Counter,
+) -> Result<(), Pump> {
+    let idle = timeouts.idle_read;
+    let mut floor = RateFloor::new(timeouts.min_read_rate, idle);
+    // Chunks are held back briefly and handed to the writer in bursts: the
+    // writer thread then wakes once per burst, and publishes (waking the
+    // readers) once per burst, instead of once per network frame.
+    let mut held = Held::default();
+    let mut flush_at = tokio::time::Instant::now();
+    loop {
+        let deadline = if held.is_empty() {
+            tokio::time::Instant::now() + idle
+        } else {
+            flush_at
+        };
+        let next = tokio::time::timeout_at(deadline, body.next()).await;
+        let mut data = match next {
+            Err(_) if !held.is_empty() => {
+                held.flush(spool).await?;
+                continue;
+            }
+            Err(_) => {
+                return Err(Pump::Broken(UpstreamError::Timeout {
+                    url: url.to_string(),
+                    phase: "reading the blob body",
+                }))
+            }
+            Ok(None) => {
+                held.flush(spool).await?;
+                return Ok(());
+            }
+            Ok(Some(Err(cause))) => {
+                held.flush(spool).await?;
+                return Err(Pump::Broken(UpstreamError::Body {
+                    url: url.to_string(),
+                    cause,
+                }));
+            }
+            Ok(Some(Ok(data))) => data,
+        };
+        counted.inc_by(data.len() as u64);
+        if floor.too_slow(data.len() as u64, tokio::time::Instant::now()) {
+            held.flush(spool).await?;
+            return Err(Pump::TooSlow(UpstreamError::Timeout {
+                url: url.to_string(),
+                phase: "reading the blob body (slower than ferry.minReadRate)",
+            }));
+        }
+        if *pos.skip > 0 {
+            let n = (*pos.skip).min(data.len() as u64);
+            *pos.skip -= n;
+            data = data.slice(n as usize..);
+            if data.is_empty() {
+                continue;
+            }
+        }
+        let first = *pos.received == 0;
+        *pos.received += data.len() as u64;
+        if held.is_empty() {
+            flush_at = tokio::time::Instant::now() + HOLD_FOR;
+        }
+        held.push(data);
+        if held.bytes >= HOLD_BYTES || first {
+            held.flush(spool).await?;
+        }
+    }
+}
+
+/// Watches a body's average rate over consecutive windows of `window`.
+struct RateFloor {
+    /// Bytes a window must bring; 0 turns the check off.
+    need: u64,
+    window: std::time::Duration,
+    started: tokio::time::Instant,
+    got: u64,
+}
+
+impl RateFloor {
+    fn new(per_second: u64, window: std::time::Duration) -> RateFloor {
+        let need = (per_second as f64 * window.as_secs_f64()) as u64;
+        RateFloor {
+            need,
+            window,
+            started: tokio::time::Instant::now(),
+            got: 0,
+        }
+    }
+
+    /// Counts `n` bytes that arrived at `now`; true when the window that
+    /// just closed brought too few.
+    fn too_slow(&mut self, n: u64, now: tokio::time::Instant) -> bool {
+        self.got += n;
+        if self.need == 0 || now.duration_since(self.started) < self.window {
+            return false;
+        }
+        if self.got < self.need {
+            return true;
+        }
+        self.started = now;
+        self.got = 0;
+        false
+    }
+}
+
+/// A frame is held at most this long for more to join it (the first
+/// burst of a transfer is handed over at once, for the first byte's sake).
+const HOLD_FOR: std::time::Duration = std::time::Duration::from_millis(4);
+
+/// A burst is handed over once it holds this many bytes.
+const HOLD_BYTES: usize = 512 * 1024;
+
+/// Frames received but not yet handed to the writer.
+#[derive(Default)]
+struct Held {
+    frames: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn push(&mut self, b: Bytes) {
+        if b.is_empty() {
+            return;
+        }
+        self.bytes += b.len();
+        self.frames.push(b);
+    }
+
+    async fn flush(&mut self, spool: &Spool) -> Result<(), Pump> {
+        if self.frames.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        let burst = std::mem::take(&mut self.frames);
+        Ok(spool.send(burst).await?)
+    }
+}
