@@ -10,6 +10,7 @@
 mod access;
 mod credentials;
 mod file;
+mod resolve;
 mod storage_driver;
 
 use std::net::SocketAddr;
@@ -282,7 +283,7 @@ impl Config {
 
     /// Turns a parsed file into a runnable config.
     pub fn resolve(file: FileConfig, overrides: &Overrides) -> Result<Config, ConfigError> {
-        file::resolve(file, overrides)
+        resolve::resolve(file, overrides)
     }
 }
 

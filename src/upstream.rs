@@ -8,19 +8,21 @@
 //! headers never pass through here: the front decides what to forward.
 
 mod auth;
+mod challenge;
 mod error;
 pub mod headers;
 mod listing;
 pub mod retry;
+mod send;
 mod stats;
 mod tls;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, LOCATION};
-use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty};
+use http::header::{HeaderMap, HeaderValue};
+use http::{Method, Response, Uri};
+use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -248,309 +250,6 @@ impl Upstream {
         result
     }
 
-    /// One try at one of the registry's URLs, following redirects and
-    /// answering one authentication challenge (Bearer or Basic).
-    async fn request_at(
-        &self,
-        base: &Uri,
-        method: Method,
-        path: &str,
-        headers: HeaderMap,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        use std::sync::atomic::Ordering;
-        let url = join(base, path);
-        let scope = scope_for(path);
-        let basic = self
-            .access
-            .credentials
-            .as_ref()
-            .and_then(|c| HeaderValue::from_str(&c.basic_header()).ok());
-        let mut token = match &scope {
-            Some(s) => self.tokens.get(s).await,
-            None => None,
-        };
-        let mut auth = match (&token, &basic) {
-            (Some(t), _) => bearer(t),
-            (None, Some(b)) if self.basic_preemptive.load(Ordering::Relaxed) => Some(b.clone()),
-            _ => None,
-        };
-        let mut answered_challenge = false;
-        loop {
-            let resp = self
-                .send(method.clone(), url.clone(), &headers, auth.as_ref())
-                .await?;
-            if resp.status() != StatusCode::UNAUTHORIZED || answered_challenge {
-                return Ok(resp);
-            }
-            answered_challenge = true;
-            let challenges: Vec<Challenge> = resp
-                .headers()
-                .get_all(http::header::WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(parse_challenges)
-                .collect();
-            if let Some(challenge) = challenges
-                .iter()
-                .find(|c| c.scheme == "bearer" && c.param("realm").is_some())
-            {
-                let realm = challenge.param("realm").unwrap_or_default();
-                if !self.realm_allowed(realm) {
-                    tracing::warn!(registry = %base, realm,
-                        "token realm is on a host outside the registry's domain; refused (allow it with tokenRealms)");
-                    return Err(UpstreamError::Auth {
-                        url: url.to_string(),
-                        cause: format!("token realm {realm} is not trusted for this registry"),
-                    });
-                }
-                let challenge_scope = challenge
-                    .param("scope")
-                    .map(str::to_owned)
-                    .or_else(|| scope.clone())
-                    .unwrap_or_default();
-                let key = scope.clone().unwrap_or_else(|| challenge_scope.clone());
-                let mut auth_failure = None;
-                let fresh = self
-                    .tokens
-                    .get_or_fetch(&key, token.as_deref(), || {
-                        self.fetch_token(challenge, &challenge_scope, &mut auth_failure)
-                    })
-                    .await;
-                match (fresh, auth_failure) {
-                    (Some(t), _) => {
-                        auth = bearer(&t);
-                        token = Some(t);
-                    }
-                    // The token server is down: the registry is unavailable.
-                    (None, Some(e)) => return Err(e),
-                    // The token server said no: the 401 stands.
-                    (None, None) => return Ok(resp),
-                }
-            } else if challenges.iter().any(|c| c.scheme == "basic") && basic.is_some() {
-                self.basic_preemptive.store(true, Ordering::Relaxed);
-                auth = basic.clone();
-            } else {
-                return Ok(resp);
-            }
-        }
-    }
-
-    /// A token realm may be the registry's own host, one under the same
-    /// registrable domain (`auth.docker.io` for `registry-1.docker.io`), or
-    /// a host listed in `tokenRealms`. Anything else could be an upstream
-    /// trying to collect credentials.
-    fn realm_allowed(&self, realm: &str) -> bool {
-        let Some(host) = realm
-            .parse::<Uri>()
-            .ok()
-            .and_then(|u| u.host().map(str::to_ascii_lowercase))
-        else {
-            return false;
-        };
-        if self.access.token_realms.contains(&host) {
-            return true;
-        }
-        let domain = |h: &str| psl::domain_str(h).map(str::to_owned);
-        self.urls.iter().any(|u| {
-            let own = u.host().unwrap_or_default().to_ascii_lowercase();
-            own == host || (domain(&own).is_some() && domain(&own) == domain(&host))
-        })
-    }
-
-    /// Asks a token realm for a token, with Basic credentials when the
-    /// registry has some. When the realm cannot be reached or fails (5xx),
-    /// `failure` says so.
-    async fn fetch_token(
-        &self,
-        challenge: &Challenge,
-        scope: &str,
-        failure: &mut Option<UpstreamError>,
-    ) -> Option<(String, Duration)> {
-        let realm = challenge.param("realm")?;
-        let realm_uri: Uri = realm.parse().ok()?;
-        if !matches!(realm_uri.scheme_str(), Some("http" | "https")) {
-            tracing::warn!(realm, "token realm is not an http(s) URL; not asking it");
-            return None;
-        }
-        let mut query = Vec::new();
-        if let Some(service) = challenge.param("service") {
-            query.push(format!("service={}", percent_encode(service)));
-        }
-        if !scope.is_empty() {
-            query.push(format!("scope={}", percent_encode(scope)));
-        }
-        let sep = if realm.contains('?') { '&' } else { '?' };
-        let url: Uri = if query.is_empty() {
-            realm_uri
-        } else {
-            format!("{realm}{sep}{}", query.join("&")).parse().ok()?
-        };
-        let basic = self
-            .access
-            .credentials
-            .as_ref()
-            .and_then(|c| HeaderValue::from_str(&c.basic_header()).ok());
-        let resp = match self
-            .send(Method::GET, url.clone(), &HeaderMap::new(), basic.as_ref())
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "token request failed");
-                *failure = Some(UpstreamError::Auth {
-                    url: url.to_string(),
-                    cause: e.to_string(),
-                });
-                return None;
-            }
-        };
-        if retry::is_retryable(resp.status()) {
-            *failure = Some(UpstreamError::Auth {
-                url: url.to_string(),
-                cause: format!("token server answered {}", resp.status()),
-            });
-            return None;
-        }
-        if resp.status() != StatusCode::OK {
-            tracing::warn!(
-                realm,
-                status = resp.status().as_u16(),
-                with_credentials = basic.is_some(),
-                "token realm refused"
-            );
-            return None;
-        }
-        let body = self
-            .read_body(&url.to_string(), resp.into_body(), 64 * 1024)
-            .await
-            .ok()?;
-        let parsed = auth::parse_token_response(&body);
-        if parsed.is_none() {
-            tracing::warn!(realm, "token realm answered without a token");
-        }
-        parsed
-    }
-
-    /// One request, following redirects. `Authorization` goes only to the
-    /// host first asked, never to a redirect target elsewhere.
-    async fn send(
-        &self,
-        method: Method,
-        mut url: Uri,
-        headers: &HeaderMap,
-        auth: Option<&HeaderValue>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let origin = url.authority().cloned();
-        for _ in 0..=MAX_REDIRECTS {
-            let mut req = Request::builder()
-                .method(method.clone())
-                .uri(url.clone())
-                .body(Empty::new())
-                .map_err(|e| UpstreamError::Connect {
-                    url: url.to_string(),
-                    cause: e.to_string(),
-                })?;
-            *req.headers_mut() = headers.clone();
-            req.headers_mut().insert(
-                http::header::USER_AGENT,
-                HeaderValue::from_static(concat!("ferry/", env!("CARGO_PKG_VERSION"))),
-            );
-            if let Some(a) = auth.filter(|_| url.authority() == origin.as_ref()) {
-                req.headers_mut()
-                    .insert(http::header::AUTHORIZATION, a.clone());
-            }
-            let sent = tokio::time::timeout(
-                self.timeouts.response_header + self.timeouts.connect,
-                self.client.request(req),
-            )
-            .await;
-            let resp = match sent {
-                Err(_) => {
-                    return Err(UpstreamError::Timeout {
-                        url: url.to_string(),
-                        phase: "waiting for response headers",
-                    })
-                }
-                Ok(Err(e)) => {
-                    return Err(UpstreamError::Connect {
-                        url: url.to_string(),
-                        cause: error_chain(&e),
-                    })
-                }
-                Ok(Ok(resp)) => resp,
-            };
-            if !is_redirect(resp.status()) {
-                return Ok(resp);
-            }
-            let Some(next) = resp
-                .headers()
-                .get(LOCATION)
-                .and_then(|l| l.to_str().ok())
-                .and_then(|l| resolve_location(&url, l))
-            else {
-                return Err(UpstreamError::Protocol {
-                    url: url.to_string(),
-                    cause: format!("{} redirect without a usable Location", resp.status()),
-                });
-            };
-            tracing::debug!(from = %url, to = %next, "following upstream redirect");
-            url = next;
-        }
-        Err(UpstreamError::TooManyRedirects {
-            url: url.to_string(),
-            limit: MAX_REDIRECTS,
-        })
-    }
-
-    /// Reads a whole (small) body, refusing more than `limit` bytes and
-    /// treating a pause longer than the idle-read timeout as a failure.
-    pub async fn read_body(
-        &self,
-        url: &str,
-        body: Incoming,
-        limit: usize,
-    ) -> Result<Bytes, UpstreamError> {
-        let mut body = body;
-        // An announced length over the limit is refused before reading.
-        if hyper::body::Body::size_hint(&body).lower() > limit as u64 {
-            return Err(UpstreamError::TooLarge {
-                url: url.to_string(),
-                limit,
-            });
-        }
-        let mut out = Vec::new();
-        loop {
-            let frame = tokio::time::timeout(self.timeouts.idle_read, body.frame()).await;
-            match frame {
-                Err(_) => {
-                    return Err(UpstreamError::Timeout {
-                        url: url.to_string(),
-                        phase: "reading the body",
-                    })
-                }
-                Ok(None) => return Ok(Bytes::from(out)),
-                Ok(Some(Err(e))) => {
-                    return Err(UpstreamError::Body {
-                        url: url.to_string(),
-                        cause: error_chain(&e),
-                    })
-                }
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.stats.bytes.inc_by(data.len() as u64);
-                        if out.len() + data.len() > limit {
-                            return Err(UpstreamError::TooLarge {
-                                url: url.to_string(),
-                                limit,
-                            });
-                        }
-                        out.extend_from_slice(&data);
-                    }
-                }
-            }
-        }
-    }
-
     /// The absolute URL of `path` at the registry's first URL (for messages).
     pub fn url(&self, path: &str) -> Uri {
         join(&self.urls[0], path)
@@ -563,58 +262,6 @@ fn join(base: &Uri, path: &str) -> Uri {
     let mut parts = base.clone().into_parts();
     parts.path_and_query = path.parse().ok();
     Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
-}
-
-fn bearer(token: &str) -> Option<HeaderValue> {
-    let mut v = HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
-    v.set_sensitive(true);
-    Some(v)
-}
-
-/// The token scope a registry path needs: `repository:<name>:pull`.
-fn scope_for(path: &str) -> Option<String> {
-    let rest = path.strip_prefix("/v2/")?;
-    let rest = rest.split('?').next()?;
-    let segs: Vec<&str> = rest.split('/').collect();
-    let n = segs.len();
-    let keyword = *segs.get(n.checked_sub(2)?)?;
-    let known = matches!(keyword, "blobs" | "manifests" | "referrers")
-        || (keyword == "tags" && segs[n - 1] == "list");
-    if n < 3 || !known {
-        return None;
-    }
-    Some(format!("repository:{}:pull", segs[..n - 2].join("/")))
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn is_redirect(s: StatusCode) -> bool {
-    matches!(s.as_u16(), 301 | 302 | 303 | 307 | 308)
-}
-
-/// Resolves a `Location` header against the URL that sent it.
-fn resolve_location(base: &Uri, location: &str) -> Option<Uri> {
-    let loc: Uri = location.parse().ok()?;
-    if loc.scheme().is_some() {
-        return matches!(loc.scheme_str(), Some("http" | "https")).then_some(loc);
-    }
-    if !location.starts_with('/') {
-        return None;
-    }
-    let mut parts = base.clone().into_parts();
-    parts.path_and_query = loc.path_and_query().cloned();
-    Uri::from_parts(parts).ok()
 }
 
 /// An error with its sources, the way people need to read it in a log.
@@ -634,6 +281,8 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::challenge::{percent_encode, scope_for};
+    use super::send::resolve_location;
     use super::*;
 
     #[test]
