@@ -18,6 +18,8 @@ mod htpasswd;
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue};
 
+use subtle::ConstantTimeEq;
+
 use crate::config::{AccessConfig, AccessControlSection, Policy};
 use crate::routing::prefix_matches;
 
@@ -49,8 +51,24 @@ pub struct Access {
     config: AccessConfig,
 }
 
+/// Why client access control could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("htpasswd file {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("htpasswd file {}: {problem}", path.display())]
+    Htpasswd {
+        path: std::path::PathBuf,
+        problem: String,
+    },
+}
+
 impl Access {
-    pub fn load(config: &AccessConfig) -> Result<Access, String> {
+    pub fn load(config: &AccessConfig) -> Result<Access, AccessError> {
         let htpasswd = match &config.htpasswd {
             Some(p) => Htpasswd::load(p)?,
             None => Htpasswd::default(),
@@ -100,7 +118,7 @@ impl Access {
         self.config
             .tokens
             .iter()
-            .find(|t| constant_time_eq(t.token.expose().as_bytes(), presented.as_bytes()))
+            .find(|t| bool::from(t.token.expose().as_bytes().ct_eq(presented.as_bytes())))
             .map(|t| t.user.clone())
     }
 
@@ -234,11 +252,6 @@ fn parse_authorization(v: &HeaderValue) -> Option<Credentials> {
     }
 }
 
-/// Compares secrets without an early exit on the first differing byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +334,5 @@ mod tests {
         let v = HeaderValue::from_static("bearer tok");
         assert!(matches!(parse_authorization(&v), Some(Credentials::Bearer(t)) if t == "tok"));
         assert!(parse_authorization(&HeaderValue::from_static("Basic !!")).is_none());
-        assert!(constant_time_eq(b"abc", b"abc") && !constant_time_eq(b"abc", b"abd"));
     }
 }

@@ -11,6 +11,7 @@
 //! may read which repository).
 
 pub mod authorize;
+mod error;
 pub mod listing;
 pub mod manifests;
 pub mod referrers;
@@ -32,6 +33,7 @@ use crate::oci::{Reference, RegistryError};
 use crate::routing::{Resolved, Router};
 use crate::store::{self, FsStore};
 
+pub use error::Error;
 pub use manifests::{Manifest, Resolution};
 
 /// Everything a request needs, built once.
@@ -60,20 +62,19 @@ pub struct Hooks {
 impl App {
     /// Opens the store (cleaning up after a crash, indexing what it holds)
     /// and builds the upstream clients.
-    pub fn new(config: Config) -> std::io::Result<Arc<App>> {
+    pub fn new(config: Config) -> Result<Arc<App>, Error> {
         App::with_hooks(config, Hooks::default())
     }
 
     /// As [`App::new`], with a given clock and space probe.
-    pub fn with_hooks(config: Config, hooks: Hooks) -> std::io::Result<Arc<App>> {
+    pub fn with_hooks(config: Config, hooks: Hooks) -> Result<Arc<App>, Error> {
         let clock = hooks.clock;
         let (store, recovery) = FsStore::open(&config.storage_root)?;
         if recovery.temp_files_removed > 0 {
             tracing::info!(removed = recovery.temp_files_removed, root = %config.storage_root.display(),
                 "removed temp files left by an earlier run");
         }
-        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-        let router = Router::new(&config).map_err(invalid)?;
+        let router = Router::new(&config)?;
         let metrics = Arc::new(Metrics::default().with_registries(&router));
         let lifecycle = Arc::new(Lifecycle::open(
             &store,
@@ -87,7 +88,7 @@ impl App {
             "store indexed"
         );
         let access = match &config.access {
-            Some(a) => Some(Access::load(a).map_err(invalid)?),
+            Some(a) => Some(Access::load(a)?),
             None => None,
         };
         let shared = match &config.shared {
@@ -157,7 +158,7 @@ impl App {
     }
 
     /// Readiness: a file can be created and removed in the store's tmp/.
-    pub async fn store_writable(&self) -> Result<(), String> {
+    pub async fn store_writable(&self) -> std::io::Result<()> {
         let dir = self.config.storage_root.join("tmp");
         store::blocking(move || {
             let p = dir.join(format!("readyz-{}", std::process::id()));
@@ -165,7 +166,6 @@ impl App {
             std::fs::remove_file(&p)
         })
         .await
-        .map_err(|e| format!("store not writable: {e}"))
     }
 
     /// Sets the gauges that describe the present (fetches in flight, the

@@ -255,16 +255,15 @@ pub struct Overrides {
 }
 
 /// A configuration problem, naming the file and the key.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct ConfigError(pub String);
 
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+impl From<String> for ConfigError {
+    fn from(message: String) -> ConfigError {
+        ConfigError(message)
     }
 }
-
-impl std::error::Error for ConfigError {}
 
 impl Config {
     /// Reads and resolves a config file, then applies the overrides.
@@ -313,8 +312,8 @@ pub fn parse_upstream_url(s: &str) -> Result<Uri, ConfigError> {
 }
 
 /// Parses a duration as Go writes them (`90s`, `5m`, `1h30m`, `250ms`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration: {e}"))
+pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s).map_err(|e| ConfigError(format!("{s:?} is not a duration: {e}")))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod absent;
 mod fetch;
 mod flight;
 mod handle;
+mod holdback;
 mod hot;
 mod mapping;
 mod membership;

@@ -61,6 +61,6 @@ pub mod store;
 pub mod sync;
 pub mod upstream;
 
-pub use app::{App, Hooks};
+pub use app::{App, Error, Hooks};
 pub use config::Config;
 pub use server::Server;

@@ -345,7 +345,7 @@ async fn prefetch(config: Config, images: Vec<String>) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> std::io::Result<()> {
+async fn serve(config: Config) -> Result<(), ferry::Error> {
     for w in &config.warnings {
         tracing::warn!("config: {w}");
     }
@@ -362,7 +362,7 @@ async fn serve(config: Config) -> std::io::Result<()> {
     }
     let server = Server::bind(config).await?;
     tracing::info!(listen = %server.local_addr(), %upstream, %storage, "ferry is serving");
-    server.run(shutdown_signal()).await
+    Ok(server.run(shutdown_signal()).await?)
 }
 
 async fn shutdown_signal() {

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use crate::app::manifests::references;
 use crate::app::App;
 use crate::coordinator::{BlobHandle, Progress};
-use crate::oci::{Digest, Reference, RepoName};
+use crate::oci::{Digest, Reference};
 
 /// What happened to one blob, for progress displays.
 #[derive(Debug, Clone)]
@@ -39,8 +39,29 @@ pub struct Report {
     pub bytes_fetched: u64,
 }
 
+/// Why a prefetch failed (the caller names the image).
+#[derive(Debug, thiserror::Error)]
+pub enum PrefetchError {
+    #[error("bad reference {reference:?}: {source}")]
+    Reference {
+        reference: String,
+        #[source]
+        source: crate::oci::ReferenceError,
+    },
+    #[error("{0}")]
+    Route(#[source] crate::oci::RegistryError),
+    #[error("manifest {reference}: {}", source.message)]
+    Manifest {
+        reference: Reference,
+        #[source]
+        source: crate::oci::RegistryError,
+    },
+    #[error("blob {digest}: {cause}")]
+    Blob { digest: Digest, cause: String },
+}
+
 /// Splits `[host/]name[:tag|@digest]` into a name and a reference.
-pub fn parse_image(image: &str) -> Result<(String, Reference), String> {
+pub fn parse_image(image: &str) -> Result<(String, Reference), PrefetchError> {
     let (name, reference) = if let Some((n, d)) = image.split_once('@') {
         (n, d.to_string())
     } else {
@@ -50,8 +71,10 @@ pub fn parse_image(image: &str) -> Result<(String, Reference), String> {
             _ => (image, "latest".to_string()),
         }
     };
-    let reference = Reference::parse(&reference)
-        .map_err(|e| format!("image {image:?}: bad reference: {e:?}"))?;
+    let reference = Reference::parse(&reference).map_err(|source| PrefetchError::Reference {
+        reference: reference.clone(),
+        source,
+    })?;
     Ok((name.to_string(), reference))
 }
 
@@ -60,13 +83,13 @@ pub async fn prefetch(
     app: &Arc<App>,
     image: &str,
     on_event: &(dyn Fn(Event) + Sync),
-) -> Result<Report, String> {
+) -> Result<Report, PrefetchError> {
     let (name, reference) = parse_image(image)?;
     let repo = app
         .coordinator
         .router()
         .resolve(&name, None)
-        .map_err(|e| format!("image {image}: {}", e.message))?;
+        .map_err(PrefetchError::Route)?;
     let mut report = Report::default();
     let mut pending = vec![reference];
     let mut blobs: Vec<Digest> = Vec::new();
@@ -74,7 +97,10 @@ pub async fn prefetch(
         let m = app
             .manifest(&repo, &r)
             .await
-            .map_err(|e| format!("image {image}: manifest {r}: {}", e.message))?;
+            .map_err(|source| PrefetchError::Manifest {
+                reference: r.clone(),
+                source,
+            })?;
         report.manifests += 1;
         // The server's own parser: foreign layers (`urls`) are skipped.
         let refs = references(&m.bytes);
@@ -86,7 +112,7 @@ pub async fn prefetch(
         }
     }
     for digest in blobs {
-        let fetched = fetch_blob(app, &repo.local, &repo, &digest, on_event).await?;
+        let fetched = fetch_blob(app, &repo, &digest, on_event).await?;
         report.blobs += 1;
         match fetched {
             None => report.blobs_already_cached += 1,
@@ -100,16 +126,18 @@ pub async fn prefetch(
 /// already stored.
 async fn fetch_blob(
     app: &Arc<App>,
-    local: &RepoName,
     repo: &crate::routing::Resolved,
     digest: &Digest,
     on_event: &(dyn Fn(Event) + Sync),
-) -> Result<Option<u64>, String> {
-    let handle = app
-        .coordinator
-        .open_blob(repo, digest)
-        .await
-        .map_err(|e| format!("{local}@{digest}: {}", e.message))?;
+) -> Result<Option<u64>, PrefetchError> {
+    let handle =
+        app.coordinator
+            .open_blob(repo, digest)
+            .await
+            .map_err(|e| PrefetchError::Blob {
+                digest: digest.clone(),
+                cause: e.message,
+            })?;
     if let BlobHandle::Stored { .. } | BlobHandle::Memory { .. } = handle {
         on_event(Event::Done {
             digest: digest.clone(),
@@ -126,7 +154,10 @@ async fn fetch_blob(
     let mut stream = handle.stream(0, None);
     let mut total = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| format!("{local}@{digest}: {e}"))?;
+        let chunk = chunk.map_err(|e| PrefetchError::Blob {
+            digest: digest.clone(),
+            cause: e.to_string(),
+        })?;
         total += chunk.len() as u64;
         on_event(Event::Progress {
             digest: digest.clone(),
@@ -142,7 +173,10 @@ async fn fetch_blob(
             .await
             .map(|p| p.clone());
         if let Ok(Progress::Failed(why)) = end {
-            return Err(format!("{local}@{digest}: {why}"));
+            return Err(PrefetchError::Blob {
+                digest: digest.clone(),
+                cause: why.to_string(),
+            });
         }
     }
     on_event(Event::Done {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use http::{StatusCode, Uri};
 
-use crate::config::{Config, ContentRule, RegistryConfig};
+use crate::config::{Config, ConfigError, ContentRule, RegistryConfig};
 use crate::oci::Digest;
 use crate::oci::{ErrorCode, RegistryError, RepoName};
 use crate::upstream::{worse, Upstream, UpstreamError};
@@ -244,7 +244,7 @@ pub struct Router {
 impl Router {
     /// Builds one upstream client per configured registry.
     /// Fails when a registry's TLS material (`certDir`) cannot be loaded.
-    pub fn new(config: &Config) -> Result<Router, String> {
+    pub fn new(config: &Config) -> Result<Router, ConfigError> {
         let registries = config
             .registries
             .iter()
@@ -256,7 +256,7 @@ impl Router {
                     Arc::new(tokio::sync::Semaphore::new(config.max_fetches_per_registry));
                 Ok(Arc::new(registry))
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         Ok(Router {
             registries,
             remembered: DashMap::new(),
@@ -289,7 +289,7 @@ impl Router {
             }
         };
         let local = RepoName::parse(name)
-            .map_err(|m| RegistryError::bad_request(ErrorCode::NameInvalid, m))?;
+            .map_err(|m| RegistryError::bad_request(ErrorCode::NameInvalid, m.to_string()))?;
         let pool: Vec<&Arc<Registry>> = match &selected {
             Some(r) => vec![r],
             None => self.registries.iter().collect(),

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::app::{App, Hooks};
+use crate::app::{App, Error, Hooks};
 use crate::config::Config;
 use crate::http::Role;
 use crate::listener::{CertStore, Handler, Listener};
@@ -30,12 +30,12 @@ pub fn handler(app: Arc<App>) -> impl Handler {
 
 impl Server {
     /// Binds the listen address(es), opens the store and builds the app.
-    pub async fn bind(config: Config) -> std::io::Result<Server> {
+    pub async fn bind(config: Config) -> Result<Server, Error> {
         Server::bind_with_hooks(config, Hooks::default()).await
     }
 
     /// As [`Server::bind`], with a given clock and space probe.
-    pub async fn bind_with_hooks(config: Config, hooks: Hooks) -> std::io::Result<Server> {
+    pub async fn bind_with_hooks(config: Config, hooks: Hooks) -> Result<Server, Error> {
         let listener = Listener::bind(&config).await?;
         let app = App::with_hooks(config, hooks)?;
         Ok(Server { app, listener })

@@ -53,8 +53,10 @@ pub struct Shared {
     store: Arc<dyn ObjectStore>,
     #[cfg(feature = "s3")]
     signer: Option<Arc<dyn object_store::signer::Signer>>,
+    /// The one HTTP client of the requests object_store does not wrap
+    /// (ListMultipartUploads, AbortMultipartUpload), kept for its pool.
     #[cfg(feature = "s3")]
-    skip_verify: bool,
+    raw: Option<reqwest::Client>,
     prefix: String,
     describe: String,
     /// Answer hits with a 307 to a presigned URL (`redirect: true`).
@@ -128,7 +130,7 @@ impl Shared {
             #[cfg(feature = "s3")]
             signer: None,
             #[cfg(feature = "s3")]
-            skip_verify: false,
+            raw: None,
             prefix: prefix.trim_matches('/').to_string(),
             describe,
             redirect: false,
@@ -281,7 +283,11 @@ impl Shared {
             .map_err(|e| io::Error::other(format!("shared object {key}: cannot sign: {e}")))?;
         let method =
             reqwest::Method::from_bytes(method.as_str().as_bytes()).map_err(io::Error::other)?;
-        s3::send(method, url, self.skip_verify).await
+        let client = self
+            .raw
+            .as_ref()
+            .ok_or_else(|| io::Error::other("shared tier: no client for signed requests"))?;
+        s3::send(client, method, url).await
     }
 
     /// Aborts one incomplete multipart upload.
@@ -511,23 +517,24 @@ mod s3 {
         let mut shared = Shared::with_store(s3.clone(), &s.prefix, describe);
         shared.signer = Some(s3);
         shared.redirect = s.redirect;
-        shared.skip_verify = s.skip_verify;
+        shared.raw = Some(
+            reqwest::Client::builder()
+                .danger_accept_invalid_certs(s.skip_verify)
+                .timeout(super::OP_TIMEOUT)
+                .build()
+                .map_err(|e| io::Error::other(format!("shared tier HTTP client: {e}")))?,
+        );
         Ok(shared)
     }
 
     /// Sends one presigned request; the body of a 2xx answer.
     pub(super) async fn send(
+        client: &reqwest::Client,
         method: reqwest::Method,
         url: object_store::signer::Url,
-        skip_verify: bool,
     ) -> io::Result<String> {
         let shown = format!("{method} {}", url.path());
         let fail = |e: String| io::Error::other(format!("shared tier {shown}: {e}"));
-        let client = reqwest::Client::builder()
-            .danger_accept_invalid_certs(skip_verify)
-            .timeout(super::OP_TIMEOUT)
-            .build()
-            .map_err(|e| fail(e.to_string()))?;
         let resp = client
             .request(method, url.as_str())
             .send()

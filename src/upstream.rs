@@ -102,7 +102,7 @@ impl Upstream {
         config: &crate::config::RegistryConfig,
         timeouts: Timeouts,
         retry_cap: Duration,
-    ) -> Result<Upstream, String> {
+    ) -> Result<Upstream, crate::config::ConfigError> {
         let tls = tls::client_config(config.tls_verify, config.cert_dir.as_deref())?;
         let access = Access {
             credentials: config.credentials.clone(),

@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use super::AccessError;
+
 use dashmap::DashMap;
 use sha2::{Digest as _, Sha256};
 
@@ -21,12 +23,18 @@ pub struct Htpasswd {
 }
 
 impl Htpasswd {
-    pub fn load(path: &Path) -> Result<Htpasswd, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("htpasswd file {}: {e}", path.display()))?;
-        Htpasswd::parse(&text).map_err(|e| format!("htpasswd file {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Htpasswd, AccessError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AccessError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Htpasswd::parse(&text).map_err(|problem| AccessError::Htpasswd {
+            path: path.to_path_buf(),
+            problem,
+        })
     }
 
+    /// Parses htpasswd lines; the error names the line and what is wrong.
     pub fn parse(text: &str) -> Result<Htpasswd, String> {
         let mut users = HashMap::new();
         for (i, line) in text.lines().enumerate() {

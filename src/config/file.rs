@@ -175,15 +175,15 @@ pub struct FerrySection {
 
 impl FileConfig {
     /// Parses JSON, naming the path of any unknown or mistyped key.
-    pub fn parse(text: &str) -> Result<FileConfig, String> {
+    pub fn parse(text: &str) -> Result<FileConfig, super::ConfigError> {
         let de = &mut serde_json::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            if path == "." {
+            super::ConfigError(if path == "." {
                 e.inner().to_string()
             } else {
                 format!("{path}: {}", e.inner())
-            }
+            })
         })
     }
 }

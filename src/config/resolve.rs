@@ -452,7 +452,7 @@ mod tests {
     #[test]
     fn unknown_key_names_its_path() {
         let text = r#"{"extensions": {"sync": {"registries": [{"urls": [], "colour": 1}]}}}"#;
-        let e = FileConfig::parse(text).unwrap_err();
+        let e = FileConfig::parse(text).unwrap_err().to_string();
         assert!(e.contains("extensions.sync.registries[0]"), "{e}");
         assert!(e.contains("colour"), "{e}");
     }

@@ -1,8 +1,8 @@
 //! The uncached path: when the store has no room (disk full, below
 //! `minFreeSpace`, unwritable), a blob goes straight from upstream to the
-//! client. Its bytes are still hashed on the way, and the last chunk is held
-//! back until the digest matched, so a client never gets a wrong blob that
-//! ends cleanly.
+//! client. Its bytes are still hashed on the way, and the last byte is held
+//! back until the digest matched ([`LastByte`]), so a client never gets a
+//! wrong blob that ends cleanly.
 
 use std::io;
 use std::pin::Pin;
@@ -14,6 +14,7 @@ use http::{HeaderMap, Method, StatusCode};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 
+use super::holdback::LastByte;
 use crate::oci::{Digest, ErrorCode, Hasher, RegistryError};
 use crate::routing::Resolved;
 use crate::upstream::headers::content_length;
@@ -36,7 +37,9 @@ pub struct VerifyingStream {
     body: Incoming,
     hasher: Option<Hasher>,
     digest: Digest,
-    held: Option<Bytes>,
+    held: LastByte,
+    /// Bytes ready to go, in order.
+    ready: std::collections::VecDeque<Bytes>,
     done: bool,
 }
 
@@ -46,7 +49,8 @@ impl VerifyingStream {
             body,
             hasher: Some(Hasher::new(digest.algorithm())),
             digest,
-            held: None,
+            held: LastByte::default(),
+            ready: Default::default(),
             done: false,
         }
     }
@@ -57,6 +61,9 @@ impl Stream for VerifyingStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
+            if let Some(b) = self.ready.pop_front() {
+                return Poll::Ready(Some(Ok(b)));
+            }
             if self.done {
                 return Poll::Ready(None);
             }
@@ -75,10 +82,8 @@ impl Stream for VerifyingStream {
                     if let Some(h) = self.hasher.as_mut() {
                         h.update(&data);
                     }
-                    // Pass on the previous chunk; hold this one back.
-                    if let Some(prev) = self.held.replace(data) {
-                        return Poll::Ready(Some(Ok(prev)));
-                    }
+                    let (before, now) = self.held.pass(data);
+                    self.ready.extend(before.into_iter().chain(now));
                 }
                 Poll::Ready(None) => {
                     self.done = true;
@@ -87,7 +92,8 @@ impl Stream for VerifyingStream {
                         let msg = format!("upstream bytes for {} hash to {actual}", self.digest);
                         return Poll::Ready(Some(Err(io::Error::other(msg))));
                     }
-                    return Poll::Ready(self.held.take().map(Ok));
+                    let last = self.held.release();
+                    self.ready.extend(last);
                 }
             }
         }

@@ -31,6 +31,7 @@ use futures::Stream;
 use tokio::sync::watch;
 
 use super::flight::{Flight, Progress};
+use super::holdback;
 use super::mapping::{map, Mapping};
 
 /// The largest chunk a reader hands to the connection at once (`pread`).
@@ -180,16 +181,8 @@ impl State {
                     return None;
                 }
             } else {
-                let mut limit = end.map_or(available, |e| e.min(available));
-                // Hold back the blob's last byte until its digest is
-                // verified: once a connection has sent all of
-                // Content-Length it counts as complete, so an error after
-                // that would come too late.
-                if let Some(b) = blob_end.filter(|_| !done) {
-                    if end.is_some_and(|e| e >= b) {
-                        limit = limit.min(b.saturating_sub(1));
-                    }
-                }
+                let limit = end.map_or(available, |e| e.min(available));
+                let limit = holdback::releasable(limit, end, blob_end, done);
                 if self.pos < limit {
                     if let Some(m) = self.map.as_ref().filter(|m| limit <= m.len()) {
                         let len = (limit - self.pos).min(MAPPED_CHUNK as u64);

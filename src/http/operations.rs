@@ -29,7 +29,10 @@ pub(super) async fn answer(app: &Arc<App>, path: &str, role: Role) -> Option<Res
             let why = if app.draining.load(Ordering::SeqCst) {
                 Some("shutting down".to_string())
             } else {
-                app.store_writable().await.err()
+                app.store_writable()
+                    .await
+                    .err()
+                    .map(|e| format!("store not writable: {e}"))
             };
             Some(match why {
                 None => text(StatusCode::OK, "ready\n".into(), "text/plain"),

@@ -85,7 +85,9 @@ pub fn route(method: &Method, path: &str) -> Result<Route, RegistryError> {
                     ErrorCode::DigestInvalid,
                     format!("manifest digest {:?}: {d}", truncate(last)),
                 ),
-                ReferenceError::Tag(m) => RegistryError::bad_request(ErrorCode::ManifestInvalid, m),
+                ReferenceError::Tag(m) => {
+                    RegistryError::bad_request(ErrorCode::ManifestInvalid, m.to_string())
+                }
             })?;
             Ok(Route::Manifest { name, reference })
         }

@@ -18,22 +18,34 @@ pub const MAX_NAME_LEN: usize = 255;
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RepoName(Box<str>);
 
+/// Why a repository name or a tag was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("repository name is empty")]
+    Empty,
+    #[error("repository name is {len} bytes long; the limit is {MAX_NAME_LEN}")]
+    TooLong { len: usize },
+    #[error(
+        "repository name component {component:?} must match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*"
+    )]
+    Component { component: String },
+    #[error("tag {tag:?} must match [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}")]
+    Tag { tag: String },
+}
+
 impl RepoName {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, NameError> {
         if s.is_empty() {
-            return Err("repository name is empty".into());
+            return Err(NameError::Empty);
         }
         if s.len() > MAX_NAME_LEN {
-            return Err(format!(
-                "repository name is {} bytes long; the limit is {MAX_NAME_LEN}",
-                s.len()
-            ));
+            return Err(NameError::TooLong { len: s.len() });
         }
         for component in s.split('/') {
             if !valid_component(component) {
-                return Err(format!(
-                    "repository name component {component:?} must match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*"
-                ));
+                return Err(NameError::Component {
+                    component: truncate(component, 140).to_string(),
+                });
             }
         }
         Ok(RepoName(s.into()))
@@ -98,7 +110,7 @@ impl fmt::Debug for RepoName {
 pub struct Tag(Box<str>);
 
 impl Tag {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, NameError> {
         let b = s.as_bytes();
         let head_ok = b
             .first()
@@ -107,10 +119,9 @@ impl Tag {
             .iter()
             .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
         if !head_ok || !tail_ok || b.len() > 128 {
-            return Err(format!(
-                "tag {:?} must match [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}",
-                truncate(s, 140)
-            ));
+            return Err(NameError::Tag {
+                tag: truncate(s, 140).to_string(),
+            });
         }
         Ok(Tag(s.into()))
     }
@@ -164,9 +175,11 @@ impl fmt::Display for Reference {
 }
 
 /// Why a manifest reference was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReferenceError {
-    Tag(String),
+    #[error(transparent)]
+    Tag(NameError),
+    #[error(transparent)]
     Digest(DigestError),
 }
 

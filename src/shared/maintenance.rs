@@ -153,36 +153,42 @@ pub async fn clean_uploads(shared: &Shared, older_than: Duration) -> io::Result<
     Ok(aborted)
 }
 
-/// The `<Upload>` entries of a ListMultipartUploads answer.
+/// The `<Upload>` entries of a ListMultipartUploads answer (quick-xml);
+/// entries without a key, an upload id or a readable date are skipped.
 pub(super) fn parse_uploads(xml: &str) -> Vec<PendingUpload> {
-    let field = |block: &str, name: &str| -> Option<String> {
-        let open = format!("<{name}>");
-        let start = block.find(&open)? + open.len();
-        let end = block[start..].find(&format!("</{name}>"))? + start;
-        Some(unescape(&block[start..end]))
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(rename = "Upload", default)]
+        uploads: Vec<Upload>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Upload {
+        #[serde(rename = "Key")]
+        key: Option<String>,
+        #[serde(rename = "UploadId")]
+        upload_id: Option<String>,
+        #[serde(rename = "Initiated")]
+        initiated: Option<String>,
+    }
+    let answer: Answer = match quick_xml::de::from_str(xml) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a ListMultipartUploads answer");
+            return Vec::new();
+        }
     };
-    xml.split("<Upload>")
-        .skip(1)
-        .filter_map(|block| {
-            let block = block.split("</Upload>").next()?;
+    answer
+        .uploads
+        .into_iter()
+        .filter_map(|u| {
             Some(PendingUpload {
-                key: field(block, "Key")?,
-                upload_id: field(block, "UploadId")?,
-                initiated: humantime::parse_rfc3339_weak(
-                    field(block, "Initiated")?.trim_end_matches('Z'),
-                )
-                .ok()?,
+                key: u.key?,
+                upload_id: u.upload_id?,
+                initiated: humantime::parse_rfc3339_weak(u.initiated?.trim_end_matches('Z'))
+                    .ok()?,
             })
         })
         .collect()
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&")
 }
 
 #[cfg(test)]

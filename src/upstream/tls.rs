@@ -7,6 +7,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::config::ConfigError;
+
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
@@ -14,7 +16,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// Builds the client TLS configuration for one registry.
-pub fn client_config(tls_verify: bool, cert_dir: Option<&Path>) -> Result<ClientConfig, String> {
+pub fn client_config(
+    tls_verify: bool,
+    cert_dir: Option<&Path>,
+) -> Result<ClientConfig, ConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -63,7 +68,7 @@ pub fn client_config(tls_verify: bool, cert_dir: Option<&Path>) -> Result<Client
     match client_pair {
         Some((certs, key)) => builder
             .with_client_auth_cert(certs, key)
-            .map_err(|e| format!("client certificate: {e}")),
+            .map_err(|e| ConfigError(format!("client certificate: {e}"))),
         None => Ok(builder.with_no_client_auth()),
     }
 }
