@@ -331,8 +331,7 @@ async fn unknown_blob_is_404_and_unreachable_upstream_is_503_without_hanging() {
         digest
     );
     ferry.settle().await;
-    drop(up);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    up.stop().await;
     let cached = within(get(&ferry.url(&blob_path(&digest)))).await;
     assert_eq!(sha256(&cached.body), digest);
     let other = sha256(b"other");

@@ -129,8 +129,7 @@ async fn stale_tags_are_served_on_5xx_429_and_outage_but_not_on_404() {
 
     // Deleted upstream: a 404, even though ferry holds the tag.
     let addr = up.addr;
-    drop(up);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    up.stop().await;
     let fresh = FakeRegistry::start_on(addr).await;
     let w = within(get(&ferry.url("/v2/app/manifests/gone"))).await;
     assert_eq!(w.status, StatusCode::NOT_FOUND);

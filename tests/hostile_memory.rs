@@ -82,6 +82,9 @@ async fn idle_connections_and_clients_that_never_read_cost_bounded_memory() {
 
     // 200 clients ask for the 32 MiB blob and never read a byte.
     const STALLED: usize = 200;
+    /// Bytes waiting in a client's receive buffer that show its response
+    /// is stalled on a full buffer (Linux's default buffer holds more).
+    const QUEUED: u64 = 64 * 1024;
     let mut stalled = Vec::with_capacity(STALLED);
     let request = format!("GET /v2/x/blobs/{digest} HTTP/1.1\r\nHost: ferry\r\n\r\n");
     for _ in 0..STALLED {
@@ -90,8 +93,14 @@ async fn idle_connections_and_clients_that_never_read_cost_bounded_memory() {
         stalled.push(c);
     }
     until(|| gauge.get() as usize >= STALLED).await;
-    // Let every response fill its socket buffers and stall.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every response is streaming and has filled the client's receive
+    // buffer (ferry's sends then stall).
+    until(|| {
+        stalled
+            .iter()
+            .all(|c| rustix::io::ioctl_fionread(c).is_ok_and(|queued| queued >= QUEUED))
+    })
+    .await;
     let with_stalled = anon_rss();
     let growth = with_stalled.saturating_sub(base);
     eprintln!(

@@ -159,8 +159,7 @@ async fn a_deleted_tag_upstream_is_not_served_from_the_store() {
     );
     // Replace with a fresh registry that does not have the tag at all.
     let addr = up.addr;
-    drop(up);
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    up.stop().await;
     let _fresh = FakeRegistry::start_on(addr).await;
     ferry.advance(std::time::Duration::from_secs(301));
     let w = within(get(&ferry.url("/v2/lib/gone/manifests/old"))).await;

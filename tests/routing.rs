@@ -146,8 +146,8 @@ async fn ns_parameter_and_path_style_select_a_registry() {
     // gets its own registry's tag.
     let w = within(get(&ferry.url("/v2/team/app/manifests/v1"))).await;
     assert_eq!(w.status, StatusCode::OK);
-    drop((a, b));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    a.stop().await;
+    b.stop().await;
     ferry.advance(Duration::from_secs(301)); // past the tag TTL
     let w = within(get(
         &ferry.url(&format!("/v2/team/app/manifests/v1?ns={ns}"))

@@ -35,7 +35,7 @@ impl Htpasswd {
     }
 
     /// Parses htpasswd lines; the error names the line and what is wrong.
-    pub fn parse(text: &str) -> Result<Htpasswd, String> {
+    pub(crate) fn parse(text: &str) -> Result<Htpasswd, String> {
         let mut users = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();

@@ -163,12 +163,15 @@ struct State {
     scheme: &'static str,
 }
 
-/// The fake registry. Dropping it stops it.
+/// The fake registry. Dropping it stops it; [`FakeRegistry::stop`] also
+/// waits until its listener and every connection are closed.
 pub struct FakeRegistry {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     body_bytes: Arc<AtomicU64>,
     stop: watch::Sender<bool>,
+    /// Ends (`None`) once the accept loop and every connection task ended.
+    tasks_done: Option<tokio::sync::mpsc::Receiver<()>>,
 }
 
 impl Drop for FakeRegistry {
@@ -178,6 +181,15 @@ impl Drop for FakeRegistry {
 }
 
 impl FakeRegistry {
+    /// Stops the registry and waits until its port is closed and every
+    /// connection to it is gone.
+    pub async fn stop(mut self) {
+        self.stop.send_replace(true);
+        let mut done = self.tasks_done.take().expect("stopped once");
+        drop(self);
+        super::within(done.recv()).await;
+    }
+
     pub async fn start() -> FakeRegistry {
         FakeRegistry::start_on("127.0.0.1:0".parse().unwrap()).await
     }
@@ -202,15 +214,18 @@ impl FakeRegistry {
         let body_bytes = Arc::new(AtomicU64::new(0));
         let stop = watch::Sender::new(false);
         let (st, bb, mut stop_rx) = (state.clone(), body_bytes.clone(), stop.subscribe());
+        let (alive, tasks_done) = tokio::sync::mpsc::channel::<()>(1);
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
                     a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
-                    _ = stop_rx.wait_for(|s| *s) => return,
+                    _ = stop_rx.wait_for(|s| *s) => break,
                 };
                 let (st, bb, mut stop_conn) = (st.clone(), bb.clone(), stop_rx.clone());
                 let tls = tls.clone();
+                let alive = alive.clone();
                 tokio::spawn(async move {
+                    let _alive = alive;
                     let svc = service_fn(move |req| {
                         let (st, bb) = (st.clone(), bb.clone());
                         async move { Ok::<_, Infallible>(handle(req, st, bb).await) }
@@ -239,12 +254,16 @@ impl FakeRegistry {
                     }
                 });
             }
+            // The port closes before this task counts as done.
+            drop(listener);
+            drop(alive);
         });
         FakeRegistry {
             addr,
             state,
             body_bytes,
             stop,
+            tasks_done: Some(tasks_done),
         }
     }
 
