@@ -254,3 +254,145 @@ impl State {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Readers driven by a fake flight: a temp file the test writes and
+    //! progress the test publishes, no fetch task.
+
+    use std::io::Write;
+
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::coordinator::flight::FetchFailure;
+    use crate::oci::Digest;
+
+    struct Fake {
+        flight: Arc<Flight>,
+        file: std::fs::File,
+        written: u64,
+        size: u64,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fake {
+        fn new(size: u64) -> Fake {
+            let dir = tempfile::tempdir().unwrap();
+            let file = std::fs::File::create(dir.path().join("spool")).unwrap();
+            let flight = Arc::new(Flight::new(Digest::sha256_of(b"x"), "r".into()));
+            let reader = std::fs::File::open(dir.path().join("spool")).unwrap();
+            flight.set_file(Arc::new(reader));
+            flight.publish(Progress::Streaming {
+                size: Some(size),
+                written: 0,
+            });
+            Fake {
+                flight,
+                file,
+                written: 0,
+                size,
+                _dir: dir,
+            }
+        }
+
+        /// Appends `bytes` and says so, as the writer thread does.
+        fn write(&mut self, bytes: &[u8], keep_in_window: bool) {
+            self.file.write_all(bytes).unwrap();
+            if keep_in_window {
+                self.flight
+                    .remember(self.written, &[Bytes::copy_from_slice(bytes)]);
+            }
+            self.written += bytes.len() as u64;
+            self.flight.publish(Progress::Streaming {
+                size: Some(self.size),
+                written: self.written,
+            });
+        }
+
+        fn follow(&self, start: u64, end: Option<u64>) -> BlobStream {
+            BlobStream::following(self.flight.clone(), self.flight.file().unwrap(), start, end)
+        }
+    }
+
+    /// Reads exactly `n` bytes.
+    async fn take(s: &mut BlobStream, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            out.extend_from_slice(&s.next().await.expect("more bytes").unwrap());
+        }
+        assert_eq!(out.len(), n, "no more than asked");
+        out
+    }
+
+    /// True when the stream has nothing to give without more progress.
+    async fn waits(s: &mut BlobStream) -> bool {
+        tokio::time::timeout(std::time::Duration::ZERO, s.next())
+            .await
+            .is_err()
+    }
+
+    /// Everything until the stream ends cleanly.
+    async fn rest(s: &mut BlobStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(c) = s.next().await {
+            out.extend_from_slice(&c.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_gets_bytes_as_written_and_the_last_byte_only_once_verified() {
+        let mut f = Fake::new(10);
+        let mut s = f.follow(0, None);
+        assert!(waits(&mut s).await, "nothing written yet");
+        f.write(b"abcd", true);
+        assert_eq!(take(&mut s, 4).await, b"abcd", "from the window");
+        f.write(b"efghij", false);
+        assert_eq!(take(&mut s, 5).await, b"efghi", "from the file");
+        assert!(waits(&mut s).await, "the last byte waits for the digest");
+        f.flight.publish(Progress::Verified { size: 10 });
+        assert_eq!(rest(&mut s).await, b"j", "then it comes, and a clean end");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_fetch_ends_every_follower_in_an_error_even_after_every_byte() {
+        let mut f = Fake::new(4);
+        let mut s = f.follow(0, None);
+        f.write(b"abcd", true);
+        assert_eq!(take(&mut s, 3).await, b"abc");
+        assert!(waits(&mut s).await);
+        f.flight
+            .publish(Progress::Failed(Arc::new(FetchFailure::DigestMismatch {
+                expected: Digest::sha256_of(b"x"),
+                actual: Digest::sha256_of(b"y"),
+            })));
+        let end = s.next().await.expect("an item, not a clean end");
+        assert!(end.unwrap_err().to_string().contains("hash to"));
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_range_short_of_the_end_finishes_before_verification() {
+        let mut f = Fake::new(10);
+        let mut s = f.follow(2, Some(6));
+        f.write(b"abcdefgh", false);
+        assert_eq!(
+            rest(&mut s).await,
+            b"cdef",
+            "a clean end without the digest"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_joiner_starts_at_its_offset_and_waits_for_the_writer() {
+        let mut f = Fake::new(6);
+        f.write(b"abc", false);
+        let mut s = f.follow(4, None);
+        assert!(waits(&mut s).await, "nothing written there yet");
+        f.write(b"def", true);
+        assert_eq!(take(&mut s, 1).await, b"e");
+        f.flight.publish(Progress::Done { size: 6 });
+        assert_eq!(rest(&mut s).await, b"f");
+    }
+}

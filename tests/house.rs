@@ -1,0 +1,161 @@
+//! The shape of the house, checked: no import cycle between modules of
+//! `src/`, and no file over the size the team agreed on. A cycle is two
+//! modules that use each other, directly or around a loop, among the
+//! top-level modules or among the children of one module; a child using
+//! its parent does not count (that is what children do).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Lines a source file may have, outside its tests.
+const MAX_LINES: usize = 600;
+
+/// Every `.rs` file under `dir`.
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// `src/a/b.rs` → `["a", "b"]`; `src/oci/mod.rs` → `["oci"]`.
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap().with_extension("");
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    parts
+}
+
+/// The code of a file without its tests and comments.
+fn code(text: &str) -> String {
+    let text = text.split("#[cfg(test)]").next().unwrap_or("");
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The modules a file's code names: `crate::a::b::...` and `super::x`.
+fn references(module: &[String], code: &str, known: &BTreeSet<Vec<String>>) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let words = |s: &str| -> Vec<String> {
+        s.split("::")
+            .map(|w| {
+                w.chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect()
+            })
+            .take_while(|w: &String| !w.is_empty())
+            .collect()
+    };
+    for (i, _) in code.match_indices("crate::") {
+        let path = words(&code[i + "crate::".len()..]);
+        out.push(longest_known(path, known));
+    }
+    for (i, _) in code.match_indices("super::") {
+        if code[..i].ends_with("::") {
+            continue; // super::super:: is counted from the first
+        }
+        let mut rest = &code[i..];
+        let mut base: Vec<String> = module.to_vec();
+        while let Some(r) = rest.strip_prefix("super::") {
+            base.pop();
+            rest = r;
+        }
+        base.extend(words(rest));
+        out.push(longest_known(base, known));
+    }
+    out
+}
+
+/// The longest prefix of `path` that is a module.
+fn longest_known(mut path: Vec<String>, known: &BTreeSet<Vec<String>>) -> Vec<String> {
+    while !path.is_empty() && !known.contains(&path) {
+        path.pop();
+    }
+    path
+}
+
+#[test]
+fn no_module_imports_itself_in_a_circle() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let modules: BTreeMap<Vec<String>, String> = files
+        .iter()
+        .filter(|f| !f.ends_with("main.rs") && !f.ends_with("lib.rs"))
+        .map(|f| {
+            (
+                module_of(&src, f),
+                code(&std::fs::read_to_string(f).unwrap()),
+            )
+        })
+        .collect();
+    let known: BTreeSet<Vec<String>> = modules.keys().cloned().collect();
+    // Edges between siblings: the modules where two paths part.
+    let mut edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
+    for (module, code) in &modules {
+        for target in references(module, code, &known) {
+            let common = module
+                .iter()
+                .zip(&target)
+                .take_while(|(a, b)| a == b)
+                .count();
+            if common == module.len() || common == target.len() {
+                continue; // itself, a child, or an ancestor
+            }
+            let from = module[..=common].to_vec();
+            let to = target[..=common].to_vec();
+            edges.entry(from).or_default().insert(to);
+        }
+    }
+    let mut cycles = Vec::new();
+    for start in edges.keys() {
+        // Is `start` reachable from one of its own targets?
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<Vec<String>> = edges[start].iter().cloned().collect();
+        while let Some(m) = stack.pop() {
+            if &m == start {
+                cycles.push(start.join("::"));
+                break;
+            }
+            if seen.insert(m.clone()) {
+                stack.extend(edges.get(&m).into_iter().flatten().cloned());
+            }
+        }
+    }
+    assert!(
+        cycles.is_empty(),
+        "modules on an import cycle: {cycles:?}\nedges: {edges:#?}"
+    );
+    // The check sees what it should: the service layer uses the coordinator.
+    assert!(edges[&vec!["app".to_string()]].contains(&vec!["coordinator".to_string()]));
+}
+
+#[test]
+fn every_file_says_what_it_owns_and_stays_small() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut problems = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        if !text.starts_with("//!") {
+            problems.push(format!("{}: no //! comment first", f.display()));
+        }
+        let lines = text.split("#[cfg(test)]").next().unwrap().lines().count();
+        if lines > MAX_LINES {
+            problems.push(format!("{}: {lines} lines", f.display()));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
