@@ -288,7 +288,16 @@ impl Config {
 
 /// Parses a base URL for an upstream registry: `http` or `https`, a host, no
 /// path, query or fragment.
-pub fn parse_upstream_url(s: &str) -> Result<Uri, ConfigError> {
+pub fn parse_upstream_url(raw: &str) -> Result<Uri, ConfigError> {
+    // Never repeat a password, not even in an error.
+    let shown = redact_userinfo(raw);
+    let s = shown.as_str();
+    if shown != raw {
+        return Err(ConfigError(format!(
+            "upstream URL {s:?} must not carry credentials: put them in the registry's \
+             `credentials` key or in extensions.sync.credentialsFile"
+        )));
+    }
     let uri: Uri = s
         .parse()
         .map_err(|e| ConfigError(format!("upstream URL {s:?} is not a URL: {e}")))?;
@@ -311,6 +320,24 @@ pub fn parse_upstream_url(s: &str) -> Result<Uri, ConfigError> {
     Ok(uri)
 }
 
+/// `raw` with any `user:password@` in its authority replaced by `***@`.
+pub fn redact_userinfo(raw: &str) -> String {
+    let (scheme, rest) = match raw.split_once("://") {
+        Some((a, b)) => (Some(a), b),
+        None => (None, raw),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some(at) = authority.rfind('@') else {
+        return raw.to_string();
+    };
+    let host = &authority[at + 1..];
+    match scheme {
+        Some(scheme) => format!("{scheme}://***@{host}{tail}"),
+        None => format!("***@{host}{tail}"),
+    }
+}
+
 /// Parses a duration as Go writes them (`90s`, `5m`, `1h30m`, `250ms`).
 pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(s).map_err(|e| ConfigError(format!("{s:?} is not a duration: {e}")))
@@ -319,6 +346,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_an_upstream_url_are_refused_without_repeating_them() {
+        let e = parse_upstream_url("http://user:hunter2@registry.example:5000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must not carry credentials"), "{e}");
+        assert!(e.contains("credentialsFile"), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains("user:"), "{e}");
+        assert_eq!(
+            redact_userinfo("https://a:b@h/x?y@z"),
+            "https://***@h/x?y@z"
+        );
+        assert_eq!(redact_userinfo("https://h/x@y"), "https://h/x@y");
+        assert!(parse_upstream_url("https://registry.example").is_ok());
+    }
 
     #[test]
     fn go_durations() {

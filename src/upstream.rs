@@ -303,6 +303,20 @@ mod tests {
     }
 
     #[test]
+    fn credentials_stay_with_one_origin() {
+        use super::send::Origin;
+        let o = |u: &str| Origin::of(&u.parse::<Uri>().unwrap());
+        assert_eq!(o("https://h.example/a"), o("https://H.example:443/b"));
+        assert_ne!(
+            o("https://h.example/a"),
+            o("http://h.example/a"),
+            "same host, plain HTTP"
+        );
+        assert_ne!(o("http://h.example:5000/"), o("http://h.example:5001/"));
+        assert_ne!(o("https://h.example/"), o("https://cdn.example/"));
+    }
+
+    #[test]
     fn locations_resolve() {
         let base: Uri = "http://127.0.0.1:5000/v2/a/blobs/x".parse().unwrap();
         assert_eq!(

@@ -162,6 +162,43 @@ async fn a_token_realm_on_a_foreign_host_is_refused_unless_trusted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_realm_on_another_port_of_the_same_host_is_another_host() {
+    let up = FakeRegistry::start().await;
+    up.require_bearer("t1");
+    up.require_token_credentials("alice", "s3cret");
+    // Another server on the same host: it issues the same token, and
+    // stands for whatever else listens on that machine.
+    let other = FakeRegistry::start().await;
+    other.require_bearer("t1");
+    other.require_token_credentials("alice", "s3cret");
+    up.set_realm(&format!("http://127.0.0.1:{}/token", other.addr.port()));
+    let a = up.add_blob(blob_bytes(1000, 68));
+    let creds = serde_json::json!({"credentials": {"username": "alice", "password": "s3cret"}});
+    let ferry = Ferry::start_json(
+        &registry_json(&up.url(), creds.clone(), serde_json::json!({})),
+        |_| {},
+    )
+    .await;
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{a}")))).await;
+    assert_ne!(w.status, StatusCode::OK);
+    assert!(
+        other.token_queries().is_empty(),
+        "credentials were sent to a realm on another port"
+    );
+
+    let mut trusted = creds;
+    trusted["tokenRealms"] = serde_json::json!([format!("127.0.0.1:{}", other.addr.port())]);
+    let ferry = Ferry::start_json(
+        &registry_json(&up.url(), trusted, serde_json::json!({})),
+        |_| {},
+    )
+    .await;
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{a}")))).await;
+    assert_eq!(w.status, StatusCode::OK);
+    assert_eq!(other.token_queries().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_ca_from_cert_dir_http2_and_tls_verify_false() {
     let pki = TestPki::new();
     let up = FakeRegistry::start_tls(pki.server_config(false)).await;

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::auth::{self, parse_challenges, Challenge};
+use super::send::Origin;
 use super::{join, retry, Upstream, UpstreamError};
 
 /// Everything but RFC 3986's unreserved characters is encoded.
@@ -112,24 +113,24 @@ impl Upstream {
     }
 
     /// A token realm may be the registry's own host, one under the same
-    /// registrable domain (`auth.docker.io` for `registry-1.docker.io`), or
-    /// a host listed in `tokenRealms`. Anything else could be an upstream
-    /// trying to collect credentials.
-    fn realm_allowed(&self, realm: &str) -> bool {
-        let Some(host) = realm
-            .parse::<Uri>()
-            .ok()
-            .and_then(|u| u.host().map(str::to_ascii_lowercase))
-        else {
+    /// registrable domain (`auth.docker.io` for `registry-1.docker.io`), on
+    /// the registry's port and not downgraded from HTTPS to HTTP; or a host
+    /// (`host`, any port) or `host:port` listed in `tokenRealms`. Anything
+    /// else could be an upstream trying to collect credentials.
+    pub(super) fn realm_allowed(&self, realm: &str) -> bool {
+        let Some(realm) = realm.parse::<Uri>().ok().as_ref().and_then(Origin::of) else {
             return false;
         };
-        if self.access.token_realms.contains(&host) {
+        let (host, port) = (realm.host(), realm.port());
+        let listed = |t: &String| *t == host || *t == format!("{host}:{port}");
+        if self.access.token_realms.iter().any(listed) {
             return true;
         }
         let domain = |h: &str| psl::domain_str(h).map(str::to_owned);
-        self.urls.iter().any(|u| {
-            let own = u.host().unwrap_or_default().to_ascii_lowercase();
-            own == host || (domain(&own).is_some() && domain(&own) == domain(&host))
+        self.urls.iter().filter_map(Origin::of).any(|own| {
+            let same_host = own.host() == host
+                || (domain(own.host()).is_some() && domain(own.host()) == domain(host));
+            same_host && own.port() == port && (realm.is_https() || !own.is_https())
         })
     }
 

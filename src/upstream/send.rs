@@ -14,7 +14,8 @@ use super::{error_chain, Upstream, UpstreamError, MAX_REDIRECTS};
 
 impl Upstream {
     /// One request, following redirects. `Authorization` goes only to the
-    /// host first asked, never to a redirect target elsewhere.
+    /// origin first asked (scheme, host and port), never to a redirect
+    /// target elsewhere, nor to the same host over plain HTTP.
     pub(super) async fn send(
         &self,
         method: Method,
@@ -22,7 +23,7 @@ impl Upstream {
         headers: &HeaderMap,
         auth: Option<&HeaderValue>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let origin = url.authority().cloned();
+        let origin = Origin::of(&url);
         for _ in 0..=MAX_REDIRECTS {
             let mut req = Request::builder()
                 .method(method.clone())
@@ -37,7 +38,7 @@ impl Upstream {
                 http::header::USER_AGENT,
                 HeaderValue::from_static(concat!("ferry/", env!("CARGO_PKG_VERSION"))),
             );
-            if let Some(a) = auth.filter(|_| url.authority() == origin.as_ref()) {
+            if let Some(a) = auth.filter(|_| Origin::of(&url) == origin) {
                 req.headers_mut()
                     .insert(http::header::AUTHORIZATION, a.clone());
             }
@@ -139,6 +140,41 @@ fn is_redirect(s: StatusCode) -> bool {
 }
 
 /// Resolves a `Location` header against the URL that sent it.
+/// Where a request goes, as far as credentials are concerned: scheme,
+/// host (lower case) and port (the scheme's default when not written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    pub(super) fn of(url: &Uri) -> Option<Origin> {
+        let scheme = url.scheme_str()?.to_ascii_lowercase();
+        let port = url
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        Some(Origin {
+            host: url.host()?.to_ascii_lowercase(),
+            scheme,
+            port,
+        })
+    }
+
+    pub(super) fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub(super) fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub(super) fn is_https(&self) -> bool {
+        self.scheme == "https"
+    }
+}
+
 pub(super) fn resolve_location(base: &Uri, location: &str) -> Option<Uri> {
     let loc: Uri = location.parse().ok()?;
     if loc.scheme().is_some() {
