@@ -126,28 +126,83 @@ struct Cached {
     valid_until: Instant,
 }
 
+/// Scopes remembered at most per registry. Every repository name a client
+/// invents is a scope, so the map is bounded and swept.
+pub const MAX_SCOPES: usize = 4096;
+
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+
 /// Tokens per scope, with one token request at a time per scope.
+///
+/// Bounded: before a new scope is added to a full-looking map, scopes
+/// whose token expired (or never came) and that no request is using are
+/// swept out, so memory per invented name is zero once its token ages
+/// out; at [`MAX_SCOPES`] the idle scopes go first, whatever their age.
 #[derive(Default)]
 pub struct TokenCache {
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+    slots: Mutex<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    map: HashMap<String, Slot>,
+    /// The map's size that triggers the next sweep.
+    sweep_at: usize,
+}
+
+impl Slots {
+    /// Drops idle scopes without a valid token; then, over the cap, idle
+    /// scopes whatever their token.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let idle = |slot: &Slot| Arc::strong_count(slot) == 1;
+        self.map.retain(|_, slot| {
+            !idle(slot)
+                || slot
+                    .try_lock()
+                    .map_or(true, |c| c.as_ref().is_some_and(|c| c.valid_until > now))
+        });
+        if self.map.len() >= MAX_SCOPES {
+            let extra = self.map.len() + 1 - MAX_SCOPES / 2;
+            let victims: Vec<String> = self
+                .map
+                .iter()
+                .filter(|(_, slot)| idle(slot))
+                .map(|(k, _)| k.clone())
+                .take(extra)
+                .collect();
+            for k in victims {
+                self.map.remove(&k);
+            }
+        }
+        self.sweep_at = (self.map.len() * 2).clamp(64, MAX_SCOPES);
+    }
 }
 
 impl std::fmt::Debug for TokenCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print tokens.
-        let n = self.slots.lock().map(|s| s.len()).unwrap_or(0);
+        let n = self.slots.lock().map(|s| s.map.len()).unwrap_or(0);
         write!(f, "TokenCache {{ scopes: {n} }}")
     }
 }
 
 impl TokenCache {
-    fn slot(&self, scope: &str) -> Arc<tokio::sync::Mutex<Option<Cached>>> {
-        self.slots
-            .lock()
-            .expect("token cache lock")
-            .entry(scope.to_string())
-            .or_default()
-            .clone()
+    fn slot(&self, scope: &str) -> Slot {
+        let mut slots = self.slots.lock().expect("token cache lock");
+        if let Some(s) = slots.map.get(scope) {
+            return s.clone();
+        }
+        if slots.map.len() >= slots.sweep_at {
+            slots.sweep();
+        }
+        slots.map.entry(scope.to_string()).or_default().clone()
+    }
+
+    /// Scopes held now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.lock().expect("token cache lock").map.len()
     }
 
     /// A valid cached token for `scope`, if any.
@@ -157,6 +212,7 @@ impl TokenCache {
             .slots
             .lock()
             .expect("token cache lock")
+            .map
             .get(scope)
             .cloned()?;
         let cached = slot.lock().await;
@@ -200,6 +256,44 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn scopes_are_forgotten_once_their_tokens_expire_and_stay_bounded() {
+        let cache = TokenCache::default();
+        // A token for every invented name, each already expired (a run of
+        // an hour ago): they are swept as new ones come.
+        for i in 0..20_000 {
+            let t = cache
+                .get_or_fetch(&format!("repository:x{i}:pull"), None, || async {
+                    Some(("t".to_string(), Duration::ZERO))
+                })
+                .await;
+            assert!(t.is_some());
+        }
+        assert!(cache.len() <= 64, "{} expired scopes kept", cache.len());
+        // A token server that refuses leaves nothing behind either.
+        for i in 0..1000 {
+            let t = cache
+                .get_or_fetch(&format!("repository:y{i}:pull"), None, || async { None })
+                .await;
+            assert!(t.is_none());
+        }
+        assert!(cache.len() <= 64, "{} refused scopes kept", cache.len());
+        // Valid tokens are kept, up to the cap.
+        for i in 0..20_000 {
+            cache
+                .get_or_fetch(&format!("repository:z{i}:pull"), None, || async {
+                    Some(("t".to_string(), Duration::from_secs(3600)))
+                })
+                .await;
+        }
+        assert!(cache.len() <= MAX_SCOPES, "{} scopes", cache.len());
+        assert_eq!(
+            cache.get("repository:z19999:pull").await.as_deref(),
+            Some("t"),
+            "the newest token is cached"
+        );
+    }
 
     #[test]
     fn parses_docker_hub_challenge() {
