@@ -59,6 +59,8 @@ pub struct Config {
     pub drain_delay: Duration,
     /// Manifests larger than this are refused (as CNCF Distribution does).
     pub max_manifest_size: usize,
+    /// Bounds on an upstream tag list or catalog, all pages together.
+    pub list_limits: ListLimits,
     /// No single retry delay is longer than this: a client is waiting.
     pub max_retry_wait: Duration,
     /// Upstream blob downloads at once per registry (`ferry.maxFetchesPerRegistry`).
@@ -252,6 +254,25 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub storage: Option<PathBuf>,
     pub upstream: Option<String>,
+}
+
+/// Bounds on a paged list read from an upstream (a tag list, a catalog),
+/// across all of its pages: `ferry.maxListSize` bytes of JSON and
+/// `ferry.maxListEntries` names. One anonymous request can make ferry read
+/// a list, so a list may never cost more than this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListLimits {
+    pub bytes: usize,
+    pub entries: usize,
+}
+
+impl Default for ListLimits {
+    fn default() -> Self {
+        ListLimits {
+            bytes: 16 << 20,
+            entries: 100_000,
+        }
+    }
 }
 
 /// A configuration problem, naming the file and the key.

@@ -50,7 +50,8 @@ pub fn spawn(app: &Arc<App>) -> Vec<tokio::task::JoinHandle<()>> {
 /// One pass over one registry.
 pub async fn sync_once(app: &Arc<App>, registry: &Arc<Registry>) -> SyncReport {
     let mut report = SyncReport::default();
-    let repos = match list(registry, "/v2/_catalog", "repositories").await {
+    let limits = app.config.list_limits;
+    let repos = match list(registry, "/v2/_catalog", "repositories", limits).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(registry = %registry.name, error = %e, "periodic sync: cannot list the catalog");
@@ -72,7 +73,7 @@ pub async fn sync_once(app: &Arc<App>, registry: &Arc<Registry>) -> SyncReport {
             continue;
         };
         report.repositories += 1;
-        let tags = match list(registry, &format!("/v2/{repo}/tags/list"), "tags").await {
+        let tags = match list(registry, &format!("/v2/{repo}/tags/list"), "tags", limits).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(registry = %registry.name, %repo, error = %e, "periodic sync: cannot list tags");
@@ -113,8 +114,13 @@ fn admits(rule: &ContentRule, tag: &str) -> bool {
 }
 
 /// A paged list from one registry.
-async fn list(registry: &Registry, first: &str, field: &str) -> Result<Vec<String>, UpstreamError> {
-    crate::upstream::paged_list(&registry.upstream, first, field).await
+async fn list(
+    registry: &Registry,
+    first: &str,
+    field: &str,
+    limits: crate::config::ListLimits,
+) -> Result<Vec<String>, UpstreamError> {
+    crate::upstream::paged_list(&registry.upstream, first, field, limits).await
 }
 
 #[cfg(test)]

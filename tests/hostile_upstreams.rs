@@ -260,3 +260,68 @@ async fn an_oversized_listing_is_refused_before_its_body_is_read() {
     assert_ne!(w.status, StatusCode::OK);
     assert_eq!(upstream_bytes(&ferry), 0, "body bytes were read");
 }
+
+/// An endless tag list: every page holds `per_page` tags of `len`
+/// characters and links to a next page.
+fn endless_tags(
+    per_page: usize,
+    len: usize,
+) -> impl Fn(&support::raw_upstream::RawRequest) -> RawReply {
+    move |req| {
+        let page: usize = req
+            .path
+            .split("last=p")
+            .nth(1)
+            .and_then(|n| n.split('-').next()?.parse().ok())
+            .unwrap_or(0);
+        let tags: Vec<String> = (0..per_page)
+            .map(|i| format!("p{:06}-{i:0>len$}", page + 1))
+            .collect();
+        let body = serde_json::json!({"name": "x", "tags": tags}).to_string();
+        RawReply::new(
+            "200 OK",
+            &[
+                ("Content-Length", body.len().to_string()),
+                ("Content-Type", "application/json".into()),
+                (
+                    "Link",
+                    format!(
+                        "</v2/x/tags/list?n={per_page}&last=p{:06}-x>; rel=\"next\"",
+                        page + 1
+                    ),
+                ),
+            ],
+            RawBody::Bytes(Bytes::from(body)),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_tag_list_is_cut_off_at_its_byte_budget_with_a_502() {
+    // 1 MiB pages without end, against the default budget of 16 MiB for
+    // the whole list (and far fewer names than the default cap).
+    let up = RawUpstream::start(endless_tags(5_000, 200)).await;
+    let ferry = Ferry::start_with(&up.url(), impatient).await;
+    let w = within(get(&ferry.url("/v2/x/tags/list"))).await;
+    assert_eq!(w.status, StatusCode::BAD_GATEWAY, "{:?}", w.body);
+    assert_eq!(w.error_code(), "SIZE_INVALID");
+    let body = String::from_utf8_lossy(&w.body).to_string();
+    assert!(body.contains("maxListSize"), "{body}");
+    assert!(
+        up.requests() <= 17,
+        "{} pages read for a 16 MiB budget",
+        up.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_list_with_too_many_names_is_refused_with_a_502() {
+    // 60,000 short names a page, against the default cap of 100,000.
+    let up = RawUpstream::start(endless_tags(60_000, 4)).await;
+    let ferry = Ferry::start_with(&up.url(), impatient).await;
+    let w = within(get(&ferry.url("/v2/x/tags/list"))).await;
+    assert_eq!(w.status, StatusCode::BAD_GATEWAY, "{:?}", w.body);
+    assert_eq!(w.error_code(), "SIZE_INVALID");
+    assert!(String::from_utf8_lossy(&w.body).contains("maxListEntries"));
+    assert_eq!(up.requests(), 2, "the second page passed the limit");
+}

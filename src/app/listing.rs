@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use http::StatusCode;
 
 use super::App;
+use crate::config::ListLimits;
 use crate::oci::{ErrorCode, RegistryError, Tag};
 use crate::routing::{Resolved, Target};
 use crate::store;
@@ -15,7 +16,8 @@ use crate::upstream::{paged_list, UpstreamError};
 impl App {
     /// Every tag of `repo`, in lexical order.
     pub async fn tags(&self, repo: &Resolved) -> Result<BTreeSet<String>, RegistryError> {
-        match repo.first(upstream_tags).await {
+        let limits = self.config.list_limits;
+        match repo.first(|t| upstream_tags(t, limits)).await {
             Ok((t, _)) => Ok(t),
             Err(e) if e.is_unavailable() => {
                 let mut held = BTreeSet::new();
@@ -53,8 +55,11 @@ impl App {
 
 /// Every tag of a repository at one registry, following `Link` pages;
 /// only tags ferry could serve (which also keeps them safe in headers).
-async fn upstream_tags(target: &Target) -> Result<BTreeSet<String>, UpstreamError> {
+async fn upstream_tags(
+    target: &Target,
+    limits: ListLimits,
+) -> Result<BTreeSet<String>, UpstreamError> {
     let path = format!("/v2/{}/tags/list", target.upstream_name);
-    let tags = paged_list(&target.registry.upstream, &path, "tags").await?;
+    let tags = paged_list(&target.registry.upstream, &path, "tags", limits).await?;
     Ok(tags.into_iter().filter(|t| Tag::parse(t).is_ok()).collect())
 }

@@ -139,6 +139,10 @@ pub struct FerrySection {
     pub shutdown_timeout: Option<String>,
     pub drain_delay: Option<String>,
     pub max_manifest_size: Option<usize>,
+    /// An upstream tag list or catalog, all pages together ("16MiB").
+    pub max_list_size: Option<String>,
+    /// Names in an upstream tag list or catalog, all pages together.
+    pub max_list_entries: Option<usize>,
     pub max_retry_wait: Option<String>,
     pub far_range_distance: Option<u64>,
     /// Size cap of the store, e.g. "200GiB".

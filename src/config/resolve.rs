@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use super::file::*;
 use super::{
     parse_duration, parse_proxies, parse_upstream_url, AccessConfig, Config, ConfigError,
-    ContentRule, Freshness, LifecycleConfig, ListenerConfig, Overrides, RegistryConfig,
+    ContentRule, Freshness, LifecycleConfig, ListLimits, ListenerConfig, Overrides, RegistryConfig,
     RetryPolicy, ScrubConfig, Timeouts, DEFAULT_LISTEN, DEFAULT_STORAGE, DEFAULT_UPSTREAM,
 };
 
@@ -220,6 +220,18 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         timeouts,
         shutdown_grace,
         max_manifest_size: f.max_manifest_size.unwrap_or(4 << 20),
+        list_limits: ListLimits {
+            bytes: match bytes("maxListSize", &f.max_list_size)? {
+                Some(0) => return Err(err("ferry.maxListSize must be more than 0".into())),
+                Some(b) => usize::try_from(b).unwrap_or(usize::MAX),
+                None => ListLimits::default().bytes,
+            },
+            entries: match f.max_list_entries {
+                Some(0) => return Err(err("ferry.maxListEntries must be more than 0".into())),
+                Some(n) => n,
+                None => ListLimits::default().entries,
+            },
+        },
         max_retry_wait,
         max_fetches_per_registry: f.max_fetches_per_registry.unwrap_or(64).max(1),
         absent_ttl: dur(

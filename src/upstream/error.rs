@@ -40,6 +40,11 @@ pub enum UpstreamError {
         url: String,
         limit: usize,
     },
+    /// A paged list with more names than `ferry.maxListEntries`.
+    TooManyNames {
+        url: String,
+        limit: usize,
+    },
     /// The registry's token server could not be used.
     Auth {
         url: String,
@@ -63,6 +68,10 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::TooLarge { url, limit } => {
                 write!(f, "upstream {url}: body larger than {limit} bytes")
             }
+            UpstreamError::TooManyNames { url, limit } => write!(
+                f,
+                "upstream {url}: list longer than {limit} names (ferry.maxListEntries)"
+            ),
             UpstreamError::Auth { url, cause } => {
                 write!(f, "token server {url} failed: {cause}")
             }
@@ -102,7 +111,7 @@ impl UpstreamError {
             UpstreamError::Status { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            UpstreamError::TooLarge { .. } => false,
+            UpstreamError::TooLarge { .. } | UpstreamError::TooManyNames { .. } => false,
             _ => true,
         }
     }
@@ -129,7 +138,7 @@ impl UpstreamError {
             UpstreamError::Connect { .. } => {
                 RegistryError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, msg)
             }
-            UpstreamError::TooLarge { .. } => {
+            UpstreamError::TooLarge { .. } | UpstreamError::TooManyNames { .. } => {
                 RegistryError::new(StatusCode::BAD_GATEWAY, ErrorCode::SizeInvalid, msg)
             }
             _ => RegistryError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, msg),
