@@ -235,6 +235,9 @@ pub struct Timeouts {
     /// `idle_read` window counts as broken too (`ferry.minReadRate`; 0: off),
     /// so an upstream dripping one byte at a time cannot hold a fetch forever.
     pub min_read_rate: u64,
+    /// An upstream connection idle in the pool this long is closed
+    /// (`ferry.upstreamIdleTimeout`).
+    pub pool_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -244,6 +247,7 @@ impl Default for Timeouts {
             response_header: Duration::from_secs(30),
             idle_read: Duration::from_secs(30),
             min_read_rate: 1024,
+            pool_idle: Duration::from_secs(90),
         }
     }
 }

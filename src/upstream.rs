@@ -137,8 +137,11 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        // The timer makes the idle timeout work: without one, an idle
+        // connection is only found expired at the next checkout.
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(timeouts.pool_idle)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(https);
         Upstream {
             urls,

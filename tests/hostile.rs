@@ -82,3 +82,23 @@ async fn downloads_per_registry_are_bounded_and_the_rest_wait_their_turn() {
         assert_eq!(sha256(&within(r).await.unwrap().body), *d);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_are_closed_after_the_pool_idle_timeout() {
+    let up = FakeRegistry::start().await;
+    let d = up.add_blob(blob_bytes(1000, 1900));
+    let ferry = Ferry::start_with(&up.url(), |c| {
+        c.timeouts.pool_idle = Duration::from_millis(300)
+    })
+    .await;
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{d}")))).await;
+    assert_eq!(sha256(&w.body), d);
+    // Nothing more is asked: the pool's own timer closes the idle
+    // connection (without one it would stay open until the next request).
+    within(async {
+        while up.open_connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}

@@ -134,6 +134,8 @@ pub struct FerrySection {
     pub connect_timeout: Option<String>,
     pub response_header_timeout: Option<String>,
     pub idle_read_timeout: Option<String>,
+    /// How long an idle upstream connection stays in the pool ("90s").
+    pub upstream_idle_timeout: Option<String>,
     /// Slowest acceptable upstream body, per second ("1KiB").
     pub min_read_rate: Option<String>,
     pub shutdown_timeout: Option<String>,

@@ -93,6 +93,7 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         )?,
         idle_read: dur("idleReadTimeout", &f.idle_read_timeout, d.idle_read)?,
         min_read_rate: bytes("minReadRate", &f.min_read_rate)?.unwrap_or(d.min_read_rate),
+        pool_idle: dur("upstreamIdleTimeout", &f.upstream_idle_timeout, d.pool_idle)?,
     };
     let shutdown_grace = dur(
         "shutdownTimeout",

@@ -172,6 +172,8 @@ pub struct FakeRegistry {
     stop: watch::Sender<bool>,
     /// Ends (`None`) once the accept loop and every connection task ended.
     tasks_done: Option<tokio::sync::mpsc::Receiver<()>>,
+    /// Connections open now.
+    open: Arc<AtomicU64>,
 }
 
 impl Drop for FakeRegistry {
@@ -215,6 +217,8 @@ impl FakeRegistry {
         let stop = watch::Sender::new(false);
         let (st, bb, mut stop_rx) = (state.clone(), body_bytes.clone(), stop.subscribe());
         let (alive, tasks_done) = tokio::sync::mpsc::channel::<()>(1);
+        let open = Arc::new(AtomicU64::new(0));
+        let open_count = open.clone();
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -224,8 +228,17 @@ impl FakeRegistry {
                 let (st, bb, mut stop_conn) = (st.clone(), bb.clone(), stop_rx.clone());
                 let tls = tls.clone();
                 let alive = alive.clone();
+                let open = open_count.clone();
+                open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _alive = alive;
+                    struct Closed(Arc<AtomicU64>);
+                    impl Drop for Closed {
+                        fn drop(&mut self) {
+                            self.0.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                    let _closed = Closed(open);
                     let svc = service_fn(move |req| {
                         let (st, bb) = (st.clone(), bb.clone());
                         async move { Ok::<_, Infallible>(handle(req, st, bb).await) }
@@ -264,11 +277,17 @@ impl FakeRegistry {
             body_bytes,
             stop,
             tasks_done: Some(tasks_done),
+            open,
         }
     }
 
     pub fn url(&self) -> String {
         format!("{}://{}", self.state.lock().unwrap().scheme, self.addr)
+    }
+
+    /// Connections to this registry open now.
+    pub fn open_connections(&self) -> u64 {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// `/token` issues tokens only to this user (Basic).
