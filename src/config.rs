@@ -59,6 +59,11 @@ pub struct Config {
     pub drain_delay: Duration,
     /// Manifests larger than this are refused (as CNCF Distribution does).
     pub max_manifest_size: usize,
+    /// A Range on a blob still downloading ends cleanly only once the
+    /// whole blob was verified (`ferry.verifiedRanges`; default off: the
+    /// range is served as it arrives, unverified, like a ranged pull from
+    /// the upstream itself).
+    pub verified_ranges: bool,
     /// Bounds on an upstream tag list or catalog, all pages together.
     pub list_limits: ListLimits,
     /// No single retry delay is longer than this: a client is waiting.

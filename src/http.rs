@@ -182,8 +182,11 @@ async fn dispatch<B>(
             let (r, cache) = if head {
                 blobs::head(&app.coordinator, repo(), &digest).await?
             } else {
-                let far = app.config.far_range_distance;
-                blobs::get(&app.coordinator, repo(), &digest, req.headers(), far).await?
+                let ranges = blobs::RangePolicy {
+                    far: app.config.far_range_distance,
+                    verified: app.config.verified_ranges,
+                };
+                blobs::get(&app.coordinator, repo(), &digest, req.headers(), ranges).await?
             };
             (r, Some(cache))
         }

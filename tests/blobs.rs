@@ -365,3 +365,70 @@ async fn anonymous_bearer_tokens_are_fetched_once_and_reused() {
     assert_eq!(up.blob_gets(&digest), 2);
     assert_eq!(up.blob_gets(&other), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_of_a_blob_in_flight_asserts_no_digest_it_has_not_checked() {
+    let up = FakeRegistry::start().await;
+    // An upstream that sends another blob's bytes, slowly: it pauses after
+    // 1 MiB until the test lets it go on.
+    let gate = Gate::new();
+    let wrong = blob_bytes(2 * MIB, 30);
+    let digest = sha256(&blob_bytes(2 * MIB, 31));
+    up.add_blob_as(
+        &digest,
+        wrong.clone(),
+        Fault::PauseAt(MIB as u64, gate.clone()),
+    );
+    let ferry = Ferry::start(&up.url()).await;
+    let url = ferry.url(&blob_path(&digest));
+
+    // Default: served as it arrives (as a ranged pull from the upstream
+    // would be), without a Docker-Content-Digest that claims a check.
+    let w = within(request(Method::GET, &url, &[("range", "bytes=0-65535")])).await;
+    gate.reached().await;
+    assert_eq!(w.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(w.body, wrong.slice(..65536));
+    assert_eq!(
+        w.header("docker-content-digest"),
+        None,
+        "a digest header on bytes nobody checked"
+    );
+    gate.open();
+    ferry.settle().await;
+    assert!(!ferry.has_blob(&digest));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_verified_ranges_a_range_of_a_lying_blob_ends_in_an_error() {
+    let up = FakeRegistry::start().await;
+    let gate = Gate::new();
+    let wrong = blob_bytes(2 * MIB, 32);
+    let digest = sha256(&blob_bytes(2 * MIB, 33));
+    up.add_blob_as(&digest, wrong, Fault::PauseAt(MIB as u64, gate.clone()));
+    let ferry = Ferry::start_with(&up.url(), |c| c.verified_ranges = true).await;
+    let url = ferry.url(&blob_path(&digest));
+
+    let resp = within(send(Method::GET, &url, &[("range", "bytes=0-65535")])).await;
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    gate.reached().await;
+    gate.open();
+    let w = within(read_whole(resp)).await;
+    assert!(
+        w.body_error.is_some(),
+        "a range of bytes that failed their digest ended cleanly"
+    );
+
+    // A blob that verifies: the same range completes (once verified).
+    let good = blob_bytes(2 * MIB, 34);
+    let d = up.add_blob(good.clone());
+    let w = within(request(
+        Method::GET,
+        &ferry.url(&blob_path(&d)),
+        &[("range", "bytes=100-199")],
+    ))
+    .await;
+    assert_eq!(w.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(w.body_error, None);
+    assert_eq!(w.body, good.slice(100..200));
+    assert_eq!(w.header("docker-content-digest"), Some(d.as_str()));
+}

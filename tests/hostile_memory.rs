@@ -82,9 +82,6 @@ async fn idle_connections_and_clients_that_never_read_cost_bounded_memory() {
 
     // 200 clients ask for the 32 MiB blob and never read a byte.
     const STALLED: usize = 200;
-    /// Bytes waiting in a client's receive buffer that show its response
-    /// is stalled on a full buffer (Linux's default buffer holds more).
-    const QUEUED: u64 = 64 * 1024;
     let mut stalled = Vec::with_capacity(STALLED);
     let request = format!("GET /v2/x/blobs/{digest} HTTP/1.1\r\nHost: ferry\r\n\r\n");
     for _ in 0..STALLED {
@@ -93,14 +90,31 @@ async fn idle_connections_and_clients_that_never_read_cost_bounded_memory() {
         stalled.push(c);
     }
     until(|| gauge.get() as usize >= STALLED).await;
-    // Every response is streaming and has filled the client's receive
-    // buffer (ferry's sends then stall).
-    until(|| {
+    // Every response is streaming, and the bytes queued at the clients
+    // stopped growing (their receive buffers are full; ferry's sends
+    // stall): the same total on consecutive looks.
+    let queued = || -> Vec<u64> {
         stalled
             .iter()
-            .all(|c| rustix::io::ioctl_fionread(c).is_ok_and(|queued| queued >= QUEUED))
+            .map(|c| rustix::io::ioctl_fionread(c).unwrap_or(0))
+            .collect()
+    };
+    let mut last = 0;
+    let mut same = 0;
+    until(|| {
+        let q = queued();
+        let total: u64 = q.iter().sum();
+        same = if total == last { same + 1 } else { 0 };
+        last = total;
+        q.iter().all(|n| *n > 0) && same >= 3
     })
     .await;
+    let queued = queued();
+    eprintln!(
+        "queued per stalled client: min {} max {}",
+        queued.iter().min().unwrap(),
+        queued.iter().max().unwrap()
+    );
     let with_stalled = anon_rss();
     let growth = with_stalled.saturating_sub(base);
     eprintln!(

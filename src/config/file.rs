@@ -147,6 +147,8 @@ pub struct FerrySection {
     pub max_list_entries: Option<usize>,
     pub max_retry_wait: Option<String>,
     pub far_range_distance: Option<u64>,
+    /// Hold a range of a blob still downloading until the blob is verified.
+    pub verified_ranges: Option<bool>,
     /// Size cap of the store, e.g. "200GiB".
     pub max_size: Option<String>,
     /// Evict blobs not read for this long.

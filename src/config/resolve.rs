@@ -242,6 +242,7 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         )?,
         max_blob_size: bytes("maxBlobSize", &f.max_blob_size)?.unwrap_or(64 << 30),
         far_range_distance: f.far_range_distance.unwrap_or(16 << 20),
+        verified_ranges: f.verified_ranges.unwrap_or(false),
         lifecycle,
         log_level: file.log.and_then(|l| l.level),
         warnings,

@@ -59,6 +59,30 @@ impl BlobHandle {
         }
     }
 
+    /// True when every byte this handle serves was checked against the
+    /// digest already (stored, in memory, or a fetch that verified).
+    pub fn is_verified(&self) -> bool {
+        match self {
+            BlobHandle::Stored { .. } | BlobHandle::Memory { .. } => true,
+            BlobHandle::Uncached { .. } => false,
+            BlobHandle::InFlight { flight, .. } => matches!(
+                flight.progress(),
+                super::Progress::Verified { .. } | super::Progress::Done { .. }
+            ),
+        }
+    }
+
+    /// As [`BlobHandle::stream`], but a range of a blob still in flight
+    /// ends cleanly only once the whole blob was verified.
+    pub fn stream_verified(self, start: u64, end: Option<u64>) -> BlobStream {
+        match self {
+            BlobHandle::InFlight { flight, file, .. } => {
+                BlobStream::following_with(flight, file, start, end, true)
+            }
+            other => other.stream(start, end),
+        }
+    }
+
     /// The fetch in flight behind this handle, if any.
     pub fn flight(&self) -> Option<&Arc<Flight>> {
         match self {

@@ -57,6 +57,9 @@ struct State {
     /// Exclusive end; `None` means "to the end of the blob".
     end: Option<u64>,
     follow: Option<Follow>,
+    /// Hold the response's own last byte (not only the blob's) until the
+    /// digest matched: a range then ends cleanly only once verified.
+    verified_only: bool,
     finished: bool,
 }
 
@@ -76,6 +79,7 @@ impl BlobStream {
             pos: start,
             end: Some(end),
             follow: None,
+            verified_only: false,
             finished: false,
         })
     }
@@ -88,6 +92,19 @@ impl BlobStream {
         start: u64,
         end: Option<u64>,
     ) -> BlobStream {
+        BlobStream::following_with(flight, file, start, end, false)
+    }
+
+    /// As [`BlobStream::following`]; with `verified_only`, a range short of
+    /// the blob's end also holds back its last byte until the digest
+    /// matched (`ferry.verifiedRanges`).
+    pub fn following_with(
+        flight: Arc<Flight>,
+        file: Arc<File>,
+        start: u64,
+        end: Option<u64>,
+        verified_only: bool,
+    ) -> BlobStream {
         let rx = flight.subscribe();
         BlobStream::new(State {
             file,
@@ -96,6 +113,7 @@ impl BlobStream {
             pos: start,
             end,
             follow: Some(Follow { rx, flight }),
+            verified_only,
             finished: false,
         })
     }
@@ -177,12 +195,16 @@ impl State {
                 // only once the digest was verified: a fetch can still fail
                 // after its last byte was written.
                 let reaches_blob_end = self.end.is_none() || blob_end.is_some_and(|b| e >= b);
-                if !reaches_blob_end || done {
+                if (!reaches_blob_end && !self.verified_only) || done {
                     return None;
                 }
             } else {
                 let limit = end.map_or(available, |e| e.min(available));
-                let limit = holdback::releasable(limit, end, blob_end, done);
+                let limit = if self.verified_only {
+                    holdback::releasable(limit, end, end, done)
+                } else {
+                    holdback::releasable(limit, end, blob_end, done)
+                };
                 if self.pos < limit {
                     if let Some(m) = self.map.as_ref().filter(|m| limit <= m.len()) {
                         let len = (limit - self.pos).min(MAPPED_CHUNK as u64);

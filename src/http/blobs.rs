@@ -16,6 +16,17 @@ use crate::routing::Resolved;
 /// The answer and where it came from, for the access log.
 pub type BlobAnswer = (Response<Body>, CacheStatus);
 
+/// How ranges of blobs not yet verified are served.
+#[derive(Debug, Clone, Copy)]
+pub struct RangePolicy {
+    /// A range starting this far beyond the download is its own upstream
+    /// request (`ferry.farRangeDistance`).
+    pub far: u64,
+    /// `ferry.verifiedRanges`: a range of a blob in flight ends cleanly
+    /// only once the blob was verified, and is never passed through.
+    pub verified: bool,
+}
+
 pub async fn head(
     coordinator: &Arc<Coordinator>,
     name: &Resolved,
@@ -34,7 +45,7 @@ pub async fn get(
     name: &Resolved,
     digest: &Digest,
     headers: &HeaderMap,
-    far_range_distance: u64,
+    ranges: RangePolicy,
 ) -> Result<BlobAnswer, RegistryError> {
     if let Some(answer) = redirect(coordinator, name, digest).await {
         return Ok(answer);
@@ -52,18 +63,24 @@ pub async fn get(
         .and_then(|v| v.to_str().ok());
     // An uncached blob streams whole: ranges are ignored (a 200 is allowed).
     let range_header = range_header.filter(|_| !matches!(handle, BlobHandle::Uncached { .. }));
+    let verified = handle.is_verified();
     let response = match range::resolve(range_header, size) {
         RangeRequest::Full => {
+            // Whole: the last byte is held back until the digest matched,
+            // so a response that completes was verified.
             let mut r = base(digest).status(StatusCode::OK);
             if let Some(size) = size {
                 r = r.header(CONTENT_LENGTH, size);
             }
             r.body(response::stream(handle.stream(0, None)))
         }
-        RangeRequest::Partial { start, last } if is_far(&handle, start, far_range_distance) => {
-            // Far beyond the download: its own upstream request, not cached.
+        RangeRequest::Partial { start, last }
+            if !ranges.verified && is_far(&handle, start, ranges.far) =>
+        {
+            // Far beyond the download: its own upstream request, not cached
+            // and not verified, so no digest is asserted.
             let upstream = coordinator.fetch_range(name, digest, start, last).await?;
-            let r = base(digest)
+            let r = unverified()
                 .status(StatusCode::PARTIAL_CONTENT)
                 .header(CONTENT_LENGTH, last - start + 1)
                 .header(
@@ -74,14 +91,25 @@ pub async fn get(
                 .expect("valid headers");
             return Ok((r, CacheStatus::Passthrough));
         }
-        RangeRequest::Partial { start, last } => base(digest)
-            .status(StatusCode::PARTIAL_CONTENT)
-            .header(CONTENT_LENGTH, last - start + 1)
-            .header(
-                CONTENT_RANGE,
-                format!("bytes {start}-{last}/{}", size.expect("ranges need a size")),
-            )
-            .body(response::stream(handle.stream(start, Some(last + 1)))),
+        RangeRequest::Partial { start, last } => {
+            // A range of a blob still downloading is served as it arrives
+            // (what a ranged pull from the upstream gives; lazy pullers and
+            // parallel range downloads verify what they assemble), so it
+            // asserts no digest; with verifiedRanges it waits for the digest.
+            let (stream, asserted) = if ranges.verified {
+                (handle.stream_verified(start, Some(last + 1)), true)
+            } else {
+                (handle.stream(start, Some(last + 1)), verified)
+            };
+            let r = if asserted { base(digest) } else { unverified() };
+            r.status(StatusCode::PARTIAL_CONTENT)
+                .header(CONTENT_LENGTH, last - start + 1)
+                .header(
+                    CONTENT_RANGE,
+                    format!("bytes {start}-{last}/{}", size.expect("ranges need a size")),
+                )
+                .body(response::stream(stream))
+        }
         RangeRequest::Unsatisfiable => base(digest)
             .status(StatusCode::RANGE_NOT_SATISFIABLE)
             .header(CONTENT_RANGE, format!("bytes */{}", size.unwrap_or(0)))
@@ -184,10 +212,17 @@ fn is_far(handle: &BlobHandle, start: u64, distance: u64) -> bool {
     }
 }
 
+/// The headers of a blob answer whose bytes are (or, once complete, will
+/// have been) checked against `digest`.
 fn base(digest: &Digest) -> http::response::Builder {
+    unverified().header(DIGEST_HEADER, digest.to_string())
+}
+
+/// The headers of a blob answer whose bytes ferry has not checked: no
+/// `Docker-Content-Digest`, which would assert more than ferry knows.
+fn unverified() -> http::response::Builder {
     Response::builder()
         .header(CONTENT_TYPE, "application/octet-stream")
-        .header(DIGEST_HEADER, digest.to_string())
         .header(ACCEPT_RANGES, "bytes")
         .header(response::API_VERSION_HEADER, "registry/2.0")
 }

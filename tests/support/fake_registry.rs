@@ -348,6 +348,23 @@ impl FakeRegistry {
         digest
     }
 
+    /// Serves `data` under `digest` whatever it hashes to (an upstream that
+    /// lies), with `fault`.
+    pub fn add_blob_as(&self, digest: &str, data: Bytes, fault: Fault) {
+        self.state.lock().unwrap().blobs.insert(
+            digest.to_string(),
+            Blob {
+                data: Parts {
+                    head: data,
+                    tail: Bytes::new(),
+                },
+                fault,
+                ignore_range: false,
+                sent: Arc::default(),
+            },
+        );
+    }
+
     /// A blob made of a unique `head` and a shared `tail` (benches).
     pub fn add_blob_parts(&self, head: Bytes, tail: Bytes) -> String {
         let mut h = ferry::oci::Hasher::new(ferry::oci::Algorithm::Sha256);
