@@ -66,6 +66,8 @@ pub struct Config {
     pub verified_ranges: bool,
     /// Bounds on an upstream tag list or catalog, all pages together.
     pub list_limits: ListLimits,
+    /// Requests to one registry at once, and how long one waits for a slot.
+    pub request_limits: RequestLimits,
     /// No single retry delay is longer than this: a client is waiting.
     pub max_retry_wait: Duration,
     /// Upstream blob downloads at once per registry (`ferry.maxFetchesPerRegistry`).
@@ -263,6 +265,26 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub storage: Option<PathBuf>,
     pub upstream: Option<String>,
+}
+
+/// Requests to one registry at once (`ferry.maxRequestsPerRegistry`): a
+/// request beyond them waits up to `wait` (`ferry.requestQueueTimeout`)
+/// for a slot, then is answered 503 with `Retry-After`, so a flood of
+/// client requests (HTTP/2 streams above all) cannot open upstream
+/// connections without end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    pub max: usize,
+    pub wait: Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max: 256,
+            wait: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Bounds on a paged list read from an upstream (a tag list, a catalog),

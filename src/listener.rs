@@ -365,6 +365,7 @@ fn connection_builder(limits: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
         .max_header_list_size(limits.max_header_bytes as u32);
     builder
 }

@@ -250,7 +250,12 @@ impl Router {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let upstream = Upstream::for_registry(r, config.timeouts, config.max_retry_wait)?;
+                let upstream = Upstream::for_registry(
+                    r,
+                    config.timeouts,
+                    config.max_retry_wait,
+                    config.request_limits,
+                )?;
                 let mut registry = Registry::new(i, r.clone(), upstream);
                 registry.fetch_permits =
                     Arc::new(tokio::sync::Semaphore::new(config.max_fetches_per_registry));

@@ -29,7 +29,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::{RetryPolicy, Timeouts};
+use crate::config::{RequestLimits, RetryPolicy, Timeouts};
 use crate::oci::{Digest, Reference, RepoName};
 
 pub use auth::{parse_challenges, Challenge};
@@ -55,6 +55,9 @@ pub struct Upstream {
     /// Set once the registry asked for Basic auth: send it up front.
     basic_preemptive: std::sync::Arc<std::sync::atomic::AtomicBool>,
     stats: std::sync::Arc<UpstreamStats>,
+    /// One per request running now (`ferry.maxRequestsPerRegistry`).
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    limits: RequestLimits,
 }
 
 /// Who ferry is to a registry, and whom it lets issue tokens.
@@ -93,7 +96,16 @@ impl Upstream {
         retry_cap: Duration,
     ) -> Upstream {
         let tls = tls::client_config(true, None).expect("default TLS configuration");
-        Upstream::build(urls, timeouts, retry, retry_cap, tls, Access::default())
+        let limits = RequestLimits::default();
+        Upstream::build(
+            urls,
+            timeouts,
+            retry,
+            retry_cap,
+            tls,
+            Access::default(),
+            limits,
+        )
     }
 
     /// The client for one configured registry: its URLs, retries, TLS
@@ -102,6 +114,7 @@ impl Upstream {
         config: &crate::config::RegistryConfig,
         timeouts: Timeouts,
         retry_cap: Duration,
+        limits: RequestLimits,
     ) -> Result<Upstream, crate::config::ConfigError> {
         let tls = tls::client_config(config.tls_verify, config.cert_dir.as_deref())?;
         let access = Access {
@@ -115,6 +128,7 @@ impl Upstream {
             retry_cap,
             tls,
             access,
+            limits,
         ))
     }
 
@@ -125,6 +139,7 @@ impl Upstream {
         retry_cap: Duration,
         tls: rustls::ClientConfig,
         access: Access,
+        limits: RequestLimits,
     ) -> Upstream {
         assert!(!urls.is_empty(), "a registry needs a URL");
         let mut http = HttpConnector::new();
@@ -153,6 +168,8 @@ impl Upstream {
             access: std::sync::Arc::new(access),
             basic_preemptive: Default::default(),
             stats: Default::default(),
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max)),
+            limits,
         }
     }
 
@@ -216,6 +233,19 @@ impl Upstream {
                 cause: "not a valid request path".into(),
             });
         }
+        // A slot for the whole request (retries included, body not): a
+        // request that waits too long is refused, never queued for ever.
+        let _slot = match tokio::time::timeout(self.limits.wait, self.slots.clone().acquire_owned())
+            .await
+        {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(UpstreamError::Busy {
+                    url: join(&self.urls[0], path).to_string(),
+                    limit: self.limits.max,
+                })
+            }
+        };
         let (method, headers) = (&method, &headers);
         let (result, retries) = retry::with_retries(&self.retry, self.retry_cap, |_| async move {
             let mut last = None;

@@ -102,3 +102,57 @@ async fn idle_upstream_connections_are_closed_after_the_pool_idle_timeout() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_a_registry_that_does_not_answer_are_capped_and_the_rest_get_503() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // An upstream that accepts and never answers, counting the
+    // connections open at once (a connection ends when ferry closes it).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (open, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (o, m) = (open.clone(), most.clone());
+    let server = tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            let now = o.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            let o = o.clone();
+            tokio::spawn(async move {
+                let mut sink = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut c, &mut sink).await;
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    const CAP: usize = 4;
+    let ferry = Ferry::start_with(&format!("http://{addr}"), |c| {
+        c.request_limits.max = CAP;
+        c.request_limits.wait = Duration::from_millis(200);
+        c.timeouts.response_header = Duration::from_secs(60);
+    })
+    .await;
+    // 20 clients ask for tag lists of different repositories at once.
+    let asks = (0..20).map(|i| {
+        let url = ferry.url(&format!("/v2/r{i}/tags/list"));
+        async move { tokio::time::timeout(Duration::from_secs(5), get(&url)).await }
+    });
+    let answers = futures::future::join_all(asks).await;
+    let refused: Vec<_> = answers.iter().flatten().collect();
+    for w in &refused {
+        assert_eq!(w.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(w.header("retry-after"), Some("1"));
+        assert!(String::from_utf8_lossy(&w.body).contains("maxRequestsPerRegistry"));
+    }
+    assert_eq!(
+        refused.len(),
+        20 - CAP,
+        "all but the {CAP} holding a slot are refused after their wait"
+    );
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        CAP,
+        "upstream connections at once for a cap of {CAP}"
+    );
+    server.abort();
+}

@@ -100,6 +100,8 @@ pub struct AccessConfig {
 pub struct ListenerConfig {
     /// Connections beyond this many are closed at once.
     pub max_connections: usize,
+    /// Requests at once on one HTTP/2 connection (its concurrent streams).
+    pub max_streams: u32,
     /// Request line plus headers, in bytes (431 beyond it).
     pub max_header_bytes: usize,
     /// A client must finish sending its request headers within this.
@@ -116,6 +118,7 @@ impl Default for ListenerConfig {
     fn default() -> Self {
         ListenerConfig {
             max_connections: 10_000,
+            max_streams: 100,
             max_header_bytes: 64 * 1024,
             header_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),

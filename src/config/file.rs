@@ -145,6 +145,10 @@ pub struct FerrySection {
     pub max_list_size: Option<String>,
     /// Names in an upstream tag list or catalog, all pages together.
     pub max_list_entries: Option<usize>,
+    /// Requests to one registry at once (manifests, tags, HEADs, blobs).
+    pub max_requests_per_registry: Option<usize>,
+    /// How long a request waits for one of those slots before a 503.
+    pub request_queue_timeout: Option<String>,
     pub max_retry_wait: Option<String>,
     pub far_range_distance: Option<u64>,
     /// Hold a range of a blob still downloading until the blob is verified.
@@ -165,6 +169,8 @@ pub struct FerrySection {
     /// Static bearer tokens for client access control.
     pub access_tokens: Option<Vec<super::access::AccessToken>>,
     pub max_connections: Option<usize>,
+    /// Requests at once on one HTTP/2 connection.
+    pub max_concurrent_streams: Option<u32>,
     /// Request line and headers, as a size ("64KiB").
     pub max_header_size: Option<String>,
     pub header_timeout: Option<String>,

@@ -10,7 +10,8 @@ use super::file::*;
 use super::{
     parse_duration, parse_proxies, parse_upstream_url, AccessConfig, Config, ConfigError,
     ContentRule, Freshness, LifecycleConfig, ListLimits, ListenerConfig, Overrides, RegistryConfig,
-    RetryPolicy, ScrubConfig, Timeouts, DEFAULT_LISTEN, DEFAULT_STORAGE, DEFAULT_UPSTREAM,
+    RequestLimits, RetryPolicy, ScrubConfig, Timeouts, DEFAULT_LISTEN, DEFAULT_STORAGE,
+    DEFAULT_UPSTREAM,
 };
 
 pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigError> {
@@ -161,6 +162,11 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
             Some(n) => n,
             None => ld.max_connections,
         },
+        max_streams: match f.max_concurrent_streams {
+            Some(0) => return Err(err("ferry.maxConcurrentStreams must be at least 1".into())),
+            Some(n) => n,
+            None => ld.max_streams,
+        },
         max_header_bytes: bytes("maxHeaderSize", &f.max_header_size)?
             .map_or(ld.max_header_bytes, |b| b.max(8192) as usize),
         header_timeout: dur("headerTimeout", &f.header_timeout, ld.header_timeout)?,
@@ -221,6 +227,22 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         timeouts,
         shutdown_grace,
         max_manifest_size: f.max_manifest_size.unwrap_or(4 << 20),
+        request_limits: RequestLimits {
+            max: match f.max_requests_per_registry {
+                Some(0) => {
+                    return Err(err(
+                        "ferry.maxRequestsPerRegistry must be more than 0".into()
+                    ))
+                }
+                Some(n) => n,
+                None => RequestLimits::default().max,
+            },
+            wait: dur(
+                "requestQueueTimeout",
+                &f.request_queue_timeout,
+                RequestLimits::default().wait,
+            )?,
+        },
         list_limits: ListLimits {
             bytes: match bytes("maxListSize", &f.max_list_size)? {
                 Some(0) => return Err(err("ferry.maxListSize must be more than 0".into())),

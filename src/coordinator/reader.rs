@@ -27,7 +27,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
 use super::flight::{Flight, Progress};
@@ -145,6 +145,13 @@ impl BlobStream {
             inner: Box::pin(s),
             _holding: None,
         }
+    }
+
+    /// The same stream with `first` in front (a chunk already taken).
+    pub fn prepend(self, first: Bytes) -> BlobStream {
+        let BlobStream { inner, _holding } = self;
+        let inner = Box::pin(futures::stream::once(async move { Ok(first) }).chain(inner));
+        BlobStream { inner, _holding }
     }
 
     /// Keeps `value` alive as long as the stream.

@@ -8,7 +8,7 @@ use http::{HeaderMap, Response, StatusCode};
 
 use super::range::{self, RangeRequest};
 use super::response::{self, Body, DIGEST_HEADER};
-use crate::coordinator::{BlobHandle, BlobStream, Coordinator, Progress};
+use crate::coordinator::{BlobHandle, BlobStream, Coordinator, Flight, Progress};
 use crate::metrics::CacheStatus;
 use crate::oci::{Digest, RegistryError};
 use crate::routing::Resolved;
@@ -64,6 +64,7 @@ pub async fn get(
     // An uncached blob streams whole: ranges are ignored (a 200 is allowed).
     let range_header = range_header.filter(|_| !matches!(handle, BlobHandle::Uncached { .. }));
     let verified = handle.is_verified();
+    let flight = handle.flight().cloned();
     let response = match range::resolve(range_header, size) {
         RangeRequest::Full => {
             // Whole: the last byte is held back until the digest matched,
@@ -72,7 +73,8 @@ pub async fn get(
             if let Some(size) = size {
                 r = r.header(CONTENT_LENGTH, size);
             }
-            r.body(response::stream(handle.stream(0, None)))
+            let stream = first_bytes(handle.stream(0, None), flight.as_ref()).await?;
+            r.body(response::stream(stream))
         }
         RangeRequest::Partial { start, last }
             if !ranges.verified && is_far(&handle, start, ranges.far) =>
@@ -101,6 +103,7 @@ pub async fn get(
             } else {
                 (handle.stream(start, Some(last + 1)), verified)
             };
+            let stream = first_bytes(stream, flight.as_ref()).await?;
             let r = if asserted { base(digest) } else { unverified() };
             r.status(StatusCode::PARTIAL_CONTENT)
                 .header(CONTENT_LENGTH, last - start + 1)
@@ -117,6 +120,47 @@ pub async fn get(
             .body(response::empty()),
     };
     Ok((response.expect("valid headers"), cache))
+}
+
+/// For a blob still downloading, waits for the response's first bytes
+/// before answering, so a fetch that fails before any byte reached this
+/// client is a clean error status (the fetch's own), not a connection
+/// reset before the response head. Other streams go as they are. A fetch
+/// that fails later still ends the body in an error, never cleanly.
+async fn first_bytes(
+    mut stream: BlobStream,
+    flight: Option<&Arc<Flight>>,
+) -> Result<BlobStream, RegistryError> {
+    let Some(flight) = flight else {
+        return Ok(stream);
+    };
+    let first = futures::StreamExt::next(&mut stream).await;
+    // All written, only the digest outstanding (a small blob is all in its
+    // first chunk): its outcome is a moment away, and a failure after the
+    // head could be a reset before the head reaches the client.
+    let mut rx = flight.subscribe();
+    let all_written =
+        matches!(*rx.borrow(), Progress::Streaming { size: Some(s), written } if written >= s);
+    if all_written {
+        let _ = rx
+            .wait_for(|p| !matches!(p, Progress::Streaming { .. }))
+            .await;
+    }
+    if let Progress::Failed(why) = flight.progress() {
+        return Err(why.to_registry_error());
+    }
+    match first {
+        None => Ok(stream),
+        Some(Ok(first)) => Ok(stream.prepend(first)),
+        Some(Err(e)) => Err(match flight.progress() {
+            Progress::Failed(why) => why.to_registry_error(),
+            _ => RegistryError::new(
+                StatusCode::BAD_GATEWAY,
+                crate::oci::ErrorCode::Unavailable,
+                format!("blob {}: {e}", flight.digest),
+            ),
+        }),
+    }
 }
 
 /// A Range on a blob this replica does not have but the shared tier does

@@ -51,6 +51,9 @@ pub fn error(e: &RegistryError, head: bool) -> Response<Body> {
     if e.status == StatusCode::METHOD_NOT_ALLOWED {
         r = r.header(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
+    if let Some(secs) = e.retry_after {
+        r = r.header(http::header::RETRY_AFTER, secs);
+    }
     let body = if head { empty() } else { full(json) };
     r.body(body).expect("static headers are valid")
 }

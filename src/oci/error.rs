@@ -55,6 +55,8 @@ pub struct RegistryError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds a client should wait before asking again (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl RegistryError {
@@ -63,7 +65,14 @@ impl RegistryError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, asking the client to retry after `secs` seconds.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {

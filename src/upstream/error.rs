@@ -40,6 +40,12 @@ pub enum UpstreamError {
         url: String,
         limit: usize,
     },
+    /// Too many requests to this registry at once: this one waited for a
+    /// slot (`ferry.maxRequestsPerRegistry`) longer than it may.
+    Busy {
+        url: String,
+        limit: usize,
+    },
     /// A paged list with more names than `ferry.maxListEntries`.
     TooManyNames {
         url: String,
@@ -68,6 +74,10 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::TooLarge { url, limit } => {
                 write!(f, "upstream {url}: body larger than {limit} bytes")
             }
+            UpstreamError::Busy { url, limit } => write!(
+                f,
+                "upstream {url}: {limit} requests to this registry are running already (ferry.maxRequestsPerRegistry); try again shortly"
+            ),
             UpstreamError::TooManyNames { url, limit } => write!(
                 f,
                 "upstream {url}: list longer than {limit} names (ferry.maxListEntries)"
@@ -102,6 +112,9 @@ pub fn is_absent(e: &UpstreamError) -> bool {
 pub fn is_not_found(e: &UpstreamError) -> bool {
     matches!(e, UpstreamError::Status { status, .. } if *status == http::StatusCode::NOT_FOUND)
 }
+
+/// Seconds a client is asked to wait after a `Busy` refusal.
+pub const BUSY_RETRY_AFTER: u64 = 1;
 
 impl UpstreamError {
     /// True when the upstream could not be used at all (as opposed to an
@@ -140,6 +153,10 @@ impl UpstreamError {
             }
             UpstreamError::TooLarge { .. } | UpstreamError::TooManyNames { .. } => {
                 RegistryError::new(StatusCode::BAD_GATEWAY, ErrorCode::SizeInvalid, msg)
+            }
+            UpstreamError::Busy { .. } => {
+                RegistryError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, msg)
+                    .retry_after(BUSY_RETRY_AFTER)
             }
             _ => RegistryError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, msg),
         }
