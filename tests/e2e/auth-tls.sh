@@ -48,6 +48,8 @@ python3 tests/e2e/make-image.py "$WORK/oci" v1 3 > /dev/null
 skopeo --insecure-policy copy --quiet --dest-cert-dir "$WORK/certs.d" --dest-creds 'mirror:pa$$word' \
     "oci:$WORK/oci:v1" "docker://127.0.0.1:$REG_PORT/private/app:v1" || fail "push to the TLS + htpasswd registry"
 
+# Sets PORT. Not run in $(...): a subshell would keep the PID to itself,
+# and the cleanup would never stop this ferry.
 start_ferry() { # name extra-sync-json
     local port
     port=$(free_port)
@@ -63,20 +65,20 @@ JSON
     RUST_LOG=info "$FERRY" serve --config "$WORK/$1.json" > "$WORK/$1.log" 2>&1 &
     PIDS+=($!)
     wait_port "$port" || fail "ferry ($1) did not start"
-    echo "$port"
+    PORT=$port
 }
 
 cat > "$WORK/credentials.json" <<JSON
 {"127.0.0.1:$REG_PORT": {"username": "mirror", "password": "pa\$\$word"}}
 JSON
-PORT=$(start_ferry with-creds ", \"credentialsFile\": \"$WORK/credentials.json\"")
+start_ferry with-creds ", \"credentialsFile\": \"$WORK/credentials.json\""
 skopeo --insecure-policy copy --quiet --src-tls-verify=false \
     "docker://127.0.0.1:$PORT/private/app:v1" "dir:$WORK/pull" || fail "pull through ferry with credentials"
 check_dir "$WORK/pull" 3
 if grep -q 'pa\$\$word' "$WORK/with-creds.log"; then fail "the password appears in ferry's log"; fi
 ok "TLS (private CA via certDir) + htpasswd registry pulled through ferry with a credentialsFile: 3 blobs verified"
 
-PORT=$(start_ferry no-creds "")
+start_ferry no-creds ""
 if skopeo --insecure-policy copy --quiet --src-tls-verify=false \
     "docker://127.0.0.1:$PORT/private/app:v1" "dir:$WORK/pull-nocreds" 2> "$WORK/skopeo-nocreds.log"; then
     fail "pull without credentials succeeded"
