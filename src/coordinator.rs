@@ -316,6 +316,7 @@ impl Coordinator {
             file,
             size,
             joined,
+            reader: rx,
         })
     }
 

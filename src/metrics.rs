@@ -322,21 +322,6 @@ impl Metrics {
         self
     }
 
-    /// Waits for one of a registry's fetch permits, counted as queued
-    /// meanwhile.
-    pub async fn queued(
-        &self,
-        permits: &std::sync::Arc<tokio::sync::Semaphore>,
-    ) -> tokio::sync::OwnedSemaphorePermit {
-        if let Ok(p) = permits.clone().try_acquire_owned() {
-            return p;
-        }
-        self.fetches_queued.inc();
-        let p = permits.clone().acquire_owned().await;
-        self.fetches_queued.dec();
-        p.expect("fetch permits are never closed")
-    }
-
     /// Counts a failed fetch under its `reason` (a low-cardinality label
     /// such as `upstream` or `digest_mismatch`).
     pub fn fetch_failed(&self, reason: &'static str) {

@@ -16,6 +16,7 @@
 //!   Docker Hub gets `library/` in front of a one-segment name.
 
 mod glob;
+mod slots;
 
 use std::sync::Arc;
 
@@ -26,8 +27,10 @@ use crate::config::{Config, ConfigError, ContentRule, RegistryConfig};
 use crate::oci::Digest;
 use crate::oci::{ErrorCode, RegistryError, RepoName};
 use crate::upstream::{worse, Upstream, UpstreamError};
+
 use http::{HeaderMap, Method, Response};
 use hyper::body::Incoming;
+pub use slots::FetchSlots;
 
 pub use glob::{literal_base, prefix_matches};
 
@@ -45,10 +48,8 @@ pub struct Registry {
     /// `host[:port]` of every URL, plus Docker Hub's aliases.
     hosts: Vec<String>,
     docker_hub: bool,
-    /// One per blob download running against this registry: a flood of
-    /// requests for distinct digests waits here instead of opening
-    /// unbounded upstream connections.
-    pub fetch_permits: Arc<tokio::sync::Semaphore>,
+    /// One per blob download running against this registry.
+    pub fetch_slots: Arc<FetchSlots>,
 }
 
 impl Registry {
@@ -67,7 +68,7 @@ impl Registry {
             upstream,
             hosts,
             docker_hub,
-            fetch_permits: Arc::new(tokio::sync::Semaphore::new(64)),
+            fetch_slots: Arc::new(FetchSlots::new(64)),
         }
     }
 
@@ -257,8 +258,7 @@ impl Router {
                     config.request_limits,
                 )?;
                 let mut registry = Registry::new(i, r.clone(), upstream);
-                registry.fetch_permits =
-                    Arc::new(tokio::sync::Semaphore::new(config.max_fetches_per_registry));
+                registry.fetch_slots = Arc::new(FetchSlots::new(config.max_fetches_per_registry));
                 Ok(Arc::new(registry))
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;

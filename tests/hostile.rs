@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{Method, StatusCode};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,4 +155,55 @@ async fn requests_to_a_registry_that_does_not_answer_are_capped_and_the_rest_get
         "upstream connections at once for a cap of {CAP}"
     );
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_every_client_left_give_their_slots_to_waiting_ones() {
+    let up = FakeRegistry::start().await;
+    let (ga, gb) = (Gate::new(), Gate::new());
+    let a = up.add_blob_with(
+        blob_bytes(1 << 20, 610),
+        Fault::PauseAt(100_000, ga.clone()),
+    );
+    let b = up.add_blob_with(
+        blob_bytes(1 << 20, 611),
+        Fault::PauseAt(100_000, gb.clone()),
+    );
+    let c = up.add_blob(blob_bytes(50_000, 612));
+    let ferry = Ferry::start_with(&up.url(), |cfg| cfg.max_fetches_per_registry = 2).await;
+    // Two clients start big downloads, read a little, and go away.
+    for d in [&a, &b] {
+        let resp = within(send(
+            Method::GET,
+            &ferry.url(&format!("/v2/x/blobs/{d}")),
+            &[],
+        ))
+        .await;
+        let mut body = resp.into_body();
+        within(read_at_least(&mut body, 1)).await;
+        drop(body);
+    }
+    ga.reached().await;
+    gb.reached().await;
+    // An unrelated cold blob is not stuck behind them: the deserted
+    // downloads give their slots up (their upstreams stall meanwhile).
+    let r = within(get(&ferry.url(&format!("/v2/x/blobs/{c}")))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(sha256(&r.body), c);
+    ferry.settle().await;
+    assert!(!ferry.has_blob(&a) && !ferry.has_blob(&b));
+    assert_eq!(
+        std::fs::read_dir(ferry.store_root().join("tmp"))
+            .unwrap()
+            .count(),
+        0,
+        "the cancelled downloads' temp files are removed"
+    );
+    let text = String::from_utf8(within(get(&ferry.url("/metrics"))).await.body.to_vec()).unwrap();
+    assert!(
+        text.contains(r#"ferry_fetch_failures_total{reason="deserted"} 2"#),
+        "{text}"
+    );
+    ga.open();
+    gb.open();
 }

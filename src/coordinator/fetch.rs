@@ -132,7 +132,11 @@ async fn fetch_upstream(
     let metrics = &coordinator.metrics;
     let ((resp, _permit), target) = repo
         .first(|t| async move {
-            let permit = metrics.queued(&t.registry.fetch_permits).await;
+            let permit = t
+                .registry
+                .fetch_slots
+                .acquire(&metrics.fetches_queued)
+                .await;
             let resp = t
                 .blob(Method::GET, digest, HeaderMap::new(), StatusCode::OK)
                 .await?;

@@ -53,6 +53,9 @@ pub enum FetchFailure {
     /// The fetch task ended without saying how (it panicked or was
     /// cancelled at shutdown).
     Abandoned,
+    /// Every reader left while other downloads waited for the registry's
+    /// fetch slots: this one gave its slot up.
+    Deserted,
 }
 
 impl std::fmt::Display for FetchFailure {
@@ -74,6 +77,10 @@ impl std::fmt::Display for FetchFailure {
             FetchFailure::Store(e) => write!(f, "store failed: {e}"),
             FetchFailure::NoRoom(e) => write!(f, "no room to cache: {e}"),
             FetchFailure::Abandoned => write!(f, "the fetch ended without a result"),
+            FetchFailure::Deserted => write!(
+                f,
+                "every client left while other downloads waited for the registry's fetch slots; cancelled"
+            ),
         }
     }
 }
@@ -88,6 +95,7 @@ impl FetchFailure {
             FetchFailure::Store(_) => "store",
             FetchFailure::NoRoom(_) => "no_room",
             FetchFailure::Abandoned => "abandoned",
+            FetchFailure::Deserted => "deserted",
         }
     }
 
@@ -102,13 +110,14 @@ impl FetchFailure {
                 ErrorCode::DigestInvalid,
                 self.to_string(),
             ),
-            FetchFailure::Store(_) | FetchFailure::NoRoom(_) | FetchFailure::Abandoned => {
-                RegistryError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::Unavailable,
-                    self.to_string(),
-                )
-            }
+            FetchFailure::Store(_)
+            | FetchFailure::NoRoom(_)
+            | FetchFailure::Abandoned
+            | FetchFailure::Deserted => RegistryError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                self.to_string(),
+            ),
         }
     }
 }
@@ -168,6 +177,12 @@ impl Flight {
     /// Readers currently following this fetch.
     pub fn readers(&self) -> usize {
         self.progress.receiver_count()
+    }
+
+    /// Resolves once no reader follows this fetch any more (at once when
+    /// none does now).
+    pub(super) async fn deserted(&self) {
+        self.progress.closed().await
     }
 
     /// The temp file (or stored file) readers read from; set before the

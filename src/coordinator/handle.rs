@@ -37,6 +37,10 @@ pub enum BlobHandle {
         file: Arc<File>,
         size: Option<u64>,
         joined: bool,
+        /// Counts this request as a reader of the fetch from the moment it
+        /// joined until its stream takes over, so the fetch is never seen
+        /// deserted in between.
+        reader: tokio::sync::watch::Receiver<super::Progress>,
     },
 }
 

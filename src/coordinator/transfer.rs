@@ -27,7 +27,7 @@ use super::spool::Spool;
 use super::Coordinator;
 use crate::config::Timeouts;
 use crate::oci::Digest;
-use crate::routing::Target;
+use crate::routing::{FetchSlots, Target};
 use crate::upstream::headers::{content_length, content_range_start};
 use crate::upstream::{error_chain, retry, UpstreamError};
 
@@ -77,15 +77,9 @@ pub(super) async fn upstream(
                     received: &mut received,
                     skip: &mut skip,
                 };
-                pump(
-                    chunks(resp.into_body()),
-                    &spool,
-                    &mut pos,
-                    &timeouts,
-                    &url,
-                    fetched,
-                )
-                .await
+                let watch = Some((&**flight, &*target.registry.fetch_slots));
+                let body = chunks(resp.into_body());
+                pump(body, &spool, &mut pos, &timeouts, &url, fetched, watch).await
             }
             None => Err(Pump::Broken(UpstreamError::Protocol {
                 url: url.clone(),
@@ -94,6 +88,11 @@ pub(super) async fn upstream(
         };
         let (broken, too_slow) = match attempt {
             Ok(()) | Err(Pump::WriterGone) => break Ok(()),
+            Err(Pump::Deserted) => {
+                tracing::info!(%digest, registry = %target.registry.name, received,
+                    "blob download cancelled: no client reads it and others wait for a fetch slot");
+                break Err(FetchFailure::Deserted);
+            }
             Err(Pump::Broken(e)) => (e, false),
             Err(Pump::TooSlow(e)) => (e, true),
         };
@@ -166,9 +165,10 @@ pub(super) async fn copy(
         skip: &mut skip,
     };
     let body = body.map_err(|e| e.to_string()).boxed();
-    let network = match pump(body, &spool, &mut pos, timeouts, source, counted).await {
+    let network = match pump(body, &spool, &mut pos, timeouts, source, counted, None).await {
         Ok(()) | Err(Pump::WriterGone) => Ok(()),
         Err(Pump::Broken(e) | Pump::TooSlow(e)) => Err(FetchFailure::Upstream(e)),
+        Err(Pump::Deserted) => Err(FetchFailure::Deserted),
     };
     spool.finish(network).await
 }
@@ -205,6 +205,8 @@ enum Pump {
     TooSlow(UpstreamError),
     /// The writer stopped (it reports why).
     WriterGone,
+    /// Nobody reads the download and others wait for its fetch slot.
+    Deserted,
 }
 
 impl From<super::spool::WriterGone> for Pump {
@@ -222,7 +224,21 @@ struct Position<'a> {
     skip: &'a mut u64,
 }
 
-/// Moves one body to the spool.
+/// Resolves when `flight` has no reader left while some other download
+/// waits for one of `slots` (a reader may come back meanwhile: then it
+/// waits for that one to leave too).
+async fn deserted(flight: &Flight, slots: &FetchSlots) {
+    loop {
+        flight.deserted().await;
+        slots.wanted().await;
+        if flight.readers() == 0 {
+            return;
+        }
+    }
+}
+
+/// Moves one body to the spool. With `watch`, gives up when the flight is
+/// deserted while others want its registry's fetch slot.
 async fn pump(
     mut body: Chunks<'_>,
     spool: &Spool,
@@ -230,7 +246,15 @@ async fn pump(
     timeouts: &Timeouts,
     url: &str,
     counted: &Counter,
+    watch: Option<(&Flight, &FetchSlots)>,
 ) -> Result<(), Pump> {
+    let given_up = async {
+        match watch {
+            Some((flight, slots)) => deserted(flight, slots).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(given_up);
     let idle = timeouts.idle_read;
     let mut floor = RateFloor::new(timeouts.min_read_rate, idle);
     // Chunks are held back briefly and handed to the writer in bursts: the
@@ -244,7 +268,10 @@ async fn pump(
         } else {
             flush_at
         };
-        let next = tokio::time::timeout_at(deadline, body.next()).await;
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(deadline, body.next()) => next,
+            () = &mut given_up => return Err(Pump::Deserted),
+        };
         let mut data = match next {
             Err(_) if !held.is_empty() => {
                 held.flush(spool).await?;
