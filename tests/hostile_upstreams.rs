@@ -303,7 +303,8 @@ async fn an_endless_tag_list_is_cut_off_at_its_byte_budget_with_a_502() {
     let up = RawUpstream::start(endless_tags(5_000, 200)).await;
     let ferry = Ferry::start_with(&up.url(), impatient).await;
     let w = within(get(&ferry.url("/v2/x/tags/list"))).await;
-    assert_eq!(w.status, StatusCode::BAD_GATEWAY, "{:?}", w.body);
+    let shown = String::from_utf8_lossy(&w.body[..w.body.len().min(300)]).to_string();
+    assert_eq!(w.status, StatusCode::BAD_GATEWAY, "{shown}");
     assert_eq!(w.error_code(), "SIZE_INVALID");
     let body = String::from_utf8_lossy(&w.body).to_string();
     assert!(body.contains("maxListSize"), "{body}");
@@ -320,7 +321,8 @@ async fn a_tag_list_with_too_many_names_is_refused_with_a_502() {
     let up = RawUpstream::start(endless_tags(60_000, 4)).await;
     let ferry = Ferry::start_with(&up.url(), impatient).await;
     let w = within(get(&ferry.url("/v2/x/tags/list"))).await;
-    assert_eq!(w.status, StatusCode::BAD_GATEWAY, "{:?}", w.body);
+    let shown = String::from_utf8_lossy(&w.body[..w.body.len().min(300)]).to_string();
+    assert_eq!(w.status, StatusCode::BAD_GATEWAY, "{shown}");
     assert_eq!(w.error_code(), "SIZE_INVALID");
     assert!(String::from_utf8_lossy(&w.body).contains("maxListEntries"));
     assert_eq!(up.requests(), 2, "the second page passed the limit");
