@@ -285,6 +285,18 @@ impl FakeRegistry {
         format!("{}://{}", self.state.lock().unwrap().scheme, self.addr)
     }
 
+    /// Forgets what it recorded of the requests so far (hits,
+    /// `Authorization` values, token queries, versions), so a long run
+    /// measures the server under test, not this fake's notes.
+    pub fn forget_requests(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.hits.clear();
+        s.hits.shrink_to_fit();
+        s.authorizations = Vec::new();
+        s.token_queries = Vec::new();
+        s.versions = Vec::new();
+    }
+
     /// Connections to this registry open now.
     pub fn open_connections(&self) -> u64 {
         self.open.load(Ordering::SeqCst)
