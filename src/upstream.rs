@@ -154,8 +154,11 @@ impl Upstream {
             .wrap_connector(http);
         // The timer makes the idle timeout work: without one, an idle
         // connection is only found expired at the next checkout.
+        // Idle connections kept are bounded like the requests that use
+        // them (`ferry.maxRequestsPerRegistry`).
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(timeouts.pool_idle)
+            .pool_max_idle_per_host(limits.max)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(https);
         Upstream {

@@ -439,3 +439,45 @@ async fn with_verified_ranges_a_range_of_a_lying_blob_ends_in_an_error() {
     assert_eq!(w.body, good.slice(100..200));
     assert_eq!(w.header("docker-content-digest"), Some(d.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_range_with_another_validator_and_several_ranges_get_the_whole_blob() {
+    let up = FakeRegistry::start().await;
+    let data = blob_bytes(100_000, 35);
+    let digest = up.add_blob(data.clone());
+    let ferry = Ferry::start(&up.url()).await;
+    let url = ferry.url(&blob_path(&digest));
+    within(get(&url)).await;
+    ferry.settle().await;
+
+    let tag = format!("\"{digest}\"");
+    let w = within(request(
+        Method::GET,
+        &url,
+        &[("range", "bytes=0-9"), ("if-range", &tag)],
+    ))
+    .await;
+    assert_eq!(w.status, StatusCode::PARTIAL_CONTENT, "the blob's own tag");
+    assert_eq!(w.body, data.slice(..10));
+    assert_eq!(w.header("etag"), Some(tag.as_str()));
+
+    let stale = format!("\"{}\"", sha256(b"an older blob"));
+    for validator in [stale.as_str(), "Wed, 21 Oct 2015 07:28:00 GMT"] {
+        let w = within(request(
+            Method::GET,
+            &url,
+            &[("range", "bytes=0-9"), ("if-range", validator)],
+        ))
+        .await;
+        assert_eq!(w.status, StatusCode::OK, "If-Range {validator}");
+        assert_eq!(w.body, data);
+    }
+    let w = within(request(
+        Method::GET,
+        &url,
+        &[("range", "bytes=0-9"), ("range", "bytes=20-29")],
+    ))
+    .await;
+    assert_eq!(w.status, StatusCode::OK, "two Range headers are ignored");
+    assert_eq!(w.body, data);
+}

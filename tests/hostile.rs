@@ -185,25 +185,30 @@ async fn downloads_every_client_left_give_their_slots_to_waiting_ones() {
     }
     ga.reached().await;
     gb.reached().await;
-    // An unrelated cold blob is not stuck behind them: the deserted
-    // downloads give their slots up (their upstreams stall meanwhile).
+    // An unrelated cold blob is not stuck behind them: a deserted download
+    // gives its slot up as soon as it is wanted (their upstreams stall).
     let r = within(get(&ferry.url(&format!("/v2/x/blobs/{c}")))).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(sha256(&r.body), c);
+    let text = String::from_utf8(within(get(&ferry.url("/metrics"))).await.body.to_vec()).unwrap();
+    let deserted = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"ferry_fetch_failures_total{reason="deserted"} "#))
+        .unwrap_or_else(|| panic!("no deserted download counted in\n{text}"));
+    assert!(
+        deserted.trim() == "1" || deserted.trim() == "2",
+        "{deserted}"
+    );
+    // A deserted download nobody waits behind may finish (and is kept);
+    // a cancelled one left no temp file.
+    ga.open();
+    gb.open();
     ferry.settle().await;
-    assert!(!ferry.has_blob(&a) && !ferry.has_blob(&b));
     assert_eq!(
         std::fs::read_dir(ferry.store_root().join("tmp"))
             .unwrap()
             .count(),
         0,
-        "the cancelled downloads' temp files are removed"
+        "a cancelled download's temp file is removed"
     );
-    let text = String::from_utf8(within(get(&ferry.url("/metrics"))).await.body.to_vec()).unwrap();
-    assert!(
-        text.contains(r#"ferry_fetch_failures_total{reason="deserted"} 2"#),
-        "{text}"
-    );
-    ga.open();
-    gb.open();
 }

@@ -58,9 +58,7 @@ pub async fn get(
     let handle = coordinator.open_blob(name, digest).await?;
     let cache = handle.cache_status();
     let size = handle.size();
-    let range_header = headers
-        .get(http::header::RANGE)
-        .and_then(|v| v.to_str().ok());
+    let range_header = range::requested(headers, digest);
     // An uncached blob streams whole: ranges are ignored (a 200 is allowed).
     let range_header = range_header.filter(|_| !matches!(handle, BlobHandle::Uncached { .. }));
     let verified = handle.is_verified();
@@ -177,10 +175,7 @@ async fn shared_range(
     let Some(shared) = coordinator.shared().cloned() else {
         return Ok(None);
     };
-    let Some(range_header) = headers
-        .get(http::header::RANGE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(range_header) = range::requested(headers, digest) else {
         return Ok(None);
     };
     if coordinator.is_local(digest).await {
@@ -259,7 +254,9 @@ fn is_far(handle: &BlobHandle, start: u64, distance: u64) -> bool {
 /// The headers of a blob answer whose bytes are (or, once complete, will
 /// have been) checked against `digest`.
 fn base(digest: &Digest) -> http::response::Builder {
-    unverified().header(DIGEST_HEADER, digest.to_string())
+    unverified()
+        .header(DIGEST_HEADER, digest.to_string())
+        .header(http::header::ETAG, range::etag(digest))
 }
 
 /// The headers of a blob answer whose bytes ferry has not checked: no
