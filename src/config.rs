@@ -8,6 +8,7 @@
 //! yet become start-up warnings. Command-line flags override the file.
 
 mod access;
+mod bounds;
 mod credentials;
 mod file;
 mod resolve;

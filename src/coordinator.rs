@@ -273,40 +273,42 @@ impl Coordinator {
         if !self.inflight.contains_key(digest) {
             self.check_absent(repo, digest)?;
         }
-        let (flight, joined) = match self.inflight.entry(digest.clone()) {
-            Entry::Occupied(e) => (e.get().clone(), true),
-            Entry::Vacant(e) => {
-                let flight = Arc::new(Flight::new(digest.clone(), repo.key()));
-                e.insert(flight.clone());
-                tracing::debug!(%digest, repo = %repo.local, "starting upstream fetch");
-                tokio::spawn(fetch::run(self.clone(), flight.clone(), repo.clone()));
-                (flight, false)
-            }
-        };
-        let mut rx = flight.subscribe();
-        let started = rx
-            .wait_for(|p| !matches!(p, Progress::Connecting))
-            .await
-            .map(|p| p.clone());
-        let size = match started {
-            Ok(Progress::Streaming { size, .. }) => size,
-            Ok(Progress::Done { size } | Progress::Verified { size }) => Some(size),
-            Ok(Progress::Failed(f)) if matches!(*f, FetchFailure::NoRoom(_)) => {
-                // The store cannot take it: serve this client straight
-                // from upstream instead.
-                self.metrics.uncached.inc();
-                tracing::warn!(%digest, reason = %f, "serving blob uncached");
-                let (body, size) = passthrough::open(repo, digest).await?;
-                return Ok(BlobHandle::Uncached {
-                    body,
-                    digest: digest.clone(),
-                    size,
-                });
-            }
-            Ok(Progress::Failed(f)) => return Err(f.to_registry_error()),
-            Ok(Progress::Connecting) | Err(_) => {
-                return Err(FetchFailure::Abandoned.to_registry_error());
-            }
+        // A download that every client had left may be cancelled just as
+        // this request joins it: then this request starts it again.
+        let mut retried = false;
+        let (flight, joined, client, size) = loop {
+            let (flight, joined, client) = self.join_or_start(repo, digest);
+            let mut rx = flight.subscribe();
+            let started = rx
+                .wait_for(|p| !matches!(p, Progress::Connecting))
+                .await
+                .map(|p| p.clone());
+            let size = match started {
+                Ok(Progress::Streaming { size, .. }) => size,
+                Ok(Progress::Done { size } | Progress::Verified { size }) => Some(size),
+                Ok(Progress::Failed(f)) if matches!(*f, FetchFailure::NoRoom(_)) => {
+                    // The store cannot take it: serve this client straight
+                    // from upstream instead.
+                    self.metrics.uncached.inc();
+                    tracing::warn!(%digest, reason = %f, "serving blob uncached");
+                    let (body, size) = passthrough::open(repo, digest).await?;
+                    return Ok(BlobHandle::Uncached {
+                        body,
+                        digest: digest.clone(),
+                        size,
+                    });
+                }
+                Ok(Progress::Failed(f)) if matches!(*f, FetchFailure::Deserted) && !retried => {
+                    retried = true;
+                    self.finish(&flight);
+                    continue;
+                }
+                Ok(Progress::Failed(f)) => return Err(f.to_registry_error()),
+                Ok(Progress::Connecting) | Err(_) => {
+                    return Err(FetchFailure::Abandoned.to_registry_error());
+                }
+            };
+            break (flight, joined, client, size);
         };
         let file = flight
             .file()
@@ -316,8 +318,33 @@ impl Coordinator {
             file,
             size,
             joined,
-            reader: rx,
+            client,
         })
+    }
+
+    /// Joins the fetch of `digest` in flight, or starts it. The client guard
+    /// exists before the fetch task does, so a fetch is never seen deserted
+    /// before its first client reads it.
+    fn join_or_start(
+        self: &Arc<Self>,
+        repo: &Resolved,
+        digest: &Digest,
+    ) -> (Arc<Flight>, bool, flight::ClientGuard) {
+        match self.inflight.entry(digest.clone()) {
+            Entry::Occupied(e) => {
+                let flight = e.get().clone();
+                let client = flight.client();
+                (flight, true, client)
+            }
+            Entry::Vacant(e) => {
+                let flight = Arc::new(Flight::new(digest.clone(), repo.key()));
+                let client = flight.client();
+                e.insert(flight.clone());
+                tracing::debug!(%digest, repo = %repo.local, "starting upstream fetch");
+                tokio::spawn(fetch::run(self.clone(), flight.clone(), repo.clone()));
+                (flight, false, client)
+            }
+        }
     }
 
     /// The size of a blob without fetching it: from the store, from the

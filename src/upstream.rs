@@ -249,6 +249,19 @@ impl Upstream {
                 })
             }
         };
+        self.request_now(method, path, headers).await
+    }
+
+    /// As [`Upstream::request`], without waiting for a request slot: for
+    /// the resumes of a blob transfer, which holds a fetch slot already
+    /// (a flood of other requests must not fail a download its clients are
+    /// reading).
+    pub async fn request_now(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let (method, headers) = (&method, &headers);
         let (result, retries) = retry::with_retries(&self.retry, self.retry_cap, |_| async move {
             let mut last = None;
@@ -335,6 +348,32 @@ mod tests {
         assert_eq!(
             percent_encode("repository:a/b:pull"),
             "repository%3Aa%2Fb%3Apull"
+        );
+    }
+
+    #[test]
+    fn token_realms_by_host_port_scheme_and_domain() {
+        let up = |u: &str| Upstream::new(u.parse().unwrap(), crate::config::Timeouts::default());
+        let hub = up("https://registry-1.docker.io");
+        assert!(hub.realm_allowed("https://auth.docker.io/token"));
+        assert!(
+            !hub.realm_allowed("http://auth.docker.io/token"),
+            "downgrade"
+        );
+        assert!(!hub.realm_allowed("https://auth.docker.io:8443/token"));
+        assert!(!hub.realm_allowed("https://evil.example/token"));
+        let gitlab = up("https://registry.example.com:5050");
+        assert!(gitlab.realm_allowed("https://gitlab.example.com/jwt/auth"));
+        assert!(gitlab.realm_allowed("https://registry.example.com:5050/jwt/auth"));
+        assert!(
+            !gitlab.realm_allowed("https://registry.example.com:5051/jwt/auth"),
+            "another port of the same host"
+        );
+        let ip = up("http://10.1.2.3:5000");
+        assert!(ip.realm_allowed("http://10.1.2.3:5000/token"));
+        assert!(
+            !ip.realm_allowed("http://192.168.2.3:5000/token"),
+            "IP addresses share no registrable domain"
         );
     }
 

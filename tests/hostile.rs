@@ -212,3 +212,36 @@ async fn downloads_every_client_left_give_their_slots_to_waiting_ones() {
         "a cancelled download's temp file is removed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_download_every_client_left_never_reaches_the_upstream() {
+    let up = FakeRegistry::start().await;
+    let gate = Gate::new();
+    let a = up.add_blob_with(blob_bytes(1 << 20, 620), Fault::PauseAt(1000, gate.clone()));
+    let b = up.add_blob(blob_bytes(1 << 20, 621));
+    let ferry = Ferry::start_with(&up.url(), |cfg| cfg.max_fetches_per_registry = 1).await;
+    // A reads its blob (and holds the one slot); B queues, then leaves.
+    let url_a = ferry.url(&format!("/v2/x/blobs/{a}"));
+    let reader = tokio::spawn(async move { get(&url_a).await });
+    gate.reached().await;
+    let url_b = ferry.url(&format!("/v2/x/blobs/{b}"));
+    let leaver = tokio::spawn(async move { get(&url_b).await });
+    within(async {
+        while ferry.app.metrics.fetches_queued.get() < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    leaver.abort();
+    // The queued download gives up without asking the upstream.
+    within(async {
+        while ferry.app.metrics.fetches_queued.get() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    gate.open();
+    assert_eq!(sha256(&within(reader).await.unwrap().body), a);
+    ferry.settle().await;
+    assert_eq!(up.blob_gets(&b), 0, "a download nobody waits for was sent");
+}

@@ -327,3 +327,14 @@ async fn a_tag_list_with_too_many_names_is_refused_with_a_502() {
     assert!(String::from_utf8_lossy(&w.body).contains("maxListEntries"));
     assert_eq!(up.requests(), 2, "the second page passed the limit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_list_that_never_ends_is_refused_not_truncated() {
+    // One tag per page, each page linking to the next, without end.
+    let up = RawUpstream::start(endless_tags(1, 4)).await;
+    let ferry = Ferry::start_with(&up.url(), impatient).await;
+    let w = within(get(&ferry.url("/v2/x/tags/list"))).await;
+    let shown = String::from_utf8_lossy(&w.body[..w.body.len().min(300)]).to_string();
+    assert_eq!(w.status, StatusCode::BAD_GATEWAY, "{shown}");
+    assert!(shown.contains("more than 50 pages"), "{shown}");
+}

@@ -252,3 +252,36 @@ async fn a_damaged_object_in_the_tier_is_refused_deleted_and_fetched_again() {
     uploads(&b, 1).await;
     assert_eq!(shared_blobs(&b).await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_only_the_shared_tier_upload_reads_is_deserted_too() {
+    let up = FakeRegistry::start().await;
+    let shared = tempfile::tempdir().unwrap();
+    let gate = Gate::new();
+    let a = up.add_blob_with(
+        blob_bytes(1 << 20, 930),
+        Fault::PauseAt(100_000, gate.clone()),
+    );
+    let c = up.add_blob(blob_bytes(50_000, 931));
+    let root = shared.path().to_path_buf();
+    let ferry = Ferry::start_with(&up.url(), move |cfg| {
+        cfg.shared = Some(SharedStorage::Filesystem { root });
+        cfg.max_fetches_per_registry = 1;
+    })
+    .await;
+    let resp = within(send(
+        http::Method::GET,
+        &ferry.url(&format!("/v2/x/blobs/{a}")),
+        &[],
+    ))
+    .await;
+    let mut body = resp.into_body();
+    within(read_at_least(&mut body, 1)).await;
+    drop(body);
+    gate.reached().await;
+    // The upload to the tier still follows A, but no client does: A gives
+    // its slot to C.
+    let r = within(get(&ferry.url(&format!("/v2/x/blobs/{c}")))).await;
+    assert_eq!(sha256(&r.body), c);
+    gate.open();
+}

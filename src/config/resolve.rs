@@ -217,7 +217,7 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
             ),
         })
     };
-    Ok(Config {
+    let config = Config {
         listen,
         tls,
         drain_delay,
@@ -270,7 +270,9 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         warnings,
         listener,
         access,
-    })
+    };
+    super::bounds::check(&config)?;
+    Ok(config)
 }
 
 fn listen_from(http: Option<&HttpSection>) -> Result<SocketAddr, ConfigError> {

@@ -130,20 +130,24 @@ async fn fetch_upstream(
         )));
     }
     let metrics = &coordinator.metrics;
-    let ((resp, _permit), target) = repo
+    let (answer, target) = repo
         .first(|t| async move {
-            let permit = t
-                .registry
-                .fetch_slots
-                .acquire(&metrics.fetches_queued)
-                .await;
+            // A download still queued that every client left is dropped
+            // before it costs an upstream request.
+            let permit = tokio::select! {
+                p = t.registry.fetch_slots.acquire(&metrics.fetches_queued) => p,
+                () = flight.deserted() => return Ok(None),
+            };
             let resp = t
                 .blob(Method::GET, digest, HeaderMap::new(), StatusCode::OK)
                 .await?;
-            Ok((resp, permit))
+            Ok(Some((resp, permit)))
         })
         .await
         .map_err(FetchFailure::Upstream)?;
+    let Some((resp, _permit)) = answer else {
+        return Err(FetchFailure::Deserted);
+    };
     coordinator
         .router
         .remember(&repo.local, target.registry.index);
@@ -203,13 +207,16 @@ async fn copy_from_shared(
         Ok(r) => r,
         Err(e) => return Some(Err(e)),
     };
-    // The bucket is held to the same idle timeout and rate floor as the
-    // repository's first registry.
-    let timeouts = repo
+    // The bucket is held to the same idle timeout as the repository's
+    // first registry.
+    let mut timeouts = repo
         .targets
         .first()
         .map(|t| t.registry.upstream.timeouts())
         .unwrap_or_default();
+    // No rate floor for the bucket (a slow bucket has no upstream to resume
+    // from): only the idle timeout, as before.
+    timeouts.min_read_rate = 0;
     let source = format!("{} ({digest})", shared.describe());
     let counted = &coordinator.metrics.shared_read_bytes;
     let copied =

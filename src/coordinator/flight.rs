@@ -141,6 +141,26 @@ pub struct Flight {
     /// writer take them from here instead of reading the file.
     window: std::sync::Mutex<Window>,
     pub started: std::time::Instant,
+    /// Clients reading this fetch now (not the shared-tier upload).
+    clients: std::sync::atomic::AtomicUsize,
+    /// Woken when the last client leaves.
+    left: tokio::sync::Notify,
+}
+
+/// Counts one client of a fetch for as long as it lives (see
+/// [`Flight::client`]).
+#[derive(Debug)]
+pub struct ClientGuard {
+    flight: Arc<Flight>,
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.flight.clients.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.flight.left.notify_waiters();
+        }
+    }
 }
 
 /// At most this many bytes of recent frames are kept per fetch.
@@ -162,6 +182,8 @@ impl Flight {
             mapped: OnceLock::new(),
             window: Default::default(),
             started: std::time::Instant::now(),
+            clients: Default::default(),
+            left: tokio::sync::Notify::new(),
         }
     }
 
@@ -179,10 +201,33 @@ impl Flight {
         self.progress.receiver_count()
     }
 
-    /// Resolves once no reader follows this fetch any more (at once when
-    /// none does now).
+    /// Counts a client of this fetch until the guard drops. Clients are
+    /// the requests (and prefetches) reading it; the shared-tier upload is
+    /// not one: a download only it reads is deserted.
+    pub(super) fn client(self: &Arc<Self>) -> ClientGuard {
+        self.clients
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ClientGuard {
+            flight: self.clone(),
+        }
+    }
+
+    /// Clients reading this fetch now.
+    pub fn clients(&self) -> usize {
+        self.clients.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once no client reads this fetch (at once when none does).
     pub(super) async fn deserted(&self) {
-        self.progress.closed().await
+        loop {
+            let left = self.left.notified();
+            tokio::pin!(left);
+            left.as_mut().enable();
+            if self.clients() == 0 {
+                return;
+            }
+            left.await;
+        }
     }
 
     /// The temp file (or stored file) readers read from; set before the

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::flight::Flight;
+use super::flight::{ClientGuard, Flight};
 use super::passthrough;
 use super::reader::BlobStream;
 use crate::lifecycle::ReadGuard;
@@ -37,10 +37,10 @@ pub enum BlobHandle {
         file: Arc<File>,
         size: Option<u64>,
         joined: bool,
-        /// Counts this request as a reader of the fetch from the moment it
-        /// joined until its stream takes over, so the fetch is never seen
-        /// deserted in between.
-        reader: tokio::sync::watch::Receiver<super::Progress>,
+        /// Counts this request as a client of the fetch from the moment it
+        /// joined; its stream takes the guard over, so the fetch is never
+        /// seen deserted in between.
+        client: ClientGuard,
     },
 }
 
@@ -80,9 +80,12 @@ impl BlobHandle {
     /// ends cleanly only once the whole blob was verified.
     pub fn stream_verified(self, start: u64, end: Option<u64>) -> BlobStream {
         match self {
-            BlobHandle::InFlight { flight, file, .. } => {
-                BlobStream::following_with(flight, file, start, end, true)
-            }
+            BlobHandle::InFlight {
+                flight,
+                file,
+                client,
+                ..
+            } => BlobStream::following_with(flight, file, start, end, true).holding(client),
             other => other.stream(start, end),
         }
     }
@@ -112,9 +115,12 @@ impl BlobHandle {
             BlobHandle::Uncached { body, digest, .. } => {
                 BlobStream::from_stream(passthrough::VerifyingStream::new(body, digest))
             }
-            BlobHandle::InFlight { flight, file, .. } => {
-                BlobStream::following(flight, file, start, end)
-            }
+            BlobHandle::InFlight {
+                flight,
+                file,
+                client,
+                ..
+            } => BlobStream::following(flight, file, start, end).holding(client),
         }
     }
 }

@@ -193,7 +193,7 @@ async fn request(
     target
         .registry
         .upstream
-        .request(Method::GET, &target.blob_path(digest), headers)
+        .request_now(Method::GET, &target.blob_path(digest), headers)
         .await
 }
 
@@ -224,14 +224,14 @@ struct Position<'a> {
     skip: &'a mut u64,
 }
 
-/// Resolves when `flight` has no reader left while some other download
-/// waits for one of `slots` (a reader may come back meanwhile: then it
+/// Resolves when `flight` has no client left while some other download
+/// waits for one of `slots` (a client may come back meanwhile: then it
 /// waits for that one to leave too).
-async fn deserted(flight: &Flight, slots: &FetchSlots) {
+pub(super) async fn deserted(flight: &Flight, slots: &FetchSlots) {
     loop {
         flight.deserted().await;
         slots.wanted().await;
-        if flight.readers() == 0 {
+        if flight.clients() == 0 {
             return;
         }
     }

@@ -34,12 +34,20 @@ impl FetchSlots {
         if let Ok(p) = self.permits.clone().try_acquire_owned() {
             return p;
         }
+        /// Counted as waiting until dropped, however the wait ends
+        /// (a slot, or the waiter given up).
+        struct Waiting<'a>(&'a AtomicUsize, &'a Gauge);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+                self.1.dec();
+            }
+        }
         queued.inc();
         self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiting, queued);
         self.wanted.notify_waiters();
         let p = self.permits.clone().acquire_owned().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        queued.dec();
         p.expect("fetch slots are never closed")
     }
 
@@ -73,5 +81,17 @@ mod tests {
         drop(held);
         let _got = waiter.await.unwrap();
         assert_eq!(gauge.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_is_no_longer_counted() {
+        let slots = FetchSlots::new(1);
+        let gauge = Gauge::default();
+        let _held = slots.acquire(&gauge).await;
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::from_millis(10), slots.acquire(&gauge)).await;
+        assert!(gave_up.is_err());
+        assert_eq!(gauge.get(), 0);
+        assert_eq!(slots.waiting.load(Ordering::SeqCst), 0);
     }
 }

@@ -1,13 +1,13 @@
-//! Anonymous bearer tokens: the part of the registry token flow that every
-//! public registry (Docker Hub, ghcr.io, quay.io...) needs before it serves
-//! a single byte.
+//! Bearer tokens: parsing `WWW-Authenticate` challenges and token answers,
+//! and the per-scope token cache.
 //!
 //! On a 401 whose `WWW-Authenticate` offers `Bearer realm=...`, ferry asks
-//! the realm for a token for the challenge's service and scope, caches it
-//! per scope until `expires_in` (default 60 s) minus a margin, and retries
-//! once. Concurrent requests that need the same token wait for one token
-//! request. Credentials (Basic to the realm) are not sent by this version,
-//! so a realm elsewhere learns nothing secret.
+//! the realm for a token for the challenge's service and scope (with the
+//! registry's credentials as Basic auth when it has some; only a realm
+//! `realm_allowed` trusts is asked, see `challenge`), caches it per scope
+//! until `expires_in` (default 60 s, at most a day) minus a margin, and
+//! retries once. Concurrent requests that need the same token wait for one
+//! token request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -110,14 +110,19 @@ struct TokenResponse {
     expires_in: Option<u64>,
 }
 
+/// The longest a token is believed, whatever its `expires_in` says (an
+/// upstream's number must not overflow a deadline).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// Parses a token server's answer; `token` or `access_token`.
 pub fn parse_token_response(body: &[u8]) -> Option<(String, Duration)> {
     let t: TokenResponse = serde_json::from_slice(body).ok()?;
     let token = t.token.or(t.access_token).filter(|t| !t.is_empty())?;
-    Some((
-        token,
-        Duration::from_secs(t.expires_in.unwrap_or(60).max(1)),
-    ))
+    let secs = t
+        .expires_in
+        .unwrap_or(60)
+        .clamp(1, MAX_TOKEN_LIFETIME.as_secs());
+    Some((token, Duration::from_secs(secs)))
 }
 
 #[derive(Clone)]
@@ -247,7 +252,7 @@ impl TokenCache {
         let margin = (lifetime / 10).min(Duration::from_secs(10));
         *cached = Some(Cached {
             token: token.clone(),
-            valid_until: Instant::now() + lifetime - margin,
+            valid_until: Instant::now() + lifetime.min(MAX_TOKEN_LIFETIME) - margin,
         });
         Some(token)
     }
@@ -339,6 +344,15 @@ mod tests {
 
     #[test]
     fn token_responses() {
+        assert_eq!(
+            parse_token_response(br#"{"token":"t","expires_in":300}"#),
+            Some(("t".to_string(), Duration::from_secs(300)))
+        );
+        assert_eq!(
+            parse_token_response(br#"{"token":"t","expires_in":18446744073709551615}"#),
+            Some(("t".to_string(), MAX_TOKEN_LIFETIME)),
+            "an upstream's number cannot overflow a deadline"
+        );
         assert_eq!(
             parse_token_response(br#"{"token":"t","expires_in":300}"#),
             Some(("t".into(), Duration::from_secs(300)))

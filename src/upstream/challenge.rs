@@ -112,11 +112,13 @@ impl Upstream {
         }
     }
 
-    /// A token realm may be the registry's own host, one under the same
-    /// registrable domain (`auth.docker.io` for `registry-1.docker.io`), on
-    /// the registry's port and not downgraded from HTTPS to HTTP; or a host
-    /// (`host`, any port) or `host:port` listed in `tokenRealms`. Anything
-    /// else could be an upstream trying to collect credentials.
+    /// A token realm may be the registry's own host on the registry's port;
+    /// or a host under the same registrable domain (`auth.docker.io` for
+    /// `registry-1.docker.io`) on the registry's port or its scheme's
+    /// default port (GitLab: registry on :5050, realm on :443); never plain
+    /// HTTP under an HTTPS registry, and an IP address only as itself. Or
+    /// a host (`host`, any port) or `host:port` listed in `tokenRealms`.
+    /// Anything else could be an upstream trying to collect credentials.
     pub(super) fn realm_allowed(&self, realm: &str) -> bool {
         let Some(realm) = realm.parse::<Uri>().ok().as_ref().and_then(Origin::of) else {
             return false;
@@ -126,11 +128,25 @@ impl Upstream {
         if self.access.token_realms.iter().any(listed) {
             return true;
         }
-        let domain = |h: &str| psl::domain_str(h).map(str::to_owned);
+        let is_ip = |h: &str| {
+            h.trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+        };
+        let domain = |h: &str| {
+            if is_ip(h) {
+                None
+            } else {
+                psl::domain_str(h).map(str::to_owned)
+            }
+        };
         self.urls.iter().filter_map(Origin::of).any(|own| {
-            let same_host = own.host() == host
-                || (domain(own.host()).is_some() && domain(own.host()) == domain(host));
-            same_host && own.port() == port && (realm.is_https() || !own.is_https())
+            let downgrade = own.is_https() && !realm.is_https();
+            if own.host() == host {
+                return own.port() == port && !downgrade;
+            }
+            let same_domain = domain(own.host()).is_some() && domain(own.host()) == domain(host);
+            same_domain && (own.port() == port || realm.is_default_port()) && !downgrade
         })
     }
 

@@ -46,6 +46,11 @@ pub enum UpstreamError {
         url: String,
         limit: usize,
     },
+    /// A paged list that goes on past the pages ferry follows.
+    TooManyPages {
+        url: String,
+        limit: usize,
+    },
     /// A paged list with more names than `ferry.maxListEntries`.
     TooManyNames {
         url: String,
@@ -78,6 +83,9 @@ impl std::fmt::Display for UpstreamError {
                 f,
                 "upstream {url}: {limit} requests to this registry are running already (ferry.maxRequestsPerRegistry); try again shortly"
             ),
+            UpstreamError::TooManyPages { url, limit } => {
+                write!(f, "upstream {url}: more than {limit} pages")
+            }
             UpstreamError::TooManyNames { url, limit } => write!(
                 f,
                 "upstream {url}: list longer than {limit} names (ferry.maxListEntries)"
@@ -124,7 +132,9 @@ impl UpstreamError {
             UpstreamError::Status { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
-            UpstreamError::TooLarge { .. } | UpstreamError::TooManyNames { .. } => false,
+            UpstreamError::TooLarge { .. }
+            | UpstreamError::TooManyNames { .. }
+            | UpstreamError::TooManyPages { .. } => false,
             _ => true,
         }
     }
@@ -151,7 +161,9 @@ impl UpstreamError {
             UpstreamError::Connect { .. } => {
                 RegistryError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, msg)
             }
-            UpstreamError::TooLarge { .. } | UpstreamError::TooManyNames { .. } => {
+            UpstreamError::TooLarge { .. }
+            | UpstreamError::TooManyNames { .. }
+            | UpstreamError::TooManyPages { .. } => {
                 RegistryError::new(StatusCode::BAD_GATEWAY, ErrorCode::SizeInvalid, msg)
             }
             UpstreamError::Busy { .. } => {

@@ -82,8 +82,11 @@ pub async fn paged_list(
         out.extend(names);
         match next {
             Some(p) => path = p,
-            None => break,
+            None => return Ok(out),
         }
     }
-    Ok(out)
+    Err(UpstreamError::TooManyPages {
+        url: format!("{} (the {field} list)", upstream.url(first)),
+        limit: MAX_PAGES,
+    })
 }

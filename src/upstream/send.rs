@@ -173,6 +173,11 @@ impl Origin {
     pub(super) fn is_https(&self) -> bool {
         self.scheme == "https"
     }
+
+    /// On its scheme's default port (443 for HTTPS, 80 for HTTP).
+    pub(super) fn is_default_port(&self) -> bool {
+        self.port == if self.is_https() { 443 } else { 80 }
+    }
 }
 
 pub(super) fn resolve_location(base: &Uri, location: &str) -> Option<Uri> {
