@@ -129,13 +129,15 @@ impl Default for ListenerConfig {
 }
 
 /// Parses `ferry.trustedProxies` entries: an address or a CIDR block.
-pub fn parse_proxies(list: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+pub fn parse_proxies(list: &[String]) -> Result<Vec<ipnet::IpNet>, super::ConfigError> {
     list.iter()
         .map(|s| {
             s.parse::<ipnet::IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
                 .map_err(|_| {
-                    format!("ferry.trustedProxies: {s:?} is not an IP address or CIDR block")
+                    super::ConfigError(format!(
+                        "ferry.trustedProxies: {s:?} is not an IP address or CIDR block"
+                    ))
                 })
         })
         .collect()

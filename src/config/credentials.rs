@@ -51,7 +51,9 @@ impl Credentials {
 }
 
 /// Reads a zot credentials file: host[:port] → credentials.
-pub fn read_credentials_file(path: &Path) -> Result<HashMap<String, Credentials>, String> {
+pub fn read_credentials_file(
+    path: &Path,
+) -> Result<HashMap<String, Credentials>, super::ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read credentials file {}: {e}", path.display()))?;
     let map: HashMap<String, Credentials> = serde_json::from_str(&text).map_err(|e| {

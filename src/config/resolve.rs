@@ -170,8 +170,7 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         max_header_bytes: bytes("maxHeaderSize", &f.max_header_size)?
             .map_or(ld.max_header_bytes, |b| b.max(8192) as usize),
         header_timeout: dur("headerTimeout", &f.header_timeout, ld.header_timeout)?,
-        trusted_proxies: parse_proxies(f.trusted_proxies.as_deref().unwrap_or_default())
-            .map_err(err)?,
+        trusted_proxies: parse_proxies(f.trusted_proxies.as_deref().unwrap_or_default())?,
         metrics_listen: f
             .metrics_address
             .as_deref()
