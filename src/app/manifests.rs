@@ -101,19 +101,7 @@ pub async fn fetch(
 ) -> Result<Manifest, Failure> {
     let upstream = &target.registry.upstream;
     let name = &target.upstream_name;
-    let url = upstream
-        .url(&format!("/v2/{name}/manifests/{reference}"))
-        .to_string();
-    let resp = upstream
-        .manifest(Method::GET, name, reference, accept)
-        .await
-        .map_err(Failure::Upstream)?;
-    if resp.status() != StatusCode::OK {
-        return Err(Failure::Upstream(UpstreamError::Status {
-            url,
-            status: resp.status(),
-        }));
-    }
+    let (url, resp) = ask(target, Method::GET, reference, accept).await?;
     let header_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
     let header_digest = header_str(resp.headers(), DIGEST_HEADER);
     let limit = app.config.max_manifest_size;
@@ -281,20 +269,21 @@ pub fn referenced_digests(bytes: &[u8]) -> Vec<Digest> {
     out
 }
 
-/// `HEAD` of a tag at one registry: the digest it names now, if the
-/// upstream says (a `HEAD` does not count against Docker Hub's pull quota).
-pub async fn head_digest(
+/// Asks one registry for a manifest (`GET` or `HEAD`): its URL (for
+/// messages) and its answer, which must be a 200.
+async fn ask(
     target: &Target,
+    method: Method,
     reference: &Reference,
     accept: &str,
-) -> Result<Option<Digest>, Failure> {
+) -> Result<(String, http::Response<hyper::body::Incoming>), Failure> {
     let upstream = &target.registry.upstream;
     let name = &target.upstream_name;
     let url = upstream
         .url(&format!("/v2/{name}/manifests/{reference}"))
         .to_string();
     let resp = upstream
-        .manifest(Method::HEAD, name, reference, accept)
+        .manifest(method, name, reference, accept)
         .await
         .map_err(Failure::Upstream)?;
     if resp.status() != StatusCode::OK {
@@ -303,6 +292,17 @@ pub async fn head_digest(
             status: resp.status(),
         }));
     }
+    Ok((url, resp))
+}
+
+/// `HEAD` of a tag at one registry: the digest it names now, if the
+/// upstream says (a `HEAD` does not count against Docker Hub's pull quota).
+pub async fn head_digest(
+    target: &Target,
+    reference: &Reference,
+    accept: &str,
+) -> Result<Option<Digest>, Failure> {
+    let (_, resp) = ask(target, Method::HEAD, reference, accept).await?;
     Ok(header_str(resp.headers(), DIGEST_HEADER).and_then(|d| d.parse::<Digest>().ok()))
 }
 
