@@ -24,26 +24,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, StatusCode};
+use http::Method;
 use http_body_util::{BodyExt, Empty};
-use support::raw_upstream::{RawBody, RawReply, RawRequest, RawUpstream};
+use support::raw_upstream::{endless_tags, RawUpstream};
 use support::*;
 
 const MIB: f64 = 1024.0 * 1024.0;
-
-fn anon_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("RssAnon:"))
-        .expect("RssAnon in /proc/self/status");
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
-}
 
 /// Samples anonymous memory every 5 ms until stopped; returns the peak.
 fn sample_peak() -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
@@ -60,38 +46,10 @@ fn sample_peak() -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
     (stop, t)
 }
 
-fn endless_tags(req: &RawRequest) -> RawReply {
-    let page: usize = req
-        .path
-        .split("last=p")
-        .nth(1)
-        .and_then(|n| n.split('-').next()?.parse().ok())
-        .unwrap_or(0);
-    let tags: Vec<String> = (0..5000)
-        .map(|i| format!("p{:06}-{i:0>200}", page + 1))
-        .collect();
-    let body = serde_json::json!({"name": "x", "tags": tags}).to_string();
-    RawReply::new(
-        "200 OK",
-        &[
-            ("Content-Length", body.len().to_string()),
-            ("Content-Type", "application/json".into()),
-            (
-                "Link",
-                format!(
-                    "</v2/x/tags/list?n=5000&last=p{:06}-x>; rel=\"next\"",
-                    page + 1
-                ),
-            ),
-        ],
-        RawBody::Bytes(Bytes::from(body)),
-    )
-}
-
 #[tokio::main]
 async fn main() {
     // 1. Endless paged tag list.
-    let up = RawUpstream::start(endless_tags).await;
+    let up = RawUpstream::start(endless_tags(5000, 200)).await;
     let ferry = Ferry::start(&up.url()).await;
     let base = anon_rss();
     let (stop, peak) = sample_peak();
@@ -252,5 +210,4 @@ async fn main() {
         probe.0.as_u16(),
         probe.1.as_secs_f64() * 1000.0
     );
-    let _ = StatusCode::OK;
 }

@@ -16,17 +16,6 @@ use tokio::net::TcpStream;
 
 const MIB: u64 = 1024 * 1024;
 
-/// This process's anonymous resident memory, in bytes.
-fn anon_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("RssAnon:"))
-        .expect("RssAnon in /proc/self/status");
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 async fn until(mut ok: impl FnMut() -> bool) {
     within(async {
         while !ok() {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry::config::Config;
 use http::StatusCode;
-use support::raw_upstream::{RawBody, RawReply, RawUpstream};
+use support::raw_upstream::{endless_tags, RawBody, RawReply, RawUpstream};
 use support::*;
 
 const MIB: usize = 1024 * 1024;
@@ -259,41 +259,6 @@ async fn an_oversized_listing_is_refused_before_its_body_is_read() {
     let w = within(get(&ferry.url("/v2/x/tags/list"))).await;
     assert_ne!(w.status, StatusCode::OK);
     assert_eq!(upstream_bytes(&ferry), 0, "body bytes were read");
-}
-
-/// An endless tag list: every page holds `per_page` tags of `len`
-/// characters and links to a next page.
-fn endless_tags(
-    per_page: usize,
-    len: usize,
-) -> impl Fn(&support::raw_upstream::RawRequest) -> RawReply {
-    move |req| {
-        let page: usize = req
-            .path
-            .split("last=p")
-            .nth(1)
-            .and_then(|n| n.split('-').next()?.parse().ok())
-            .unwrap_or(0);
-        let tags: Vec<String> = (0..per_page)
-            .map(|i| format!("p{:06}-{i:0>len$}", page + 1))
-            .collect();
-        let body = serde_json::json!({"name": "x", "tags": tags}).to_string();
-        RawReply::new(
-            "200 OK",
-            &[
-                ("Content-Length", body.len().to_string()),
-                ("Content-Type", "application/json".into()),
-                (
-                    "Link",
-                    format!(
-                        "</v2/x/tags/list?n={per_page}&last=p{:06}-x>; rel=\"next\"",
-                        page + 1
-                    ),
-                ),
-            ],
-            RawBody::Bytes(Bytes::from(body)),
-        )
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

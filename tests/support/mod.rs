@@ -197,3 +197,15 @@ pub fn blob_bytes(len: usize, seed: u64) -> bytes::Bytes {
 pub fn sha256(bytes: &[u8]) -> String {
     ferry::oci::Digest::sha256_of(bytes).to_string()
 }
+
+/// This process's anonymous resident memory (`RssAnon`), in bytes: what
+/// ferry holds itself, not file pages it maps.
+pub fn anon_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .expect("RssAnon in /proc/self/status");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}

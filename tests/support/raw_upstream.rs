@@ -99,6 +99,38 @@ impl RawUpstream {
     }
 }
 
+/// An endless tag list: every page holds `per_page` tags of `len`
+/// characters and links to a next page.
+pub fn endless_tags(per_page: usize, len: usize) -> impl Fn(&RawRequest) -> RawReply {
+    move |req| {
+        let page: usize = req
+            .path
+            .split("last=p")
+            .nth(1)
+            .and_then(|n| n.split('-').next()?.parse().ok())
+            .unwrap_or(0);
+        let tags: Vec<String> = (0..per_page)
+            .map(|i| format!("p{:06}-{i:0>len$}", page + 1))
+            .collect();
+        let body = serde_json::json!({"name": "x", "tags": tags}).to_string();
+        RawReply::new(
+            "200 OK",
+            &[
+                ("Content-Length", body.len().to_string()),
+                ("Content-Type", "application/json".into()),
+                (
+                    "Link",
+                    format!(
+                        "</v2/x/tags/list?n={per_page}&last=p{:06}-x>; rel=\"next\"",
+                        page + 1
+                    ),
+                ),
+            ],
+            RawBody::Bytes(Bytes::from(body)),
+        )
+    }
+}
+
 impl Drop for RawUpstream {
     fn drop(&mut self) {
         self.task.abort();
