@@ -73,6 +73,10 @@ pub struct Config {
     pub max_retry_wait: Duration,
     /// Upstream blob downloads at once per registry (`ferry.maxFetchesPerRegistry`).
     pub max_fetches_per_registry: usize,
+    /// Bytes that blob downloads every client left may still bring in,
+    /// per registry, before they are cancelled
+    /// (`ferry.orphanedBytesPerRegistry`).
+    pub orphaned_bytes_per_registry: u64,
     /// An upstream 404 for a blob is believed this long (`ferry.absentTTL`).
     pub absent_ttl: Duration,
     /// Blobs larger than this are refused, and a body without a length

@@ -38,7 +38,7 @@ use crate::clock::Clock;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{CacheStatus, Metrics};
 use crate::oci::{Digest, ErrorCode, Hasher, RegistryError};
-use crate::routing::{Resolved, Router, Target};
+use crate::routing::{Requester, Resolved, Router, Target};
 use crate::store::{self, FsStore};
 use crate::upstream::headers::{content_length, content_range};
 use crate::upstream::UpstreamError;
@@ -233,8 +233,9 @@ impl Coordinator {
         self: &Arc<Self>,
         repo: &Resolved,
         digest: &Digest,
+        requester: Requester,
     ) -> Result<BlobHandle, RegistryError> {
-        let handle = self.open_any(repo, digest).await?;
+        let handle = self.open_any(repo, digest, requester).await?;
         let foreign = match &handle {
             BlobHandle::Stored { .. } | BlobHandle::Memory { .. } => true,
             BlobHandle::InFlight { flight, .. } => flight.repo != repo.key(),
@@ -250,6 +251,7 @@ impl Coordinator {
         self: &Arc<Self>,
         repo: &Resolved,
         digest: &Digest,
+        requester: Requester,
     ) -> Result<BlobHandle, RegistryError> {
         if let Some(bytes) = self.hot.get(digest) {
             self.lifecycle.index.touch(digest, self.clock.now_ms());
@@ -277,7 +279,7 @@ impl Coordinator {
         // this request joins it: then this request starts it again.
         let mut retried = false;
         let (flight, joined, client, size) = loop {
-            let (flight, joined, client) = self.join_or_start(repo, digest);
+            let (flight, joined, client) = self.join_or_start(repo, digest, requester);
             let mut rx = flight.subscribe();
             let started = rx
                 .wait_for(|p| !matches!(p, Progress::Connecting))
@@ -329,6 +331,7 @@ impl Coordinator {
         self: &Arc<Self>,
         repo: &Resolved,
         digest: &Digest,
+        requester: Requester,
     ) -> (Arc<Flight>, bool, flight::ClientGuard) {
         match self.inflight.entry(digest.clone()) {
             Entry::Occupied(e) => {
@@ -337,7 +340,7 @@ impl Coordinator {
                 (flight, true, client)
             }
             Entry::Vacant(e) => {
-                let flight = Arc::new(Flight::new(digest.clone(), repo.key()));
+                let flight = Arc::new(Flight::new(digest.clone(), repo.key(), requester));
                 let client = flight.client();
                 e.insert(flight.clone());
                 tracing::debug!(%digest, repo = %repo.local, "starting upstream fetch");

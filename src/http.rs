@@ -31,6 +31,7 @@ use crate::access::Identity;
 use crate::app::App;
 use crate::metrics::{status_class, CacheLabels, CacheStatus, RequestLabels};
 use crate::oci::{ErrorCode, RegistryError};
+use crate::routing::Requester;
 
 pub use forwarded::client_addr;
 pub use range::{resolve as resolve_range, RangeRequest};
@@ -80,7 +81,8 @@ pub async fn handle<B>(
                 Identity::User(u) => Some(u.clone()),
                 Identity::Anonymous => None,
             };
-            match dispatch(app, &req, head, &who, &mut answer).await {
+            let requester = Requester::client(client);
+            match dispatch(app, &req, head, &who, requester, &mut answer).await {
                 Ok(r) => r,
                 Err(e) => refusal(app, &e, head),
             }
@@ -138,6 +140,7 @@ async fn dispatch<B>(
     req: &Request<B>,
     head: bool,
     who: &Identity,
+    requester: Requester,
     answer: &mut Answer,
 ) -> Result<Response<Body>, RegistryError> {
     let route = router::route(req.method(), req.uri().path())?;
@@ -186,7 +189,15 @@ async fn dispatch<B>(
                     far: app.config.far_range_distance,
                     verified: app.config.verified_ranges,
                 };
-                blobs::get(&app.coordinator, repo(), &digest, req.headers(), ranges).await?
+                blobs::get(
+                    &app.coordinator,
+                    repo(),
+                    &digest,
+                    req.headers(),
+                    ranges,
+                    requester,
+                )
+                .await?
             };
             (r, Some(cache))
         }

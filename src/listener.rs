@@ -15,7 +15,11 @@
 //! it is closed at once and counted); its request headers must arrive
 //! within `headerTimeout` and fit in `maxHeaderSize` (431 otherwise), and a
 //! connection that sends nothing at all is closed after `headerTimeout`.
+//! Out of file descriptors, the accept loop sheds new connections with the
+//! help of a spare descriptor instead of leaving them hanging (see
+//! `reserve`).
 
+mod reserve;
 mod tls;
 
 use std::convert::Infallible;
@@ -153,13 +157,16 @@ impl Listener {
         let metrics_task = metrics_listener.map(|l| {
             let (door, handler) = (door.clone(), handler.clone());
             tokio::spawn(async move {
+                let mut spare = reserve::Spare::new();
                 loop {
                     let (stream, peer) = match l.accept().await {
                         Ok(a) => a,
                         Err(e) => {
                             tracing::warn!(error = %e, "metrics listener: accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
+                            match spare.after_accept_error(&l, &e).await {
+                                reserve::Recovered::Serve(s, p) => (s, p),
+                                _ => continue,
+                            }
                         }
                     };
                     let io = TokioIo::new(stream);
@@ -175,17 +182,24 @@ impl Listener {
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         let drain_deadline = tokio::time::sleep_until(far);
         tokio::pin!(drain_deadline);
+        let mut spare = reserve::Spare::new();
         loop {
             let draining = on_drain.is_none();
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
+                    Err(e) => match spare.after_accept_error(&listener, &e).await {
+                        reserve::Recovered::Serve(s, p) => (s, p),
+                        reserve::Recovered::Shed => {
+                            metrics.connections_refused.inc();
+                            tracing::warn!(error = %e, "out of file descriptors; closed a new connection at once");
+                            continue;
+                        }
+                        reserve::Recovered::Waited => {
+                            tracing::warn!(error = %e, "accept failed");
+                            continue;
+                        }
+                    },
                 },
                 _ = &mut shutdown, if !draining => {
                     // Out of the load balancer first: readyz answers 503

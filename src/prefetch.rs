@@ -130,14 +130,14 @@ async fn fetch_blob(
     digest: &Digest,
     on_event: &(dyn Fn(Event) + Sync),
 ) -> Result<Option<u64>, PrefetchError> {
-    let handle =
-        app.coordinator
-            .open_blob(repo, digest)
-            .await
-            .map_err(|e| PrefetchError::Blob {
-                digest: digest.clone(),
-                cause: e.message,
-            })?;
+    let handle = app
+        .coordinator
+        .open_blob(repo, digest, crate::routing::Requester::background())
+        .await
+        .map_err(|e| PrefetchError::Blob {
+            digest: digest.clone(),
+            cause: e.message,
+        })?;
     if let BlobHandle::Stored { .. } | BlobHandle::Memory { .. } = handle {
         on_event(Event::Done {
             digest: digest.clone(),

@@ -20,7 +20,6 @@ mod slots;
 
 use std::sync::Arc;
 
-use dashmap::DashMap;
 use http::{StatusCode, Uri};
 
 use crate::config::{Config, ConfigError, ContentRule, RegistryConfig};
@@ -30,7 +29,7 @@ use crate::upstream::{worse, Upstream, UpstreamError};
 
 use http::{HeaderMap, Method, Response};
 use hyper::body::Incoming;
-pub use slots::FetchSlots;
+pub use slots::{FetchPermit, FetchSlots, Requester};
 
 pub use glob::{literal_base, prefix_matches};
 
@@ -68,7 +67,7 @@ impl Registry {
             upstream,
             hosts,
             docker_hub,
-            fetch_slots: Arc::new(FetchSlots::new(64)),
+            fetch_slots: Arc::new(FetchSlots::new(64, 4 << 30)),
         }
     }
 
@@ -234,12 +233,16 @@ impl Resolved {
     }
 }
 
+/// Repository names whose registry is remembered (the most used stay).
+const REMEMBERED_NAMES: usize = 16_384;
+
 /// The routing table plus what it learned about repositories.
 #[derive(Debug)]
 pub struct Router {
     registries: Vec<Arc<Registry>>,
-    /// Local name → the registry that served its last manifest or blob.
-    remembered: DashMap<RepoName, usize>,
+    /// Local name → the registry that served its last manifest or blob;
+    /// bounded, since clients choose the names.
+    remembered: quick_cache::sync::Cache<RepoName, usize>,
 }
 
 impl Router {
@@ -258,13 +261,16 @@ impl Router {
                     config.request_limits,
                 )?;
                 let mut registry = Registry::new(i, r.clone(), upstream);
-                registry.fetch_slots = Arc::new(FetchSlots::new(config.max_fetches_per_registry));
+                registry.fetch_slots = Arc::new(FetchSlots::new(
+                    config.max_fetches_per_registry,
+                    config.orphaned_bytes_per_registry,
+                ));
                 Ok(Arc::new(registry))
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
         Ok(Router {
             registries,
-            remembered: DashMap::new(),
+            remembered: quick_cache::sync::Cache::new(REMEMBERED_NAMES),
         })
     }
 
@@ -320,7 +326,7 @@ impl Router {
                 format!("no configured registry serves repository {local}"),
             ));
         }
-        if let Some(i) = self.remembered.get(&local).map(|i| *i) {
+        if let Some(i) = self.remembered.get(&local) {
             if let Some(pos) = targets.iter().position(|t| t.registry.index == i) {
                 let t = targets.remove(pos);
                 targets.insert(0, t);
@@ -331,7 +337,7 @@ impl Router {
 
     /// Remembers that `registry` served `local`, so its blobs go there first.
     pub fn remember(&self, local: &RepoName, registry: usize) {
-        if self.remembered.get(local).map(|i| *i) != Some(registry) {
+        if self.remembered.get(local) != Some(registry) {
             self.remembered.insert(local.clone(), registry);
         }
     }

@@ -236,20 +236,7 @@ impl Upstream {
                 cause: "not a valid request path".into(),
             });
         }
-        // A slot for the whole request (retries included, body not): a
-        // request that waits too long is refused, never queued for ever.
-        let _slot = match tokio::time::timeout(self.limits.wait, self.slots.clone().acquire_owned())
-            .await
-        {
-            Ok(Ok(p)) => p,
-            _ => {
-                return Err(UpstreamError::Busy {
-                    url: join(&self.urls[0], path).to_string(),
-                    limit: self.limits.max,
-                })
-            }
-        };
-        self.request_now(method, path, headers).await
+        self.with_retries(method, path, headers, true).await
     }
 
     /// As [`Upstream::request`], without waiting for a request slot: for
@@ -262,8 +249,37 @@ impl Upstream {
         path: &str,
         headers: HeaderMap,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        self.with_retries(method, path, headers, false).await
+    }
+
+    /// The retry loop of [`Upstream::request`]; with `slotted`, each round
+    /// holds a request slot (its answer's headers included, the body and
+    /// the backoff between rounds not): a request that waits too long for
+    /// one is refused, never queued for ever.
+    async fn with_retries(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        slotted: bool,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let (method, headers) = (&method, &headers);
         let (result, retries) = retry::with_retries(&self.retry, self.retry_cap, |_| async move {
+            let _slot = if slotted {
+                match tokio::time::timeout(self.limits.wait, self.slots.clone().acquire_owned())
+                    .await
+                {
+                    Ok(Ok(p)) => Some(p),
+                    _ => {
+                        return retry::Round::Done(Err(UpstreamError::Busy {
+                            url: join(&self.urls[0], path).to_string(),
+                            limit: self.limits.max,
+                        }))
+                    }
+                }
+            } else {
+                None
+            };
             let mut last = None;
             let mut retry_after = None;
             for base in &self.urls {

@@ -291,3 +291,34 @@ async fn client_certificates_from_cert_dir_for_mutual_tls() {
     assert_eq!(w.status, StatusCode::OK);
     assert_eq!(sha256(&w.body), a);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_follow_a_redirect_from_https_to_plain_http_on_the_same_host() {
+    let pki = TestPki::new();
+    let up = FakeRegistry::start_tls(pki.server_config(false)).await;
+    up.require_basic("bob", "pw");
+    let d = up.add_blob(blob_bytes(1000, 70));
+    // The blob is "moved" to the same host and port, without TLS.
+    up.redirect_blobs_to(&up.url().replacen("https://", "http://", 1));
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs.d");
+    pki.write_cert_dir(&certs, false);
+    let json = registry_json(
+        &up.url(),
+        serde_json::json!({"certDir": certs, "credentials": {"username": "bob", "password": "pw"}}),
+        serde_json::json!({}),
+    );
+    let ferry = Ferry::start_json(&json, |_| {}).await;
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{d}")))).await;
+    assert_ne!(w.status, StatusCode::OK, "the plain copy demands Basic too");
+    assert!(
+        up.authorizations().iter().any(|a| a.starts_with("Basic ")),
+        "the TLS side got the credentials"
+    );
+    let plain = up.plain_requests();
+    assert!(!plain.is_empty(), "the redirect to plain HTTP was followed");
+    assert!(
+        plain.iter().all(|(_, auth)| auth.is_empty()),
+        "credentials went out unencrypted: {plain:?}"
+    );
+}

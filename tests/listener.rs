@@ -306,3 +306,24 @@ mod slow_clients {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_are_told_the_stream_limit() {
+    let up = FakeRegistry::start().await;
+    let ferry = Ferry::start_with(&up.url(), |c| c.listener.max_streams = 7).await;
+    let tcp = tokio::net::TcpStream::connect(ferry.addr).await.unwrap();
+    let (mut send, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    // One exchange, so the server's SETTINGS have arrived and been acked.
+    let req = http::Request::get(ferry.url("/v2/")).body(()).unwrap();
+    let (answer, _) = send.send_request(req, true).unwrap();
+    let resp = tokio::select! {
+        r = answer => r.unwrap(),
+        c = &mut conn => panic!("the connection ended first: {c:?}"),
+    };
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        conn.max_concurrent_send_streams(),
+        7,
+        "ferry.maxConcurrentStreams in the server's SETTINGS"
+    );
+}

@@ -84,6 +84,12 @@ pub(super) fn check(c: &Config) -> Result<(), ConfigError> {
         1,
         100_000,
     )?;
+    size(
+        "orphanedBytesPerRegistry",
+        c.orphaned_bytes_per_registry,
+        0,
+        64 * TIB,
+    )?;
     size("maxBlobSize", c.max_blob_size, KIB, 64 * TIB)?;
     size(
         "maxManifestSize",

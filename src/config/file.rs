@@ -180,6 +180,8 @@ pub struct FerrySection {
     pub tls_reload_interval: Option<String>,
     /// Upstream blob downloads at once per registry; more wait their turn.
     pub max_fetches_per_registry: Option<usize>,
+    /// Bytes that downloads nobody reads may still bring in, per registry.
+    pub orphaned_bytes_per_registry: Option<String>,
     /// How long an upstream "no such blob" is believed without asking again.
     #[serde(rename = "absentTTL")]
     pub absent_ttl: Option<String>,

@@ -14,6 +14,10 @@ use super::{
     DEFAULT_UPSTREAM,
 };
 
+/// `ferry.orphanedBytesPerRegistry` unless set: enough for a client that
+/// gave up on a few layers to come back and find them still coming.
+const DEFAULT_ORPHANED_BYTES: u64 = 4 << 30;
+
 pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigError> {
     let mut warnings = Vec::new();
     let err = |m: String| ConfigError(m);
@@ -256,6 +260,11 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         },
         max_retry_wait,
         max_fetches_per_registry: f.max_fetches_per_registry.unwrap_or(64).max(1),
+        orphaned_bytes_per_registry: bytes(
+            "orphanedBytesPerRegistry",
+            &f.orphaned_bytes_per_registry,
+        )?
+        .unwrap_or(DEFAULT_ORPHANED_BYTES),
         absent_ttl: dur(
             "absentTTL",
             &f.absent_ttl,

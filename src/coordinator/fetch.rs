@@ -135,7 +135,7 @@ async fn fetch_upstream(
             // A download still queued that every client left is dropped
             // before it costs an upstream request.
             let permit = tokio::select! {
-                p = t.registry.fetch_slots.acquire(&metrics.fetches_queued) => p,
+                p = t.registry.fetch_slots.acquire(flight.requester, &metrics.fetches_queued) => p,
                 () = flight.deserted() => return Ok(None),
             };
             let resp = t
@@ -145,7 +145,7 @@ async fn fetch_upstream(
         })
         .await
         .map_err(FetchFailure::Upstream)?;
-    let Some((resp, _permit)) = answer else {
+    let Some((resp, permit)) = answer else {
         return Err(FetchFailure::Deserted);
     };
     coordinator
@@ -163,7 +163,7 @@ async fn fetch_upstream(
         }));
     }
     let _room = room_for(space, size)?;
-    let size = super::transfer::upstream(coordinator, flight, target, resp).await?;
+    let size = super::transfer::upstream(coordinator, flight, target, resp, &permit).await?;
     coordinator
         .lifecycle
         .stored(digest, size, &coordinator.clock);

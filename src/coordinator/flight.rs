@@ -11,6 +11,7 @@ use http::StatusCode;
 use tokio::sync::watch;
 
 use crate::oci::{Digest, ErrorCode, RegistryError};
+use crate::routing::Requester;
 use crate::upstream::UpstreamError;
 
 /// The state of one fetch, as readers see it.
@@ -132,6 +133,8 @@ pub struct Flight {
     ///
     /// [`Resolved::key`]: crate::routing::Resolved::key
     pub repo: String,
+    /// Who started it: its turn for a fetch slot is this requester's.
+    pub requester: Requester,
     progress: watch::Sender<Progress>,
     file: OnceLock<Arc<File>>,
     /// The file mapped for reading, once its size is known (shared by
@@ -173,10 +176,11 @@ struct Window {
 }
 
 impl Flight {
-    pub fn new(digest: Digest, repo: String) -> Flight {
+    pub fn new(digest: Digest, repo: String, requester: Requester) -> Flight {
         Flight {
             digest,
             repo,
+            requester,
             progress: watch::Sender::new(Progress::Connecting),
             file: OnceLock::new(),
             mapped: OnceLock::new(),

@@ -309,7 +309,11 @@ mod tests {
         fn new(size: u64) -> Fake {
             let dir = tempfile::tempdir().unwrap();
             let file = std::fs::File::create(dir.path().join("spool")).unwrap();
-            let flight = Arc::new(Flight::new(Digest::sha256_of(b"x"), "r".into()));
+            let flight = Arc::new(Flight::new(
+                Digest::sha256_of(b"x"),
+                "r".into(),
+                crate::routing::Requester::background(),
+            ));
             let reader = std::fs::File::open(dir.path().join("spool")).unwrap();
             flight.set_file(Arc::new(reader));
             flight.publish(Progress::Streaming {

@@ -27,7 +27,7 @@ use super::spool::Spool;
 use super::Coordinator;
 use crate::config::Timeouts;
 use crate::oci::Digest;
-use crate::routing::{FetchSlots, Target};
+use crate::routing::{FetchPermit, FetchSlots, Target};
 use crate::upstream::headers::{content_length, content_range_start};
 use crate::upstream::{error_chain, retry, UpstreamError};
 
@@ -46,6 +46,7 @@ pub(super) async fn upstream(
     flight: &Arc<Flight>,
     target: &Target,
     first: Response<Incoming>,
+    permit: &FetchPermit,
 ) -> Result<u64, FetchFailure> {
     let digest = &flight.digest;
     let size = content_length(first.headers());
@@ -77,7 +78,11 @@ pub(super) async fn upstream(
                     received: &mut received,
                     skip: &mut skip,
                 };
-                let watch = Some((&**flight, &*target.registry.fetch_slots));
+                let watch = Some(Watch {
+                    flight,
+                    slots: &target.registry.fetch_slots,
+                    permit,
+                });
                 let body = chunks(resp.into_body());
                 pump(body, &spool, &mut pos, &timeouts, &url, fetched, watch).await
             }
@@ -88,9 +93,9 @@ pub(super) async fn upstream(
         };
         let (broken, too_slow) = match attempt {
             Ok(()) | Err(Pump::WriterGone) => break Ok(()),
-            Err(Pump::Deserted) => {
+            Err(Pump::Deserted(why)) => {
                 tracing::info!(%digest, registry = %target.registry.name, received,
-                    "blob download cancelled: no client reads it and others wait for a fetch slot");
+                    "blob download cancelled: no client reads it and {why}");
                 break Err(FetchFailure::Deserted);
             }
             Err(Pump::Broken(e)) => (e, false),
@@ -168,7 +173,7 @@ pub(super) async fn copy(
     let network = match pump(body, &spool, &mut pos, timeouts, source, counted, None).await {
         Ok(()) | Err(Pump::WriterGone) => Ok(()),
         Err(Pump::Broken(e) | Pump::TooSlow(e)) => Err(FetchFailure::Upstream(e)),
-        Err(Pump::Deserted) => Err(FetchFailure::Deserted),
+        Err(Pump::Deserted(_)) => Err(FetchFailure::Deserted),
     };
     spool.finish(network).await
 }
@@ -205,8 +210,9 @@ enum Pump {
     TooSlow(UpstreamError),
     /// The writer stopped (it reports why).
     WriterGone,
-    /// Nobody reads the download and others wait for its fetch slot.
-    Deserted,
+    /// Nobody reads the download, and someone waits for its fetch slot or
+    /// the registry's orphan budget is spent (which, for the log).
+    Deserted(&'static str),
 }
 
 impl From<super::spool::WriterGone> for Pump {
@@ -224,21 +230,38 @@ struct Position<'a> {
     skip: &'a mut u64,
 }
 
-/// Resolves when `flight` has no client left while some other download
-/// waits for one of `slots` (a client may come back meanwhile: then it
-/// waits for that one to leave too).
-pub(super) async fn deserted(flight: &Flight, slots: &FetchSlots) {
-    loop {
-        flight.deserted().await;
-        slots.wanted().await;
-        if flight.clients() == 0 {
-            return;
+/// What a pump watches to give up a download nobody reads.
+struct Watch<'a> {
+    flight: &'a Flight,
+    slots: &'a FetchSlots,
+    permit: &'a FetchPermit,
+}
+
+impl Watch<'_> {
+    /// Resolves when the flight has no client left while some other
+    /// download waits for a slot that this permit is then promised to give
+    /// (a client may come back meanwhile: then it waits for that one to
+    /// leave too).
+    async fn deserted(&self) {
+        loop {
+            self.flight.deserted().await;
+            self.slots.wanted().await;
+            if self.flight.clients() == 0 && self.permit.give_way() {
+                return;
+            }
         }
+    }
+
+    /// Charges `n` bytes to the orphan budget when nobody reads the flight;
+    /// false once the budget is spent.
+    fn within_budget(&self, n: u64) -> bool {
+        self.flight.clients() > 0 || self.permit.charge_orphaned(n)
     }
 }
 
 /// Moves one body to the spool. With `watch`, gives up when the flight is
-/// deserted while others want its registry's fetch slot.
+/// deserted while others want its registry's fetch slot, or when it brings
+/// more orphaned bytes than its registry's budget.
 async fn pump(
     mut body: Chunks<'_>,
     spool: &Spool,
@@ -246,11 +269,11 @@ async fn pump(
     timeouts: &Timeouts,
     url: &str,
     counted: &Counter,
-    watch: Option<(&Flight, &FetchSlots)>,
+    watch: Option<Watch<'_>>,
 ) -> Result<(), Pump> {
     let given_up = async {
-        match watch {
-            Some((flight, slots)) => deserted(flight, slots).await,
+        match &watch {
+            Some(w) => w.deserted().await,
             None => std::future::pending().await,
         }
     };
@@ -270,7 +293,7 @@ async fn pump(
         };
         let next = tokio::select! {
             next = tokio::time::timeout_at(deadline, body.next()) => next,
-            () = &mut given_up => return Err(Pump::Deserted),
+            () = &mut given_up => return Err(Pump::Deserted("another download waits for a fetch slot")),
         };
         let mut data = match next {
             Err(_) if !held.is_empty() => {
@@ -297,6 +320,13 @@ async fn pump(
             Ok(Some(Ok(data))) => data,
         };
         counted.inc_by(data.len() as u64);
+        if let Some(w) = &watch {
+            if !w.within_budget(data.len() as u64) {
+                return Err(Pump::Deserted(
+                    "its registry's orphanedBytesPerRegistry is spent",
+                ));
+            }
+        }
         if floor.too_slow(data.len() as u64, tokio::time::Instant::now()) {
             held.flush(spool).await?;
             return Err(Pump::TooSlow(UpstreamError::Timeout {

@@ -11,7 +11,7 @@ use super::response::{self, Body, DIGEST_HEADER};
 use crate::coordinator::{BlobHandle, BlobStream, Coordinator, Flight, Progress};
 use crate::metrics::CacheStatus;
 use crate::oci::{Digest, RegistryError};
-use crate::routing::Resolved;
+use crate::routing::{Requester, Resolved};
 
 /// The answer and where it came from, for the access log.
 pub type BlobAnswer = (Response<Body>, CacheStatus);
@@ -46,6 +46,7 @@ pub async fn get(
     digest: &Digest,
     headers: &HeaderMap,
     ranges: RangePolicy,
+    requester: Requester,
 ) -> Result<BlobAnswer, RegistryError> {
     if let Some(answer) = redirect(coordinator, name, digest).await {
         return Ok(answer);
@@ -55,7 +56,7 @@ pub async fn get(
     }
     // Access is decided by the coordinator: content this request did not
     // fetch itself is opened only if it belongs to this repository.
-    let handle = coordinator.open_blob(name, digest).await?;
+    let handle = coordinator.open_blob(name, digest, requester).await?;
     let cache = handle.cache_status();
     let size = handle.size();
     let range_header = range::requested(headers, digest);

@@ -127,6 +127,11 @@ struct State {
     /// (repository, tag or digest) → (media type, bytes)
     manifests: HashMap<(String, String), (String, Bytes)>,
     hits: HashMap<String, usize>,
+    /// A TLS registry's requests that came in plain HTTP: (path,
+    /// `Authorization` or "").
+    plain: Vec<(String, String)>,
+    /// Digests of blob GETs, in the order they arrived.
+    blob_order: Vec<String>,
     /// Bytes per second per connection; 0 = unthrottled.
     rate: u64,
     status_override: Option<StatusCode>,
@@ -219,6 +224,7 @@ impl FakeRegistry {
         let (alive, tasks_done) = tokio::sync::mpsc::channel::<()>(1);
         let open = Arc::new(AtomicU64::new(0));
         let open_count = open.clone();
+        let scheme_is_https = tls.is_some();
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -239,8 +245,31 @@ impl FakeRegistry {
                         }
                     }
                     let _closed = Closed(open);
-                    let svc = service_fn(move |req| {
+                    // A TLS registry also answers plain HTTP on its port
+                    // (a TLS connection starts with a handshake record,
+                    // 0x16), so a test can see what went out unencrypted.
+                    let mut first = [0u8; 1];
+                    let tls = match tls {
+                        Some(_) if matches!(stream.peek(&mut first).await, Ok(1) if first[0] != 0x16) => {
+                            None
+                        }
+                        t => t,
+                    };
+                    let plain_on_tls = scheme_is_https && tls.is_none();
+                    let svc = service_fn(move |req: Request<Incoming>| {
                         let (st, bb) = (st.clone(), bb.clone());
+                        if plain_on_tls {
+                            let auth = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            st.lock()
+                                .unwrap()
+                                .plain
+                                .push((req.uri().path().to_string(), auth));
+                        }
                         async move { Ok::<_, Infallible>(handle(req, st, bb).await) }
                     });
                     let builder = hyper_util::server::conn::auto::Builder::new(
@@ -292,6 +321,7 @@ impl FakeRegistry {
         let mut s = self.state.lock().unwrap();
         s.hits.clear();
         s.hits.shrink_to_fit();
+        s.blob_order = Vec::new();
         s.authorizations = Vec::new();
         s.token_queries = Vec::new();
         s.versions = Vec::new();
@@ -532,6 +562,17 @@ impl FakeRegistry {
             .sum()
     }
 
+    /// Requests to this TLS registry that came in plain HTTP, as (path,
+    /// `Authorization` or "").
+    pub fn plain_requests(&self) -> Vec<(String, String)> {
+        self.state.lock().unwrap().plain.clone()
+    }
+
+    /// Digests of the blob GETs received, in order.
+    pub fn blob_get_order(&self) -> Vec<String> {
+        self.state.lock().unwrap().blob_order.clone()
+    }
+
     /// Blob body bytes sent so far, over all requests.
     pub fn body_bytes(&self) -> u64 {
         self.body_bytes.load(Ordering::SeqCst)
@@ -548,6 +589,11 @@ async fn handle(
     let (blob, manifest, rate, hold) = {
         let mut s = state.lock().unwrap();
         *s.hits.entry(format!("{method} {path}")).or_default() += 1;
+        if method == http::Method::GET {
+            if let Some((_, d)) = path.rsplit_once("/blobs/") {
+                s.blob_order.push(d.to_string());
+            }
+        }
         let auth = req
             .headers()
             .get("authorization")

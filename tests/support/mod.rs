@@ -132,6 +132,12 @@ impl Ferry {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// `ferry_fetch_failures_total` for one reason.
+    pub fn fetch_failures(&self, reason: &'static str) -> u64 {
+        let labels = ferry::metrics::ReasonLabels { reason };
+        self.app.metrics.fetch_failures.get_or_create(&labels).get()
+    }
+
     pub fn store_root(&self) -> std::path::PathBuf {
         self.dir.path().join("store")
     }
