@@ -12,7 +12,10 @@
 //! 3. time to first byte of an unrelated cold blob after 64 downloads whose
 //!    clients went away (their upstreams stall);
 //! 4. upstream connections at once under an HTTP/2 flood (30 connections
-//!    × 200 streams of `tags/list`) against an upstream that never answers.
+//!    × 200 streams of `tags/list`) against an upstream that never answers;
+//! 5. time to first byte of one client's cold blob while another client
+//!    holds all 64 fetch slots with downloads it reads and has 64 more
+//!    queued (from the moment the first 64 can finish).
 //!
 //! It measures and prints; the tests assert the behaviour.
 
@@ -141,6 +144,54 @@ async fn main() {
         t.elapsed().as_secs_f64() * 1000.0
     );
     gate.open();
+    drop(ferry);
+
+    // 5. A greedy client and a modest one.
+    let up = FakeRegistry::start().await;
+    let gate = Gate::new();
+    let greedy: Vec<String> = (0..128)
+        .map(|i| {
+            up.add_blob_with(
+                blob_bytes(8 << 20, 7200 + i),
+                Fault::PauseAt(1 << 20, gate.clone()),
+            )
+        })
+        .collect();
+    let modest = up.add_blob(blob_bytes(1 << 20, 7400));
+    let ferry = Ferry::start_with(&up.url(), |cfg| {
+        cfg.listener.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let mut readers = Vec::new();
+    for d in &greedy {
+        let url = ferry.url(&format!("/v2/x/blobs/{d}"));
+        readers.push(tokio::spawn(async move {
+            request(Method::GET, &url, &[("x-forwarded-for", "10.0.0.1")]).await
+        }));
+    }
+    while ferry.app.metrics.fetches_queued.get() < 64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let url = ferry.url(&format!("/v2/x/blobs/{modest}"));
+    let b = tokio::spawn(async move {
+        let resp = send(Method::GET, &url, &[("x-forwarded-for", "10.0.0.2")]).await;
+        let mut body = resp.into_body();
+        read_at_least(&mut body, 1).await;
+        Instant::now()
+    });
+    while ferry.app.metrics.fetches_queued.get() < 65 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let opened = Instant::now();
+    gate.open();
+    let first = b.await.unwrap();
+    println!(
+        "5. first byte of client B's cold blob behind client A's 64 downloads and 64 queued: {:.1} ms after A's could finish",
+        first.duration_since(opened).as_secs_f64() * 1000.0
+    );
+    for r in readers {
+        r.await.unwrap();
+    }
     drop(ferry);
 
     // 4. HTTP/2 flood against an upstream that never answers.

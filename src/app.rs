@@ -105,6 +105,12 @@ impl App {
                 absent_ttl: config.absent_ttl,
                 max_blob_size: config.max_blob_size,
                 shared,
+                cluster: config.cluster.as_ref().map(|c| {
+                    // A peer may wait for its own upstream before it
+                    // answers: as long as an upstream request may take.
+                    let answer = config.timeouts.connect + config.timeouts.response_header;
+                    Arc::new(crate::cluster::Cluster::new(c, config.listen, answer))
+                }),
             },
         );
         Ok(Arc::new(App {
@@ -121,6 +127,12 @@ impl App {
     /// Routes a repository name, honouring containerd's `?ns=`.
     pub fn resolve(&self, name: &str, ns: Option<&str>) -> Result<Resolved, RegistryError> {
         self.coordinator.router().resolve(name, ns)
+    }
+
+    /// The repository a cluster peer routed (see
+    /// [`Router::resolve_routed`]).
+    pub fn resolve_routed(&self, name: &str, routed: &str) -> Result<Resolved, RegistryError> {
+        self.coordinator.router().resolve_routed(name, routed)
     }
 
     /// A manifest as a client would get it (by digest, or by tag with the

@@ -9,6 +9,7 @@
 
 mod access;
 mod bounds;
+mod cluster;
 mod credentials;
 mod file;
 mod resolve;
@@ -24,6 +25,7 @@ pub use access::{
     parse_proxies, AccessConfig, AccessControlSection, AccessToken, ListenerConfig, Policy,
     RepositoryPolicy,
 };
+pub use cluster::{ClusterConfig, ClusterSection, PeerSource, SECRET_ENV};
 pub use credentials::{read_credentials_file, Credentials, Secret};
 pub use file::FileConfig;
 pub use storage_driver::{S3Settings, SharedStorage};
@@ -94,6 +96,8 @@ pub struct Config {
     pub listener: ListenerConfig,
     /// Client access control; `None` lets every client read.
     pub access: Option<AccessConfig>,
+    /// The replicas that share upstream fetches (`ferry.cluster`).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Certificate and key files of the HTTPS listener.

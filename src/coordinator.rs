@@ -22,6 +22,7 @@ mod mapping;
 mod membership;
 mod mirror;
 mod passthrough;
+mod peer_fill;
 mod reader;
 mod spool;
 mod transfer;
@@ -35,6 +36,7 @@ use dashmap::DashMap;
 use http::{Method, StatusCode};
 
 use crate::clock::Clock;
+use crate::cluster::Cluster;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{CacheStatus, Metrics};
 use crate::oci::{Digest, ErrorCode, Hasher, RegistryError};
@@ -79,6 +81,8 @@ pub struct Coordinator {
     max_blob_size: u64,
     /// The bucket several replicas share, if configured.
     shared: Option<Arc<crate::shared::Shared>>,
+    /// The replicas that share fetches, if configured.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// How fetches behave, from the config.
@@ -89,6 +93,8 @@ pub struct FetchSettings {
     pub max_blob_size: u64,
     /// The shared tier (`storage.storageDriver`).
     pub shared: Option<Arc<crate::shared::Shared>>,
+    /// The cluster (`ferry.cluster`).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Coordinator {
@@ -104,6 +110,7 @@ impl Coordinator {
             absent_ttl,
             max_blob_size,
             shared,
+            cluster,
         } = settings;
         Arc::new(Coordinator {
             store,
@@ -114,6 +121,7 @@ impl Coordinator {
             metrics,
             membership: membership::Membership::new(shared.clone()),
             shared,
+            cluster,
             absent: absent::Absent::new(absent_ttl),
             max_blob_size,
             hot: hot::HotCache::new(64 << 20),
@@ -146,6 +154,11 @@ impl Coordinator {
     /// The shared tier, when replicas share a bucket.
     pub fn shared(&self) -> Option<&Arc<crate::shared::Shared>> {
         self.shared.as_ref()
+    }
+
+    /// The cluster, when ferry runs as one of several replicas.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     pub fn router(&self) -> &Router {
@@ -280,6 +293,16 @@ impl Coordinator {
         let mut retried = false;
         let (flight, joined, client, size) = loop {
             let (flight, joined, client) = self.join_or_start(repo, digest, requester);
+            if let (true, Some(owner)) = (requester.is_peer(), &flight.via_peer) {
+                // Two replicas that disagree on the owner (membership just
+                // changed) must not wait on each other: the asking one goes
+                // upstream instead.
+                return Err(RegistryError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    format!("this replica is itself filling {digest} from peer {owner}; fetch it upstream"),
+                ));
+            }
             let mut rx = flight.subscribe();
             let started = rx
                 .wait_for(|p| !matches!(p, Progress::Connecting))
@@ -340,7 +363,15 @@ impl Coordinator {
                 (flight, true, client)
             }
             Entry::Vacant(e) => {
-                let flight = Arc::new(Flight::new(digest.clone(), repo.key(), requester));
+                let mut flight = Flight::new(digest.clone(), repo.key(), requester);
+                // A peer's request is fetched here, never passed on.
+                if !requester.is_peer() {
+                    flight.via_peer = self
+                        .cluster
+                        .as_ref()
+                        .and_then(|c| c.owner(digest.to_string().as_bytes()));
+                }
+                let flight = Arc::new(flight);
                 let client = flight.client();
                 e.insert(flight.clone());
                 tracing::debug!(%digest, repo = %repo.local, "starting upstream fetch");
@@ -509,4 +540,17 @@ impl Coordinator {
         self.inflight
             .remove_if(&flight.digest, |_, v| Arc::ptr_eq(v, flight));
     }
+}
+
+/// Reserves room for `size` bytes in the store, or says why there is none.
+fn room_for(
+    space: &crate::lifecycle::Space,
+    size: u64,
+) -> Result<crate::lifecycle::Reservation, FetchFailure> {
+    space.reserve(size).ok_or_else(|| {
+        FetchFailure::NoRoom(format!(
+            "{size} bytes do not fit ({} bytes available)",
+            space.probe().available()
+        ))
+    })
 }

@@ -74,15 +74,33 @@ pub async fn handle<B>(
         return r;
     }
     let mut answer = Answer::default();
-    let response = match app.identify(req.headers()).await {
+    // A cluster peer's signed request skips client identification; it is
+    // let past access control for blobs only (see `dispatch`).
+    let peer = app.coordinator.cluster().and_then(|c| {
+        let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        c.verify(req.method(), path_and_query, req.headers())
+    });
+    let identified = match &peer {
+        Some(_) => Ok(Identity::Anonymous),
+        None => app.identify(req.headers()).await,
+    };
+    let response = match identified {
         Err(e) => refusal(app, &e, head),
         Ok(who) => {
-            answer.user = match &who {
-                Identity::User(u) => Some(u.clone()),
-                Identity::Anonymous => None,
+            answer.user = match (&who, &peer) {
+                (_, Some(p)) => Some(format!("peer:{}", p.from)),
+                (Identity::User(u), None) => Some(u.clone()),
+                (Identity::Anonymous, None) => None,
             };
-            let requester = Requester::client(client);
-            match dispatch(app, &req, head, &who, requester, &mut answer).await {
+            let requester = match &peer {
+                Some(_) => {
+                    app.metrics.cluster.requests_in.inc();
+                    Requester::peer(client)
+                }
+                None => Requester::client(client),
+            };
+            let peer_routed = peer.as_ref().map(|p| p.repo.as_str());
+            match dispatch(app, &req, head, &who, requester, peer_routed, &mut answer).await {
                 Ok(r) => r,
                 Err(e) => refusal(app, &e, head),
             }
@@ -141,6 +159,7 @@ async fn dispatch<B>(
     head: bool,
     who: &Identity,
     requester: Requester,
+    peer_routed: Option<&str>,
     answer: &mut Answer,
 ) -> Result<Response<Body>, RegistryError> {
     let route = router::route(req.method(), req.uri().path())?;
@@ -157,9 +176,17 @@ async fn dispatch<B>(
     }
     let repo = match name {
         Some(name) => {
-            let ns = query.and_then(|q| query_param(q, "ns"));
-            let mut repo = app.resolve(name, ns.as_deref())?;
-            app.authorize(who, &mut repo)?;
+            let repo = match (peer_routed, &route) {
+                // A signed peer request for a blob: the sending replica
+                // authorized its client and routed the name already.
+                (Some(routed), Route::Blob { .. }) => app.resolve_routed(name, routed)?,
+                _ => {
+                    let ns = query.and_then(|q| query_param(q, "ns"));
+                    let mut repo = app.resolve(name, ns.as_deref())?;
+                    app.authorize(who, &mut repo)?;
+                    repo
+                }
+            };
             answer.registry = repo.targets.first().map(|t| t.registry.name.clone());
             Some(repo)
         }

@@ -46,6 +46,7 @@
 pub mod access;
 pub mod app;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod http;

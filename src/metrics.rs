@@ -155,6 +155,60 @@ pub struct Metrics {
     /// Blobs uploaded to the shared tier, and failed uploads.
     pub shared_uploads: Counter,
     pub shared_upload_failures: Counter,
+    /// The cluster's figures (`ferry.cluster`).
+    pub cluster: ClusterMetrics,
+}
+
+/// What the cluster does: bytes from peers beside upstream bytes, peer
+/// requests each way, fills that fell back to the upstream and why, and
+/// the live peers.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterMetrics {
+    /// Blob bytes received from peers.
+    pub peer_bytes: Counter,
+    /// Signed peer requests answered by this replica.
+    pub requests_in: Counter,
+    /// Blob fills this replica asked of a peer.
+    pub requests_out: Counter,
+    /// Fills that went to the upstream instead (`unreachable`, `status`,
+    /// `broken`: the peer's transfer broke and the rest came upstream).
+    pub fallbacks: Family<ReasonLabels, Counter>,
+    /// Other peers answering their readiness probe now.
+    pub peers_live: Gauge,
+}
+
+impl ClusterMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "cluster_peer_bytes",
+            "Blob bytes received from cluster peers",
+            self.peer_bytes.clone(),
+        );
+        registry.register(
+            "cluster_requests_in",
+            "Signed peer requests answered",
+            self.requests_in.clone(),
+        );
+        registry.register(
+            "cluster_requests_out",
+            "Blob fills asked of the owning peer",
+            self.requests_out.clone(),
+        );
+        registry.register(
+            "cluster_fallbacks",
+            "Fills from a peer that went to the upstream instead, by reason",
+            self.fallbacks.clone(),
+        );
+        registry.register(
+            "cluster_peers_live",
+            "Other cluster peers answering their readiness probe",
+            self.peers_live.clone(),
+        );
+    }
+
+    pub fn fell_back(&self, reason: &'static str) {
+        self.fallbacks.get_or_create(&ReasonLabels { reason }).inc();
+    }
 }
 
 impl Default for Metrics {
@@ -185,8 +239,10 @@ impl Default for Metrics {
             shared_read_bytes: Counter::default(),
             shared_uploads: Counter::default(),
             shared_upload_failures: Counter::default(),
+            cluster: ClusterMetrics::default(),
             registry: Registry::default(),
         };
+        m.cluster.register(&mut registry);
         registry.register(
             "shared_read_bytes",
             "Blob bytes read from the shared tier",

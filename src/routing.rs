@@ -335,6 +335,36 @@ impl Router {
         Ok(Resolved { local, targets })
     }
 
+    /// The repository a cluster peer routed for `raw_name`, from its
+    /// `<registry index> <upstream name>` (peers share one config, so the
+    /// index names the same registry everywhere).
+    pub fn resolve_routed(&self, raw_name: &str, routed: &str) -> Result<Resolved, RegistryError> {
+        let bad = |m: &str| {
+            RegistryError::bad_request(
+                ErrorCode::NameInvalid,
+                format!("peer repository {routed:?}: {m}"),
+            )
+        };
+        let (index, upstream) = routed
+            .split_once(' ')
+            .ok_or_else(|| bad("expected an index and a name"))?;
+        let registry = index
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| self.registries.get(i))
+            .ok_or_else(|| bad("no such registry here (do the peers share one config?)"))?;
+        let local = RepoName::parse(raw_name)
+            .map_err(|m| RegistryError::bad_request(ErrorCode::NameInvalid, m.to_string()))?;
+        let upstream_name = RepoName::parse(upstream).map_err(|m| bad(&m.to_string()))?;
+        Ok(Resolved {
+            local,
+            targets: vec![Target {
+                registry: registry.clone(),
+                upstream_name,
+            }],
+        })
+    }
+
     /// Remembers that `registry` served `local`, so its blobs go there first.
     pub fn remember(&self, local: &RepoName, registry: usize) {
         if self.remembered.get(local) != Some(registry) {
@@ -436,6 +466,19 @@ mod tests {
             order(&r, "pause", None)[0].0,
             2,
             "remembered registry goes first"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_memory_of_served_repositories_is_bounded() {
+        let r = router(include_str!("../tests/fixtures/seed-config.json"));
+        for i in 0..3 * REMEMBERED_NAMES {
+            r.remember(&RepoName::parse(&format!("invented/n{i}")).unwrap(), 2);
+        }
+        assert!(
+            r.remembered.len() <= REMEMBERED_NAMES,
+            "{} names remembered",
+            r.remembered.len()
         );
     }
 

@@ -37,6 +37,10 @@ impl Server {
     /// As [`Server::bind`], with a given clock and space probe.
     pub async fn bind_with_hooks(config: Config, hooks: Hooks) -> Result<Server, Error> {
         let listener = Listener::bind(&config).await?;
+        // The address as bound (a port of 0 is now a real one): the cluster
+        // finds itself among its peers by it.
+        let mut config = config;
+        config.listen = listener.local_addr();
         let app = App::with_hooks(config, hooks)?;
         Ok(Server { app, listener })
     }
@@ -65,6 +69,10 @@ impl Server {
         let Server { app, listener } = self;
         let mut background = crate::sync::spawn(&app);
         background.extend(crate::app::tasks::spawn(&app));
+        if let Some(cluster) = app.coordinator.cluster().cloned() {
+            let live = app.metrics.cluster.peers_live.clone();
+            background.push(tokio::spawn(async move { cluster.run(live).await }));
+        }
         if let Some(c) = listener.certs() {
             let every = app.config.listener.tls_reload_interval;
             background.push(tokio::spawn(crate::listener::reload_loop(c.clone(), every)));

@@ -182,6 +182,8 @@ pub struct FerrySection {
     pub max_fetches_per_registry: Option<usize>,
     /// Bytes that downloads nobody reads may still bring in, per registry.
     pub orphaned_bytes_per_registry: Option<String>,
+    /// The replicas that share upstream fetches.
+    pub cluster: Option<super::ClusterSection>,
     /// How long an upstream "no such blob" is believed without asking again.
     #[serde(rename = "absentTTL")]
     pub absent_ttl: Option<String>,

@@ -278,6 +278,10 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         warnings,
         listener,
         access,
+        cluster: match &f.cluster {
+            Some(c) => Some(c.resolve(std::env::var(super::SECRET_ENV).ok())?),
+            None => None,
+        },
     };
     super::bounds::check(&config)?;
     Ok(config)

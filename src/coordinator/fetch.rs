@@ -5,7 +5,9 @@
 //! (a fetch that finished between the caller's lookup and its in-flight
 //! insert), the shared tier (another replica's copy, verified like an
 //! upstream's), or the candidate registries in order (a 404, 401 or 403
-//! passes to the next). The bytes move through [`super::transfer`] into a
+//! passes to the next); in a cluster, the peer that owns the digest comes
+//! before the registries (see [`super::peer_fill`]). The bytes move
+//! through [`super::transfer`] into a
 //! [`super::spool`], which verifies and publishes them. While an upstream
 //! transfer runs, the blob is also uploaded to the shared tier as one more
 //! reader of the fetch.
@@ -111,6 +113,11 @@ async fn fetch(
         }
         return copied.map(|n| (n, "shared".into()));
     }
+    if let Some(peer) = &flight.via_peer {
+        if let Some(filled) = super::peer_fill::fill(coordinator, flight, repo, peer).await {
+            return filled;
+        }
+    }
     fetch_upstream(coordinator, flight, repo).await
 }
 
@@ -162,26 +169,14 @@ async fn fetch_upstream(
             limit: coordinator.max_blob_size as usize,
         }));
     }
-    let _room = room_for(space, size)?;
-    let size = super::transfer::upstream(coordinator, flight, target, resp, &permit).await?;
+    let _room = super::room_for(space, size)?;
+    let source = super::transfer::Source::Upstream(&permit);
+    let size = super::transfer::upstream(coordinator, flight, target, resp, source).await?;
     coordinator
         .lifecycle
         .stored(digest, size, &coordinator.clock);
     coordinator.link(target, vec![digest.clone()]).await;
     Ok((size, target.registry.name.clone()))
-}
-
-/// Reserves room for `size` bytes in the store, or says why there is none.
-fn room_for(
-    space: &crate::lifecycle::Space,
-    size: u64,
-) -> Result<crate::lifecycle::Reservation, FetchFailure> {
-    space.reserve(size).ok_or_else(|| {
-        FetchFailure::NoRoom(format!(
-            "{size} bytes do not fit ({} bytes available)",
-            space.probe().available()
-        ))
-    })
 }
 
 /// Copies a blob from the shared tier into the local spool, verified like
@@ -203,7 +198,7 @@ async fn copy_from_shared(
             return None;
         }
     };
-    let _room = match room_for(&coordinator.lifecycle.space, size) {
+    let _room = match super::room_for(&coordinator.lifecycle.space, size) {
         Ok(r) => r,
         Err(e) => return Some(Err(e)),
     };

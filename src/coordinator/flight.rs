@@ -135,6 +135,9 @@ pub struct Flight {
     pub repo: String,
     /// Who started it: its turn for a fetch slot is this requester's.
     pub requester: Requester,
+    /// The cluster peer that owns the digest, when the bytes are to come
+    /// from it (decided when the fetch starts; never for a peer's request).
+    pub via_peer: Option<String>,
     progress: watch::Sender<Progress>,
     file: OnceLock<Arc<File>>,
     /// The file mapped for reading, once its size is known (shared by
@@ -181,6 +184,7 @@ impl Flight {
             digest,
             repo,
             requester,
+            via_peer: None,
             progress: watch::Sender::new(Progress::Connecting),
             file: OnceLock::new(),
             mapped: OnceLock::new(),

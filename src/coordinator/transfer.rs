@@ -39,25 +39,39 @@ fn chunks(body: Incoming) -> Chunks<'static> {
     body.into_data_stream().map_err(|e| error_chain(&e)).boxed()
 }
 
-/// Streams the upstream response `first` into a new spool, resuming broken
-/// transfers, and returns the verified size.
+/// Where the first response of a transfer came from.
+pub(super) enum Source<'a> {
+    /// The registry of the target, holding one of its fetch slots.
+    Upstream(&'a FetchPermit),
+    /// A cluster peer (the owner of the digest). Its bytes are counted in
+    /// `counted`; if its transfer breaks, the rest comes from the upstream.
+    Peer { name: &'a str, counted: &'a Counter },
+}
+
+/// Streams the response `first` (from `source`) into a new spool, resuming
+/// broken transfers at the upstream, and returns the verified size.
 pub(super) async fn upstream(
     coordinator: &Arc<Coordinator>,
     flight: &Arc<Flight>,
     target: &Target,
     first: Response<Incoming>,
-    permit: &FetchPermit,
+    source: Source<'_>,
 ) -> Result<u64, FetchFailure> {
     let digest = &flight.digest;
     let size = content_length(first.headers());
-    let etag = first
-        .headers()
-        .get(ETAG)
-        .filter(|t| !t.as_bytes().starts_with(b"W/"))
-        .cloned();
+    // A peer's ETag is its own, not the upstream's: no If-Range with it.
+    let etag = match source {
+        Source::Upstream(_) => first
+            .headers()
+            .get(ETAG)
+            .filter(|t| !t.as_bytes().starts_with(b"W/"))
+            .cloned(),
+        Source::Peer { .. } => None,
+    };
 
     let spool = Spool::start(coordinator, flight, size, coordinator.max_blob_size).await?;
-    if let Some(shared) = coordinator.shared.clone() {
+    if let (Some(shared), Source::Upstream(_)) = (coordinator.shared.clone(), &source) {
+        // The owner uploads; a replica filled by it has nothing to add.
         super::mirror::start(shared, flight, coordinator.metrics.clone());
     }
 
@@ -71,6 +85,10 @@ pub(super) async fn upstream(
     let mut failures: u32 = 0;
     let mut progress_mark: u64 = 0;
     let mut response = Some(first);
+    let mut from_peer = match source {
+        Source::Peer { name, counted } => Some((name, counted)),
+        Source::Upstream(_) => None,
+    };
     let network: Result<(), FetchFailure> = loop {
         let attempt = match response.take() {
             Some(resp) => {
@@ -78,13 +96,22 @@ pub(super) async fn upstream(
                     received: &mut received,
                     skip: &mut skip,
                 };
-                let watch = Some(Watch {
-                    flight,
-                    slots: &target.registry.fetch_slots,
-                    permit,
-                });
+                let watch = match source {
+                    Source::Upstream(permit) => Some(Watch {
+                        flight,
+                        slots: &target.registry.fetch_slots,
+                        permit,
+                    }),
+                    Source::Peer { .. } => None,
+                };
                 let body = chunks(resp.into_body());
-                pump(body, &spool, &mut pos, &timeouts, &url, fetched, watch).await
+                match from_peer {
+                    Some((peer, counted)) => {
+                        let peer_url = format!("peer {peer} ({digest})");
+                        pump(body, &spool, &mut pos, &timeouts, &peer_url, counted, None).await
+                    }
+                    None => pump(body, &spool, &mut pos, &timeouts, &url, fetched, watch).await,
+                }
             }
             None => Err(Pump::Broken(UpstreamError::Protocol {
                 url: url.clone(),
@@ -101,6 +128,37 @@ pub(super) async fn upstream(
             Err(Pump::Broken(e)) => (e, false),
             Err(Pump::TooSlow(e)) => (e, true),
         };
+        if let Some((peer, _)) = from_peer.take() {
+            // The owner broke off, or is too slow: the rest comes from the
+            // upstream, from where the transfer is, at once.
+            tracing::warn!(%digest, peer, received, error = %broken,
+                "peer transfer broke; continuing from the upstream");
+            coordinator.metrics.cluster.fell_back("broken");
+            if let Some(c) = &coordinator.cluster {
+                c.mark_down(peer);
+            }
+            match request(target, digest, received, None).await {
+                Ok(resp)
+                    if resp.status() == StatusCode::PARTIAL_CONTENT
+                        && content_range_start(resp.headers()) == Some(received) =>
+                {
+                    skip = 0;
+                    response = Some(resp);
+                    continue;
+                }
+                Ok(resp) if resp.status() == StatusCode::OK => {
+                    skip = received;
+                    response = Some(resp);
+                    continue;
+                }
+                Ok(resp) => {
+                    tracing::warn!(%digest, status = resp.status().as_u16(), "upstream refused the rest of a peer's transfer");
+                }
+                Err(e) => {
+                    tracing::warn!(%digest, error = %e, "upstream request for the rest of a peer's transfer failed")
+                }
+            }
+        }
         // A drip makes some progress on every attempt; it must not earn
         // fresh retries with it.
         if received > progress_mark && !too_slow {

@@ -28,18 +28,32 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{oneshot, Notify};
 
 /// Who asked for a download: the client address of the request that
-/// started it (ferry's own background work shares one requester).
+/// started it, and whether it is a cluster peer's signed request (ferry's
+/// own background work shares one requester).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Requester(IpAddr);
+pub struct Requester {
+    addr: IpAddr,
+    peer: bool,
+}
 
 impl Requester {
     pub fn client(addr: IpAddr) -> Requester {
-        Requester(addr)
+        Requester { addr, peer: false }
+    }
+
+    /// Another replica of the cluster, filling its own store: its download
+    /// is never passed on to a peer again.
+    pub fn peer(addr: IpAddr) -> Requester {
+        Requester { addr, peer: true }
     }
 
     /// ferry itself (prefetch, sync).
     pub fn background() -> Requester {
-        Requester(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        Requester::client(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+
+    pub fn is_peer(&self) -> bool {
+        self.peer
     }
 }
 

@@ -1,0 +1,239 @@
+//! The cluster: replicas that share one upstream fetch per blob, on the
+//! model of groupcache's peer picker. Every blob digest has one owner among
+//! the live peers ([`rendezvous`] hashing). A replica that lacks a blob it
+//! does not own asks the owner for it over ferry's own HTTP, with a signed
+//! peer request ([`signature`]); the owner serves it exactly as it serves a
+//! client (its own in-flight dedup, store and upstream fetch) and never
+//! forwards a peer request again. The asking replica streams the owner's
+//! bytes to its clients at once and verifies and stores them as it would
+//! an upstream's (see the coordinator's fetch).
+//!
+//! This module answers "who owns this key?" ([`Cluster::owner`]), signs and
+//! checks peer requests, sends them, and keeps the membership fresh
+//! ([`Cluster::run`]: DNS and readiness probes).
+
+pub mod membership;
+pub mod rendezvous;
+pub mod signature;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::config::{ClusterConfig, PeerSource};
+
+pub use membership::PeerState;
+pub use signature::Signed;
+
+/// A peer that does not accept a connection this fast is taken as down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A readiness probe that takes longer counts as a failure.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+pub struct Cluster {
+    config: ClusterConfig,
+    listen: SocketAddr,
+    members: membership::Membership,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    /// How long a peer may take to answer a blob request's headers (it may
+    /// be waiting for its own upstream).
+    answer_timeout: Duration,
+}
+
+/// Why a peer request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("peer {peer}: {cause}")]
+    Unreachable { peer: String, cause: String },
+    #[error("peer {peer} did not answer within {after:?}")]
+    Timeout { peer: String, after: Duration },
+}
+
+impl Cluster {
+    /// `listen` is this replica's listen address (to find itself among the
+    /// peers); `answer_timeout` bounds the wait for a peer's answer.
+    pub fn new(config: &ClusterConfig, listen: SocketAddr, answer_timeout: Duration) -> Cluster {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        let members = membership::Membership::new(config.self_addr.clone());
+        if let PeerSource::Static(list) = &config.peers {
+            members.set_peers(list);
+        }
+        Cluster {
+            config: config.clone(),
+            listen,
+            members,
+            client: Client::builder(TokioExecutor::new()).build(http),
+            answer_timeout,
+        }
+    }
+
+    /// This replica's name among its peers, once known.
+    pub fn me(&self) -> Option<String> {
+        self.members.me()
+    }
+
+    /// Every other peer and whether it is live.
+    pub fn peers(&self) -> Vec<PeerState> {
+        self.members.peers()
+    }
+
+    /// The peer that owns `key`, or `None` when this replica owns it (or
+    /// no other peer is live).
+    pub fn owner(&self, key: &[u8]) -> Option<String> {
+        let live = self.members.live();
+        if live.is_empty() {
+            return None;
+        }
+        let me = self.me();
+        let all = live.iter().map(String::as_str).chain(me.as_deref());
+        let owner = rendezvous::rank(all, key)[0];
+        (Some(owner) != me.as_deref()).then(|| owner.to_string())
+    }
+
+    /// Takes `peer` out of the ring until a probe finds it ready again.
+    pub fn mark_down(&self, peer: &str) {
+        if self.members.mark(peer, false) {
+            tracing::warn!(peer, "cluster peer left out until it answers again");
+        }
+    }
+
+    /// The peer request `headers` make of `method path`, if it is signed
+    /// with this cluster's secret; anything else is an ordinary client's.
+    pub fn verify(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<Signed> {
+        signature::verify(self.secret(), method.as_str(), path, headers)
+    }
+
+    fn secret(&self) -> &[u8] {
+        self.config.secret.expose().as_bytes()
+    }
+
+    /// Sends a signed `GET path` for `repo` (see [`signature::REPO`]) to
+    /// `peer` and returns its answer's head.
+    pub async fn get(
+        &self,
+        peer: &str,
+        path: &str,
+        repo: &str,
+    ) -> Result<Response<Incoming>, PeerError> {
+        let me = self.me().unwrap_or_else(|| self.listen.to_string());
+        let mut req = Request::get(format!("http://{peer}{path}"))
+            .body(Empty::new())
+            .map_err(|e| PeerError::Unreachable {
+                peer: peer.into(),
+                cause: e.to_string(),
+            })?;
+        req.headers_mut()
+            .extend(signature::sign(self.secret(), &me, "GET", path, repo));
+        match tokio::time::timeout(self.answer_timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(PeerError::Unreachable {
+                peer: peer.into(),
+                cause: crate::upstream::error_chain(&e),
+            }),
+            Err(_) => Err(PeerError::Timeout {
+                peer: peer.into(),
+                after: self.answer_timeout,
+            }),
+        }
+    }
+
+    /// Keeps the membership fresh until dropped: resolves `dns` every
+    /// `dnsInterval`, finds this replica among the peers, and probes every
+    /// peer's `/readyz` every `probeInterval`. `live` shows the live peers.
+    pub async fn run(&self, live: Gauge) {
+        let mut probes = tokio::time::interval(self.config.probe_interval);
+        probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resolved = tokio::time::Instant::now();
+        self.refresh().await;
+        loop {
+            probes.tick().await;
+            if resolved.elapsed() >= self.config.dns_interval {
+                self.refresh().await;
+                resolved = tokio::time::Instant::now();
+            }
+            let peers = self.members.peers();
+            let answers =
+                futures::future::join_all(peers.iter().map(|p| self.probe(&p.addr))).await;
+            for (p, ready) in peers.iter().zip(answers) {
+                if self.members.mark(&p.addr, ready) {
+                    match ready {
+                        true => tracing::info!(peer = %p.addr, "cluster peer ready"),
+                        false => tracing::warn!(peer = %p.addr, "cluster peer not ready; left out"),
+                    }
+                }
+            }
+            live.set(self.members.live().len() as i64);
+        }
+    }
+
+    /// The peer list again (DNS), and this replica's place in it.
+    async fn refresh(&self) {
+        let all = match &self.config.peers {
+            PeerSource::Static(list) => list.clone(),
+            PeerSource::Dns { name, port } => {
+                match tokio::net::lookup_host((name.as_str(), *port)).await {
+                    Ok(addrs) => {
+                        let mut list: Vec<String> = addrs.map(|a| a.to_string()).collect();
+                        list.sort();
+                        list.dedup();
+                        list
+                    }
+                    Err(e) => {
+                        tracing::warn!(dns = %name, error = %e, "cannot resolve the cluster's peers; keeping the last list");
+                        return;
+                    }
+                }
+            }
+        };
+        if self.me().is_none() {
+            match membership::find_self(&all, self.listen).await {
+                Some(me) => {
+                    tracing::info!(me = %me, "found this replica among the cluster's peers");
+                    self.members.set_me(me);
+                }
+                None => tracing::warn!(listen = %self.listen,
+                    "this replica is not among the cluster's peers (set ferry.cluster.self); it asks its peers but owns nothing"),
+            }
+        }
+        self.members.set_peers(&all);
+    }
+
+    /// Whether `peer` answers `/readyz` with 200 in time.
+    async fn probe(&self, peer: &str) -> bool {
+        let Ok(req) = Request::get(format!("http://{peer}/readyz")).body(Empty::new()) else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, self.client.request(req)).await,
+            Ok(Ok(r)) if r.status().is_success()
+        )
+    }
+
+    /// The settings as `ferry check-config` prints them.
+    pub fn describe(config: &ClusterConfig) -> String {
+        let peers = match &config.peers {
+            PeerSource::Static(list) => format!("peers {}", list.join(", ")),
+            PeerSource::Dns { name, port } => format!("peers from DNS {name} on port {port}"),
+        };
+        format!(
+            "cluster: {peers}; self {}; secret set; probe every {:?}, DNS every {:?}\n",
+            config
+                .self_addr
+                .as_deref()
+                .unwrap_or("(found by listen address)"),
+            config.probe_interval,
+            config.dns_interval
+        )
+    }
+}

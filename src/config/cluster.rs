@@ -1,0 +1,151 @@
+//! `ferry.cluster`: the replicas that share one upstream fetch per blob.
+//!
+//! Peers are a static list of `host:port` (`peers`) or a DNS name resolved
+//! again every `dnsInterval` (`dns`, each A/AAAA record a peer on `port`,
+//! e.g. a Kubernetes headless Service). `self` is this replica as the
+//! others reach it; without it, ferry finds itself among the peers by its
+//! listen port and its own addresses. Peer requests are signed with a
+//! shared secret (`secretFile`, or the `FERRY_CLUSTER_SECRET` environment
+//! variable); a cluster without one is refused, since an unsigned peer path
+//! would let anyone past client access control.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{parse_duration, ConfigError, Secret};
+
+/// The environment variable that may hold the peer secret.
+pub const SECRET_ENV: &str = "FERRY_CLUSTER_SECRET";
+
+/// The `ferry.cluster` section as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterSection {
+    pub peers: Option<Vec<String>>,
+    pub dns: Option<String>,
+    /// The port of every peer found through `dns`.
+    pub port: Option<u16>,
+    #[serde(rename = "self")]
+    pub self_addr: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    /// How often peers are asked whether they are ready ("2s").
+    pub probe_interval: Option<String>,
+    /// How often `dns` is resolved again ("5s").
+    pub dns_interval: Option<String>,
+}
+
+/// Where the peers come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerSource {
+    Static(Vec<String>),
+    Dns { name: String, port: u16 },
+}
+
+/// The cluster as configured.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub peers: PeerSource,
+    /// This replica's `host:port` as its peers reach it, when given.
+    pub self_addr: Option<String>,
+    pub secret: Secret,
+    pub probe_interval: Duration,
+    pub dns_interval: Duration,
+}
+
+impl ClusterSection {
+    /// Resolves the section; `env_secret` is `FERRY_CLUSTER_SECRET`.
+    pub fn resolve(&self, env_secret: Option<String>) -> Result<ClusterConfig, ConfigError> {
+        let err = |m: String| ConfigError(format!("ferry.cluster: {m}"));
+        let peers = match (&self.peers, &self.dns) {
+            (Some(_), Some(_)) => return Err(err("give peers or dns, not both".into())),
+            (None, None) => return Err(err("give peers (a list of host:port) or dns".into())),
+            (Some(list), None) => {
+                for p in list {
+                    check_host_port(p).map_err(|m| err(format!("peer {p:?}: {m}")))?;
+                }
+                PeerSource::Static(list.clone())
+            }
+            (None, Some(name)) => PeerSource::Dns {
+                name: name.clone(),
+                port: self
+                    .port
+                    .ok_or_else(|| err("dns needs the peers' port (port)".into()))?,
+            },
+        };
+        if let Some(me) = &self.self_addr {
+            check_host_port(me).map_err(|m| err(format!("self {me:?}: {m}")))?;
+        }
+        let secret = match (&self.secret_file, env_secret) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .map_err(|e| err(format!("cannot read secretFile {}: {e}", path.display())))?,
+            (None, Some(s)) => s,
+            (None, None) => {
+                return Err(err(format!(
+                    "peers must share a secret: set secretFile or {SECRET_ENV}"
+                )))
+            }
+        };
+        let secret = secret.trim().to_string();
+        if secret.len() < 16 {
+            return Err(err("the peer secret must be at least 16 characters".into()));
+        }
+        let dur = |key: &str, v: &Option<String>, default: Duration| match v {
+            Some(s) => parse_duration(s).map_err(|e| err(format!("{key}: {e}"))),
+            None => Ok(default),
+        };
+        Ok(ClusterConfig {
+            peers,
+            self_addr: self.self_addr.clone(),
+            secret: Secret::new(secret),
+            probe_interval: dur(
+                "probeInterval",
+                &self.probe_interval,
+                Duration::from_secs(2),
+            )?,
+            dns_interval: dur("dnsInterval", &self.dns_interval, Duration::from_secs(5))?,
+        })
+    }
+}
+
+/// `host:port` with a port.
+fn check_host_port(s: &str) -> Result<(), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| "expected host:port".to_string())?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err("expected host:port".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(json: &str) -> ClusterSection {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_cluster_needs_peers_and_a_secret() {
+        let s = section(r#"{"peers": ["10.0.0.1:5000", "10.0.0.2:5000"]}"#);
+        let e = s.resolve(None).unwrap_err().0;
+        assert!(e.contains("secretFile") && e.contains(SECRET_ENV), "{e}");
+        let c = s.resolve(Some("0123456789abcdef".into())).unwrap();
+        assert_eq!(
+            c.peers,
+            PeerSource::Static(vec!["10.0.0.1:5000".into(), "10.0.0.2:5000".into()])
+        );
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+        let e = section("{}").resolve(Some("0123456789abcdef".into()));
+        assert!(e.unwrap_err().0.contains("peers"));
+        let e = section(r#"{"peers": ["nohost"]}"#).resolve(Some("0123456789abcdef".into()));
+        assert!(e.unwrap_err().0.contains("host:port"));
+        let e = section(r#"{"peers": ["a:1"]}"#).resolve(Some("short".into()));
+        assert!(e.unwrap_err().0.contains("16"));
+        let e = section(r#"{"dns": "ferry-peers"}"#).resolve(Some("0123456789abcdef".into()));
+        assert!(e.unwrap_err().0.contains("port"));
+    }
+}

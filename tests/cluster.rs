@@ -1,0 +1,303 @@
+//! The cluster (`ferry.cluster`): replicas on loopback with one fake
+//! upstream. A cold blob is fetched upstream once for the whole cluster
+//! and streamed to every replica's clients; an owner that dies midway or
+//! lies is survived; the peer path gives an outsider nothing.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry::cluster::rendezvous;
+use ferry::config::{ClusterConfig, PeerSource, Secret};
+use http::{Method, StatusCode};
+use support::raw_upstream::{RawBody, RawReply, RawUpstream};
+use support::*;
+
+const SECRET: &str = "a secret the replicas share";
+
+/// Free loopback ports for `n` replicas (each replica must know every
+/// peer's address before it starts).
+fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let held: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
+fn cluster_config(peers: &[String], me: &str, probe: Duration) -> ClusterConfig {
+    ClusterConfig {
+        peers: PeerSource::Static(peers.to_vec()),
+        self_addr: Some(me.to_string()),
+        secret: Secret::new(SECRET),
+        probe_interval: probe,
+        dns_interval: Duration::from_secs(60),
+    }
+}
+
+/// `n` replicas of one cluster over `upstream`, each seeing the others
+/// live before this returns.
+async fn cluster(upstream: &str, n: usize) -> Vec<Ferry> {
+    let addrs = free_addrs(n);
+    let peers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let mut replicas = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let c = cluster_config(&peers, &peers[i], Duration::from_millis(100));
+        let addr = *addr;
+        replicas.push(
+            Ferry::start_with(upstream, move |cfg| {
+                cfg.listen = addr;
+                cfg.cluster = Some(c);
+            })
+            .await,
+        );
+    }
+    all_live(&replicas, n as i64 - 1).await;
+    replicas
+}
+
+/// Waits until every replica sees `live` other peers ready.
+async fn all_live(replicas: &[Ferry], live: i64) {
+    within(async {
+        while replicas
+            .iter()
+            .any(|r| r.app.metrics.cluster.peers_live.get() != live)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+fn owner_of(peers: &[String], digest: &str) -> String {
+    rendezvous::rank(peers.iter().map(String::as_str), digest.as_bytes())[0].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_cold_blob_is_fetched_upstream_once_for_the_whole_cluster() {
+    let up = FakeRegistry::start().await;
+    let gate = Gate::new();
+    let size = 4 << 20;
+    let d = up.add_blob_with(blob_bytes(size, 800), Fault::PauseAt(1 << 20, gate.clone()));
+    let replicas = cluster(&up.url(), 3).await;
+    // 16 clients spread over the three replicas, all while it is cold.
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            let url = replicas[i % 3].url(&format!("/v2/x/blobs/{d}"));
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    gate.reached().await;
+    gate.open();
+    for c in clients {
+        let w = within(c).await.unwrap();
+        assert_eq!(w.status, StatusCode::OK);
+        assert_eq!(sha256(&w.body), d);
+    }
+    for r in &replicas {
+        r.settle().await;
+    }
+    assert_eq!(up.blob_gets(&d), 1, "one upstream GET for the cluster");
+    assert_eq!(up.blob_bytes_sent(&d), size as u64, "the blob's bytes once");
+    for (i, r) in replicas.iter().enumerate() {
+        assert!(r.has_blob(&d), "replica {i} did not store what it served");
+    }
+    let from_peers: u64 = replicas
+        .iter()
+        .map(|r| r.app.metrics.cluster.peer_bytes.get())
+        .sum();
+    assert_eq!(
+        from_peers,
+        2 * size as u64,
+        "two replicas filled from the owner"
+    );
+}
+
+/// A peer that answers its readiness probe and serves `body` (with the
+/// whole blob's `Content-Length`) for every blob request.
+async fn scripted_peer(size: usize, body: Bytes) -> RawUpstream {
+    RawUpstream::start(move |req| {
+        if req.path == "/readyz" {
+            return RawReply::new(
+                "200 OK",
+                &[("Content-Length", "0".into())],
+                RawBody::Bytes(Bytes::new()),
+            );
+        }
+        RawReply::new(
+            "200 OK",
+            &[("Content-Length", size.to_string())],
+            RawBody::Bytes(body.clone()),
+        )
+    })
+    .await
+}
+
+/// A blob whose owner, between `peers`, is `owner` (found by trying seeds).
+fn blob_owned_by(up: &FakeRegistry, size: usize, peers: &[String], owner: &str) -> (String, Bytes) {
+    for seed in 900.. {
+        let data = blob_bytes(size, seed);
+        let d = sha256(&data);
+        if owner_of(peers, &d) == owner {
+            up.add_blob(data.clone());
+            return (d, data);
+        }
+    }
+    unreachable!()
+}
+
+/// One replica whose only peer is `peer`.
+async fn replica_with_peer(upstream: &str, peer: &str, probe: Duration) -> (Ferry, Vec<String>) {
+    let addr = free_addrs(1)[0];
+    let peers = vec![addr.to_string(), peer.to_string()];
+    let c = cluster_config(&peers, &peers[0], probe);
+    let ferry = Ferry::start_with(upstream, move |cfg| {
+        cfg.listen = addr;
+        cfg.cluster = Some(c);
+    })
+    .await;
+    all_live(std::slice::from_ref(&ferry), 1).await;
+    (ferry, peers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_dies_midway_is_finished_from_the_upstream_with_a_range() {
+    let up = FakeRegistry::start().await;
+    let size = 4 << 20;
+    // The owner sends the first MiB and dies. The blob must be one it owns,
+    // chosen once both addresses are known.
+    let data_holder = std::sync::Arc::new(std::sync::Mutex::new(Bytes::new()));
+    let dh = data_holder.clone();
+    let peer = RawUpstream::start(move |req| {
+        if req.path == "/readyz" {
+            return RawReply::new(
+                "200 OK",
+                &[("Content-Length", "0".into())],
+                RawBody::Bytes(Bytes::new()),
+            );
+        }
+        let data = dh.lock().unwrap().clone();
+        RawReply::new(
+            "200 OK",
+            &[("Content-Length", data.len().to_string())],
+            RawBody::Bytes(data.slice(..1 << 20)),
+        )
+    })
+    .await;
+    let (ferry, peers) =
+        replica_with_peer(&up.url(), &peer.addr.to_string(), Duration::from_secs(60)).await;
+    let (d, data) = blob_owned_by(&up, size, &peers, &peer.addr.to_string());
+    *data_holder.lock().unwrap() = data;
+
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{d}")))).await;
+    assert_eq!(w.status, StatusCode::OK);
+    assert_eq!(w.body_error, None, "the client saw a pause, not an error");
+    assert_eq!(sha256(&w.body), d);
+    ferry.settle().await;
+    assert!(ferry.has_blob(&d));
+    assert_eq!(up.ranges(), vec![format!("bytes={}-", 1 << 20)]);
+    let upstream_bytes = up.blob_bytes_sent(&d);
+    assert_eq!(
+        upstream_bytes,
+        (size - (1 << 20)) as u64,
+        "only the rest came upstream"
+    );
+    assert_eq!(ferry.fetch_failures("upstream"), 0);
+    assert_eq!(
+        ferry
+            .app
+            .metrics
+            .cluster
+            .fallbacks
+            .get_or_create(&ferry::metrics::ReasonLabels { reason: "broken" })
+            .get(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_sends_wrong_bytes_publishes_nothing_and_the_retry_comes_from_upstream() {
+    let up = FakeRegistry::start().await;
+    let size = 1 << 20;
+    let liar = scripted_peer(size, blob_bytes(size, 1)).await;
+    let (ferry, peers) =
+        replica_with_peer(&up.url(), &liar.addr.to_string(), Duration::from_secs(60)).await;
+    let (d, _) = blob_owned_by(&up, size, &peers, &liar.addr.to_string());
+    let url = ferry.url(&format!("/v2/x/blobs/{d}"));
+    let first = within(try_get(&url)).await;
+    let complete = matches!(&first, Ok(w) if w.body_error.is_none() && w.status == StatusCode::OK);
+    assert!(
+        !complete,
+        "a lie was served whole ({:?})",
+        first.map(|w| (w.status, w.body.len()))
+    );
+    ferry.settle().await;
+    assert!(!ferry.has_blob(&d), "the lie was published");
+    assert_eq!(ferry.fetch_failures("digest_mismatch"), 1);
+    // The liar is left out; the client's retry is served from the upstream.
+    let w = within(get(&url)).await;
+    assert_eq!(sha256(&w.body), d);
+    assert_eq!(up.blob_gets(&d), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_path_gives_an_outsider_no_more_than_a_client() {
+    let up = FakeRegistry::start().await;
+    let d = up.add_blob(blob_bytes(50_000, 850));
+    let addr = free_addrs(1)[0];
+    let peers = vec![addr.to_string(), "127.0.0.1:9".to_string()];
+    let c = cluster_config(&peers, &peers[0], Duration::from_secs(60));
+    let json = serde_json::json!({
+        "http": {"accessControl": {"repositories": {"**": {"policies": [
+            {"users": ["ci"], "actions": ["read"]}
+        ]}}}},
+        "extensions": {"sync": {"registries": [{"urls": [up.url()]}]}},
+        "ferry": {"accessTokens": [{"user": "ci", "token": "tok-123"}]}
+    });
+    let ferry = Ferry::start_json(&json.to_string(), move |cfg| {
+        cfg.listen = addr;
+        cfg.cluster = Some(c);
+    })
+    .await;
+    let path = format!("/v2/x/blobs/{d}");
+    let url = ferry.url(&path);
+    assert_eq!(within(get(&url)).await.status, StatusCode::UNAUTHORIZED);
+
+    // Peer headers signed with the wrong secret, or copied onto another
+    // path, are ignored: an ordinary anonymous client.
+    let forged = ferry::cluster::signature::sign(b"not the secret", "x:1", "GET", &path, "0 x");
+    let copied = ferry::cluster::signature::sign(
+        SECRET.as_bytes(),
+        "x:1",
+        "GET",
+        "/v2/y/blobs/sha256:00",
+        "0 x",
+    );
+    for headers in [forged, copied] {
+        let h: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
+        let w = within(request(Method::GET, &url, &h)).await;
+        assert_eq!(w.status, StatusCode::UNAUTHORIZED, "{h:?}");
+    }
+    // Signed for a manifest: the peer path is for blobs only.
+    let mpath = "/v2/x/manifests/latest";
+    let signed = ferry::cluster::signature::sign(SECRET.as_bytes(), "x:1", "GET", mpath, "0 x");
+    let h: Vec<(&str, &str)> = signed
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+        .collect();
+    let w = within(request(Method::GET, &ferry.url(mpath), &h)).await;
+    assert_eq!(w.status, StatusCode::UNAUTHORIZED);
+    // Signed with the cluster's secret, for this blob: served.
+    let signed = ferry::cluster::signature::sign(SECRET.as_bytes(), "x:1", "GET", &path, "0 x");
+    let h: Vec<(&str, &str)> = signed
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+        .collect();
+    let w = within(request(Method::GET, &url, &h)).await;
+    assert_eq!(w.status, StatusCode::OK);
+    assert_eq!(sha256(&w.body), d);
+}
