@@ -24,6 +24,7 @@
 //! | | [`routing`] | registries, `ns=`, path style, content prefixes, Docker Hub's `library/` |
 //! | | [`lifecycle`] | the store's index, size cap and LRU eviction, free space, scrub |
 //! | | [`metrics`] | every Prometheus metric, with typed labels ([`metrics::CacheStatus`]) |
+//! | | [`cluster`] | replicas that share fetches: membership and probes, rendezvous ownership, signed peer requests |
 //! | storage | [`upstream`] | the registry client: pooled HTTP/1.1 + HTTP/2 over rustls, auth, retries, listings |
 //! | | [`store`] | the content-addressed filesystem store; only a [`store::VerifiedBlob`] is published |
 //! | | [`shared`] | the bucket several replicas share (S3 or a directory): uploads while fetching, upkeep |
@@ -35,7 +36,8 @@
 //! client ─GET /v2/<name>/blobs/<digest>─▶ http::handle ─▶ Coordinator::open_blob
 //!    in memory / stored? ── yes ─▶ (belongs to <name>?) ─▶ BlobHandle::Memory / Stored
 //!    in flight? ─ yes ─▶ join: BlobHandle::InFlight ─▶ BlobStream::following
-//!    else ─▶ spawn fetch task (detached): fetch (source) ─▶ transfer (pump, resume)
+//!    else ─▶ spawn fetch task (detached): fetch (source: store, bucket, owning peer,
+//!              upstream) ─▶ transfer (pump, resume at the upstream)
 //!              └▶ spool writer thread: TempBlob::append (writes + hashes), Progress::Streaming
 //!              └▶ end: length check ─▶ TempBlob::verify ─▶ VerifiedBlob ─▶ publish ─▶ Done
 //!                 failure: temp deleted ─▶ Failed(reason) ─▶ readers abort

@@ -135,6 +135,9 @@ fn main() -> ExitCode {
                 for w in &config.warnings {
                     out.push_str(&format!("warning  {w}\n"));
                 }
+                if let Some(c) = &config.cluster {
+                    out.push_str(&ferry::cluster::Cluster::describe(c));
+                }
                 out.push('\n');
                 match ferry::routing::Router::new(&config) {
                     Ok(router) => {

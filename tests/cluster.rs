@@ -112,6 +112,16 @@ async fn one_cold_blob_is_fetched_upstream_once_for_the_whole_cluster() {
         2 * size as u64,
         "two replicas filled from the owner"
     );
+    // The status page lists the other peers as ready.
+    let page = String::from_utf8(within(get(&replicas[0].url("/"))).await.body.to_vec()).unwrap();
+    assert!(page.contains("Cluster peers"), "{page}");
+    for r in &replicas[1..] {
+        let row = format!(
+            "<tr><td><code>{}</code></td><td><span class=\"ok\">ready",
+            r.addr
+        );
+        assert!(page.contains(&row), "no ready row for {}", r.addr);
+    }
 }
 
 /// A peer that answers its readiness probe and serves `body` (with the

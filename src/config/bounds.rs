@@ -115,6 +115,10 @@ pub(super) fn check(c: &Config) -> Result<(), ConfigError> {
     )?;
     duration("headerTimeout", l.header_timeout, 100 * MS, HOUR)?;
     duration("tlsReloadInterval", l.tls_reload_interval, 10 * MS, DAY)?;
+    if let Some(cl) = &c.cluster {
+        duration("cluster.probeInterval", cl.probe_interval, 100 * MS, HOUR)?;
+        duration("cluster.dnsInterval", cl.dns_interval, 100 * MS, DAY)?;
+    }
     let lc = &c.lifecycle;
     duration("evictionInterval", lc.eviction_interval, 10 * MS, DAY)?;
     duration(

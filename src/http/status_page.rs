@@ -95,6 +95,7 @@ th {{ background: #eef1f6; }} code {{ font-size: .85rem; }}
     );
     downloads(app, &mut h);
     upstreams(app, &mut h);
+    peers(app, &mut h);
     h.push_str("</body></html>\n");
     h
 }
@@ -108,7 +109,7 @@ fn downloads(app: &Arc<App>, h: &mut String) {
         return;
     }
     h.push_str(
-        "<table><tr><th>blob</th><th>progress</th><th></th><th>clients</th><th>running</th></tr>\n",
+        "<table><tr><th>blob</th><th>progress</th><th></th><th>clients</th><th>from</th><th>running</th></tr>\n",
     );
     for f in flights {
         let (done, total, state) = match f.progress() {
@@ -121,12 +122,45 @@ fn downloads(app: &Arc<App>, h: &mut String) {
         let width = total.map_or(0, |t| (done * 100).checked_div(t).unwrap_or(100));
         let _ = writeln!(
             h,
-            "<tr><td><code>{}</code></td><td>{} of {} ({state})</td><td><div class=\"bar\"><i style=\"width:{width}%\"></i></div></td><td>{}</td><td>{:.1} s</td></tr>",
+            "<tr><td><code>{}</code></td><td>{} of {} ({state})</td><td><div class=\"bar\"><i style=\"width:{width}%\"></i></div></td><td>{}</td><td>{}</td><td>{:.1} s</td></tr>",
             escape(&short(&f.digest.to_string())),
             size(done),
             total.map_or("?".to_string(), size),
             f.readers(),
+            escape(&match &f.via_peer {
+                Some(p) => format!("peer {p}"),
+                None => "upstream".to_string(),
+            }),
             f.started.elapsed().as_secs_f64(),
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+/// The cluster's peers and their state (nothing without `ferry.cluster`).
+fn peers(app: &Arc<App>, h: &mut String) {
+    let Some(c) = app.coordinator.cluster() else {
+        return;
+    };
+    let m = &app.metrics.cluster;
+    let _ = writeln!(
+        h,
+        "<h2>Cluster peers</h2>\n<p class=\"sub\">this replica: <code>{}</code> · {} from peers · {} peer requests answered, {} sent</p>",
+        escape(c.me().as_deref().unwrap_or("not among the peers")),
+        size(m.peer_bytes.get()),
+        m.requests_in.get(),
+        m.requests_out.get(),
+    );
+    h.push_str("<table><tr><th>peer</th><th>state</th></tr>\n");
+    for p in c.peers() {
+        let state = match p.live {
+            true => "<span class=\"ok\">ready</span>",
+            false => "<span class=\"bad\">left out</span>",
+        };
+        let _ = writeln!(
+            h,
+            "<tr><td><code>{}</code></td><td>{state}</td></tr>",
+            escape(&p.addr)
         );
     }
     h.push_str("</table>\n");

@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# Three ferry replicas in one cluster (`ferry.cluster`, no shared bucket),
+# with CNCF Distribution (Debian's docker-registry) as the upstream; all on
+# loopback. One upstream fetch per blob for the whole cluster, whatever is
+# in front of it:
+#
+#   1. nginx round-robin (http, no hashing): 16 clients of one cold
+#      256 MiB blob → upstream bytes 1.00x the blob, every copy verified;
+#   2. nginx `stream` (L4, `random`): 16 clients of another cold 256 MiB
+#      blob → 1.00x;
+#   3. no balancer: skopeo pulls one image from each replica at the same
+#      moment → upstream bytes 1.00x the image's blobs, and each replica
+#      stores every blob it served.
+#
+# Usage: tests/e2e/cluster.sh [path/to/ferry]   (default: target/debug/ferry)
+# Needs: nginx with its stream module (libnginx-mod-stream), docker-registry,
+# skopeo, curl.
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+FERRY=${1:-target/debug/ferry}
+NAME=cluster
+WORK=$(mktemp -d)
+. tests/e2e/lib.sh
+# nginx first: e2e_cleanup removes $WORK, and with it nginx's pid file.
+trap '[ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null; e2e_cleanup' EXIT
+
+[ -x "$FERRY" ] || fail "no ferry binary at $FERRY (run cargo build first)"
+for t in nginx skopeo docker-registry curl; do
+    command -v "$t" > /dev/null || fail "$t is not installed"
+done
+STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
+[ -f "$STREAM_MODULE" ] || fail "nginx's stream module is not installed (libnginx-mod-stream)"
+MIB=$((1024 * 1024))
+
+start_registry < /dev/null
+
+for img in rr l4; do
+    python3 tests/e2e/make-image.py "$WORK/$img" v1 256
+    skopeo --insecure-policy copy --quiet --dest-tls-verify=false \
+        "oci:$WORK/$img:v1" "docker://127.0.0.1:$REG_PORT/e2e/$img:v1" || fail "push $img"
+done
+python3 tests/e2e/make-image.py "$WORK/app" v1 48
+skopeo --insecure-policy copy --quiet --dest-tls-verify=false \
+    "oci:$WORK/app:v1" "docker://127.0.0.1:$REG_PORT/e2e/app:v1" || fail "push app"
+largest_blob() { # oci-dir
+    echo "sha256:$(ls -S "$1/blobs/sha256" | head -n 1)"
+}
+RR=$(largest_blob "$WORK/rr")
+L4=$(largest_blob "$WORK/l4")
+BIG_SIZE=$(stat -c %s "$WORK/rr/blobs/sha256/${RR#sha256:}")
+
+# Every replica knows every peer's address before it starts.
+PORTS=()
+for i in 1 2 3; do PORTS+=("$(free_port)"); done
+PEERS=$(printf '"127.0.0.1:%s",' "${PORTS[@]}")
+PEERS="[${PEERS%,}]"
+head -c 32 /dev/urandom | base64 > "$WORK/cluster.secret"
+for i in 1 2 3; do
+    port=${PORTS[$((i - 1))]}
+    cat > "$WORK/ferry-$i.json" <<JSON
+{
+  "http": {"address": "127.0.0.1", "port": "$port"},
+  "storage": {"rootDirectory": "$WORK/ferry-$i"},
+  "extensions": {"sync": {"enable": true, "registries": [
+    {"urls": ["http://127.0.0.1:$REG_PORT"], "onDemand": true}
+  ]}},
+  "ferry": {"cluster": {"peers": $PEERS, "self": "127.0.0.1:$port",
+    "secretFile": "$WORK/cluster.secret", "probeInterval": "500ms"}}
+}
+JSON
+    "$FERRY" check-config "$WORK/ferry-$i.json" > "$WORK/check-$i.txt" || fail "ferry check-config"
+    grep -q '^cluster: peers' "$WORK/check-$i.txt" || fail "check-config does not print the cluster"
+    RUST_LOG=info "$FERRY" serve --config "$WORK/ferry-$i.json" > "$WORK/ferry-$i.log" 2>&1 &
+    PIDS+=("$!")
+done
+for p in "${PORTS[@]}"; do wait_port "$p" || fail "ferry replica on $p did not start"; done
+
+metric() { # port metric-name-prefix → the sum of its lines
+    curl -fsS "http://127.0.0.1:$1/metrics" | awk -v m="$2" 'index($0, m) == 1 {s += $NF} END {printf "%d", s}'
+}
+metric_sum() { # metric-name-prefix, summed over the three replicas
+    local total=0 p
+    for p in "${PORTS[@]}"; do total=$((total + $(metric "$p" "$1"))); done
+    echo "$total"
+}
+# Each replica sees its two peers ready before any client comes.
+for p in "${PORTS[@]}"; do
+    for _ in $(seq 1 100); do
+        [ "$(metric "$p" ferry_cluster_peers_live)" = 2 ] && continue 2
+        sleep 0.1
+    done
+    fail "replica on $p does not see its peers"
+done
+
+L7_PORT=$(free_port)
+L4_PORT=$(free_port)
+servers=""
+for p in "${PORTS[@]}"; do servers="$servers        server 127.0.0.1:$p;"$'\n'; done
+mkdir -p "$WORK/nginx-tmp"
+cat > "$WORK/nginx.conf" <<NGINX
+load_module $STREAM_MODULE;
+user root;  # the work folder is private
+worker_processes 2;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx-tmp;
+    proxy_temp_path $WORK/nginx-tmp;
+    fastcgi_temp_path $WORK/nginx-tmp;
+    uwsgi_temp_path $WORK/nginx-tmp;
+    scgi_temp_path $WORK/nginx-tmp;
+    upstream round_robin {
+$servers    }
+    server {
+        listen 127.0.0.1:$L7_PORT;
+        location / {
+            proxy_pass http://round_robin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 600s;
+        }
+    }
+}
+stream {
+    upstream l4 {
+        random;
+$servers    }
+    server {
+        listen 127.0.0.1:$L4_PORT;
+        proxy_pass l4;
+    }
+}
+NGINX
+nginx -c "$WORK/nginx.conf" || fail "nginx did not start"
+wait_port "$L7_PORT" || fail "nginx did not listen"
+wait_port "$L4_PORT" || fail "nginx did not listen on its stream port"
+
+clients() { # port digest image tag → 16 concurrent downloads, each verified
+    local port=$1 digest=$2 image=$3 tag=$4 pids=() i
+    for i in $(seq 1 16); do
+        curl -fsS -o "$WORK/$tag-$i" "http://127.0.0.1:$port/v2/e2e/$image/blobs/$digest" &
+        pids+=("$!")
+    done
+    for i in "${!pids[@]}"; do wait "${pids[$i]}" || fail "$tag client $((i + 1)) failed"; done
+    for i in $(seq 1 16); do
+        [ "sha256:$(sha256sum "$WORK/$tag-$i" | cut -d' ' -f1)" = "$digest" ] \
+            || fail "$tag client $i got wrong bytes"
+        rm -f "$WORK/$tag-$i"
+    done
+}
+
+one_fetch() { # label digest size
+    local before fetched ratio
+    before=$(metric_sum ferry_upstream_bytes_total)
+    clients "$PORT" "$2" "$IMAGE" "$1"
+    fetched=$(( $(metric_sum ferry_upstream_bytes_total) - before ))
+    ratio=$(python3 -c "print(f'{$fetched / $3:.3f}')")
+    echo "$NAME: $1: 16 clients of $(($3 / MIB)) MiB, upstream bytes $fetched = $ratio x the blob; from peers $(metric_sum ferry_cluster_peer_bytes_total) bytes so far"
+    [ "$fetched" -ge "$3" ] && [ "$fetched" -lt $(($3 + $3 / 100)) ] \
+        || fail "$1: upstream bytes $fetched for a $3-byte blob: not one fetch"
+    ok "$1: 16 clients over three replicas, all bytes verified, one upstream fetch ($ratio x)"
+}
+
+PORT=$L7_PORT IMAGE=rr one_fetch "round-robin (nginx http)" "$RR" "$BIG_SIZE"
+PORT=$L4_PORT IMAGE=l4 one_fetch "L4 random (nginx stream)" "$L4" "$BIG_SIZE"
+
+# 3. No balancer: one skopeo per replica, at the same moment.
+app_bytes=0
+for f in "$WORK"/app/blobs/sha256/*; do
+    # The image's blobs: its layers and config (the index and manifest are
+    # manifests, fetched by each replica on its own).
+    grep -q "$(basename "$f")" "$WORK/app/index.json" && continue
+    app_bytes=$((app_bytes + $(stat -c %s "$f")))
+done
+before=$(metric_sum ferry_upstream_bytes_total)
+pids=()
+for i in 1 2 3; do
+    skopeo --insecure-policy copy --quiet --src-tls-verify=false \
+        "docker://127.0.0.1:${PORTS[$((i - 1))]}/e2e/app:v1" "dir:$WORK/pull-$i" &
+    pids+=("$!")
+done
+for i in "${!pids[@]}"; do wait "${pids[$i]}" || fail "skopeo through replica $((i + 1)) failed"; done
+for i in 1 2 3; do check_dir "$WORK/pull-$i" 3; done
+fetched=$(( $(metric_sum ferry_upstream_bytes_total) - before ))
+ratio=$(python3 -c "print(f'{$fetched / $app_bytes:.3f}')")
+echo "$NAME: no balancer: three skopeo pulls at once, upstream bytes $fetched for $app_bytes bytes of layers and config = $ratio x"
+[ "$fetched" -lt $((app_bytes + app_bytes / 50)) ] || fail "no balancer: $ratio x the image's blobs came upstream"
+for i in 1 2 3; do
+    for f in "$WORK/pull-$i"/*; do
+        b=$(basename "$f")
+        [ ${#b} = 64 ] || continue
+        [ -n "$(find "$WORK/ferry-$i/blobs" -name "$b" -print -quit)" ] \
+            || fail "replica $i did not store blob $b it served"
+    done
+done
+ok "no balancer: three skopeo pulls at once, one upstream fetch per blob ($ratio x), every replica stores what it served"
+
+finish
