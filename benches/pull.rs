@@ -15,7 +15,11 @@
 //! 6. cached small objects (4 KiB blobs and a manifest) at 64 connections:
 //!    requests/s, p50 and p99 latency;
 //! 7. a 20-layer image pulled with skopeo, cold then warm (when installed);
-//! 8. ferry's cost: peak RSS and CPU seconds per GiB served (from /proc).
+//! 8. ferry's cost: peak RSS and CPU seconds per GiB served (from /proc);
+//! 9. three replicas, 16 cold clients spread round-robin over them, with
+//!    and without `ferry.cluster`: first byte, total, upstream bytes, and
+//!    the bytes replicas received from peers (the owner's egress); the
+//!    direct column is 16 clients straight at the upstream.
 //!
 //! Knobs (environment): `FERRY_BENCH_SIZE_MIB` (1024),
 //! `FERRY_BENCH_RATE_MBPS` (128, per connection), `FERRY_BENCH_CLIENTS`
@@ -32,6 +36,9 @@ mod support;
 
 #[path = "support/harness.rs"]
 mod harness;
+
+#[path = "support/cluster.rs"]
+mod cluster;
 
 use std::time::Duration;
 
@@ -188,5 +195,77 @@ async fn main() {
         drop(m);
     }
 
+    if opts.runs(9) {
+        scenario_cluster(&bench, &mut table).await;
+    }
     table.finish(&opts);
+}
+
+/// 9: three replicas, 16 clients round-robin, with and without the cluster.
+async fn scenario_cluster(bench: &Bench, table: &mut Table) {
+    const CLIENTS: usize = 16;
+    let size = bench.blob_size() as f64;
+    let (direct, ferry) = (&bench.targets[0], &bench.targets[1]);
+    eprintln!("== 3 replicas, {CLIENTS} clients round-robin");
+    let digest = bench.new_blob();
+    let urls = vec![format!("{}/v2/bench/blob/blobs/{digest}", bench.upstream.url()); CLIENTS];
+    let pulls = cluster::pull_each(&urls, &digest).await;
+    let sent = bench.upstream.blob_bytes_sent(&digest) as f64 / size;
+    for label in ["3 replicas, no cluster", "3 replicas, cluster"] {
+        record(table, direct, label, &pulls);
+        table.set(
+            direct,
+            &format!("{label}, {CLIENTS} clients: upstream bytes / blob"),
+            sent,
+        );
+    }
+    for (clustered, label) in [
+        (false, "3 replicas, no cluster"),
+        (true, "3 replicas, cluster"),
+    ] {
+        let replicas = cluster::start_replicas(&bench.upstream.url(), 3, clustered).await;
+        let digest = bench.new_blob();
+        let urls: Vec<String> = (0..CLIENTS)
+            .map(|i| replicas[i % replicas.len()].blob_url(&digest))
+            .collect();
+        let pulls = cluster::pull_each(&urls, &digest).await;
+        record(table, ferry, label, &pulls);
+        table.set(
+            ferry,
+            &format!("{label}, {CLIENTS} clients: upstream bytes / blob"),
+            bench.upstream.blob_bytes_sent(&digest) as f64 / size,
+        );
+        if clustered {
+            let mut from_peers = 0;
+            for r in &replicas {
+                from_peers += cluster::metric(r, "ferry_cluster_peer_bytes_total").await;
+            }
+            table.set(
+                ferry,
+                &format!("{label}, {CLIENTS} clients: bytes from peers / blob"),
+                from_peers as f64 / size,
+            );
+        }
+    }
+}
+
+fn record(table: &mut Table, t: &Target, label: &str, pulls: &[Pull]) {
+    let fb: Vec<f64> = pulls.iter().map(|p| ms(p.first_byte)).collect();
+    let tot: Vec<f64> = pulls.iter().map(|p| p.total.as_secs_f64()).collect();
+    let n = pulls.len();
+    table.set(
+        t,
+        &format!("{label}, {n} clients: first byte median/max (ms)"),
+        pair(median(&fb), max(&fb)),
+    );
+    table.set(
+        t,
+        &format!("{label}, {n} clients: total median/max (s)"),
+        pair(median(&tot), max(&tot)),
+    );
+    table.set(
+        t,
+        &format!("{label}, {n} clients: all digests correct"),
+        pulls.iter().all(|p| p.digest_ok),
+    );
 }

@@ -166,6 +166,11 @@ impl Bench {
         }
     }
 
+    /// The size of every blob [`Bench::new_blob`] makes.
+    pub fn blob_size(&self) -> usize {
+        HEAD + self.tail.len()
+    }
+
     /// A blob no target has cached yet.
     pub fn new_blob(&self) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -303,30 +308,43 @@ impl Mirror {
     }
 }
 
-async fn start_ferry(upstream: &str) -> Mirror {
-    let dir = tempfile::tempdir().unwrap();
+/// A free loopback `host:port`.
+pub fn free_addr() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let addr = format!("127.0.0.1:{port}");
+    format!("127.0.0.1:{port}")
+}
+
+async fn start_ferry(upstream: &str) -> Mirror {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let storage = dir.path().to_str().unwrap().to_string();
+    let args = [
+        "serve",
+        "--listen",
+        &addr,
+        "--upstream",
+        upstream,
+        "--storage",
+        &storage,
+    ];
+    launch(&addr, &args, dir).await
+}
+
+/// Runs `ferry ARGS` (listening on `addr`, its files in `dir`) until the
+/// returned mirror is dropped.
+pub async fn launch(addr: &str, args: &[&str], dir: tempfile::TempDir) -> Mirror {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "serve",
-            "--listen",
-            &addr,
-            "--upstream",
-            upstream,
-            "--storage",
-        ])
-        .arg(dir.path())
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn ferry");
     for _ in 0..300 {
-        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
             let peak = Arc::new(AtomicU64::new(0));
             let (pid, p) = (child.id(), peak.clone());
             let sampler = tokio::spawn(async move {
