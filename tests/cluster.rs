@@ -311,3 +311,45 @@ async fn the_peer_path_gives_an_outsider_no_more_than_a_client() {
     assert_eq!(w.status, StatusCode::OK);
     assert_eq!(sha256(&w.body), d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_from_dns_and_this_replica_found_among_them() {
+    let up = FakeRegistry::start().await;
+    let addr = free_addrs(1)[0];
+    let c = ClusterConfig {
+        peers: PeerSource::Dns {
+            name: "localhost".into(),
+            port: addr.port(),
+        },
+        self_addr: None,
+        secret: Secret::new(SECRET),
+        probe_interval: Duration::from_millis(100),
+        dns_interval: Duration::from_millis(100),
+    };
+    let ferry = Ferry::start_with(&up.url(), move |cfg| {
+        cfg.listen = addr;
+        cfg.cluster = Some(c);
+    })
+    .await;
+    let cluster = ferry.app.coordinator.cluster().unwrap().clone();
+    within(async {
+        while cluster.me().is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(cluster.me(), Some(addr.to_string()));
+    // `localhost` may also name [::1], where nothing listens: once probed,
+    // it is left out.
+    within(async {
+        while cluster.peers().iter().any(|p| p.live) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    // Alone in the ring, it owns every blob: served from the upstream.
+    let d = up.add_blob(blob_bytes(10_000, 860));
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{d}")))).await;
+    assert_eq!(sha256(&w.body), d);
+    assert_eq!(ferry.app.metrics.cluster.requests_out.get(), 0);
+}
