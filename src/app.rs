@@ -12,6 +12,7 @@
 
 pub mod authorize;
 mod error;
+mod from_peer;
 pub mod listing;
 pub mod manifests;
 pub mod referrers;

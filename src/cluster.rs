@@ -119,12 +119,13 @@ impl Cluster {
     }
 
     /// Sends a signed `GET path` for `repo` (see [`signature::REPO`]) to
-    /// `peer` and returns its answer's head.
+    /// `peer`, with `headers` besides, and returns its answer's head.
     pub async fn get(
         &self,
         peer: &str,
         path: &str,
         repo: &str,
+        headers: HeaderMap,
     ) -> Result<Response<Incoming>, PeerError> {
         let me = self.me().unwrap_or_else(|| self.listen.to_string());
         let mut req = Request::get(format!("http://{peer}{path}"))
@@ -133,6 +134,7 @@ impl Cluster {
                 peer: peer.into(),
                 cause: e.to_string(),
             })?;
+        req.headers_mut().extend(headers);
         req.headers_mut()
             .extend(signature::sign(self.secret(), &me, "GET", path, repo));
         match tokio::time::timeout(self.answer_timeout, self.client.request(req)).await {

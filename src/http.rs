@@ -75,7 +75,7 @@ pub async fn handle<B>(
     }
     let mut answer = Answer::default();
     // A cluster peer's signed request skips client identification; it is
-    // let past access control for blobs only (see `dispatch`).
+    // let past access control for blobs and manifests only (see `dispatch`).
     let peer = app.coordinator.cluster().and_then(|c| {
         let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
         c.verify(req.method(), path_and_query, req.headers())
@@ -177,9 +177,12 @@ async fn dispatch<B>(
     let repo = match name {
         Some(name) => {
             let repo = match (peer_routed, &route) {
-                // A signed peer request for a blob: the sending replica
-                // authorized its client and routed the name already.
-                (Some(routed), Route::Blob { .. }) => app.resolve_routed(name, routed)?,
+                // A signed peer request for a blob or manifest: the
+                // sending replica authorized its client and routed the
+                // name already.
+                (Some(routed), Route::Blob { .. } | Route::Manifest { .. }) => {
+                    app.resolve_routed(name, routed)?
+                }
                 _ => {
                     let ns = query.and_then(|q| query_param(q, "ns"));
                     let mut repo = app.resolve(name, ns.as_deref())?;

@@ -161,6 +161,9 @@ pub struct Target {
 pub struct Resolved {
     pub local: RepoName,
     pub targets: Vec<Target>,
+    /// Routed by a cluster peer (a signed peer request): what it needs is
+    /// fetched or revalidated here, never passed on to another peer.
+    pub peer_routed: bool,
 }
 
 impl Resolved {
@@ -332,7 +335,11 @@ impl Router {
                 targets.insert(0, t);
             }
         }
-        Ok(Resolved { local, targets })
+        Ok(Resolved {
+            local,
+            targets,
+            peer_routed: false,
+        })
     }
 
     /// The repository a cluster peer routed for `raw_name`, from its
@@ -362,6 +369,7 @@ impl Router {
                 registry: registry.clone(),
                 upstream_name,
             }],
+            peer_routed: true,
         })
     }
 

@@ -292,8 +292,8 @@ async fn the_peer_path_gives_an_outsider_no_more_than_a_client() {
         let w = within(request(Method::GET, &url, &h)).await;
         assert_eq!(w.status, StatusCode::UNAUTHORIZED, "{h:?}");
     }
-    // Signed for a manifest: the peer path is for blobs only.
-    let mpath = "/v2/x/manifests/latest";
+    // Signed for a tag list: the peer path is for blobs and manifests only.
+    let mpath = "/v2/x/tags/list";
     let signed = ferry::cluster::signature::sign(SECRET.as_bytes(), "x:1", "GET", mpath, "0 x");
     let h: Vec<(&str, &str)> = signed
         .iter()
@@ -352,4 +352,45 @@ async fn peers_from_dns_and_this_replica_found_among_them() {
     let w = within(get(&ferry.url(&format!("/v2/x/blobs/{d}")))).await;
     assert_eq!(sha256(&w.body), d);
     assert_eq!(ferry.app.metrics.cluster.requests_out.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_is_revalidated_upstream_once_for_the_whole_cluster() {
+    let up = FakeRegistry::start().await;
+    let manifest = Bytes::from_static(
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#,
+    );
+    let d = up.add_manifest(
+        "app",
+        Some("v1"),
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest,
+    );
+    let replicas = cluster(&up.url(), 3).await;
+    let path = "/v2/app/manifests/v1";
+    let ask_all = || async {
+        for r in &replicas {
+            let w = within(get(&r.url(path))).await;
+            assert_eq!(w.status, StatusCode::OK);
+            assert_eq!(w.header("docker-content-digest"), Some(d.as_str()));
+        }
+    };
+    ask_all().await;
+    assert_eq!(
+        up.hits("GET", path),
+        1,
+        "one upstream GET for three replicas"
+    );
+    assert_eq!(up.hits("HEAD", path), 0);
+    // Past tagTTL on every replica: the owner revalidates once, with a HEAD.
+    for r in &replicas {
+        r.advance(Duration::from_secs(3600));
+    }
+    ask_all().await;
+    assert_eq!(up.hits("GET", path), 1);
+    assert_eq!(
+        up.hits("HEAD", path),
+        1,
+        "one revalidation for three replicas"
+    );
 }

@@ -100,7 +100,6 @@ pub async fn fetch(
     expected: Option<&Digest>,
 ) -> Result<Manifest, Failure> {
     let upstream = &target.registry.upstream;
-    let name = &target.upstream_name;
     let (url, resp) = ask(target, Method::GET, reference, accept).await?;
     let header_type = header_str(resp.headers(), CONTENT_TYPE.as_str());
     let header_digest = header_str(resp.headers(), DIGEST_HEADER);
@@ -119,6 +118,31 @@ pub async fn fetch(
             }
             e => Failure::Upstream(e),
         })?;
+    keep(
+        app,
+        target,
+        reference,
+        bytes,
+        header_type,
+        header_digest,
+        expected,
+    )
+    .await
+}
+
+/// Verifies a manifest's `bytes` (against `expected` when asked by
+/// digest), settles its media type, and stores it (locally, in the shared
+/// tier, and as belonging to `target`'s repository).
+pub async fn keep(
+    app: &App,
+    target: &Target,
+    reference: &Reference,
+    bytes: Bytes,
+    header_type: Option<String>,
+    header_digest: Option<String>,
+    expected: Option<&Digest>,
+) -> Result<Manifest, Failure> {
+    let name = &target.upstream_name;
     let algorithm = expected.map_or(crate::oci::Algorithm::Sha256, |d| d.algorithm());
     let mut h = Hasher::new(algorithm);
     h.update(&bytes);
@@ -267,6 +291,11 @@ pub fn referenced_digests(bytes: &[u8]) -> Vec<Digest> {
     let mut out = r.blobs;
     out.extend(r.manifests);
     out
+}
+
+/// The value of header `name`, when it is text.
+pub fn header_text(h: &HeaderMap, name: &str) -> Option<String> {
+    header_str(h, name)
 }
 
 /// Asks one registry for a manifest (`GET` or `HEAD`): its URL (for

@@ -9,7 +9,9 @@
 //! | upstream 404 | 404 (the tag was deleted), unless `serveStaleOnNotFound` |
 //!
 //! Concurrent requests for the same tag (and `Accept`) share one
-//! revalidation, as blobs share one fetch.
+//! revalidation, as blobs share one fetch. In a cluster, the replica that
+//! owns the tag revalidates it and the others ask it (see
+//! [`super::from_peer`]).
 
 use std::sync::Arc;
 
@@ -53,7 +55,14 @@ pub async fn resolve(
         .iter()
         .map(|t| t.registry.index.to_string())
         .collect();
-    let key = format!("{}|{}|{tag}|{accept}", registries.join(","), repo.local);
+    // A peer's request never joins a revalidation that may be waiting on a
+    // peer itself.
+    let key = format!(
+        "{}|{}|{tag}|{accept}|{}",
+        registries.join(","),
+        repo.local,
+        repo.peer_routed
+    );
     let shared = match app.revalidations.entry(key.clone()) {
         dashmap::mapref::entry::Entry::Occupied(e) => {
             app.metrics.revalidations_joined.inc();
@@ -100,6 +109,17 @@ async fn revalidate(
             .await
             .filter(|(_, m)| accepts(accept, &m.media_type));
         let attempt: Result<(Manifest, CacheStatus), Failure> = async {
+            // In a cluster, the tag's owner revalidates it for everyone.
+            if let Some(answer) = super::from_peer::tag(app, repo, target, tag, accept).await {
+                let m = answer?;
+                let same = stored.as_ref().is_some_and(|(_, s)| s.digest == m.digest);
+                let cache = if same {
+                    CacheStatus::Revalidated
+                } else {
+                    CacheStatus::Miss
+                };
+                return Ok((m, cache));
+            }
             if let Some((_, m)) = &stored {
                 app.metrics
                     .revalidations

@@ -34,7 +34,10 @@ pub(super) async fn fill(
     let path = format!("/v2/{}/blobs/{digest}", repo.local);
     let routed = format!("{} {}", target.registry.index, target.upstream_name);
     metrics.requests_out.inc();
-    let resp = match cluster.get(peer, &path, &routed).await {
+    let resp = match cluster
+        .get(peer, &path, &routed, http::HeaderMap::new())
+        .await
+    {
         Ok(r) if r.status() == StatusCode::OK => r,
         Ok(r) => {
             tracing::info!(%digest, peer, status = r.status().as_u16(), "peer did not serve the blob; fetching upstream");

@@ -1,0 +1,89 @@
+//! Tags from the cluster peer that owns them: in a cluster, a tag
+//! (registry + repository + tag) has one owner, like a blob digest, and only
+//! the owner revalidates it upstream (manifest requests are what Docker
+//! Hub's rate limit counts). Another replica whose stored tag expired asks
+//! the owner, which answers from its own freshness rules, and keeps what it
+//! got as if it came from the upstream: hashed, stored, linked, fresh for
+//! `tagTTL`.
+//!
+//! Anything short of a good answer (the owner unreachable, any status but
+//! 200, a body too large) returns `None` and the caller asks the upstream
+//! itself, so a partition costs upstream requests, never an error.
+
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use super::manifests::{self, Failure, Manifest};
+use super::App;
+use crate::oci::{Reference, Tag};
+use crate::routing::{Resolved, Target};
+
+/// `tag` at `target` from the peer that owns it, or `None` when this
+/// replica should ask the upstream (it owns the tag, the request came from
+/// a peer, or the owner did not answer well).
+pub async fn tag(
+    app: &App,
+    repo: &Resolved,
+    target: &Target,
+    tag: &Tag,
+    accept: &str,
+) -> Option<Result<Manifest, Failure>> {
+    if repo.peer_routed {
+        return None;
+    }
+    let cluster = app.coordinator.cluster()?;
+    let routed = format!("{} {}", target.registry.index, target.upstream_name);
+    let owner = cluster.owner(format!("tag {routed}:{tag}").as_bytes())?;
+    let metrics = &app.metrics.cluster;
+    let path = format!("/v2/{}/manifests/{tag}", repo.local);
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(accept) {
+        headers.insert(ACCEPT, v);
+    }
+    metrics.requests_out.inc();
+    let resp = match cluster.get(&owner, &path, &routed, headers).await {
+        Ok(r) if r.status() == StatusCode::OK => r,
+        Ok(r) => {
+            tracing::info!(peer = %owner, %tag, status = r.status().as_u16(), "peer did not serve the tag; asking the upstream");
+            metrics.fell_back("status");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(%tag, error = %e, "peer unreachable; asking the upstream for the tag");
+            cluster.mark_down(&owner);
+            metrics.fell_back("unreachable");
+            return None;
+        }
+    };
+    let header_type = manifests::header_text(resp.headers(), CONTENT_TYPE.as_str());
+    let header_digest = manifests::header_text(resp.headers(), "docker-content-digest");
+    let url = format!("peer {owner}{path}");
+    let limit = app.config.max_manifest_size;
+    let bytes = match target
+        .registry
+        .upstream
+        .read_body(&url, resp.into_body(), limit)
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(%tag, error = %e, "reading the tag from a peer failed; asking the upstream");
+            metrics.fell_back("broken");
+            return None;
+        }
+    };
+    metrics.peer_bytes.inc_by(bytes.len() as u64);
+    let reference = Reference::Tag(tag.clone());
+    Some(
+        manifests::keep(
+            app,
+            target,
+            &reference,
+            bytes,
+            header_type,
+            header_digest,
+            None,
+        )
+        .await,
+    )
+}
