@@ -39,6 +39,11 @@ fn cluster_config(peers: &[String], me: &str, probe: Duration) -> ClusterConfig 
 /// `n` replicas of one cluster over `upstream`, each seeing the others
 /// live before this returns.
 async fn cluster(upstream: &str, n: usize) -> Vec<Ferry> {
+    cluster_with(upstream, n, |_| {}).await
+}
+
+/// As [`cluster`], with `tweak` applied to every replica's config.
+async fn cluster_with(upstream: &str, n: usize, tweak: impl Fn(&mut ferry::Config)) -> Vec<Ferry> {
     let addrs = free_addrs(n);
     let peers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     let mut replicas = Vec::new();
@@ -46,9 +51,10 @@ async fn cluster(upstream: &str, n: usize) -> Vec<Ferry> {
         let c = cluster_config(&peers, &peers[i], Duration::from_millis(100));
         let addr = *addr;
         replicas.push(
-            Ferry::start_with(upstream, move |cfg| {
+            Ferry::start_with(upstream, |cfg| {
                 cfg.listen = addr;
                 cfg.cluster = Some(c);
+                tweak(cfg);
             })
             .await,
         );
@@ -392,5 +398,122 @@ async fn a_tag_is_revalidated_upstream_once_for_the_whole_cluster() {
         up.hits("HEAD", path),
         1,
         "one revalidation for three replicas"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_shared_bucket_the_owner_alone_uploads() {
+    let up = FakeRegistry::start().await;
+    let size = 2 << 20;
+    let d = up.add_blob(blob_bytes(size, 870));
+    let bucket = tempfile::tempdir().unwrap();
+    let root = bucket.path().to_path_buf();
+    let replicas = cluster_with(&up.url(), 3, |cfg| {
+        cfg.shared = Some(ferry::config::SharedStorage::Filesystem { root: root.clone() });
+    })
+    .await;
+    let clients: Vec<_> = (0..9)
+        .map(|i| {
+            let url = replicas[i % 3].url(&format!("/v2/x/blobs/{d}"));
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(sha256(&within(c).await.unwrap().body), d);
+    }
+    for r in &replicas {
+        r.settle().await;
+    }
+    within(async {
+        while replicas
+            .iter()
+            .map(|r| r.app.metrics.shared_uploads.get())
+            .sum::<u64>()
+            < 1
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(up.blob_bytes_sent(&d), size as u64, "one upstream fetch");
+    let uploads: Vec<u64> = replicas
+        .iter()
+        .map(|r| r.app.metrics.shared_uploads.get())
+        .collect();
+    assert_eq!(
+        uploads.iter().sum::<u64>(),
+        1,
+        "one upload for the cluster: {uploads:?}"
+    );
+    let owner = owner_of(
+        &replicas
+            .iter()
+            .map(|r| r.addr.to_string())
+            .collect::<Vec<_>>(),
+        &d,
+    );
+    let uploader = replicas
+        .iter()
+        .position(|r| r.app.metrics.shared_uploads.get() == 1)
+        .unwrap();
+    assert_eq!(
+        replicas[uploader].addr.to_string(),
+        owner,
+        "the owner uploads"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_slower_than_min_read_rate_is_left_for_the_upstream() {
+    let up = FakeRegistry::start().await;
+    let size = 1 << 20;
+    // The owner sends a byte every 50 ms.
+    let data_holder = std::sync::Arc::new(std::sync::Mutex::new(Bytes::new()));
+    let dh = data_holder.clone();
+    let peer = RawUpstream::start(move |req| {
+        if req.path == "/readyz" {
+            return RawReply::new(
+                "200 OK",
+                &[("Content-Length", "0".into())],
+                RawBody::Bytes(Bytes::new()),
+            );
+        }
+        let data = dh.lock().unwrap().clone();
+        RawReply::new(
+            "200 OK",
+            &[("Content-Length", data.len().to_string())],
+            RawBody::Drip {
+                bytes: data.slice(..),
+                every: Duration::from_millis(50),
+            },
+        )
+    })
+    .await;
+    let addr = free_addrs(1)[0];
+    let peers = vec![addr.to_string(), peer.addr.to_string()];
+    let c = cluster_config(&peers, &peers[0], Duration::from_secs(60));
+    let ferry = Ferry::start_with(&up.url(), move |cfg| {
+        cfg.listen = addr;
+        cfg.cluster = Some(c);
+        cfg.timeouts.idle_read = Duration::from_millis(500);
+        cfg.timeouts.min_read_rate = 64 << 10;
+    })
+    .await;
+    all_live(std::slice::from_ref(&ferry), 1).await;
+    let (d, data) = blob_owned_by(&up, size, &peers, &peer.addr.to_string());
+    *data_holder.lock().unwrap() = data;
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{d}")))).await;
+    assert_eq!(w.body_error, None);
+    assert_eq!(sha256(&w.body), d);
+    let took = up.blob_bytes_sent(&d);
+    assert!(
+        took < size as u64,
+        "the bytes the owner did send were kept ({took} from the upstream)"
+    );
+    assert_eq!(
+        up.ranges().len(),
+        1,
+        "the rest came with one Range: {:?}",
+        up.ranges()
     );
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Three ferry replicas in one cluster (`ferry.cluster`, no shared bucket),
-# with CNCF Distribution (Debian's docker-registry) as the upstream; all on
-# loopback. One upstream fetch per blob for the whole cluster, whatever is
-# in front of it:
+# with CNCF Distribution (Debian's docker-registry) as the upstream behind
+# a throttle (nginx, 64 MB/s per connection, so clients arrive while the
+# blob is still coming); all on loopback. One upstream fetch per blob for
+# the whole cluster, whatever is in front of it:
 #
 #   1. nginx round-robin (http, no hashing): 16 clients of one cold
 #      256 MiB blob → upstream bytes 1.00x the blob, every copy verified;
@@ -51,6 +52,7 @@ L4=$(largest_blob "$WORK/l4")
 BIG_SIZE=$(stat -c %s "$WORK/rr/blobs/sha256/${RR#sha256:}")
 
 # Every replica knows every peer's address before it starts.
+THROTTLE_PORT=$(free_port)
 PORTS=()
 for i in 1 2 3; do PORTS+=("$(free_port)"); done
 PEERS=$(printf '"127.0.0.1:%s",' "${PORTS[@]}")
@@ -63,7 +65,7 @@ for i in 1 2 3; do
   "http": {"address": "127.0.0.1", "port": "$port"},
   "storage": {"rootDirectory": "$WORK/ferry-$i"},
   "extensions": {"sync": {"enable": true, "registries": [
-    {"urls": ["http://127.0.0.1:$REG_PORT"], "onDemand": true}
+    {"urls": ["http://127.0.0.1:$THROTTLE_PORT"], "onDemand": true}
   ]}},
   "ferry": {"cluster": {"peers": $PEERS, "self": "127.0.0.1:$port",
     "secretFile": "$WORK/cluster.secret", "probeInterval": "500ms"}}
@@ -114,6 +116,18 @@ http {
     scgi_temp_path $WORK/nginx-tmp;
     upstream round_robin {
 $servers    }
+    # The upstream registry, throttled.
+    server {
+        listen 127.0.0.1:$THROTTLE_PORT;
+        location / {
+            proxy_pass http://127.0.0.1:$REG_PORT;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_buffering off;
+            limit_rate 64m;
+        }
+    }
     server {
         listen 127.0.0.1:$L7_PORT;
         location / {
@@ -138,6 +152,7 @@ NGINX
 nginx -c "$WORK/nginx.conf" || fail "nginx did not start"
 wait_port "$L7_PORT" || fail "nginx did not listen"
 wait_port "$L4_PORT" || fail "nginx did not listen on its stream port"
+wait_port "$THROTTLE_PORT" || fail "nginx did not listen on its throttle port"
 
 clients() { # port digest image tag → 16 concurrent downloads, each verified
     local port=$1 digest=$2 image=$3 tag=$4 pids=() i
