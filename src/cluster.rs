@@ -16,7 +16,7 @@ pub mod membership;
 pub mod rendezvous;
 pub mod signature;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -52,6 +52,10 @@ pub struct Cluster {
 /// Why a peer request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
+    /// No connection: the peer is down or unreachable.
+    #[error("peer {peer}: cannot connect: {cause}")]
+    Connect { peer: String, cause: String },
+    /// Connected, but the exchange failed.
     #[error("peer {peer}: {cause}")]
     Unreachable { peer: String, cause: String },
     #[error("peer {peer} did not answer within {after:?}")]
@@ -91,17 +95,22 @@ impl Cluster {
     /// The peer that owns `key`, or `None` when this replica owns it (or
     /// no other peer is live).
     pub fn owner(&self, key: &[u8]) -> Option<String> {
-        let live = self.members.live();
+        let me = self.me();
+        // Until this replica knows its name, its listen address is not
+        // another peer either.
+        let listen = self.listen.to_string();
+        let mut live = self.members.live();
+        live.retain(|p| *p != listen);
         if live.is_empty() {
             return None;
         }
-        let me = self.me();
         let all = live.iter().map(String::as_str).chain(me.as_deref());
         let owner = rendezvous::rank(all, key)[0];
         (Some(owner) != me.as_deref()).then(|| owner.to_string())
     }
 
-    /// Takes `peer` out of the ring until a probe finds it ready again.
+    /// Takes `peer` out of the ring until a probe finds it ready again (for
+    /// a peer that refused a connection: a slow or busy one stays in).
     pub fn mark_down(&self, peer: &str) {
         if self.members.mark(peer, false) {
             tracing::warn!(peer, "cluster peer left out until it answers again");
@@ -118,13 +127,15 @@ impl Cluster {
         self.config.secret.expose().as_bytes()
     }
 
-    /// Sends a signed `GET path` for `repo` (see [`signature::REPO`]) to
-    /// `peer`, with `headers` besides, and returns its answer's head.
+    /// Sends a signed `GET path` for `repo` (see [`signature::REPO`]) on
+    /// behalf of `client` to `peer`, with `headers` besides, and returns
+    /// its answer's head.
     pub async fn get(
         &self,
         peer: &str,
         path: &str,
         repo: &str,
+        client: IpAddr,
         headers: HeaderMap,
     ) -> Result<Response<Incoming>, PeerError> {
         let me = self.me().unwrap_or_else(|| self.listen.to_string());
@@ -135,10 +146,22 @@ impl Cluster {
                 cause: e.to_string(),
             })?;
         req.headers_mut().extend(headers);
+        let client = client.to_string();
+        let signed = signature::Request {
+            from: &me,
+            method: "GET",
+            path,
+            repo,
+            client: &client,
+        };
         req.headers_mut()
-            .extend(signature::sign(self.secret(), &me, "GET", path, repo));
+            .extend(signature::sign(self.secret(), &signed));
         match tokio::time::timeout(self.answer_timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) if e.is_connect() => Err(PeerError::Connect {
+                peer: peer.into(),
+                cause: crate::upstream::error_chain(&e),
+            }),
             Ok(Err(e)) => Err(PeerError::Unreachable {
                 peer: peer.into(),
                 cause: crate::upstream::error_chain(&e),

@@ -425,6 +425,15 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_behind_a_tls_listener_is_refused() {
+        let text = r#"{"http": {"tls": {"cert": "c.pem", "key": "k.pem"}},
+            "ferry": {"cluster": {"peers": ["a:1", "b:1"], "secretFile": "/nonexistent"}}}"#;
+        let file = FileConfig::parse(text).unwrap();
+        let e = Config::resolve(file, &Overrides::default()).unwrap_err().0;
+        assert!(e.contains("ferry.cluster with http.tls"), "{e}");
+    }
+
+    #[test]
     fn go_durations() {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));

@@ -293,7 +293,8 @@ impl Coordinator {
         let mut retried = false;
         let (flight, joined, client, size) = loop {
             let (flight, joined, client) = self.join_or_start(repo, digest, requester);
-            if let (true, Some(owner)) = (requester.is_peer(), &flight.via_peer) {
+            let filling = flight.filling_from_peer();
+            if let (true, true, Some(owner)) = (requester.is_peer(), filling, &flight.via_peer) {
                 // Two replicas that disagree on the owner (membership just
                 // changed) must not wait on each other: the asking one goes
                 // upstream instead.
@@ -366,10 +367,10 @@ impl Coordinator {
                 let mut flight = Flight::new(digest.clone(), repo.key(), requester);
                 // A peer's request is fetched here, never passed on.
                 if !requester.is_peer() {
-                    flight.via_peer = self
-                        .cluster
-                        .as_ref()
-                        .and_then(|c| c.owner(digest.to_string().as_bytes()));
+                    let owner = self.cluster.as_ref();
+                    if let Some(peer) = owner.and_then(|c| c.owner(digest.to_string().as_bytes())) {
+                        flight.fill_from(peer);
+                    }
                 }
                 let flight = Arc::new(flight);
                 let client = flight.client();

@@ -93,9 +93,10 @@ pub async fn handle<B>(
                 (Identity::Anonymous, None) => None,
             };
             let requester = match &peer {
-                Some(_) => {
+                Some(p) => {
                     app.metrics.cluster.requests_in.inc();
-                    Requester::peer(client)
+                    // Fair between the clients the peers serve.
+                    Requester::peer(p.client.parse().unwrap_or(client))
                 }
                 None => Requester::client(client),
             };

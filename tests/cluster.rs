@@ -76,6 +76,17 @@ async fn all_live(replicas: &[Ferry], live: i64) {
     .await;
 }
 
+/// A peer request from `x:1` for `path`, as a forger would write one.
+fn peer_request(path: &str) -> ferry::cluster::signature::Request<'_> {
+    ferry::cluster::signature::Request {
+        from: "x:1",
+        method: "GET",
+        path,
+        repo: "0 x",
+        client: "192.0.2.1",
+    }
+}
+
 fn owner_of(peers: &[String], digest: &str) -> String {
     rendezvous::rank(peers.iter().map(String::as_str), digest.as_bytes())[0].to_string()
 }
@@ -206,10 +217,19 @@ async fn an_owner_that_dies_midway_is_finished_from_the_upstream_with_a_range() 
     let (d, data) = blob_owned_by(&up, size, &peers, &peer.addr.to_string());
     *data_holder.lock().unwrap() = data;
 
-    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{d}")))).await;
-    assert_eq!(w.status, StatusCode::OK);
-    assert_eq!(w.body_error, None, "the client saw a pause, not an error");
-    assert_eq!(sha256(&w.body), d);
+    // Four clients of the replica at once: all complete.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let url = ferry.url(&format!("/v2/x/blobs/{d}"));
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    for c in clients {
+        let w = within(c).await.unwrap();
+        assert_eq!(w.status, StatusCode::OK);
+        assert_eq!(w.body_error, None, "a client saw an error, not a pause");
+        assert_eq!(sha256(&w.body), d);
+    }
     ferry.settle().await;
     assert!(ferry.has_blob(&d));
     assert_eq!(up.ranges(), vec![format!("bytes={}-", 1 << 20)]);
@@ -219,6 +239,7 @@ async fn an_owner_that_dies_midway_is_finished_from_the_upstream_with_a_range() 
         (size - (1 << 20)) as u64,
         "only the rest came upstream"
     );
+    assert_eq!(peer.requests(), 2, "one probe and one fill from the owner");
     assert_eq!(ferry.fetch_failures("upstream"), 0);
     assert_eq!(
         ferry
@@ -282,14 +303,9 @@ async fn the_peer_path_gives_an_outsider_no_more_than_a_client() {
 
     // Peer headers signed with the wrong secret, or copied onto another
     // path, are ignored: an ordinary anonymous client.
-    let forged = ferry::cluster::signature::sign(b"not the secret", "x:1", "GET", &path, "0 x");
-    let copied = ferry::cluster::signature::sign(
-        SECRET.as_bytes(),
-        "x:1",
-        "GET",
-        "/v2/y/blobs/sha256:00",
-        "0 x",
-    );
+    let forged = ferry::cluster::signature::sign(b"not the secret", &peer_request(&path));
+    let copied =
+        ferry::cluster::signature::sign(SECRET.as_bytes(), &peer_request("/v2/y/blobs/sha256:00"));
     for headers in [forged, copied] {
         let h: Vec<(&str, &str)> = headers
             .iter()
@@ -300,7 +316,7 @@ async fn the_peer_path_gives_an_outsider_no_more_than_a_client() {
     }
     // Signed for a tag list: the peer path is for blobs and manifests only.
     let mpath = "/v2/x/tags/list";
-    let signed = ferry::cluster::signature::sign(SECRET.as_bytes(), "x:1", "GET", mpath, "0 x");
+    let signed = ferry::cluster::signature::sign(SECRET.as_bytes(), &peer_request(mpath));
     let h: Vec<(&str, &str)> = signed
         .iter()
         .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
@@ -308,7 +324,7 @@ async fn the_peer_path_gives_an_outsider_no_more_than_a_client() {
     let w = within(request(Method::GET, &ferry.url(mpath), &h)).await;
     assert_eq!(w.status, StatusCode::UNAUTHORIZED);
     // Signed with the cluster's secret, for this blob: served.
-    let signed = ferry::cluster::signature::sign(SECRET.as_bytes(), "x:1", "GET", &path, "0 x");
+    let signed = ferry::cluster::signature::sign(SECRET.as_bytes(), &peer_request(&path));
     let h: Vec<(&str, &str)> = signed
         .iter()
         .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
@@ -516,4 +532,38 @@ async fn an_owner_slower_than_min_read_rate_is_left_for_the_upstream() {
         "the rest came with one Range: {:?}",
         up.ranges()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_every_client_left_is_cancelled_on_both_replicas() {
+    let up = FakeRegistry::start().await;
+    let replicas = cluster_with(&up.url(), 2, |cfg| cfg.orphaned_bytes_per_registry = 0).await;
+    let peers: Vec<String> = replicas.iter().map(|r| r.addr.to_string()).collect();
+    // A blob replica 1 owns, asked of replica 0, stalling at its upstream.
+    let gate = Gate::new();
+    let size = 16 << 20;
+    let (d, data) = (900u64..)
+        .map(|seed| blob_bytes(size, seed))
+        .map(|data| (sha256(&data), data))
+        .find(|(d, _)| owner_of(&peers, d) == peers[1])
+        .unwrap();
+    up.add_blob_as(&d, data, Fault::PauseAt(1 << 20, gate.clone()));
+    let resp = within(send(Method::GET, &replicas[0].url(&format!("/v2/x/blobs/{d}")), &[])).await;
+    let mut body = resp.into_body();
+    within(read_at_least(&mut body, 1)).await;
+    drop(body);
+    gate.reached().await;
+    gate.open();
+    // Replica 0 gives its fill up once nobody reads it; replica 1, whose
+    // only reader was replica 0, then gives its download up too.
+    within(async {
+        while replicas[0].fetch_failures("deserted") < 1 || replicas[1].fetch_failures("deserted") < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    for r in &replicas {
+        r.settle().await;
+        assert!(!r.has_blob(&d));
+    }
 }

@@ -6,17 +6,25 @@
 //! got as if it came from the upstream: hashed, stored, linked, fresh for
 //! `tagTTL`.
 //!
-//! Anything short of a good answer (the owner unreachable, any status but
-//! 200, a body too large) returns `None` and the caller asks the upstream
-//! itself, so a partition costs upstream requests, never an error.
+//! The owner's 404 counts as the upstream's. Anything else short of a good
+//! answer (the owner unreachable, a stale answer with a `Warning`, any
+//! other status, a body too large) returns `None` and the caller asks the
+//! upstream itself, so a partition costs upstream requests, never an
+//! error. A tag kept from the owner is fresh for `tagTTL` from then on, so
+//! it may be served up to twice `tagTTL` after the owner last asked the
+//! upstream.
 
-use http::header::{ACCEPT, CONTENT_TYPE};
+use std::net::{IpAddr, Ipv4Addr};
+
+use http::header::{ACCEPT, CONTENT_TYPE, WARNING};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::manifests::{self, Failure, Manifest};
 use super::App;
+use crate::cluster::PeerError;
 use crate::oci::{Reference, Tag};
 use crate::routing::{Resolved, Target};
+use crate::upstream::UpstreamError;
 
 /// `tag` at `target` from the peer that owns it, or `None` when this
 /// replica should ask the upstream (it owns the tag, the request came from
@@ -41,16 +49,31 @@ pub async fn tag(
         headers.insert(ACCEPT, v);
     }
     metrics.requests_out.inc();
-    let resp = match cluster.get(&owner, &path, &routed, headers).await {
-        Ok(r) if r.status() == StatusCode::OK => r,
+    // Revalidations are shared by every client that waits: ferry's own.
+    let client = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let resp = match cluster.get(&owner, &path, &routed, client, headers).await {
+        // A stale answer (the owner's upstream is down) is not taken as
+        // fresh: this replica tries the upstream itself, and falls back on
+        // its own stored tag with its own `maxStale`.
+        Ok(r) if r.status() == StatusCode::OK && !r.headers().contains_key(WARNING) => r,
+        Ok(r) if r.status() == StatusCode::NOT_FOUND => {
+            // The owner asked the upstream, which has no such tag: as good
+            // as asking it here.
+            return Some(Err(Failure::Upstream(UpstreamError::Status {
+                url: format!("peer {owner}{path}"),
+                status: StatusCode::NOT_FOUND,
+            })));
+        }
         Ok(r) => {
-            tracing::info!(peer = %owner, %tag, status = r.status().as_u16(), "peer did not serve the tag; asking the upstream");
+            tracing::info!(peer = %owner, %tag, status = r.status().as_u16(), "peer did not serve the tag fresh; asking the upstream");
             metrics.fell_back("status");
             return None;
         }
         Err(e) => {
-            tracing::warn!(%tag, error = %e, "peer unreachable; asking the upstream for the tag");
-            cluster.mark_down(&owner);
+            tracing::warn!(%tag, error = %e, "peer did not answer; asking the upstream for the tag");
+            if let PeerError::Connect { .. } = e {
+                cluster.mark_down(&owner);
+            }
             metrics.fell_back("unreachable");
             return None;
         }

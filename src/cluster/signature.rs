@@ -1,8 +1,9 @@
 //! Signed peer requests: an HMAC-SHA256, with the cluster's shared secret,
-//! over the method, the path and query, the repository header and the
-//! time. A request whose signature does not check out, or whose time is
-//! more than [`MAX_SKEW`] away from this replica's clock, is treated as an
-//! ordinary client's request: its peer headers mean nothing.
+//! over the sender, the method, the path and query, the repository header,
+//! the client the sender serves, and the time. A request whose signature
+//! does not check out, or whose time is more than [`MAX_SKEW`] away from
+//! this replica's clock, is treated as an ordinary client's request: its
+//! peer headers mean nothing.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +18,9 @@ pub const TIME: &str = "ferry-peer-time";
 /// `<registry index> <upstream repository>`: the repository the blob is
 /// fetched for, exactly as the sender routed it.
 pub const REPO: &str = "ferry-peer-repo";
+/// The address of the client the sending replica serves: the owner shares
+/// its fetch slots fairly between clients, not between replicas.
+pub const CLIENT: &str = "ferry-peer-client";
 /// Hex HMAC-SHA256 of the above.
 pub const SIGNATURE: &str = "ferry-peer-signature";
 
@@ -28,11 +32,30 @@ pub const MAX_SKEW: Duration = Duration::from_secs(60);
 pub struct Signed {
     pub from: String,
     pub repo: String,
+    /// The client the sending replica serves.
+    pub client: String,
 }
 
-fn mac(secret: &[u8], from: &str, method: &str, path: &str, repo: &str, time: u64) -> Hmac<Sha256> {
+/// What a signature covers besides the time.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub from: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub repo: &'a str,
+    pub client: &'a str,
+}
+
+fn mac(secret: &[u8], r: &Request<'_>, time: u64) -> Hmac<Sha256> {
     let mut m = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    for part in [from, method, path, repo, &time.to_string()] {
+    for part in [
+        r.from,
+        r.method,
+        r.path,
+        r.repo,
+        r.client,
+        &time.to_string(),
+    ] {
         m.update(part.as_bytes());
         m.update(b"\n");
     }
@@ -46,28 +69,20 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The headers that make a request from `from` a signed peer request.
-pub fn sign(secret: &[u8], from: &str, method: &str, path: &str, repo: &str) -> HeaderMap {
-    sign_at(secret, from, method, path, repo, now())
+/// The headers that make `r` a signed peer request.
+pub fn sign(secret: &[u8], r: &Request<'_>) -> HeaderMap {
+    sign_at(secret, r, now())
 }
 
-fn sign_at(
-    secret: &[u8],
-    from: &str,
-    method: &str,
-    path: &str,
-    repo: &str,
-    time: u64,
-) -> HeaderMap {
-    let tag = mac(secret, from, method, path, repo, time)
-        .finalize()
-        .into_bytes();
+fn sign_at(secret: &[u8], r: &Request<'_>, time: u64) -> HeaderMap {
+    let tag = mac(secret, r, time).finalize().into_bytes();
     let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
     let mut h = HeaderMap::new();
     let value = |s: &str| HeaderValue::from_str(s).expect("peer headers are visible ASCII");
-    h.insert(PEER, value(from));
+    h.insert(PEER, value(r.from));
     h.insert(TIME, value(&time.to_string()));
-    h.insert(REPO, value(repo));
+    h.insert(REPO, value(r.repo));
+    h.insert(CLIENT, value(r.client));
     h.insert(SIGNATURE, value(&hex));
     h
 }
@@ -87,18 +102,24 @@ fn verify_at(
 ) -> Option<Signed> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let signature = text(SIGNATURE)?;
-    let (from, repo) = (text(PEER)?, text(REPO)?);
+    let (from, repo, client) = (text(PEER)?, text(REPO)?, text(CLIENT)?);
     let time: u64 = text(TIME)?.parse().ok()?;
     if now.abs_diff(time) > MAX_SKEW.as_secs() {
         return None;
     }
     let tag = decode_hex(signature)?;
-    mac(secret, from, method, path, repo, time)
-        .verify_slice(&tag)
-        .ok()?;
+    let r = Request {
+        from,
+        method,
+        path,
+        repo,
+        client,
+    };
+    mac(secret, &r, time).verify_slice(&tag).ok()?;
     Some(Signed {
         from: from.to_string(),
         repo: repo.to_string(),
+        client: client.to_string(),
     })
 }
 
@@ -121,35 +142,36 @@ mod tests {
 
     #[test]
     fn a_signed_request_checks_out_and_nothing_else_does() {
-        let h = sign_at(KEY, "10.0.0.1:5000", "GET", PATH, "0 library/alpine", 1000);
+        let r = Request {
+            from: "10.0.0.1:5000",
+            method: "GET",
+            path: PATH,
+            repo: "0 library/alpine",
+            client: "192.0.2.7",
+        };
+        let h = sign_at(KEY, &r, 1000);
         let ok = verify_at(KEY, "GET", PATH, &h, 1010).expect("signed");
         assert_eq!(ok.from, "10.0.0.1:5000");
         assert_eq!(ok.repo, "0 library/alpine");
+        assert_eq!(ok.client, "192.0.2.7");
         assert_eq!(verify_at(b"another secret", "GET", PATH, &h, 1010), None);
         assert_eq!(verify_at(KEY, "HEAD", PATH, &h, 1010), None, "method");
-        assert_eq!(
-            verify_at(KEY, "GET", "/v2/x/blobs/sha256:00", &h, 1010),
-            None,
-            "path"
-        );
+        let other_path = "/v2/x/blobs/sha256:00";
+        assert_eq!(verify_at(KEY, "GET", other_path, &h, 1010), None, "path");
         assert_eq!(verify_at(KEY, "GET", PATH, &h, 1000 + 61), None, "too old");
-        assert_eq!(
-            verify_at(KEY, "GET", PATH, &h, 1000 - 61),
-            None,
-            "from the future"
-        );
-        let mut other_repo = h.clone();
-        other_repo.insert(REPO, HeaderValue::from_static("0 private/secret"));
-        assert_eq!(
-            verify_at(KEY, "GET", PATH, &other_repo, 1010),
-            None,
-            "repository"
-        );
-        let mut unsigned = h.clone();
+        assert_eq!(verify_at(KEY, "GET", PATH, &h, 1000 - 61), None, "future");
+        for (name, value) in [
+            (REPO, "0 private/secret"),
+            (CLIENT, "192.0.2.8"),
+            (PEER, "10.0.0.9:5000"),
+            (SIGNATURE, "zz"),
+        ] {
+            let mut changed = h.clone();
+            changed.insert(name, HeaderValue::from_static(value));
+            assert_eq!(verify_at(KEY, "GET", PATH, &changed, 1010), None, "{name}");
+        }
+        let mut unsigned = h;
         unsigned.remove(SIGNATURE);
         assert_eq!(verify_at(KEY, "GET", PATH, &unsigned, 1010), None);
-        let mut garbage = h;
-        garbage.insert(SIGNATURE, HeaderValue::from_static("zz"));
-        assert_eq!(verify_at(KEY, "GET", PATH, &garbage, 1010), None);
     }
 }

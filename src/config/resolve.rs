@@ -220,6 +220,15 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
             ),
         })
     };
+    let cluster = match &f.cluster {
+        Some(_) if tls.is_some() => {
+            return Err(err(
+                "ferry.cluster with http.tls: peers talk plain HTTP to each other's listener, which then speaks only TLS; this is not supported yet (terminate TLS in front of ferry, e.g. in the load balancer)".into(),
+            ))
+        }
+        Some(c) => Some(c.resolve(std::env::var(super::SECRET_ENV).ok())?),
+        None => None,
+    };
     let config = Config {
         listen,
         tls,
@@ -278,10 +287,7 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         warnings,
         listener,
         access,
-        cluster: match &f.cluster {
-            Some(c) => Some(c.resolve(std::env::var(super::SECRET_ENV).ok())?),
-            None => None,
-        },
+        cluster,
     };
     super::bounds::check(&config)?;
     Ok(config)

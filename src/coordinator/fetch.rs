@@ -170,8 +170,9 @@ async fn fetch_upstream(
         }));
     }
     let _room = super::room_for(space, size)?;
-    let source = super::transfer::Source::Upstream(&permit);
-    let size = super::transfer::upstream(coordinator, flight, target, resp, source).await?;
+    let source = super::transfer::Source::Upstream;
+    let size =
+        super::transfer::upstream(coordinator, flight, target, resp, &permit, source).await?;
     coordinator
         .lifecycle
         .stored(digest, size, &coordinator.clock);

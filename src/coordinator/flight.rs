@@ -138,6 +138,9 @@ pub struct Flight {
     /// The cluster peer that owns the digest, when the bytes are to come
     /// from it (decided when the fetch starts; never for a peer's request).
     pub via_peer: Option<String>,
+    /// Bytes are coming (or about to come) from `via_peer`; cleared when
+    /// the fetch turns to the upstream instead.
+    from_peer: std::sync::atomic::AtomicBool,
     progress: watch::Sender<Progress>,
     file: OnceLock<Arc<File>>,
     /// The file mapped for reading, once its size is known (shared by
@@ -185,6 +188,7 @@ impl Flight {
             repo,
             requester,
             via_peer: None,
+            from_peer: Default::default(),
             progress: watch::Sender::new(Progress::Connecting),
             file: OnceLock::new(),
             mapped: OnceLock::new(),
@@ -218,6 +222,23 @@ impl Flight {
         ClientGuard {
             flight: self.clone(),
         }
+    }
+
+    /// Marks this fetch as filled from `peer` (set before it starts).
+    pub(super) fn fill_from(&mut self, peer: String) {
+        self.via_peer = Some(peer);
+        *self.from_peer.get_mut() = true;
+    }
+
+    /// Whether the bytes come from a peer now (not from the upstream).
+    pub fn filling_from_peer(&self) -> bool {
+        self.from_peer.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The fetch turned from the peer to the upstream.
+    pub(super) fn left_peer(&self) {
+        self.from_peer
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Clients reading this fetch now.

@@ -40,28 +40,32 @@ fn chunks(body: Incoming) -> Chunks<'static> {
 }
 
 /// Where the first response of a transfer came from.
+#[derive(Clone, Copy)]
 pub(super) enum Source<'a> {
-    /// The registry of the target, holding one of its fetch slots.
-    Upstream(&'a FetchPermit),
+    /// The registry of the target.
+    Upstream,
     /// A cluster peer (the owner of the digest). Its bytes are counted in
     /// `counted`; if its transfer breaks, the rest comes from the upstream.
     Peer { name: &'a str, counted: &'a Counter },
 }
 
 /// Streams the response `first` (from `source`) into a new spool, resuming
-/// broken transfers at the upstream, and returns the verified size.
+/// broken transfers at the upstream, and returns the verified size. The
+/// transfer holds `permit`, one of the registry's fetch slots, and gives
+/// it up when nobody reads it (see [`Watch`]).
 pub(super) async fn upstream(
     coordinator: &Arc<Coordinator>,
     flight: &Arc<Flight>,
     target: &Target,
     first: Response<Incoming>,
+    permit: &FetchPermit,
     source: Source<'_>,
 ) -> Result<u64, FetchFailure> {
     let digest = &flight.digest;
     let size = content_length(first.headers());
     // A peer's ETag is its own, not the upstream's: no If-Range with it.
     let etag = match source {
-        Source::Upstream(_) => first
+        Source::Upstream => first
             .headers()
             .get(ETAG)
             .filter(|t| !t.as_bytes().starts_with(b"W/"))
@@ -70,7 +74,7 @@ pub(super) async fn upstream(
     };
 
     let spool = Spool::start(coordinator, flight, size, coordinator.max_blob_size).await?;
-    if let (Some(shared), Source::Upstream(_)) = (coordinator.shared.clone(), &source) {
+    if let (Some(shared), Source::Upstream) = (coordinator.shared.clone(), source) {
         // The owner uploads; a replica filled by it has nothing to add.
         super::mirror::start(shared, flight, coordinator.metrics.clone());
     }
@@ -87,7 +91,7 @@ pub(super) async fn upstream(
     let mut response = Some(first);
     let mut from_peer = match source {
         Source::Peer { name, counted } => Some((name, counted)),
-        Source::Upstream(_) => None,
+        Source::Upstream => None,
     };
     let network: Result<(), FetchFailure> = loop {
         let attempt = match response.take() {
@@ -96,19 +100,16 @@ pub(super) async fn upstream(
                     received: &mut received,
                     skip: &mut skip,
                 };
-                let watch = match source {
-                    Source::Upstream(permit) => Some(Watch {
-                        flight,
-                        slots: &target.registry.fetch_slots,
-                        permit,
-                    }),
-                    Source::Peer { .. } => None,
-                };
+                let watch = Some(Watch {
+                    flight,
+                    slots: &target.registry.fetch_slots,
+                    permit,
+                });
                 let body = chunks(resp.into_body());
                 match from_peer {
                     Some((peer, counted)) => {
                         let peer_url = format!("peer {peer} ({digest})");
-                        pump(body, &spool, &mut pos, &timeouts, &peer_url, counted, None).await
+                        pump(body, &spool, &mut pos, &timeouts, &peer_url, counted, watch).await
                     }
                     None => pump(body, &spool, &mut pos, &timeouts, &url, fetched, watch).await,
                 }
@@ -134,9 +135,7 @@ pub(super) async fn upstream(
             tracing::warn!(%digest, peer, received, error = %broken,
                 "peer transfer broke; continuing from the upstream");
             coordinator.metrics.cluster.fell_back("broken");
-            if let Some(c) = &coordinator.cluster {
-                c.mark_down(peer);
-            }
+            flight.left_peer();
             match request(target, digest, received, None).await {
                 Ok(resp)
                     if resp.status() == StatusCode::PARTIAL_CONTENT

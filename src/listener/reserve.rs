@@ -47,6 +47,10 @@ impl Spare {
         listener: &TcpListener,
         e: &std::io::Error,
     ) -> Recovered {
+        if self.0.is_none() {
+            // Lost to another task the last time round: try again.
+            *self = Spare::new();
+        }
         if out_of_descriptors(e) && self.0.take().is_some() {
             // Only a connection already waiting: Linux reports EMFILE even
             // with an empty backlog, and one that arrives later may find

@@ -55,6 +55,11 @@ impl Requester {
     pub fn is_peer(&self) -> bool {
         self.peer
     }
+
+    /// The client's address (unspecified for ferry's own work).
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
 }
 
 #[derive(Debug)]
