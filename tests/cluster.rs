@@ -548,7 +548,12 @@ async fn a_fill_every_client_left_is_cancelled_on_both_replicas() {
         .find(|(d, _)| owner_of(&peers, d) == peers[1])
         .unwrap();
     up.add_blob_as(&d, data, Fault::PauseAt(1 << 20, gate.clone()));
-    let resp = within(send(Method::GET, &replicas[0].url(&format!("/v2/x/blobs/{d}")), &[])).await;
+    let resp = within(send(
+        Method::GET,
+        &replicas[0].url(&format!("/v2/x/blobs/{d}")),
+        &[],
+    ))
+    .await;
     let mut body = resp.into_body();
     within(read_at_least(&mut body, 1)).await;
     drop(body);
@@ -557,7 +562,9 @@ async fn a_fill_every_client_left_is_cancelled_on_both_replicas() {
     // Replica 0 gives its fill up once nobody reads it; replica 1, whose
     // only reader was replica 0, then gives its download up too.
     within(async {
-        while replicas[0].fetch_failures("deserted") < 1 || replicas[1].fetch_failures("deserted") < 1 {
+        while replicas[0].fetch_failures("deserted") < 1
+            || replicas[1].fetch_failures("deserted") < 1
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
