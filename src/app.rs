@@ -170,15 +170,18 @@ impl App {
         }
     }
 
-    /// Readiness: a file can be created and removed in the store's tmp/.
-    pub async fn store_writable(&self) -> std::io::Result<()> {
-        let dir = self.config.storage_root.join("tmp");
-        store::blocking(move || {
-            let p = dir.join(format!("readyz-{}", std::process::id()));
-            std::fs::write(&p, b"")?;
-            std::fs::remove_file(&p)
-        })
-        .await
+    /// Readiness: every store directory takes a new file, and no write
+    /// failed in the last seconds (a fetch's write can fail where the check
+    /// does not: a full disk, a read-only subdirectory).
+    pub async fn store_writable(&self) -> Result<(), String> {
+        let store = self.coordinator.store().clone();
+        store::blocking(move || store.check_writable())
+            .await
+            .map_err(|e| e.to_string())?;
+        match self.coordinator.lifecycle().space.write_failure() {
+            Some(e) => Err(format!("a write failed in the last seconds: {e}")),
+            None => Ok(()),
+        }
     }
 
     /// Sets the gauges that describe the present (fetches in flight, the

@@ -312,7 +312,9 @@ impl Coordinator {
             let size = match started {
                 Ok(Progress::Streaming { size, .. }) => size,
                 Ok(Progress::Done { size } | Progress::Verified { size }) => Some(size),
-                Ok(Progress::Failed(f)) if matches!(*f, FetchFailure::NoRoom(_)) => {
+                Ok(Progress::Failed(f))
+                    if matches!(*f, FetchFailure::NoRoom(_) | FetchFailure::Unwritable(_)) =>
+                {
                     // The store cannot take it: serve this client straight
                     // from upstream instead.
                     self.metrics.uncached.inc();

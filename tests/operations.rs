@@ -160,6 +160,62 @@ async fn readiness_fails_when_the_store_is_not_writable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_directory_that_cannot_be_written_is_named_and_fails_readiness() {
+    let up = FakeRegistry::start().await;
+    let ferry = Ferry::start(&up.url()).await;
+    // Not only tmp/: any store directory (root writes anywhere, so a file
+    // in the directory's place stands for a read-only one).
+    let dir = ferry.store_root().join("repositories");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    let w = within(get(&ferry.url("/readyz"))).await;
+    assert_eq!(w.status, StatusCode::SERVICE_UNAVAILABLE);
+    let text = String::from_utf8_lossy(&w.body).to_string();
+    assert!(text.contains("repositories"), "{text}");
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    assert_eq!(
+        within(get(&ferry.url("/readyz"))).await.status,
+        StatusCode::OK
+    );
+
+    // A fetch whose write fails: served uncached, counted as a store
+    // failure (not "no room"), and readiness says why.
+    let tmp = ferry.store_root().join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a directory").unwrap();
+    let d = up.add_blob(blob_bytes(300_000, 1950));
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{d}")))).await;
+    assert_eq!(sha256(&w.body), d);
+    assert_eq!(ferry.fetch_failures("store"), 1);
+    assert_eq!(ferry.fetch_failures("no_room"), 0);
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+    let w = within(get(&ferry.url("/readyz"))).await;
+    assert_eq!(
+        w.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the failed write is recent"
+    );
+    let text = String::from_utf8_lossy(&w.body).to_string();
+    assert!(text.contains("a write failed"), "{text}");
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_be_written_is_refused_at_start_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    std::fs::create_dir_all(&root).unwrap();
+    // "blobs" exists as a file: the directory can be neither created nor
+    // written.
+    std::fs::write(root.join("blobs"), b"").unwrap();
+    let Err(e) = ferry::store::FsStore::open(&root) else {
+        panic!("a store that cannot be written was opened");
+    };
+    assert!(e.to_string().contains("blobs"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_downloads_in_flight_and_registry_health() {
     let up = FakeRegistry::start().await;
     let gate = Gate::new();

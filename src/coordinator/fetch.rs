@@ -130,9 +130,14 @@ async fn fetch_upstream(
     let digest = &flight.digest;
 
     let space = &coordinator.lifecycle.space;
+    if let Some(e) = space.write_failure() {
+        return Err(FetchFailure::Unwritable(format!(
+            "a write failed recently: {e}"
+        )));
+    }
     if space.reserve(0).is_none() {
         return Err(FetchFailure::NoRoom(format!(
-            "the store's filesystem is below minFreeSpace or failed a write recently ({} bytes available)",
+            "the store's filesystem is below minFreeSpace ({} bytes available)",
             space.probe().available()
         )));
     }

@@ -48,9 +48,12 @@ pub enum FetchFailure {
         limit: u64,
     },
     Store(String),
-    /// The store has no room (disk full, below minFreeSpace, unwritable):
-    /// the blob is served uncached.
+    /// The store has no room (below minFreeSpace, disk full): the blob is
+    /// served uncached.
     NoRoom(String),
+    /// The store cannot be written (a write failed: read-only, permissions,
+    /// I/O error): the blob is served uncached.
+    Unwritable(String),
     /// The fetch task ended without saying how (it panicked or was
     /// cancelled at shutdown).
     Abandoned,
@@ -77,6 +80,7 @@ impl std::fmt::Display for FetchFailure {
             ),
             FetchFailure::Store(e) => write!(f, "store failed: {e}"),
             FetchFailure::NoRoom(e) => write!(f, "no room to cache: {e}"),
+            FetchFailure::Unwritable(e) => write!(f, "the store cannot be written: {e}"),
             FetchFailure::Abandoned => write!(f, "the fetch ended without a result"),
             FetchFailure::Deserted => write!(
                 f,
@@ -93,7 +97,7 @@ impl FetchFailure {
             FetchFailure::Upstream(_) => "upstream",
             FetchFailure::DigestMismatch { .. } => "digest_mismatch",
             FetchFailure::LengthMismatch { .. } | FetchFailure::Endless { .. } => "length_mismatch",
-            FetchFailure::Store(_) => "store",
+            FetchFailure::Store(_) | FetchFailure::Unwritable(_) => "store",
             FetchFailure::NoRoom(_) => "no_room",
             FetchFailure::Abandoned => "abandoned",
             FetchFailure::Deserted => "deserted",
@@ -113,6 +117,7 @@ impl FetchFailure {
             ),
             FetchFailure::Store(_)
             | FetchFailure::NoRoom(_)
+            | FetchFailure::Unwritable(_)
             | FetchFailure::Abandoned
             | FetchFailure::Deserted => RegistryError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -62,8 +62,8 @@ impl Spool {
         let temp = store::blocking(move || s.create_temp(&d))
             .await
             .map_err(|e| {
-                coordinator.lifecycle.space.mark_degraded();
-                FetchFailure::NoRoom(format!("the store is not writable: {e}"))
+                coordinator.lifecycle.space.mark_write_failed(e.to_string());
+                FetchFailure::Unwritable(e.to_string())
             })?;
         let reader_file = temp.reader().map_err(|e| {
             FetchFailure::Store(format!(

@@ -203,7 +203,7 @@ pub(super) async fn upstream(
         // Disk full or I/O error: readers of this fetch are aborted; the
         // next requests are served uncached until the store recovers.
         tracing::warn!(%digest, error = %e, "store write failed; not caching for a while");
-        coordinator.lifecycle.space.mark_degraded();
+        coordinator.lifecycle.space.mark_write_failed(e.clone());
     }
     written
 }

@@ -93,6 +93,13 @@ th {{ background: #eef1f6; }} code {{ font-size: .85rem; }}
             None => "no size cap".to_string(),
         },
     );
+    if let Some(e) = lc.space.write_failure() {
+        let _ = writeln!(
+            h,
+            "<p class=\"bad\">The store cannot be written: {} (blobs are served uncached until writes work again; /readyz is 503)</p>",
+            escape(&e)
+        );
+    }
     downloads(app, &mut h);
     upstreams(app, &mut h);
     peers(app, &mut h);

@@ -38,7 +38,8 @@ pub struct Space {
     probe: SpaceProbe,
     min_free: u64,
     reserved: Arc<AtomicU64>,
-    degraded_until: std::sync::Mutex<Option<Instant>>,
+    /// The last failed write, until when it keeps ferry from caching.
+    write_failed: std::sync::Mutex<Option<(Instant, String)>>,
 }
 
 /// Room held for one fetch; released on drop.
@@ -63,7 +64,7 @@ impl Space {
             probe,
             min_free,
             reserved: Arc::new(AtomicU64::new(0)),
-            degraded_until: std::sync::Mutex::new(None),
+            write_failed: std::sync::Mutex::new(None),
         }
     }
 
@@ -73,7 +74,7 @@ impl Space {
 
     /// Room for `bytes` more, or `None` (then: do not cache).
     pub fn reserve(&self, bytes: u64) -> Option<Reservation> {
-        if self.is_degraded() {
+        if self.write_failure().is_some() {
             return None;
         }
         let available = self.probe.available();
@@ -101,19 +102,23 @@ impl Space {
     }
 
     /// A write failed: stop caching for a while.
-    pub fn mark_degraded(&self) {
-        *self.degraded_until.lock().expect("space lock") = Some(Instant::now() + DEGRADED_FOR);
+    /// Records a failed write (disk full, read-only or broken store): no
+    /// caching for a while, and `/readyz` says so.
+    pub fn mark_write_failed(&self, error: impl Into<String>) {
+        *self.write_failed.lock().expect("space lock") =
+            Some((Instant::now() + DEGRADED_FOR, error.into()));
     }
 
-    pub fn is_degraded(&self) -> bool {
-        let mut d = self.degraded_until.lock().expect("space lock");
-        match *d {
-            Some(until) if Instant::now() < until => true,
+    /// The write failure that keeps ferry from caching now, if any.
+    pub fn write_failure(&self) -> Option<String> {
+        let mut f = self.write_failed.lock().expect("space lock");
+        match &*f {
+            Some((until, e)) if Instant::now() < *until => Some(e.clone()),
             Some(_) => {
-                *d = None;
-                false
+                *f = None;
+                None
             }
-            None => false,
+            None => None,
         }
     }
 }
@@ -135,7 +140,7 @@ mod tests {
         avail.store(5, Ordering::SeqCst);
         assert!(s.reserve(0).is_none(), "below minFreeSpace");
         avail.store(1000, Ordering::SeqCst);
-        s.mark_degraded();
+        s.mark_write_failed("disk full");
         assert!(s.reserve(1).is_none());
     }
 

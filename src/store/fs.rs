@@ -53,13 +53,17 @@ pub struct TagRecord {
     pub fetched_at_ms: u64,
 }
 
+/// The store's directories (see docs/internals.md for what each holds).
+const STORE_DIRS: [&str; 4] = ["blobs", "manifests", "repositories", "tmp"];
+
 impl FsStore {
-    /// Opens (creating if needed) a store at `root` and removes temp files a
-    /// previous run left behind.
+    /// Opens (creating) the store at `root`, removes what a crashed run left
+    /// in `tmp/`, and checks that every directory can be written: a store
+    /// ferry cannot write is an error at start, not a surprise later.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<(FsStore, RecoveryReport)> {
         let root = root.into();
         let tmp = root.join("tmp");
-        for dir in ["blobs", "manifests", "repositories", "tmp"] {
+        for dir in STORE_DIRS {
             let p = root.join(dir);
             fs::create_dir_all(&p).map_err(|e| annotate(e, "cannot create store directory", &p))?;
         }
@@ -100,6 +104,7 @@ impl FsStore {
             seq: AtomicU64::new(0),
             _lock: owner.then_some(lock),
         };
+        store.check_writable()?;
         Ok((store, report))
     }
 
@@ -134,6 +139,23 @@ impl FsStore {
     }
 
     /// Opens a stored blob and returns it with its size, or `None`.
+    /// Creates and removes a file in each of the store's directories: an
+    /// error names the directory that cannot be written, and why.
+    pub fn check_writable(&self) -> io::Result<()> {
+        for dir in STORE_DIRS {
+            let p = self
+                .root
+                .join(dir)
+                .join(format!(".write-check-{}", std::process::id()));
+            fs::write(&p, b"")
+                .and_then(|()| fs::remove_file(&p))
+                .map_err(|e| {
+                    annotate(e, "cannot write in store directory", &self.root.join(dir))
+                })?;
+        }
+        Ok(())
+    }
+
     pub fn open_blob(&self, digest: &Digest) -> io::Result<Option<(File, u64)>> {
         let path = self.blob_path(digest);
         match File::open(&path) {
