@@ -11,6 +11,7 @@ mod access;
 mod bounds;
 mod cluster;
 mod credentials;
+mod describe;
 mod file;
 mod resolve;
 mod storage_driver;
@@ -27,6 +28,7 @@ pub use access::{
 };
 pub use cluster::{ClusterConfig, ClusterSection, PeerSource, SECRET_ENV};
 pub use credentials::{read_credentials_file, Credentials, Secret};
+pub use describe::settings;
 pub use file::FileConfig;
 pub use storage_driver::{S3Settings, SharedStorage};
 

@@ -41,13 +41,16 @@ enum Command {
         /// Config file (JSON, zot's shape). Default: config.example.json if present.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Address to listen on, e.g. 127.0.0.1:5000.
+        /// Address to listen on [default: 127.0.0.1:5000, or http.address
+        /// and http.port from the config file].
         #[arg(long)]
         listen: Option<SocketAddr>,
-        /// Storage root directory.
+        /// Storage root directory [default: ./data, or
+        /// storage.rootDirectory from the config file].
         #[arg(long)]
         storage: Option<PathBuf>,
-        /// Upstream registry URL, e.g. https://registry-1.docker.io.
+        /// Upstream registry URL, replacing the config file's registries
+        /// [default: https://registry-1.docker.io].
         #[arg(long)]
         upstream: Option<String>,
     },
@@ -80,10 +83,15 @@ enum Command {
         #[arg(long)]
         quarantine: bool,
     },
-    /// Validate a config file and print the resolved routing table.
+    /// Validate a config file as `serve` would load it (its TLS files,
+    /// htpasswd and certDir included) and print every effective setting
+    /// and the routing table.
     CheckConfig {
         /// Config file to check.
-        file: PathBuf,
+        file: Option<PathBuf>,
+        /// Config file to check (as for serve).
+        #[arg(long = "config", short = 'c', conflicts_with = "file")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -124,39 +132,23 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
-        Command::CheckConfig { file } => match Config::load(&file, &Overrides::default()) {
-            Ok(config) => {
-                let mut out = format!(
-                    "{}: valid\nlisten   {}\nstorage  {}\n",
-                    file.display(),
-                    config.listen,
-                    config.storage_root.display()
-                );
-                for w in &config.warnings {
-                    out.push_str(&format!("warning  {w}\n"));
+        Command::CheckConfig { file, config } => {
+            let Some(file) = file.or(config) else {
+                eprintln!("ferry: check-config needs a config file: ferry check-config FILE");
+                return ExitCode::from(2);
+            };
+            match check_config(&file) {
+                Ok(out) => {
+                    // A closed pipe (`| head`) is not an error worth a panic.
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+                    ExitCode::SUCCESS
                 }
-                if let Some(c) = &config.cluster {
-                    out.push_str(&ferry::cluster::Cluster::describe(c));
-                }
-                out.push('\n');
-                match ferry::routing::Router::new(&config) {
-                    Ok(router) => {
-                        out.push_str(&router.describe());
-                        // A closed pipe (`| head`) is not an error worth a panic.
-                        let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("ferry: {e}");
-                        ExitCode::from(2)
-                    }
+                Err(e) => {
+                    eprintln!("ferry: {}: {e}", file.display());
+                    ExitCode::from(2)
                 }
             }
-            Err(e) => {
-                eprintln!("ferry: {e}");
-                ExitCode::from(2)
-            }
-        },
+        }
         Command::Serve {
             config,
             listen,
@@ -175,8 +167,8 @@ fn main() -> ExitCode {
             match runtime().block_on(serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    // Logging is set up by now: one line, where the logs go.
                     tracing::error!(error = %e, "ferry stopped");
-                    eprintln!("ferry: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -184,11 +176,49 @@ fn main() -> ExitCode {
     }
 }
 
+/// What `ferry check-config` prints, or the first thing `serve` would
+/// refuse: the same loading, the same TLS, htpasswd and certDir checks.
+fn check_config(file: &std::path::Path) -> Result<String, String> {
+    let config = Config::load(file, &Overrides::default()).map_err(|e| e.to_string())?;
+    if let Some(tls) = &config.tls {
+        ferry::listener::CertStore::load(tls).map_err(|e| e.to_string())?;
+    }
+    if let Some(access) = &config.access {
+        ferry::access::Access::load(access).map_err(|e| e.to_string())?;
+    }
+    let router = ferry::routing::Router::new(&config).map_err(|e| e.to_string())?;
+    let mut out = format!(
+        "{}: valid\nlisten   {}\nstorage  {}\n",
+        file.display(),
+        config.listen,
+        config.storage_root.display()
+    );
+    for w in &config.warnings {
+        out.push_str(&format!("warning  {w}\n"));
+    }
+    if let Some(c) = &config.cluster {
+        out.push_str(&ferry::cluster::Cluster::describe(c));
+    }
+    out.push('\n');
+    out.push_str(&ferry::config::settings(&config));
+    out.push('\n');
+    out.push_str(&router.describe());
+    Ok(out)
+}
+
 /// Loads the config and starts logging, or says why not (exit code 2).
 fn setup(path: Option<&std::path::Path>, overrides: &Overrides) -> Result<Config, ExitCode> {
     match load(path, overrides) {
         Ok(c) => {
             init_logging(c.log_level.as_deref());
+            match path {
+                Some(p) => tracing::info!(file = %p.display(), "config loaded"),
+                None if std::path::Path::new(DEFAULT_CONFIG).exists() => tracing::info!(
+                    file = DEFAULT_CONFIG,
+                    "config loaded (no --config given; found in the current directory)"
+                ),
+                None => tracing::info!("no config file: built-in defaults and flags"),
+            }
             Ok(c)
         }
         Err(e) => {

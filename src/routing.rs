@@ -422,12 +422,16 @@ impl Router {
             if let Some(d) = &c.cert_dir {
                 out.push_str(&format!("  certDir  {}\n", d.display()));
             }
+            let tls = if c.urls.iter().all(|u| u.scheme_str() == Some("http")) {
+                "plain HTTP".to_string()
+            } else {
+                format!("tlsVerify {}", c.tls_verify)
+            };
             out.push_str(&format!(
-                "  retries  {} (delay {}, max {}), tlsVerify {}\n",
+                "  retries  {} (delay {}, max {}), {tls}\n",
                 c.retry.max_retries,
                 humantime::format_duration(c.retry.delay),
                 humantime::format_duration(c.retry.max_delay),
-                c.tls_verify
             ));
         }
         out.push_str("order    a repository tries every registry that serves it, in the order above; the one that served it last goes first\n");

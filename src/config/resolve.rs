@@ -327,6 +327,9 @@ fn registries_from(
         ));
     }
     if sync.registries.is_empty() {
+        warnings.push(format!(
+            "extensions.sync.registries is empty: ferry mirrors {DEFAULT_UPSTREAM}, the default"
+        ));
         return Ok(vec![RegistryConfig::single(parse_upstream_url(
             DEFAULT_UPSTREAM,
         )?)]);
@@ -389,6 +392,13 @@ fn registries_from(
             ));
         }
         let tls_verify = r.tls_verify.unwrap_or(true);
+        if r.tls_verify.is_some() && urls.iter().all(|u| u.scheme_str() == Some("http")) {
+            warnings.push(format!(
+                "{}: has no effect: {} is plain HTTP",
+                at("tlsVerify"),
+                urls[0]
+            ));
+        }
         if !tls_verify {
             warnings.push(format!(
                 "{}: false: certificates of {} are not checked",
@@ -473,6 +483,17 @@ fn registries_from(
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
         });
+    }
+    for (i, r) in out.iter().enumerate() {
+        if let Some(j) = out[..i]
+            .iter()
+            .position(|o| o.urls == r.urls && o.content == r.content)
+        {
+            warnings.push(format!(
+                "extensions.sync.registries[{i}] repeats registries[{j}] ({}): it is never asked first",
+                r.urls[0]
+            ));
+        }
     }
     Ok(out)
 }

@@ -1,0 +1,92 @@
+//! `ferry check-config` is the final word on a config file: what `serve`
+//! would refuse, it refuses; what it accepts, it prints as understood.
+
+use std::process::Command;
+
+fn check(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("check-config")
+        .args(args)
+        .output()
+        .expect("run ferry");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn tls_files_that_do_not_exist_are_refused_as_serve_refuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "tls.json",
+        r#"{"http": {"tls": {"cert": "/nonexistent/server.crt", "key": "/nonexistent/server.key"}}}"#,
+    );
+    let (code, _, err) = check(&[&f]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/server.crt"), "{err}");
+}
+
+#[test]
+fn a_missing_htpasswd_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "auth.json",
+        r#"{"http": {"auth": {"htpasswd": {"path": "/nonexistent/htpasswd"}}}}"#,
+    );
+    let (code, _, err) = check(&[&f]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/nonexistent/htpasswd"), "{err}");
+}
+
+#[test]
+fn config_flag_empty_and_repeated_registries_plain_http_and_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "c.json",
+        r#"{"ferry": {"maxSize": "10GB", "connectTimeout": "90s"},
+            "extensions": {"sync": {"registries": [
+              {"urls": ["http://127.0.0.1:5001"], "tlsVerify": true, "tagTTL": "5 min"},
+              {"urls": ["http://127.0.0.1:5001"]}
+            ]}}}"#,
+    );
+    // `--config` as for every other subcommand.
+    let (code, out, err) = check(&["--config", &f]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("repeats registries[0]"), "{out}");
+    assert!(out.contains("tlsVerify: has no effect"), "{out}");
+    assert!(!out.contains("tlsVerify true"), "{out}");
+    let line = |key: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} in {out}"))
+            .to_string()
+    };
+    assert!(line("ferry.maxSize").contains("9.3 GiB"));
+    assert!(line("ferry.connectTimeout").contains("1m 30s"));
+    assert!(line("registries[0].tagTTL").contains("5m"));
+    assert!(line("ferry.idleReadTimeout").ends_with("(default)"));
+
+    let e = write(
+        &dir,
+        "e.json",
+        r#"{"extensions": {"sync": {"registries": []}}}"#,
+    );
+    let (code, out, _) = check(&[&e]);
+    assert_eq!(code, 0);
+    assert!(out.contains("registries is empty"), "{out}");
+
+    let (code, _, err) = check(&[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("needs a config file"), "{err}");
+}
