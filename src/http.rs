@@ -29,7 +29,7 @@ use http::{Method, Request, Response, StatusCode};
 
 use crate::access::Identity;
 use crate::app::App;
-use crate::metrics::{status_class, CacheLabels, CacheStatus, RequestLabels};
+use crate::metrics::{status_class, CacheLabels, CacheStatus, DurationLabels, RequestLabels};
 use crate::oci::{ErrorCode, RegistryError};
 use crate::routing::Requester;
 
@@ -122,6 +122,12 @@ pub async fn handle<B>(
     if let Some(result) = answer.cache {
         m.cache.get_or_create(&CacheLabels { result }).inc();
     }
+    m.request_duration
+        .get_or_create(&DurationLabels {
+            route: route_label(&path),
+            cache: answer.cache.map_or("none", CacheStatus::as_str),
+        })
+        .observe(started.elapsed().as_secs_f64());
     if !head {
         m.bytes_served.inc_by(bytes.unwrap_or(0));
     }

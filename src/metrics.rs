@@ -1,12 +1,13 @@
 //! Prometheus metrics, registered in one place (prometheus-client, text
 //! format at `GET /metrics`). Labels stay low-cardinality: route, status
-//! class, cache result, method; never a digest or a repository.
+//! class, cache result, method, registry; never a digest or a repository.
 //! Store figures are read at scrape time from the lifecycle's index.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,14 +107,54 @@ pub struct CacheLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// Why a blob fetch failed: `upstream`, `digest_mismatch`,
-    /// `length_mismatch`, `store`, `no_room`, `abandoned`.
     pub reason: &'static str,
+}
+
+/// What failed to come from an upstream.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Kind {
+    Blob,
+    Manifest,
+}
+
+impl EncodeLabelValue for Kind {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let s = match self {
+            Kind::Blob => "blob",
+            Kind::Manifest => "manifest",
+        };
+        EncodeLabelValue::encode(&s, encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// The registry's `host[:port]` (the repository's first candidate).
+    pub registry: String,
+    pub kind: Kind,
+    /// Why: `upstream`, `digest_mismatch`, `length_mismatch`, `store`,
+    /// `no_room`, `abandoned`, `deserted`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    pub route: &'static str,
+    /// The cache result, `none` for answers without one.
+    pub cache: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
     pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
 }
 
 /// Every metric ferry exports.
@@ -135,7 +176,9 @@ pub struct Metrics {
     pub store_blobs: Gauge,
     pub scrub_damaged_last: Gauge,
     pub scrub_runs: Counter,
-    pub fetch_failures: Family<ReasonLabels, Counter>,
+    pub fetch_failures: Family<FailureLabels, Counter>,
+    /// Client requests, from arrival to response headers.
+    pub request_duration: Family<DurationLabels, Histogram>,
     /// Upstream bytes that failed their digest (blobs and manifests).
     pub digest_mismatches: Counter,
     /// The size cap in bytes (0: none).
@@ -229,6 +272,10 @@ impl Default for Metrics {
             scrub_damaged_last: Gauge::default(),
             scrub_runs: Counter::default(),
             fetch_failures: Family::default(),
+            request_duration: Family::new_with_constructor(|| {
+                // 0.5 ms .. ~16 s.
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
             digest_mismatches: Counter::default(),
             store_max_bytes: Gauge::default(),
             connections: Gauge::default(),
@@ -321,9 +368,21 @@ impl Default for Metrics {
         );
         registry.register(
             "fetch_failures",
-            "Upstream blob fetches that failed, by reason",
+            "Blobs and manifests that could not be fetched, by registry, kind and reason",
             m.fetch_failures.clone(),
         );
+        registry.register(
+            "request_duration_seconds",
+            "Client requests from arrival to response headers, by route and cache result",
+            m.request_duration.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "ferry's version (always 1)", build);
         registry.register(
             "digest_mismatches",
             "Upstream blobs and manifests whose bytes failed their digest",
@@ -378,12 +437,16 @@ impl Metrics {
         self
     }
 
-    /// Counts a failed fetch under its `reason` (a low-cardinality label
-    /// such as `upstream` or `digest_mismatch`).
-    pub fn fetch_failed(&self, reason: &'static str) {
-        self.fetch_failures
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
+    /// Counts a failed fetch of a `kind` from `registry` under its
+    /// `reason` (a low-cardinality label such as `upstream` or
+    /// `digest_mismatch`).
+    pub fn fetch_failed(&self, registry: &str, kind: Kind, reason: &'static str) {
+        let labels = FailureLabels {
+            registry: registry.to_string(),
+            kind,
+            reason,
+        };
+        self.fetch_failures.get_or_create(&labels).inc();
         if reason == "digest_mismatch" {
             self.digest_mismatches.inc();
         }

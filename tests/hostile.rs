@@ -191,14 +191,10 @@ async fn downloads_every_client_left_give_their_slots_to_waiting_ones() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(sha256(&r.body), c);
     let text = String::from_utf8(within(get(&ferry.url("/metrics"))).await.body.to_vec()).unwrap();
-    let deserted = text
-        .lines()
-        .find_map(|l| l.strip_prefix(r#"ferry_fetch_failures_total{reason="deserted"} "#))
-        .unwrap_or_else(|| panic!("no deserted download counted in\n{text}"));
     assert_eq!(
-        deserted.trim(),
-        "1",
-        "one waiter is owed one cancelled download, not every deserted one"
+        fetch_failures_in(&text, "blob", "deserted"),
+        1,
+        "one waiter is owed one cancelled download, not every deserted one:\n{text}"
     );
     // A deserted download nobody waits behind may finish (and is kept);
     // a cancelled one left no temp file.

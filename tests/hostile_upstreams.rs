@@ -138,8 +138,9 @@ async fn an_endless_body_is_cut_at_max_blob_size() {
     assert!(w.body.len() <= 8 * MIB, "served {} bytes", w.body.len());
     assert_nothing_published(&ferry, &digest).await;
     let failures = ferry.app.metrics.encode();
-    assert!(
-        failures.contains("ferry_fetch_failures_total{reason=\"length_mismatch\"} 1"),
+    assert_eq!(
+        fetch_failures_in(&failures, "blob", "length_mismatch"),
+        1,
         "{failures}"
     );
     // What the upstream managed to push before ferry hung up: the limit

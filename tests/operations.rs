@@ -99,13 +99,7 @@ async fn upstream_metrics_count_bytes_retries_resumes_and_mismatches_by_registry
         of("ferry_upstream_request_duration_seconds_count"),
         Some((up.total_hits() - 1) as f64)
     );
-    assert_eq!(
-        metric(
-            &text,
-            r#"ferry_fetch_failures_total{reason="digest_mismatch"}"#
-        ),
-        Some(1.0)
-    );
+    assert_eq!(fetch_failures_in(&text, "blob", "digest_mismatch"), 1);
     assert_eq!(metric(&text, "ferry_digest_mismatches_total"), Some(1.0));
     assert_eq!(metric(&text, "ferry_store_blobs"), Some(3.0));
 }

@@ -67,7 +67,26 @@ pub async fn by_digest(
             Err(Failure::Refused(e)) => return Err(e),
         }
     }
-    Err(report(failure))
+    let failure = failure.expect("a resolved repository has a target");
+    failed(app, repo, &reference, &failure);
+    Err(report(Some(failure)))
+}
+
+/// Counts a manifest that no registry gave, and logs why (upstream trouble
+/// at most once per registry every few seconds; a 404 only at INFO).
+pub fn failed(app: &App, repo: &Resolved, reference: &Reference, e: &UpstreamError) {
+    let Some(first) = repo.targets.first().map(|t| &t.registry) else {
+        return;
+    };
+    let registry = first.name.as_str();
+    app.metrics
+        .fetch_failed(registry, crate::metrics::Kind::Manifest, "upstream");
+    if crate::upstream::is_not_found(e) {
+        tracing::info!(repo = %repo.local, %reference, registry, error = %e, "manifest not found upstream");
+    } else if let Some(unlogged) = first.upstream.stats().may_log_failure() {
+        tracing::warn!(repo = %repo.local, %reference, registry, error = %e,
+            failures_not_logged = unlogged, "manifest fetch failed");
+    }
 }
 
 /// Why a registry did not give us a manifest.

@@ -156,6 +156,7 @@ async fn revalidate(
         }
     }
     let failure = failure.expect("a resolved repository has a target");
+    manifests::failed(app, repo, &reference, &failure);
     if let Some(outcome) = stale(app, repo, tag, &failure).await {
         return Ok(outcome);
     }

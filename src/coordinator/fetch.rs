@@ -63,8 +63,31 @@ pub(super) async fn run(coordinator: Arc<Coordinator>, flight: Arc<Flight>, repo
                     guard.coordinator.absent_upstream(&repo, &digest);
                 }
             }
-            tracing::warn!(%digest, repo = %repo.local, reason = failure.reason(), error = %failure, "blob fetch failed");
-            guard.coordinator.metrics.fetch_failed(failure.reason());
+            let first = repo.targets.first().map(|t| &t.registry);
+            let registry = first.map_or("-", |r| r.name.as_str());
+            match &failure {
+                // A blob the upstream does not have: the client's business.
+                FetchFailure::Upstream(e) if crate::upstream::is_not_found(e) => {
+                    tracing::info!(%digest, repo = %repo.local, registry, error = %failure, "blob not found upstream")
+                }
+                // Upstream trouble: one line per registry every few seconds.
+                FetchFailure::Upstream(_) => {
+                    if let Some(unlogged) = first.and_then(|r| r.upstream.stats().may_log_failure())
+                    {
+                        tracing::warn!(%digest, repo = %repo.local, registry, reason = failure.reason(),
+                            error = %failure, failures_not_logged = unlogged, "blob fetch failed");
+                    }
+                }
+                _ => {
+                    tracing::warn!(%digest, repo = %repo.local, registry, reason = failure.reason(),
+                    error = %failure, "blob fetch failed")
+                }
+            }
+            guard.coordinator.metrics.fetch_failed(
+                registry,
+                crate::metrics::Kind::Blob,
+                failure.reason(),
+            );
             guard.flight.publish(Progress::Failed(Arc::new(failure)));
         }
     }

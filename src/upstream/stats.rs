@@ -7,13 +7,18 @@
 //! page reads the health part. Counters are prometheus-client types so the
 //! exposition needs no copying.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+
+/// At most one failure line per registry this often.
+pub const LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Counters and health of one upstream registry.
 #[derive(Debug)]
@@ -26,7 +31,15 @@ pub struct UpstreamStats {
     pub resumes: Counter,
     /// Time from sending a request to its response headers.
     pub latency: Histogram,
+    /// 1 while the registry answers (its last attempt got an answer below
+    /// 500), 0 while it fails; 1 before the first attempt.
+    pub up: Gauge,
     health: Mutex<Health>,
+    /// When a failure was last logged (ms since the Unix epoch), and the
+    /// failures not logged since: an outage is a line every few seconds,
+    /// not a flood.
+    logged_at: AtomicU64,
+    unlogged: AtomicU64,
 }
 
 /// The registry's recent record, for the status page.
@@ -47,7 +60,14 @@ impl Default for UpstreamStats {
             resumes: Counter::default(),
             // 1 ms .. ~33 s.
             latency: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            up: {
+                let g = Gauge::default();
+                g.set(1);
+                g
+            },
             health: Mutex::new(Health::default()),
+            logged_at: AtomicU64::new(0),
+            unlogged: AtomicU64::new(0),
         }
     }
 }
@@ -59,6 +79,7 @@ impl UpstreamStats {
         let mut h = self.health.lock().expect("health lock");
         h.last_ok = Some(SystemTime::now());
         h.failures_in_a_row = 0;
+        self.up.set(1);
     }
 
     /// An attempt failed: no connection, a timeout, or a 5xx.
@@ -66,6 +87,27 @@ impl UpstreamStats {
         let mut h = self.health.lock().expect("health lock");
         h.last_error = Some((SystemTime::now(), what));
         h.failures_in_a_row += 1;
+        self.up.set(0);
+    }
+
+    /// Whether a failure may be logged now (at most one line per
+    /// [`LOG_EVERY`] per registry); `Some(n)` with the failures not logged
+    /// since the last line.
+    pub fn may_log_failure(&self) -> Option<u64> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.logged_at.load(Ordering::SeqCst);
+        if now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64
+            && self
+                .logged_at
+                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            return Some(self.unlogged.swap(0, Ordering::SeqCst));
+        }
+        self.unlogged.fetch_add(1, Ordering::SeqCst);
+        None
     }
 
     pub fn health(&self) -> Health {
@@ -88,7 +130,12 @@ impl RegistryCollector {
 impl Collector for RegistryCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         type Pick = fn(&UpstreamStats) -> &dyn EncodeMetric;
-        let families: [(&str, &str, Pick); 4] = [
+        let families: [(&str, &str, Pick); 5] = [
+            (
+                "upstream_up",
+                "1 while the upstream registry answers, 0 while its requests fail",
+                |s| &s.up,
+            ),
             (
                 "upstream_bytes",
                 "Body bytes received from each upstream registry",

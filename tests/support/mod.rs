@@ -132,10 +132,10 @@ impl Ferry {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// `ferry_fetch_failures_total` for one reason.
-    pub fn fetch_failures(&self, reason: &'static str) -> u64 {
-        let labels = ferry::metrics::ReasonLabels { reason };
-        self.app.metrics.fetch_failures.get_or_create(&labels).get()
+    /// `ferry_fetch_failures_total` of blobs for one reason, over every
+    /// registry.
+    pub fn fetch_failures(&self, reason: &str) -> u64 {
+        fetch_failures_in(&self.app.metrics.encode(), "blob", reason)
     }
 
     pub fn store_root(&self) -> std::path::PathBuf {
@@ -168,6 +168,18 @@ impl Ferry {
         let dir = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self.dir, dir)
     }
+}
+
+/// The sum of `ferry_fetch_failures_total` lines of `kind` and `reason` in
+/// a metrics text.
+pub fn fetch_failures_in(text: &str, kind: &str, reason: &str) -> u64 {
+    let (k, r) = (format!("kind=\"{kind}\""), format!("reason=\"{reason}\""));
+    text.lines()
+        .filter(|l| {
+            l.starts_with("ferry_fetch_failures_total{") && l.contains(&k) && l.contains(&r)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// A manual clock; free space from the real filesystem.

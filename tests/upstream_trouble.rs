@@ -1,0 +1,90 @@
+//! Upstream trouble is visible: an unreachable upstream gives a WARN line
+//! naming the registry, the repository and the cause, failure counters by
+//! registry and kind (manifests too), and `ferry_upstream_up` 0.
+//!
+//! Its own test binary: it installs a global log subscriber to read what
+//! ferry logs.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use http::StatusCode;
+use support::*;
+
+/// Log lines, kept for the test to read.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_is_logged_counted_and_down() {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ferry = Ferry::start(&format!("http://127.0.0.1:{port}")).await;
+    let w = within(get(&ferry.url("/v2/app/manifests/latest"))).await;
+    assert_eq!(w.status, StatusCode::SERVICE_UNAVAILABLE);
+    let d = sha256(b"a layer");
+    let w = within(get(&ferry.url(&format!("/v2/app/blobs/{d}")))).await;
+    assert_eq!(w.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let text = ferry.app.metrics.encode();
+    let registry = format!("registry=\"127.0.0.1:{port}\"");
+    for kind in ["manifest", "blob"] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("ferry_fetch_failures_total{")
+                    && l.contains(&format!("kind=\"{kind}\""))
+            })
+            .unwrap_or_else(|| panic!("no {kind} failure counted:\n{text}"));
+        assert!(
+            line.contains(&registry) && line.contains("reason=\"upstream\""),
+            "{line}"
+        );
+        assert!(line.ends_with(" 1"), "{line}");
+    }
+    let up = text
+        .lines()
+        .find(|l| l.starts_with("ferry_upstream_up{"))
+        .unwrap_or_else(|| panic!("no ferry_upstream_up:\n{text}"));
+    assert!(up.contains(&registry) && up.ends_with(" 0"), "{up}");
+    assert!(
+        text.contains("ferry_request_duration_seconds_count{route=\"manifest\",cache=\"none\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("ferry_build_info{version="), "{text}");
+
+    let log = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let warn = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("manifest fetch failed"))
+        .unwrap_or_else(|| panic!("no WARN line for the failure:\n{log}"));
+    assert!(
+        warn.contains(&format!("registry=\"127.0.0.1:{port}\"")),
+        "{warn}"
+    );
+    assert!(warn.contains("repo=app"), "{warn}");
+    assert!(warn.to_lowercase().contains("connect"), "the cause: {warn}");
+}
