@@ -13,6 +13,7 @@ mod cluster;
 mod credentials;
 mod describe;
 mod file;
+mod plain_words;
 mod resolve;
 mod storage_driver;
 
@@ -403,7 +404,11 @@ pub fn redact_userinfo(raw: &str) -> String {
 
 /// Parses a duration as Go writes them (`90s`, `5m`, `1h30m`, `250ms`).
 pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(s).map_err(|e| ConfigError(format!("{s:?} is not a duration: {e}")))
+    humantime::parse_duration(s).map_err(|e| {
+        ConfigError(format!(
+            "{s:?} is not a duration ({e}); write it like \"90s\", \"5m\" or \"1h30m\""
+        ))
+    })
 }
 
 #[cfg(test)]

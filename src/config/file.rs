@@ -197,11 +197,8 @@ impl FileConfig {
         let de = &mut serde_json::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            super::ConfigError(if path == "." {
-                e.inner().to_string()
-            } else {
-                format!("{path}: {}", e.inner())
-            })
+            let message = e.inner().to_string();
+            super::ConfigError(super::plain_words::explain(text, &path, &message))
         })
     }
 }
