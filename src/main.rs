@@ -65,6 +65,9 @@ enum Command {
         /// Upstream registry URL.
         #[arg(long)]
         upstream: Option<String>,
+        /// Blobs fetched at once.
+        #[arg(long, default_value_t = ferry::prefetch::DEFAULT_PARALLEL)]
+        parallel: usize,
         /// Images: [registry-host/]name[:tag|@digest].
         #[arg(required = true)]
         images: Vec<String>,
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
             config,
             storage,
             upstream,
+            parallel,
             images,
         } => {
             let overrides = Overrides {
@@ -128,7 +132,7 @@ fn main() -> ExitCode {
                 upstream,
             };
             match setup(config.as_deref(), &overrides) {
-                Ok(config) => runtime().block_on(prefetch(config, images)),
+                Ok(config) => runtime().block_on(prefetch(config, images, parallel)),
                 Err(code) => code,
             }
         }
@@ -308,7 +312,7 @@ fn scrub(config: &Config, quarantine: bool) -> ExitCode {
     }
 }
 
-async fn prefetch(config: Config, images: Vec<String>) -> ExitCode {
+async fn prefetch(config: Config, images: Vec<String>, parallel: usize) -> ExitCode {
     use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
     use std::collections::HashMap;
     use std::io::IsTerminal;
@@ -328,19 +332,49 @@ async fn prefetch(config: Config, images: Vec<String>) -> ExitCode {
         ProgressStyle::with_template("{msg:20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
             .expect("valid template")
             .progress_chars("=> ");
+    // One overall line at the bottom: blobs done of all, bytes, rate.
+    let overall = terminal.then(|| {
+        let b = multi.add(ProgressBar::new(0));
+        b.set_style(
+            ProgressStyle::with_template(
+                "{prefix} {pos} of {len} blobs [{bar:30}] {percent}%  {msg}  {elapsed}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b
+    });
+    let fetched = std::sync::atomic::AtomicU64::new(0);
     let mut failed = false;
     for image in &images {
+        if let Some(o) = &overall {
+            o.set_prefix(image.clone());
+        }
         let on_event = |e: ferry::prefetch::Event| {
             use ferry::prefetch::Event;
             let short = |d: &ferry::oci::Digest| d.hex()[..12].to_string();
             match e {
+                Event::Planned { blobs } => {
+                    if let Some(o) = &overall {
+                        o.inc_length(blobs as u64);
+                    }
+                }
                 Event::Started { digest, size } if terminal => {
-                    let bar = multi.add(ProgressBar::new(size.unwrap_or(0)));
+                    // Per-blob bars go above the overall line.
+                    let bar = match &overall {
+                        Some(o) => multi.insert_before(o, ProgressBar::new(size.unwrap_or(0))),
+                        None => multi.add(ProgressBar::new(size.unwrap_or(0))),
+                    };
                     bar.set_style(style.clone());
                     bar.set_message(short(&digest));
                     bars.lock().unwrap().insert(digest.to_string(), bar);
                 }
                 Event::Progress { digest, bytes } => {
+                    let total =
+                        fetched.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed) + bytes;
+                    if let Some(o) = &overall {
+                        o.set_message(format!("{} fetched", indicatif::HumanBytes(total)));
+                    }
                     if let Some(b) = bars.lock().unwrap().get(&digest.to_string()) {
                         b.inc(bytes);
                     }
@@ -350,9 +384,12 @@ async fn prefetch(config: Config, images: Vec<String>) -> ExitCode {
                     size,
                     cached,
                 } => {
+                    if let Some(o) = &overall {
+                        o.inc(1);
+                    }
                     if let Some(b) = bars.lock().unwrap().remove(&digest.to_string()) {
-                        b.finish();
-                    } else {
+                        b.finish_and_clear();
+                    } else if overall.is_none() {
                         let what = if cached { "already cached" } else { "fetched" };
                         tracing::info!(%image, %digest, bytes = size, "blob {what}");
                     }
@@ -360,16 +397,24 @@ async fn prefetch(config: Config, images: Vec<String>) -> ExitCode {
                 _ => {}
             }
         };
-        match ferry::prefetch::prefetch(&app, image, &on_event).await {
-            Ok(r) => println!(
+        let done = ferry::prefetch::prefetch_with(&app, image, parallel, &on_event).await;
+        let say = |line: String| match &overall {
+            Some(_) => multi.println(line).unwrap_or_default(),
+            None => println!("{line}"),
+        };
+        match done {
+            Ok(r) => say(format!(
                 "{image}: {} manifests, {} blobs ({} already cached), {} bytes fetched",
                 r.manifests, r.blobs, r.blobs_already_cached, r.bytes_fetched
-            ),
+            )),
             Err(e) => {
-                eprintln!("ferry: prefetch {image}: {e}");
+                say(format!("ferry: prefetch {image}: {e}"));
                 failed = true;
             }
         }
+    }
+    if let Some(o) = overall {
+        o.finish_and_clear();
     }
     if failed {
         ExitCode::FAILURE

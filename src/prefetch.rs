@@ -4,7 +4,8 @@
 //! would (index → every platform's manifest → config and layers) through
 //! the same routing, coordinator and store as the server, so a prefetch
 //! running beside a live ferry shares its store safely. Blobs already
-//! stored are skipped.
+//! stored are skipped; the others are fetched a few at a time
+//! ([`DEFAULT_PARALLEL`], `ferry prefetch --parallel N`).
 
 use std::sync::Arc;
 
@@ -15,9 +16,14 @@ use crate::app::App;
 use crate::coordinator::{BlobHandle, Progress};
 use crate::oci::{Digest, Reference};
 
+/// Blobs fetched at once unless told otherwise.
+pub const DEFAULT_PARALLEL: usize = 4;
+
 /// What happened to one blob, for progress displays.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// The image's manifests were read: this many distinct blobs to go.
+    Planned { blobs: usize },
     /// A blob download started; `size` when the upstream said.
     Started { digest: Digest, size: Option<u64> },
     /// `bytes` more arrived.
@@ -78,10 +84,21 @@ pub fn parse_image(image: &str) -> Result<(String, Reference), PrefetchError> {
     Ok((name.to_string(), reference))
 }
 
-/// Pulls one image (every platform) into the cache.
+/// Pulls one image (every platform) into the cache, [`DEFAULT_PARALLEL`]
+/// blobs at a time.
 pub async fn prefetch(
     app: &Arc<App>,
     image: &str,
+    on_event: &(dyn Fn(Event) + Sync),
+) -> Result<Report, PrefetchError> {
+    prefetch_with(app, image, DEFAULT_PARALLEL, on_event).await
+}
+
+/// As [`prefetch`], `parallel` blobs at a time (at least 1).
+pub async fn prefetch_with(
+    app: &Arc<App>,
+    image: &str,
+    parallel: usize,
     on_event: &(dyn Fn(Event) + Sync),
 ) -> Result<Report, PrefetchError> {
     let (name, reference) = parse_image(image)?;
@@ -111,10 +128,14 @@ pub async fn prefetch(
             }
         }
     }
-    for digest in blobs {
-        let fetched = fetch_blob(app, &repo, &digest, on_event).await?;
+    on_event(Event::Planned { blobs: blobs.len() });
+    let repo = &repo;
+    let mut fetches = futures::stream::iter(blobs)
+        .map(|digest| async move { fetch_blob(app, repo, &digest, on_event).await })
+        .buffer_unordered(parallel.max(1));
+    while let Some(fetched) = fetches.next().await {
         report.blobs += 1;
-        match fetched {
+        match fetched? {
             None => report.blobs_already_cached += 1,
             Some(n) => report.bytes_fetched += n,
         }
