@@ -47,6 +47,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Set at shutdown: `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
+    /// When this app was built (the status page's uptime).
+    pub started: std::time::Instant,
     /// Tag revalidations in flight, shared by concurrent requests.
     revalidations: DashMap<String, tags::SharedRevalidation>,
     /// Client access control, when configured.
@@ -120,6 +122,7 @@ impl App {
             clock,
             metrics,
             draining: AtomicBool::new(false),
+            started: std::time::Instant::now(),
             revalidations: DashMap::new(),
             access,
         }))

@@ -254,6 +254,13 @@ async fn the_status_page_shows_downloads_in_flight_and_registry_health() {
         "the digest in flight is listed"
     );
     assert!(html.contains("1.0 MiB of 2.0 MiB (streaming)"), "{html}");
+    // The repository it is fetched for, where ferry listens and stores.
+    assert!(html.contains("/x</code>"), "{html}");
+    assert!(
+        html.contains(&format!("listening on {}", ferry.addr)),
+        "{html}"
+    );
+    assert!(html.contains("free)"), "{html}");
     let host = up.url().trim_start_matches("http://").to_string();
     assert!(html.contains(&format!("<code>{host}</code>")));
     assert!(html.contains("answering"));

@@ -74,7 +74,7 @@ th {{ background: #eef1f6; }} code {{ font-size: .85rem; }}
 .ok {{ color: #16803c; font-weight: 600; }} .bad {{ color: #c0262d; font-weight: 600; }} .none {{ color: #5b6478; }}
 </style></head><body>
 <h1>ferry</h1>
-<p class="sub">pull-through cache · version {version} · this page refreshes every {REFRESH_SECS} s</p>
+<p class="sub">pull-through cache · version {version} · up {uptime} · listening on {listen} · store {store} ({free} free) · this page refreshes every {REFRESH_SECS} s</p>
 <div class="cards">
 <div class="card"><b>{ratio}</b><span>answered from cache ({saved} of {answered} blob and manifest answers)</span></div>
 <div class="card"><b>{served}</b><span>served to clients</span></div>
@@ -83,6 +83,12 @@ th {{ background: #eef1f6; }} code {{ font-size: .85rem; }}
 </div>
 "#,
         version = env!("CARGO_PKG_VERSION"),
+        uptime = humantime::format_duration(std::time::Duration::from_secs(
+            app.started.elapsed().as_secs()
+        )),
+        listen = app.config.listen,
+        store = escape(&app.config.storage_root.display().to_string()),
+        free = size(lc.space.probe().available()),
         ratio = percent(saved, answered),
         served = size(served),
         fetched = size(fetched),
@@ -116,7 +122,7 @@ fn downloads(app: &Arc<App>, h: &mut String) {
         return;
     }
     h.push_str(
-        "<table><tr><th>blob</th><th>progress</th><th></th><th>clients</th><th>from</th><th>running</th></tr>\n",
+        "<table><tr><th>blob</th><th>repository</th><th>progress</th><th></th><th>rate, ETA</th><th>clients</th><th>from</th><th>running</th></tr>\n",
     );
     for f in flights {
         let (done, total, state) = match f.progress() {
@@ -127,12 +133,23 @@ fn downloads(app: &Arc<App>, h: &mut String) {
             Progress::Failed(_) => (0, None, "failed"),
         };
         let width = total.map_or(0, |t| (done * 100).checked_div(t).unwrap_or(100));
+        let secs = f.started.elapsed().as_secs_f64().max(0.001);
+        let rate = done as f64 / secs;
+        let eta = match total {
+            Some(t) if rate > 0.0 && t > done => {
+                let left = std::time::Duration::from_secs(((t - done) as f64 / rate) as u64);
+                format!(", {} left", humantime::format_duration(left))
+            }
+            _ => String::new(),
+        };
         let _ = writeln!(
             h,
-            "<tr><td><code>{}</code></td><td>{} of {} ({state})</td><td><div class=\"bar\"><i style=\"width:{width}%\"></i></div></td><td>{}</td><td>{}</td><td>{:.1} s</td></tr>",
+            "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{} of {} ({state})</td><td><div class=\"bar\"><i style=\"width:{width}%\"></i></div></td><td>{}/s{eta}</td><td>{}</td><td>{}</td><td>{:.1} s</td></tr>",
             escape(&short(&f.digest.to_string())),
+            escape(&f.repo),
             size(done),
             total.map_or("?".to_string(), size),
+            size(rate as u64),
             f.readers(),
             escape(&match &f.via_peer {
                 Some(p) => format!("peer {p}"),
