@@ -193,6 +193,7 @@ impl App {
     pub fn refresh_gauges(&self) {
         let m = &self.metrics;
         let lc = self.coordinator.lifecycle();
+        m.process.refresh();
         m.in_flight.set(self.coordinator.in_flight() as i64);
         m.store_bytes.set(lc.index.total() as i64);
         m.store_blobs.set(lc.index.len() as i64);

@@ -15,6 +15,7 @@ mod describe;
 mod file;
 mod plain_words;
 mod resolve;
+mod snippets;
 mod storage_driver;
 
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ pub use cluster::{ClusterConfig, ClusterSection, PeerSource, SECRET_ENV};
 pub use credentials::{read_credentials_file, Credentials, Secret};
 pub use describe::settings;
 pub use file::FileConfig;
+pub use snippets::client_snippets;
 pub use storage_driver::{S3Settings, SharedStorage};
 
 /// Docker Hub's host names; any of them names the same registry.

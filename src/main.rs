@@ -95,6 +95,9 @@ enum Command {
         /// Config file to check (as for serve).
         #[arg(long = "config", short = 'c', conflicts_with = "file")]
         config: Option<PathBuf>,
+        /// Also ask each upstream URL's `/v2/` and say what answered.
+        #[arg(long)]
+        probe: bool,
     },
 }
 
@@ -136,12 +139,16 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
-        Command::CheckConfig { file, config } => {
+        Command::CheckConfig {
+            file,
+            config,
+            probe,
+        } => {
             let Some(file) = file.or(config) else {
                 eprintln!("ferry: check-config needs a config file: ferry check-config FILE");
                 return ExitCode::from(2);
             };
-            match check_config(&file) {
+            match check_config(&file, probe) {
                 Ok(out) => {
                     // A closed pipe (`| head`) is not an error worth a panic.
                     let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
@@ -182,7 +189,7 @@ fn main() -> ExitCode {
 
 /// What `ferry check-config` prints, or the first thing `serve` would
 /// refuse: the same loading, the same TLS, htpasswd and certDir checks.
-fn check_config(file: &std::path::Path) -> Result<String, String> {
+fn check_config(file: &std::path::Path, probe: bool) -> Result<String, String> {
     let config = Config::load(file, &Overrides::default()).map_err(|e| e.to_string())?;
     if let Some(tls) = &config.tls {
         ferry::listener::CertStore::load(tls).map_err(|e| e.to_string())?;
@@ -207,7 +214,61 @@ fn check_config(file: &std::path::Path) -> Result<String, String> {
     out.push_str(&ferry::config::settings(&config));
     out.push('\n');
     out.push_str(&router.describe());
+    out.push('\n');
+    out.push_str(&ferry::config::client_snippets(&config));
+    if probe {
+        out.push('\n');
+        out.push_str(&runtime().block_on(probe_upstreams(&router)));
+    }
     Ok(out)
+}
+
+/// `GET /v2/` at every URL of every registry, as ferry would send it
+/// (credentials, tokens, TLS and certDir included): what answered.
+async fn probe_upstreams(router: &ferry::routing::Router) -> String {
+    let mut out = String::from("probe\n");
+    for r in router.registries() {
+        for url in &r.config.urls {
+            let one = ferry::upstream::Upstream::for_registry(
+                &ferry::config::RegistryConfig {
+                    urls: vec![url.clone()],
+                    ..r.config.clone()
+                },
+                Default::default(),
+                std::time::Duration::ZERO,
+                Default::default(),
+            );
+            let line = match one {
+                Err(e) => format!("cannot build a client: {e}"),
+                Ok(up) => {
+                    let started = std::time::Instant::now();
+                    let asked = up.request_now(http::Method::GET, "/v2/", http::HeaderMap::new());
+                    match tokio::time::timeout(std::time::Duration::from_secs(15), asked).await {
+                        Ok(Ok(resp)) => {
+                            let challenge = resp
+                                .headers()
+                                .get(http::header::WWW_AUTHENTICATE)
+                                .and_then(|v| v.to_str().ok())
+                                .map(|c| format!(", asks for {c}"))
+                                .unwrap_or_default();
+                            format!(
+                                "{} in {} ms{challenge}",
+                                resp.status(),
+                                started.elapsed().as_millis()
+                            )
+                        }
+                        Ok(Err(e)) => format!("no answer: {e}"),
+                        Err(_) => "no answer within 15 s".to_string(),
+                    }
+                }
+            };
+            out.push_str(&format!(
+                "  {} GET /v2/: {line}\n",
+                url.to_string().trim_end_matches('/')
+            ));
+        }
+    }
+    out
 }
 
 /// Loads the config and starts logging, or says why not (exit code 2).

@@ -200,6 +200,73 @@ pub struct Metrics {
     pub shared_upload_failures: Counter,
     /// The cluster's figures (`ferry.cluster`).
     pub cluster: ClusterMetrics,
+    /// This process's CPU, memory and descriptors, read at scrape time.
+    pub process: ProcessMetrics,
+}
+
+/// The process's own figures, from `/proc/self` at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct ProcessMetrics {
+    pub cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub resident_bytes: Gauge,
+    pub open_fds: Gauge,
+    pub max_fds: Gauge,
+}
+
+impl ProcessMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "process_cpu_seconds",
+            "User and system CPU time spent by ferry, in seconds",
+            self.cpu_seconds.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the ferry process",
+            self.resident_bytes.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "Open file descriptors (client and upstream connections, files)",
+            self.open_fds.clone(),
+        );
+        registry.register(
+            "process_max_fds",
+            "The open file descriptor limit",
+            self.max_fds.clone(),
+        );
+    }
+
+    /// Reads `/proc/self` (Linux); leaves the figures as they were
+    /// elsewhere.
+    pub fn refresh(&self) {
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+            let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+            if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+                // Clock ticks are 100 per second on every Linux ferry runs on.
+                self.cpu_seconds.set((user + system) / 100.0);
+            }
+        }
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            let rss = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok());
+            if let Some(kib) = rss {
+                self.resident_bytes.set(kib * 1024);
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(fds.count() as i64);
+        }
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        if let Some(n) = limit.current {
+            self.max_fds.set(n.min(i64::MAX as u64) as i64);
+        }
+    }
 }
 
 /// What the cluster does: bytes from peers beside upstream bytes, peer
@@ -287,9 +354,11 @@ impl Default for Metrics {
             shared_uploads: Counter::default(),
             shared_upload_failures: Counter::default(),
             cluster: ClusterMetrics::default(),
+            process: ProcessMetrics::default(),
             registry: Registry::default(),
         };
         m.cluster.register(&mut registry);
+        m.process.register(&mut registry);
         registry.register(
             "shared_read_bytes",
             "Blob bytes read from the shared tier",

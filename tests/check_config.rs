@@ -1,6 +1,8 @@
 //! `ferry check-config` is the final word on a config file: what `serve`
 //! would refuse, it refuses; what it accepts, it prints as understood.
 
+mod support;
+
 use std::process::Command;
 
 fn check(args: &[&str]) -> (i32, String, String) {
@@ -89,4 +91,39 @@ fn config_flag_empty_and_repeated_registries_plain_http_and_units() {
     let (code, _, err) = check(&[]);
     assert_eq!(code, 2);
     assert!(err.contains("needs a config file"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_says_what_answered_and_snippets_are_printed() {
+    let up = support::FakeRegistry::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"{{"extensions": {{"sync": {{"registries": [
+            {{"urls": ["{}", "http://{closed}"], "maxRetries": 0}}
+        ]}}}}}}"#,
+        up.url()
+    );
+    let f = write(&dir, "probe.json", &text);
+    let (code, out, err) = tokio::task::spawn_blocking(move || check(&["--probe", &f]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let probe = out
+        .split("probe\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        probe.contains(&format!("{} GET /v2/: 200 OK in", up.url())),
+        "{probe}"
+    );
+    assert!(
+        probe.contains(&format!("http://{closed} GET /v2/: no answer")),
+        "{probe}"
+    );
+    assert!(out.contains("client snippets"), "{out}");
+    assert!(out.contains("hosts.toml"), "{out}");
 }

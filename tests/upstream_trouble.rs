@@ -75,6 +75,17 @@ async fn an_unreachable_upstream_is_logged_counted_and_down() {
         "{text}"
     );
     assert!(text.contains("ferry_build_info{version="), "{text}");
+    // Process figures are read at scrape time.
+    let text = String::from_utf8(within(get(&ferry.url("/metrics"))).await.body.to_vec()).unwrap();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    assert!(value("ferry_process_resident_memory_bytes") > 1e6);
+    assert!(value("ferry_process_open_fds") >= 3.0);
+    assert!(value("ferry_process_cpu_seconds") > 0.0);
 
     let log = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
     let warn = log
