@@ -209,7 +209,7 @@ async fn scenario_cluster(bench: &Bench, table: &mut Table) {
     eprintln!("== 3 replicas, {CLIENTS} clients round-robin");
     let digest = bench.new_blob();
     let urls = vec![format!("{}/v2/bench/blob/blobs/{digest}", bench.upstream.url()); CLIENTS];
-    let pulls = cluster::pull_each(&urls, &digest).await;
+    let pulls = pull_each(&urls, &digest).await;
     let sent = bench.upstream.blob_bytes_sent(&digest) as f64 / size;
     for label in ["3 replicas, no cluster", "3 replicas, cluster"] {
         record(table, direct, label, &pulls);
@@ -228,7 +228,7 @@ async fn scenario_cluster(bench: &Bench, table: &mut Table) {
         let urls: Vec<String> = (0..CLIENTS)
             .map(|i| replicas[i % replicas.len()].blob_url(&digest))
             .collect();
-        let pulls = cluster::pull_each(&urls, &digest).await;
+        let pulls = pull_each(&urls, &digest).await;
         record(table, ferry, label, &pulls);
         table.set(
             ferry,

@@ -141,24 +141,31 @@ async fn one_cold_blob_is_fetched_upstream_once_for_the_whole_cluster() {
     }
 }
 
-/// A peer that answers its readiness probe and serves `body` (with the
-/// whole blob's `Content-Length`) for every blob request.
-async fn scripted_peer(size: usize, body: Bytes) -> RawUpstream {
-    RawUpstream::start(move |req| {
+/// A scripted cluster peer: it answers its readiness probe, and every
+/// blob request with the whole blob's `Content-Length` and what `send`
+/// makes of the blob (set in `blob` once it is chosen).
+struct ScriptedOwner {
+    upstream: RawUpstream,
+    blob: std::sync::Arc<std::sync::Mutex<Bytes>>,
+}
+
+async fn scripted_owner(send: impl Fn(&Bytes) -> RawBody + Send + Sync + 'static) -> ScriptedOwner {
+    let blob = std::sync::Arc::new(std::sync::Mutex::new(Bytes::new()));
+    let b = blob.clone();
+    let upstream = RawUpstream::start(move |req| {
         if req.path == "/readyz" {
-            return RawReply::new(
-                "200 OK",
-                &[("Content-Length", "0".into())],
-                RawBody::Bytes(Bytes::new()),
-            );
+            let empty = RawBody::Bytes(Bytes::new());
+            return RawReply::new("200 OK", &[("Content-Length", "0".into())], empty);
         }
+        let data = b.lock().unwrap().clone();
         RawReply::new(
             "200 OK",
-            &[("Content-Length", size.to_string())],
-            RawBody::Bytes(body.clone()),
+            &[("Content-Length", data.len().to_string())],
+            send(&data),
         )
     })
-    .await
+    .await;
+    ScriptedOwner { upstream, blob }
 }
 
 /// A blob whose owner, between `peers`, is `owner` (found by trying seeds).
@@ -194,28 +201,12 @@ async fn an_owner_that_dies_midway_is_finished_from_the_upstream_with_a_range() 
     let size = 4 << 20;
     // The owner sends the first MiB and dies. The blob must be one it owns,
     // chosen once both addresses are known.
-    let data_holder = std::sync::Arc::new(std::sync::Mutex::new(Bytes::new()));
-    let dh = data_holder.clone();
-    let peer = RawUpstream::start(move |req| {
-        if req.path == "/readyz" {
-            return RawReply::new(
-                "200 OK",
-                &[("Content-Length", "0".into())],
-                RawBody::Bytes(Bytes::new()),
-            );
-        }
-        let data = dh.lock().unwrap().clone();
-        RawReply::new(
-            "200 OK",
-            &[("Content-Length", data.len().to_string())],
-            RawBody::Bytes(data.slice(..1 << 20)),
-        )
-    })
-    .await;
+    let owner = scripted_owner(|data| RawBody::Bytes(data.slice(..1 << 20))).await;
+    let peer = &owner.upstream;
     let (ferry, peers) =
         replica_with_peer(&up.url(), &peer.addr.to_string(), Duration::from_secs(60)).await;
     let (d, data) = blob_owned_by(&up, size, &peers, &peer.addr.to_string());
-    *data_holder.lock().unwrap() = data;
+    *owner.blob.lock().unwrap() = data;
 
     // Four clients of the replica at once: all complete.
     let clients: Vec<_> = (0..4)
@@ -257,10 +248,12 @@ async fn an_owner_that_dies_midway_is_finished_from_the_upstream_with_a_range() 
 async fn a_peer_that_sends_wrong_bytes_publishes_nothing_and_the_retry_comes_from_upstream() {
     let up = FakeRegistry::start().await;
     let size = 1 << 20;
-    let liar = scripted_peer(size, blob_bytes(size, 1)).await;
+    let owner = scripted_owner(|data| RawBody::Bytes(blob_bytes(data.len(), 1))).await;
+    let liar = &owner.upstream;
     let (ferry, peers) =
         replica_with_peer(&up.url(), &liar.addr.to_string(), Duration::from_secs(60)).await;
-    let (d, _) = blob_owned_by(&up, size, &peers, &liar.addr.to_string());
+    let (d, data) = blob_owned_by(&up, size, &peers, &liar.addr.to_string());
+    *owner.blob.lock().unwrap() = data;
     let url = ferry.url(&format!("/v2/x/blobs/{d}"));
     let first = within(try_get(&url)).await;
     let complete = matches!(&first, Ok(w) if w.body_error.is_none() && w.status == StatusCode::OK);
@@ -484,27 +477,12 @@ async fn an_owner_slower_than_min_read_rate_is_left_for_the_upstream() {
     let up = FakeRegistry::start().await;
     let size = 1 << 20;
     // The owner sends a byte every 50 ms.
-    let data_holder = std::sync::Arc::new(std::sync::Mutex::new(Bytes::new()));
-    let dh = data_holder.clone();
-    let peer = RawUpstream::start(move |req| {
-        if req.path == "/readyz" {
-            return RawReply::new(
-                "200 OK",
-                &[("Content-Length", "0".into())],
-                RawBody::Bytes(Bytes::new()),
-            );
-        }
-        let data = dh.lock().unwrap().clone();
-        RawReply::new(
-            "200 OK",
-            &[("Content-Length", data.len().to_string())],
-            RawBody::Drip {
-                bytes: data.slice(..),
-                every: Duration::from_millis(50),
-            },
-        )
+    let owner = scripted_owner(|data| RawBody::Drip {
+        bytes: data.clone(),
+        every: Duration::from_millis(50),
     })
     .await;
+    let peer = &owner.upstream;
     let addr = free_addrs(1)[0];
     let peers = vec![addr.to_string(), peer.addr.to_string()];
     let c = cluster_config(&peers, &peers[0], Duration::from_secs(60));
@@ -517,7 +495,7 @@ async fn an_owner_slower_than_min_read_rate_is_left_for_the_upstream() {
     .await;
     all_live(std::slice::from_ref(&ferry), 1).await;
     let (d, data) = blob_owned_by(&up, size, &peers, &peer.addr.to_string());
-    *data_holder.lock().unwrap() = data;
+    *owner.blob.lock().unwrap() = data;
     let w = within(get(&ferry.url(&format!("/v2/x/blobs/{d}")))).await;
     assert_eq!(w.body_error, None);
     assert_eq!(sha256(&w.body), d);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::harness::{free_addr, launch, pull, Mirror, Pull};
+use super::harness::{free_addr, launch, Mirror};
 
 /// `n` ferry replicas of `upstream`; with `clustered`, one cluster whose
 /// members all see each other before this returns.
@@ -60,20 +60,4 @@ pub async fn metric(m: &Mirror, name: &str) -> u64 {
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
-}
-
-/// One concurrent GET per URL, each checked against `digest`.
-pub async fn pull_each(urls: &[String], digest: &str) -> Vec<Pull> {
-    let tasks: Vec<_> = urls
-        .iter()
-        .map(|u| {
-            let (u, d) = (u.clone(), digest.to_string());
-            tokio::spawn(async move { pull(&u, Some(&d)).await })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
 }

@@ -417,9 +417,15 @@ pub async fn pull(url: &str, want: Option<&str>) -> Pull {
 }
 
 pub async fn pull_many(url: &str, digest: &str, n: usize) -> Vec<Pull> {
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let (u, d) = (url.to_string(), digest.to_string());
+    pull_each(&vec![url.to_string(); n], digest).await
+}
+
+/// One concurrent GET per URL, each checked against `digest`.
+pub async fn pull_each(urls: &[String], digest: &str) -> Vec<Pull> {
+    let tasks: Vec<_> = urls
+        .iter()
+        .map(|u| {
+            let (u, d) = (u.clone(), digest.to_string());
             tokio::spawn(async move { pull(&u, Some(&d)).await })
         })
         .collect();
