@@ -398,7 +398,7 @@ async fn prefetch(config: Config, images: Vec<String>, parallel: usize) -> ExitC
         let b = multi.add(ProgressBar::new(0));
         b.set_style(
             ProgressStyle::with_template(
-                "{prefix} {pos} of {len} blobs [{bar:30}] {percent}%  {msg}  {elapsed}",
+                "{prefix} {pos} of {len} blobs [{bar:30}] {percent}%  {msg}  {elapsed}, eta {eta}",
             )
             .expect("valid template")
             .progress_chars("=> "),
@@ -434,7 +434,12 @@ async fn prefetch(config: Config, images: Vec<String>, parallel: usize) -> ExitC
                     let total =
                         fetched.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed) + bytes;
                     if let Some(o) = &overall {
-                        o.set_message(format!("{} fetched", indicatif::HumanBytes(total)));
+                        let secs = o.elapsed().as_secs_f64().max(0.001);
+                        o.set_message(format!(
+                            "{} fetched, {}/s",
+                            indicatif::HumanBytes(total),
+                            indicatif::HumanBytes((total as f64 / secs) as u64)
+                        ));
                     }
                     if let Some(b) = bars.lock().unwrap().get(&digest.to_string()) {
                         b.inc(bytes);

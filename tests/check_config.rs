@@ -127,3 +127,54 @@ async fn probe_says_what_answered_and_snippets_are_printed() {
     assert!(out.contains("client snippets"), "{out}");
     assert!(out.contains("hosts.toml"), "{out}");
 }
+
+#[test]
+fn serve_says_which_config_it_loaded_and_a_fatal_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "serve.json",
+        r#"{"http": {"tls": {"cert": "/nonexistent/server.crt", "key": "/nonexistent/server.key"}}}"#,
+    );
+    let store = dir.path().join("store");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            &f,
+            "--storage",
+        ])
+        .arg(&store)
+        .output()
+        .expect("run ferry");
+    assert!(!out.status.success());
+    // Log lines go to standard output; what ferry prints itself to errors.
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        err.contains("config loaded") && err.contains("serve.json"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("/nonexistent/server.crt").count(),
+        1,
+        "one line for the fatal error:\n{err}"
+    );
+
+    let help = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("run ferry");
+    let help = String::from_utf8_lossy(&help.stdout);
+    for default in ["127.0.0.1:5000", "./data", "https://registry-1.docker.io"] {
+        assert!(
+            help.contains(default),
+            "serve --help does not show {default}:\n{help}"
+        );
+    }
+}
