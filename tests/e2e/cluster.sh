@@ -126,7 +126,9 @@ $servers    }
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host \$http_host;
-            proxy_buffering off;
+            # Buffered (limit_rate does nothing to an unbuffered proxy), in
+            # memory only, so the registry is read no faster than sent.
+            proxy_max_temp_file_size 0;
             limit_rate 64m;
         }
     }
@@ -173,10 +175,15 @@ clients() { # port digest image tag → 16 concurrent downloads, each verified
 one_fetch() { # label digest size
     local before fetched ratio
     before=$(metric_sum ferry_upstream_bytes_total)
+    started=$(date +%s%N)
     clients "$PORT" "$2" "$IMAGE" "$1"
+    took_ms=$(( ($(date +%s%N) - started) / 1000000 ))
     fetched=$(( $(metric_sum ferry_upstream_bytes_total) - before ))
     ratio=$(python3 -c "print(f'{$fetched / $3:.3f}')")
-    echo "$NAME: $1: 16 clients of $(($3 / MIB)) MiB, upstream bytes $fetched = $ratio x the blob; from peers $(metric_sum ferry_cluster_peer_bytes_total) bytes so far"
+    echo "$NAME: $1: 16 clients of $(($3 / MIB)) MiB in $took_ms ms, upstream bytes $fetched = $ratio x the blob; from peers $(metric_sum ferry_cluster_peer_bytes_total) bytes so far"
+    # At 64 MB/s the blob cannot come in less than about 4 s: the clients
+    # really did arrive while it was still coming.
+    [ "$took_ms" -ge 3000 ] || fail "$1: done in $took_ms ms: the throttle did not throttle"
     [ "$fetched" -ge "$3" ] && [ "$fetched" -lt $(($3 + $3 / 100)) ] \
         || fail "$1: upstream bytes $fetched for a $3-byte blob: not one fetch"
     ok "$1: 16 clients over three replicas, all bytes verified, one upstream fetch ($ratio x)"
