@@ -387,7 +387,7 @@ async fn prefetch(config: Config, images: Vec<String>, parallel: usize) -> ExitC
         }
     };
     let terminal = std::io::stderr().is_terminal();
-    let multi = MultiProgress::new();
+    let multi = BARS.get_or_init(MultiProgress::new).clone();
     let bars: Mutex<HashMap<String, ProgressBar>> = Mutex::new(HashMap::new());
     let style =
         ProgressStyle::with_template("{msg:20} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
@@ -533,6 +533,28 @@ fn init_logging(config_level: Option<&str>) {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(std::io::stdout().is_terminal())
+            .with_writer(|| AboveBars)
             .init();
+    }
+}
+
+/// Progress bars on the terminal (`ferry prefetch`, `ferry scrub`), once
+/// drawn: log lines are printed above them instead of through them.
+static BARS: std::sync::OnceLock<indicatif::MultiProgress> = std::sync::OnceLock::new();
+
+/// Standard output, with the progress bars (if any) hidden while a line is
+/// written and redrawn below it.
+struct AboveBars;
+
+impl std::io::Write for AboveBars {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match BARS.get() {
+            Some(bars) => bars.suspend(|| std::io::stdout().write(buf)),
+            None => std::io::stdout().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stdout().flush()
     }
 }
