@@ -142,11 +142,12 @@ impl FsStore {
     /// Creates and removes a file in each of the store's directories: an
     /// error names the directory that cannot be written, and why.
     pub fn check_writable(&self) -> io::Result<()> {
+        // Checks may run at once (readiness probes from a kubelet and from
+        // cluster peers): each writes its own file.
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
         for dir in STORE_DIRS {
-            let p = self
-                .root
-                .join(dir)
-                .join(format!(".write-check-{}", std::process::id()));
+            let name = format!(".write-check-{}-{n}", std::process::id());
+            let p = self.root.join(dir).join(name);
             fs::write(&p, b"")
                 .and_then(|()| fs::remove_file(&p))
                 .map_err(|e| {
@@ -425,6 +426,22 @@ fn registry_dir(registry: &str) -> String {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn writability_checks_at_once_do_not_trip_over_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = FsStore::open(dir.path()).unwrap();
+        let store = std::sync::Arc::new(store);
+        let checks: Vec<_> = (0..8)
+            .map(|_| {
+                let s = store.clone();
+                std::thread::spawn(move || (0..200).try_for_each(|_| s.check_writable()))
+            })
+            .collect();
+        for c in checks {
+            c.join().unwrap().expect("a concurrent check failed");
+        }
+    }
 
     #[test]
     fn publish_then_open() {
