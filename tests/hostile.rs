@@ -173,15 +173,7 @@ async fn downloads_every_client_left_give_their_slots_to_waiting_ones() {
     let ferry = Ferry::start_with(&up.url(), |cfg| cfg.max_fetches_per_registry = 2).await;
     // Two clients start big downloads, read a little, and go away.
     for d in [&a, &b] {
-        let resp = within(send(
-            Method::GET,
-            &ferry.url(&format!("/v2/x/blobs/{d}")),
-            &[],
-        ))
-        .await;
-        let mut body = resp.into_body();
-        within(read_at_least(&mut body, 1)).await;
-        drop(body);
+        start_and_leave(&ferry.url(&format!("/v2/x/blobs/{d}"))).await;
     }
     ga.reached().await;
     gb.reached().await;
@@ -317,15 +309,7 @@ async fn a_download_nobody_reads_stops_at_the_registrys_orphan_budget() {
         cfg.orphaned_bytes_per_registry = 256 << 10;
     })
     .await;
-    let resp = within(send(
-        Method::GET,
-        &ferry.url(&format!("/v2/x/blobs/{big}")),
-        &[],
-    ))
-    .await;
-    let mut body = resp.into_body();
-    within(read_at_least(&mut body, 1)).await;
-    drop(body);
+    start_and_leave(&ferry.url(&format!("/v2/x/blobs/{big}"))).await;
     gate.reached().await;
     // Nobody waits for a slot, yet the download stops once it has brought
     // 256 KiB nobody reads.

@@ -269,15 +269,7 @@ async fn a_download_only_the_shared_tier_upload_reads_is_deserted_too() {
         cfg.max_fetches_per_registry = 1;
     })
     .await;
-    let resp = within(send(
-        http::Method::GET,
-        &ferry.url(&format!("/v2/x/blobs/{a}")),
-        &[],
-    ))
-    .await;
-    let mut body = resp.into_body();
-    within(read_at_least(&mut body, 1)).await;
-    drop(body);
+    start_and_leave(&ferry.url(&format!("/v2/x/blobs/{a}"))).await;
     gate.reached().await;
     // The upload to the tier still follows A, but no client does: A gives
     // its slot to C.

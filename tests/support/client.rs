@@ -100,6 +100,14 @@ pub async fn read_whole(resp: http::Response<Incoming>) -> Whole {
 }
 
 /// Reads body frames until at least `n` bytes arrived; returns them.
+/// A client that gives up: starts a GET of `url`, reads its first bytes
+/// and goes away.
+pub async fn start_and_leave(url: &str) {
+    let resp = super::within(send(Method::GET, url, &[])).await;
+    let mut body = resp.into_body();
+    super::within(read_at_least(&mut body, 1)).await;
+}
+
 pub async fn read_at_least(body: &mut Incoming, n: usize) -> Vec<u8> {
     let mut out = Vec::new();
     while out.len() < n {
