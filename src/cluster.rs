@@ -129,7 +129,8 @@ impl Cluster {
 
     /// Sends a signed `GET path` for `repo` (see [`signature::REPO`]) on
     /// behalf of `client` to `peer`, with `headers` besides, and returns
-    /// its answer's head.
+    /// its answer's head. A peer that refuses the connection is left out
+    /// of the ring.
     pub async fn get(
         &self,
         peer: &str,
@@ -158,10 +159,15 @@ impl Cluster {
             .extend(signature::sign(self.secret(), &signed));
         match tokio::time::timeout(self.answer_timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => Err(PeerError::Connect {
-                peer: peer.into(),
-                cause: crate::upstream::error_chain(&e),
-            }),
+            Ok(Err(e)) if e.is_connect() => {
+                // Only a refused connection takes a peer out of the ring: a
+                // slow or busy one stays in.
+                self.mark_down(peer);
+                Err(PeerError::Connect {
+                    peer: peer.into(),
+                    cause: crate::upstream::error_chain(&e),
+                })
+            }
             Ok(Err(e)) => Err(PeerError::Unreachable {
                 peer: peer.into(),
                 cause: crate::upstream::error_chain(&e),

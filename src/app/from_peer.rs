@@ -21,7 +21,6 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::manifests::{self, Failure, Manifest};
 use super::App;
-use crate::cluster::PeerError;
 use crate::oci::{Reference, Tag};
 use crate::routing::{Resolved, Target};
 use crate::upstream::UpstreamError;
@@ -71,9 +70,6 @@ pub async fn tag(
         }
         Err(e) => {
             tracing::warn!(%tag, error = %e, "peer did not answer; asking the upstream for the tag");
-            if let PeerError::Connect { .. } = e {
-                cluster.mark_down(&owner);
-            }
             metrics.fell_back("unreachable");
             return None;
         }

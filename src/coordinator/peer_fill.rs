@@ -22,7 +22,6 @@ use http::StatusCode;
 use super::flight::{FetchFailure, Flight};
 use super::transfer::{self, Source};
 use super::Coordinator;
-use crate::cluster::PeerError;
 use crate::routing::Resolved;
 use crate::upstream::headers::content_length;
 
@@ -70,9 +69,6 @@ async fn attempt(
         }
         Err(e) => {
             tracing::warn!(%digest, error = %e, "peer did not answer; fetching upstream");
-            if let PeerError::Connect { .. } = e {
-                cluster.mark_down(peer);
-            }
             metrics.cluster.fell_back("unreachable");
             return None;
         }

@@ -131,47 +131,28 @@ pub(super) async fn upstream(
         };
         if let Some((peer, _)) = from_peer.take() {
             // The owner broke off, or is too slow: the rest comes from the
-            // upstream, from where the transfer is, at once.
+            // upstream, from where the transfer is, at once (no retry is
+            // spent: the upstream has not failed).
             tracing::warn!(%digest, peer, received, error = %broken,
                 "peer transfer broke; continuing from the upstream");
             coordinator.metrics.cluster.fell_back("broken");
             flight.left_peer();
-            match request(target, digest, received, None).await {
-                Ok(resp)
-                    if resp.status() == StatusCode::PARTIAL_CONTENT
-                        && content_range_start(resp.headers()) == Some(received) =>
-                {
-                    skip = 0;
-                    response = Some(resp);
-                    continue;
-                }
-                Ok(resp) if resp.status() == StatusCode::OK => {
-                    skip = received;
-                    response = Some(resp);
-                    continue;
-                }
-                Ok(resp) => {
-                    tracing::warn!(%digest, status = resp.status().as_u16(), "upstream refused the rest of a peer's transfer");
-                }
-                Err(e) => {
-                    tracing::warn!(%digest, error = %e, "upstream request for the rest of a peer's transfer failed")
-                }
+        } else {
+            // A drip makes some progress on every attempt; it must not earn
+            // fresh retries with it.
+            if received > progress_mark && !too_slow {
+                failures = 0;
+                progress_mark = received;
             }
+            failures += 1;
+            if failures > policy.max_retries {
+                break Err(FetchFailure::Upstream(broken));
+            }
+            tracing::info!(digest = %digest, registry = %target.registry.name, received, error = %broken,
+                attempt = failures, "blob transfer broke; resuming");
+            upstream.stats().resumes.inc();
+            tokio::time::sleep(retry::backoff(&policy, failures - 1, cap)).await;
         }
-        // A drip makes some progress on every attempt; it must not earn
-        // fresh retries with it.
-        if received > progress_mark && !too_slow {
-            failures = 0;
-            progress_mark = received;
-        }
-        failures += 1;
-        if failures > policy.max_retries {
-            break Err(FetchFailure::Upstream(broken));
-        }
-        tracing::info!(digest = %digest, registry = %target.registry.name, received, error = %broken,
-            attempt = failures, "blob transfer broke; resuming");
-        upstream.stats().resumes.inc();
-        tokio::time::sleep(retry::backoff(&policy, failures - 1, cap)).await;
         match request(target, digest, received, etag.as_ref()).await {
             Ok(resp) if resp.status() == StatusCode::PARTIAL_CONTENT => {
                 if content_range_start(resp.headers()) == Some(received) {

@@ -259,12 +259,7 @@ impl FakeRegistry {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (st, bb) = (st.clone(), bb.clone());
                         if plain_on_tls {
-                            let auth = req
-                                .headers()
-                                .get("authorization")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string();
+                            let auth = authorization(&req);
                             st.lock()
                                 .unwrap()
                                 .plain
@@ -579,6 +574,15 @@ impl FakeRegistry {
     }
 }
 
+/// A request's `Authorization` header, "" when it has none.
+fn authorization(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
 async fn handle(
     req: Request<Incoming>,
     state: Arc<Mutex<State>>,
@@ -594,13 +598,7 @@ async fn handle(
                 s.blob_order.push(d.to_string());
             }
         }
-        let auth = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        s.authorizations.push(auth);
+        s.authorizations.push(authorization(&req));
         if let Some(status) = s.status_override {
             return plain(status, "overridden");
         }
