@@ -160,6 +160,9 @@ pub struct RegistryConfig {
     pub token_realms: Vec<String>,
     /// zot's periodic sync: every so often, pull what `content` names.
     pub poll_interval: Option<Duration>,
+    /// `host[:port]` of the registry the URLs mirror (`mirrorOf`), when
+    /// they are not the registry itself.
+    pub mirror_of: Option<String>,
 }
 
 /// How long what ferry stored about a registry's tags is trusted.
@@ -242,6 +245,18 @@ impl RegistryConfig {
             credentials: None,
             token_realms: Vec::new(),
             poll_interval: None,
+            mirror_of: None,
+        }
+    }
+
+    /// `host[:port]` clients know this registry by: `mirrorOf`, else the
+    /// first URL's.
+    pub fn client_name(&self) -> String {
+        match &self.mirror_of {
+            Some(name) => name.clone(),
+            None => self.urls[0]
+                .authority()
+                .map_or(String::new(), |a| a.as_str().to_ascii_lowercase()),
         }
     }
 }

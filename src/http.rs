@@ -142,9 +142,24 @@ pub async fn handle<B>(
         cache = answer.cache.map_or("-", CacheStatus::as_str),
         registry = answer.registry.as_deref().unwrap_or("-"),
         elapsed_ms = started.elapsed().as_millis() as u64,
+        agent = user_agent(req.headers()),
         "request"
     );
     response
+}
+
+/// The client's `User-Agent` for the access log (which runtime asked:
+/// `docker/…`, `containerd/…`, `containers/…` for podman, buildah and
+/// skopeo), cut short so a client cannot make log lines long.
+fn user_agent(headers: &http::HeaderMap) -> &str {
+    let agent = headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    match agent.char_indices().nth(160) {
+        Some((end, _)) => &agent[..end],
+        None => agent,
+    }
 }
 
 /// An error response; a refusal by access control carries the challenge

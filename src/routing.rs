@@ -44,7 +44,8 @@ pub struct Registry {
     pub name: String,
     pub config: RegistryConfig,
     pub upstream: Upstream,
-    /// `host[:port]` of every URL, plus Docker Hub's aliases.
+    /// `host[:port]` of every URL and of `mirrorOf`, plus Docker Hub's
+    /// aliases.
     hosts: Vec<String>,
     docker_hub: bool,
     /// One per blob download running against this registry.
@@ -54,6 +55,8 @@ pub struct Registry {
 impl Registry {
     fn new(index: usize, config: RegistryConfig, upstream: Upstream) -> Registry {
         let mut hosts: Vec<String> = config.urls.iter().map(host_key).collect();
+        // A mirror of another registry answers to that registry's name.
+        hosts.extend(config.mirror_of.clone());
         let docker_hub = hosts.iter().any(|h| DOCKER_HUB.contains(&h.as_str()));
         if docker_hub {
             hosts.extend(DOCKER_HUB.iter().map(|h| h.to_string()));

@@ -157,6 +157,36 @@ async fn ns_parameter_and_path_style_select_a_registry() {
     assert!(w.header("warning").is_some());
 }
 
+/// containerd names Docker Hub `docker.io` in `ns=` even when ferry's
+/// upstream for it is a mirror (mirror.gcr.io, a company's proxy): with
+/// `mirrorOf` that registry answers to Docker Hub's names and gets
+/// Docker Hub's `library/` rule. Found by containerd in
+/// tests/e2e/runtimes.sh: without it, `ns=docker.io` was a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_of_docker_hub_answers_to_docker_hubs_names() {
+    let (other, hub) = (FakeRegistry::start().await, FakeRegistry::start().await);
+    let config = serde_json::json!({"extensions": {"sync": {"enable": true, "registries": [
+        {"urls": [other.url()], "content": [{"prefix": "**", "destination": "/local"}]},
+        {"urls": [hub.url()], "mirrorOf": "docker.io"}
+    ]}}});
+    let ferry = Ferry::start_json(&config.to_string(), |_| {}).await;
+    let m = manifest(6);
+    hub.add_manifest("library/alpine", Some("3"), OCI_MANIFEST, m.clone());
+
+    for path in [
+        "/v2/library/alpine/manifests/3?ns=docker.io",
+        "/v2/library/alpine/manifests/3?ns=registry-1.docker.io",
+        "/v2/docker.io/library/alpine/manifests/3",
+        "/v2/docker.io/alpine/manifests/3",
+        "/v2/alpine/manifests/3",
+    ] {
+        let w = within(get(&ferry.url(path))).await;
+        assert_eq!(w.status, StatusCode::OK, "{path}");
+        assert_eq!(w.body, m, "{path}");
+    }
+    assert_eq!(other.total_hits(), 0, "the other registry was never asked");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_across_urls_and_retry_of_5xx() {
     let up = FakeRegistry::start().await;

@@ -1,6 +1,7 @@
 //! Upstream trouble is visible: an unreachable upstream gives a WARN line
 //! naming the registry, the repository and the cause, failure counters by
-//! registry and kind (manifests too), and `ferry_upstream_up` 0.
+//! registry and kind (manifests too), and `ferry_upstream_up` 0; the
+//! access log names the client's user agent.
 //!
 //! Its own test binary: it installs a global log subscriber to read what
 //! ferry logs.
@@ -87,7 +88,24 @@ async fn an_unreachable_upstream_is_logged_counted_and_down() {
     assert!(value("ferry_process_open_fds") >= 3.0);
     assert!(value("ferry_process_cpu_seconds") > 0.0);
 
+    // The access log names the runtime that asked, cut short if long.
+    let v2 = ferry.url("/v2/");
+    let agent = [("user-agent", "containerd/1.6.20~ds1")];
+    within(request(http::Method::GET, &v2, &agent)).await;
+    let long = "x".repeat(1000);
+    within(request(http::Method::GET, &v2, &[("user-agent", &long)])).await;
+
     let log = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("path=/v2/ ") && l.contains("agent=\"containerd/1.6.20~ds1\"")),
+        "no access-log line with the user agent:\n{log}"
+    );
+    let cut = format!("agent=\"{}\"", "x".repeat(160));
+    assert!(
+        log.contains(&cut),
+        "the long agent is not cut at 160:\n{log}"
+    );
     let warn = log
         .lines()
         .find(|l| l.contains("WARN") && l.contains("manifest fetch failed"))

@@ -116,6 +116,9 @@ pub struct RegistrySection {
     pub credentials: Option<super::Credentials>,
     /// ferry: token realm hosts trusted besides the registry's own domain.
     pub token_realms: Option<Vec<String>>,
+    /// ferry: the registry these URLs mirror (`docker.io`), when they are
+    /// not the registry itself; clients name it in `ns=` and path style.
+    pub mirror_of: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -372,6 +372,13 @@ fn registries_from(
             delay,
             max_delay: dur("maxRetryDelay", &r.max_retry_delay)?.unwrap_or(d.max_delay.max(delay)),
         };
+        let mirror_of = r
+            .mirror_of
+            .as_deref()
+            .map(|v| {
+                parse_mirror_of(v).map_err(|e| ConfigError(format!("{}: {e}", at("mirrorOf"))))
+            })
+            .transpose()?;
         let poll_interval = dur("pollInterval", &r.poll_interval)?;
         if poll_interval.is_some() && r.content.as_ref().is_none_or(|c| c.is_empty()) {
             warnings.push(format!(
@@ -475,6 +482,7 @@ fn registries_from(
             freshness,
             credentials,
             poll_interval,
+            mirror_of,
             token_realms: r
                 .token_realms
                 .clone()
@@ -496,6 +504,22 @@ fn registries_from(
         }
     }
     Ok(out)
+}
+
+/// `mirrorOf`: a registry's `host[:port]` as clients name it, without a
+/// scheme, path or user.
+fn parse_mirror_of(v: &str) -> Result<String, String> {
+    let host = v.trim().to_ascii_lowercase();
+    let valid = !host.is_empty()
+        && !host.contains(['/', '@', '?', '#'])
+        && host.parse::<http::uri::Authority>().is_ok();
+    if valid {
+        Ok(host)
+    } else {
+        Err(format!(
+            "{v:?} is not a registry host; write it as clients name it, e.g. \"docker.io\" or \"registry.local:5000\""
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -598,5 +622,22 @@ mod tests {
         let e =
             Config::resolve(FileConfig::parse(text).unwrap(), &Overrides::default()).unwrap_err();
         assert!(e.0.contains("http.tls"), "{e}");
+    }
+
+    #[test]
+    fn mirror_of_names_the_registry_clients_ask_for() {
+        let text = r#"{"extensions": {"sync": {"registries": [
+            {"urls": ["https://mirror.gcr.io"], "mirrorOf": "Docker.io"}]}}}"#;
+        let c = Config::resolve(FileConfig::parse(text).unwrap(), &Overrides::default()).unwrap();
+        assert_eq!(c.registries[0].mirror_of.as_deref(), Some("docker.io"));
+        assert_eq!(c.registries[0].client_name(), "docker.io");
+        for bad in ["https://docker.io", "docker.io/library", "", "user@host"] {
+            let text = format!(
+                r#"{{"extensions": {{"sync": {{"registries": [{{"urls": ["https://m.example"], "mirrorOf": "{bad}"}}]}}}}}}"#
+            );
+            let e = Config::resolve(FileConfig::parse(&text).unwrap(), &Overrides::default())
+                .unwrap_err();
+            assert!(e.0.contains("registries[0].mirrorOf"), "{bad}: {e}");
+        }
     }
 }

@@ -7,11 +7,6 @@ use std::fmt::Write as _;
 
 use super::{Config, DOCKER_HUB_HOSTS};
 
-/// `host[:port]` of a URL.
-fn host_of(url: &http::Uri) -> String {
-    url.authority().map_or(String::new(), |a| a.to_string())
-}
-
 /// The snippets for every registry of `c`.
 pub fn client_snippets(c: &Config) -> String {
     let scheme = if c.tls.is_some() { "https" } else { "http" };
@@ -23,7 +18,7 @@ pub fn client_snippets(c: &Config) -> String {
     let insecure = scheme == "http";
     let mut out = String::from("client snippets\n");
     for (i, r) in c.registries.iter().enumerate() {
-        let host = host_of(&r.urls[0]);
+        let host = r.client_name();
         let docker_hub = DOCKER_HUB_HOSTS.contains(&host.as_str());
         let name = if docker_hub {
             "docker.io".to_string()
@@ -34,7 +29,11 @@ pub fn client_snippets(c: &Config) -> String {
         let _ = writeln!(
             out,
             "  containerd: /etc/containerd/certs.d/{name}/hosts.toml\n    server = \"{}\"\n    [host.\"{scheme}://{ferry}\"]\n      capabilities = [\"pull\", \"resolve\"]",
-            if docker_hub { "https://registry-1.docker.io".to_string() } else { r.urls[0].to_string().trim_end_matches('/').to_string() }
+            match (docker_hub, &r.mirror_of) {
+                (true, _) => "https://registry-1.docker.io".to_string(),
+                (false, Some(name)) => format!("https://{name}"),
+                (false, None) => r.urls[0].to_string().trim_end_matches('/').to_string(),
+            }
         );
         let destination = r.content.iter().find_map(|c| c.destination.clone());
         let mirror = match (&destination, docker_hub, host.contains(':')) {
@@ -102,5 +101,22 @@ mod tests {
             1,
             "Docker mirrors Docker Hub only"
         );
+    }
+
+    #[test]
+    fn a_mirror_of_docker_hub_gets_docker_hubs_snippets() {
+        let text = r#"{"http": {"address": "127.0.0.1", "port": "5000"},
+            "extensions": {"sync": {"registries": [
+              {"urls": ["https://mirror.gcr.io"], "mirrorOf": "docker.io"}
+            ]}}}"#;
+        let c = Config::resolve(FileConfig::parse(text).unwrap(), &Overrides::default()).unwrap();
+        let s = client_snippets(&c);
+        assert!(s.contains("certs.d/docker.io/hosts.toml"), "{s}");
+        assert!(
+            s.contains("server = \"https://registry-1.docker.io\""),
+            "{s}"
+        );
+        assert!(s.contains("daemon.json"), "{s}");
+        assert!(!s.contains("mirror.gcr.io"), "{s}");
     }
 }

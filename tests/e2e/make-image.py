@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Builds a small test image as an OCI layout, for the end-to-end test.
 
-Usage: make-image.py DIR TAG [RANDOM_MIB] [PLATFORMS]
+Usage: make-image.py DIR TAG [RANDOM_MIB] [PLATFORMS] [EXTRA_LAYERS]
 
 PLATFORMS is a comma-separated list of architectures (default: amd64).
 With more than one, the image is a multi-platform image: an OCI image index
-naming one image manifest per platform.
+naming one image manifest per platform. EXTRA_LAYERS (default 0) adds that
+many small gzip tar layers, each with a file of its own, for an image with
+many layers.
 
 The image has a real gzip tar layer with a few text files, and a second
 gzip tar layer holding RANDOM_MIB (default 6) MiB of random bytes, so the
@@ -47,7 +49,7 @@ def put_blob(layout, data):
     return {"digest": "sha256:" + digest, "size": len(data)}
 
 
-def image(layout, arch, random_mib):
+def image(layout, arch, random_mib, extra_layers=0):
     """Writes one platform's config, layers and manifest; returns the
     manifest's descriptor."""
     small, small_diff = tar_gz([
@@ -56,8 +58,13 @@ def image(layout, arch, random_mib):
     ])
     big, big_diff = tar_gz([("data/random.bin", os.urandom(random_mib << 20))])
 
+    extra = [
+        tar_gz([(f"layers/{n:03}.txt", f"layer {n} ({arch}) {os.urandom(8).hex()}\n".encode())])
+        for n in range(extra_layers)
+    ]
+    diff_ids = [small_diff, big_diff] + [d for _, d in extra]
     layers = []
-    for data in (small, big):
+    for data in [small, big] + [g for g, _ in extra]:
         d = put_blob(layout, data)
         d["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip"
         layers.append(d)
@@ -66,7 +73,7 @@ def image(layout, arch, random_mib):
         "architecture": arch,
         "os": "linux",
         "config": {"Cmd": ["/bin/true"]},
-        "rootfs": {"type": "layers", "diff_ids": [small_diff, big_diff]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }).encode()
     cfg = put_blob(layout, config)
     cfg["mediaType"] = "application/vnd.oci.image.config.v1+json"
@@ -88,11 +95,12 @@ def main():
     layout, tag = sys.argv[1], sys.argv[2]
     random_mib = int(sys.argv[3]) if len(sys.argv) > 3 else 6
     platforms = sys.argv[4].split(",") if len(sys.argv) > 4 else ["amd64"]
+    extra_layers = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     os.makedirs(os.path.join(layout, "blobs", "sha256"), exist_ok=True)
     with open(os.path.join(layout, "oci-layout"), "w") as f:
         json.dump({"imageLayoutVersion": "1.0.0"}, f)
     print(f"image {tag}:")
-    manifests = [image(layout, arch, random_mib) for arch in platforms]
+    manifests = [image(layout, arch, random_mib, extra_layers) for arch in platforms]
     if len(manifests) == 1:
         top = manifests[0]
         del top["platform"]
