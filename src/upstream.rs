@@ -9,6 +9,7 @@
 
 mod auth;
 mod challenge;
+mod counted;
 mod error;
 pub mod headers;
 mod listing;
@@ -33,6 +34,7 @@ use crate::config::{RequestLimits, RetryPolicy, Timeouts};
 use crate::oci::{Digest, Reference, RepoName};
 
 pub use auth::{parse_challenges, Challenge};
+pub use counted::CountedBody;
 pub use error::{is_absent, is_not_found, worse, UpstreamError};
 pub use listing::paged_list;
 pub use stats::{Health, RegistryCollector, UpstreamStats};

@@ -12,29 +12,30 @@ use bytes::Bytes;
 use futures::Stream;
 use http::{HeaderMap, Method, StatusCode};
 use hyper::body::Body as _;
-use hyper::body::Incoming;
 
 use super::holdback::LastByte;
 use crate::oci::{Digest, ErrorCode, Hasher, RegistryError};
 use crate::routing::Resolved;
 use crate::upstream::headers::content_length;
+use crate::upstream::CountedBody;
 
 /// Opens the blob at the first registry that has it: the body and its size.
 pub async fn open(
     repo: &Resolved,
     digest: &Digest,
-) -> Result<(Incoming, Option<u64>), RegistryError> {
-    let (resp, _) = repo
+) -> Result<(CountedBody, Option<u64>), RegistryError> {
+    let (resp, target) = repo
         .first(|t| t.blob(Method::GET, digest, HeaderMap::new(), StatusCode::OK))
         .await
         .map_err(|e| e.to_registry_error(ErrorCode::BlobUnknown))?;
     let size = content_length(resp.headers());
-    Ok((resp.into_body(), size))
+    let counted = target.registry.upstream.stats().bytes.clone();
+    Ok((CountedBody::new(resp.into_body(), counted), size))
 }
 
 /// An upstream body checked against `digest` as it passes.
 pub struct VerifyingStream {
-    body: Incoming,
+    body: CountedBody,
     hasher: Option<Hasher>,
     digest: Digest,
     held: LastByte,
@@ -44,7 +45,7 @@ pub struct VerifyingStream {
 }
 
 impl VerifyingStream {
-    pub fn new(body: Incoming, digest: Digest) -> VerifyingStream {
+    pub fn new(body: CountedBody, digest: Digest) -> VerifyingStream {
         VerifyingStream {
             body,
             hasher: Some(Hasher::new(digest.algorithm())),

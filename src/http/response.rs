@@ -35,7 +35,7 @@ pub fn stream(s: BlobStream) -> Body {
 }
 
 /// An upstream body passed through as it is (errors abort the response).
-pub fn passthrough(body: hyper::body::Incoming) -> Body {
+pub fn passthrough(body: crate::upstream::CountedBody) -> Body {
     body.map_err(|e| io::Error::other(format!("upstream body failed: {e}")))
         .boxed_unsync()
 }

@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# The container runtimes users point at ferry, each configured with the
+# text README.md shows (read out of README.md here: a snippet that drifts is
+# the snippet tested), pulling through ferry from Debian's docker-registry:
+#
+#   docker        Docker Engine (dockerd of its own: vfs, no iptables, no
+#                 bridge, its own data-root and socket), `registry-mirrors`;
+#                 a multi-platform index; pulled again with the upstream
+#                 stopped, from ferry's store
+#   podman        README's `[[registry.mirror]]` blocks (vfs): an image of
+#                 many layers from "Docker Hub", and one from a registry
+#                 with a port through its `/local` prefix
+#   buildah       `buildah from`, with the same registries.conf
+#   containerd    `ctr images pull --hosts-dir` with README's hosts.toml
+#                 (ns=docker.io), unpacked, `ctr images check` complete
+#   containerd-ns the second registry's hosts.toml (ns=127.0.0.1:port)
+#   stargz        lazy pulling: an eStargz image (ctr-remote convert) pulled
+#                 with the stargz snapshotter (tests/e2e/stargz, built with
+#                 Debian's Go) and a file read from its FUSE mount while the
+#                 layer is still arriving; with and without ferry
+#   skopeo        inspect (config digest) and list-tags through ferry
+#
+# Each line is "<runtime> ok <config digest>": the digest the runtime
+# reports equals the upstream's, and ferry's access log shows the runtime's
+# requests (its user agent). A runtime that cannot run on this machine
+# prints "<runtime> blocked: <reason>".
+#
+# "Docker Hub" is a local docker-registry behind an nginx throttle (so a
+# lazy pull reads files before the layer has arrived); ferry's config says
+# it is a mirror of docker.io (`mirrorOf`), so the runtimes' own Docker Hub
+# names are used unchanged. Nothing here touches the machine's own Docker,
+# containerd or container storage: every daemon has its own config, socket
+# and data under $WORK.
+#
+# Usage: tests/e2e/runtimes.sh [path/to/ferry]   (default: target/debug/ferry)
+# Needs (root): docker.io, podman, buildah, containerd, stargz-snapshotter,
+# golang-go, golang-github-containerd-stargz-snapshotter-dev, nginx,
+# docker-registry, skopeo, curl.
+set -euo pipefail
+
+cd "$(dirname "$0")/../.."
+FERRY=${1:-target/debug/ferry}
+NAME=runtimes
+WORK=$(mktemp -d /tmp/ferry-runtimes.XXXXXX)
+. tests/e2e/lib.sh
+. tests/e2e/runtimes-lib.sh
+. tests/e2e/runtimes-stargz.sh
+trap runtimes_cleanup EXIT
+
+[ -x "$FERRY" ] || fail "no ferry binary at $FERRY (run cargo build first)"
+for t in nginx skopeo docker-registry curl python3; do
+    command -v "$t" > /dev/null || fail "$t is not installed"
+done
+
+# --- the upstreams, the images and ferry -----------------------------------
+
+start_registry < /dev/null
+HUB_PORT=$REG_PORT HUB_PID=$REG_PID
+mv "$WORK/registry.yml" "$WORK/hub.yml"
+REG2_WORK="$WORK/reg2"
+mkdir -p "$REG2_WORK"
+WORK_SAVED=$WORK WORK=$REG2_WORK
+start_registry < /dev/null
+WORK=$WORK_SAVED
+REG2_PORT=$REG_PORT
+
+# Docker Hub, throttled to 4 MB/s per connection (nginx lets the first
+# second's worth through at once): the small images come at once, the lazy
+# pull's 32 MiB layer takes ferry about 8 s.
+THROTTLE_PORT=$(free_port)
+start_throttle "$THROTTLE_PORT" "$HUB_PORT" 4m
+
+push() { # oci-dir repo:tag port [--all]
+    skopeo --insecure-policy copy --quiet --dest-tls-verify=false ${4:-} \
+        "oci:$1:v1" "docker://127.0.0.1:$3/$2" || fail "push $2"
+}
+python3 tests/e2e/make-image.py "$WORK/img-multi" v1 2 amd64,arm64 > /dev/null
+push "$WORK/img-multi" library/multi:1 "$HUB_PORT" --all
+python3 tests/e2e/make-image.py "$WORK/img-layers" v1 1 amd64 24 > /dev/null
+push "$WORK/img-layers" library/layers:1 "$HUB_PORT"
+python3 tests/e2e/make-image.py "$WORK/img-alpine" v1 3 > /dev/null
+push "$WORK/img-alpine" library/alpine:3 "$HUB_PORT"
+python3 tests/e2e/make-image.py "$WORK/img-base" v1 2 > /dev/null
+push "$WORK/img-base" library/base:1 "$HUB_PORT"
+python3 tests/e2e/make-image.py "$WORK/img-app" v1 2 > /dev/null
+push "$WORK/img-app" team/app:1 "$REG2_PORT"
+
+FERRY_PORT=$(free_port)
+cat > "$WORK/ferry.json" <<JSON
+{
+  "http": {"address": "127.0.0.1", "port": "$FERRY_PORT"},
+  "storage": {"rootDirectory": "$WORK/ferry-data"},
+  "log": {"level": "info"},
+  "extensions": {"sync": {"enable": true, "registries": [
+    {"urls": ["http://127.0.0.1:$REG2_PORT"], "content": [{"prefix": "**", "destination": "/local"}],
+     "maxRetries": 1, "retryDelay": "100ms"},
+    {"urls": ["http://127.0.0.1:$THROTTLE_PORT"], "mirrorOf": "docker.io",
+     "maxRetries": 1, "retryDelay": "100ms"}
+  ]}}
+}
+JSON
+"$FERRY" check-config "$WORK/ferry.json" > "$WORK/check-config.txt" || fail "ferry check-config"
+"$FERRY" serve --config "$WORK/ferry.json" > "$WORK/ferry.log" 2>&1 &
+FERRY_PID=$!
+PIDS+=("$FERRY_PID")
+wait_port "$FERRY_PORT" || fail "ferry did not start"
+FERRY_ADDR=127.0.0.1:$FERRY_PORT
+REG2_ADDR=127.0.0.1:$REG2_PORT
+
+# --- skopeo ------------------------------------------------------------------
+
+skopeo_line() {
+    local want got tags
+    want=$(upstream_config "127.0.0.1:$HUB_PORT/library/multi:1")
+    got=$(skopeo inspect --tls-verify=false --raw --config "docker://$FERRY_ADDR/library/multi:1" \
+        | sha256sum | cut -d' ' -f1) || fail "skopeo inspect --config through ferry"
+    skopeo inspect --tls-verify=false "docker://$FERRY_ADDR/library/multi:1" > "$WORK/skopeo-inspect.json" \
+        || fail "skopeo inspect through ferry"
+    grep -q '"Architecture": "amd64"' "$WORK/skopeo-inspect.json" || fail "skopeo inspect: $(cat "$WORK/skopeo-inspect.json")"
+    tags=$(skopeo list-tags --tls-verify=false "docker://$FERRY_ADDR/library/multi") \
+        || fail "skopeo list-tags through ferry"
+    echo "$tags" | grep -q '"1"' || fail "skopeo list-tags: $tags"
+    same "skopeo" "$want" "sha256:$got"
+    through_ferry skopeo 'skopeo/' library/multi "$want"
+    report skopeo "sha256:$got (inspect, inspect --config, list-tags)"
+}
+
+# --- podman and buildah ------------------------------------------------------
+
+# README's two registries.conf snippets, one file.
+{
+    readme_snippet podman
+    echo
+    readme_snippet podman-port
+} > "$WORK/registries.conf"
+export CONTAINERS_REGISTRIES_CONF="$WORK/registries.conf"
+
+podman_line() {
+    command -v podman > /dev/null || { blocked podman "podman is not installed"; return; }
+    local p=(podman --root "$WORK/podman/root" --runroot "$WORK/podman/run" --tmpdir "$WORK/podman/tmp"
+        --storage-driver vfs --cgroup-manager cgroupfs --events-backend file)
+    local want got
+    want=$(upstream_config "127.0.0.1:$HUB_PORT/library/layers:1")
+    timeout 60 "${p[@]}" pull -q docker.io/library/layers:1 > "$WORK/podman.out" 2>&1 \
+        || fail "podman pull docker.io/library/layers:1: $(cat "$WORK/podman.out")"
+    got=sha256:$("${p[@]}" image inspect -f '{{.Id}}' docker.io/library/layers:1)
+    same podman "$want" "$got"
+    through_ferry podman 'containers/' library/layers "$want"
+    # A registry with a port, through README's /local prefix.
+    local want2 got2
+    want2=$(upstream_config "$REG2_ADDR/team/app:1")
+    timeout 60 "${p[@]}" pull -q "$REG2_ADDR/team/app:1" > "$WORK/podman.out" 2>&1 \
+        || fail "podman pull $REG2_ADDR/team/app:1: $(cat "$WORK/podman.out")"
+    got2=sha256:$("${p[@]}" image inspect -f '{{.Id}}' "$REG2_ADDR/team/app:1")
+    same podman "$want2" "$got2"
+    through_ferry podman 'containers/' local/team/app "$want2"
+    report podman "$got (26 layers; and $REG2_ADDR/team/app:1 through /local)"
+}
+
+buildah_line() {
+    command -v buildah > /dev/null || { blocked buildah "buildah is not installed"; return; }
+    local b=(buildah --root "$WORK/buildah/root" --runroot "$WORK/buildah/run" --storage-driver vfs)
+    local want got
+    want=$(upstream_config "127.0.0.1:$HUB_PORT/library/base:1")
+    timeout 60 "${b[@]}" from --quiet --name work docker.io/library/base:1 > "$WORK/buildah.out" 2>&1 \
+        || fail "buildah from docker.io/library/base:1: $(cat "$WORK/buildah.out")"
+    got=sha256:$("${b[@]}" inspect -f '{{.FromImageID}}' work)
+    same buildah "$want" "$got"
+    through_ferry buildah 'Buildah/' library/base "$want"
+    "${b[@]}" rm work > /dev/null
+    report buildah "$got (buildah from)"
+}
+
+# --- containerd --------------------------------------------------------------
+
+containerd_lines() {
+    if ! command -v containerd > /dev/null; then
+        blocked containerd "containerd is not installed"
+        blocked containerd-ns "containerd is not installed"
+        return
+    fi
+    start_containerd
+    readme_snippet containerd > "$(hosts_file docker.io)"
+    readme_snippet containerd-other > "$(hosts_file "$REG2_ADDR")"
+    local want got
+    want=$(upstream_config "127.0.0.1:$HUB_PORT/library/alpine:3")
+    ctr_pull docker.io/library/alpine:3
+    got=$(ctr_config docker.io/library/alpine:3)
+    same containerd "$want" "$got"
+    through_ferry containerd 'containerd/' library/alpine "$want"
+    grep -q 'path=/v2/library/alpine/manifests/3 status=200' "$WORK/ferry.log" \
+        || fail "containerd: no manifest request answered by ferry"
+    report containerd "$got (ns=docker.io, unpacked, check complete)"
+
+    want=$(upstream_config "$REG2_ADDR/team/app:1")
+    ctr_pull "$REG2_ADDR/team/app:1"
+    got=$(ctr_config "$REG2_ADDR/team/app:1")
+    same containerd-ns "$want" "$got"
+    through_ferry containerd-ns 'containerd/' team/app "$want" "$REG2_ADDR"
+    report containerd-ns "$got (ns=$REG2_ADDR, unpacked, check complete)"
+}
+
+# --- Docker Engine -----------------------------------------------------------
+
+docker_line() {
+    command -v dockerd > /dev/null || { blocked docker "dockerd is not installed (docker.io)"; return; }
+    start_dockerd
+    local want got
+    want=$(upstream_config "127.0.0.1:$HUB_PORT/library/multi:1")
+    timeout 60 "${DOCKER[@]}" pull -q multi:1 > "$WORK/docker.out" 2>&1 \
+        || fail "docker pull multi:1: $(cat "$WORK/docker.out")"
+    got=$("${DOCKER[@]}" image inspect -f '{{.Id}}' multi:1)
+    same docker "$want" "$got"
+    through_ferry docker 'docker/' library/multi "$want"
+    # Again with the upstream stopped: from ferry's store.
+    "${DOCKER[@]}" rmi -f multi:1 > /dev/null
+    kill "$HUB_PID"
+    wait "$HUB_PID" 2> /dev/null || true
+    if curl -fsS -o /dev/null "http://127.0.0.1:$HUB_PORT/v2/" 2> /dev/null; then fail "registry still answers"; fi
+    timeout 60 "${DOCKER[@]}" pull -q multi:1 > "$WORK/docker.out" 2>&1 \
+        || fail "docker pull multi:1 with the upstream stopped: $(cat "$WORK/docker.out")"
+    got=$("${DOCKER[@]}" image inspect -f '{{.Id}}' multi:1)
+    same "docker (upstream stopped)" "$want" "$got"
+    report docker "$got (registry-mirrors, multi-platform index; again with the upstream stopped)"
+}
+
+skopeo_line
+podman_line
+buildah_line
+containerd_lines
+stargz_line
+docker_line
+
+# ferry answered no request with a 5xx.
+if grep -E 'status=5[0-9][0-9]' "$WORK/ferry.log" > "$WORK/5xx.txt"; then
+    fail "ferry answered 5xx: $(head -n 3 "$WORK/5xx.txt")"
+fi
+finish
