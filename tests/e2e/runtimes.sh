@@ -19,6 +19,8 @@
 #                 Debian's Go) and a file read from its FUSE mount while the
 #                 layer is still arriving; with and without ferry
 #   skopeo        inspect (config digest) and list-tags through ferry
+#   fallback      ferry stopped: containerd and podman pull from the registry
+#                 itself, as README says they do
 #
 # Each line is "<runtime> ok <config digest>": the digest the runtime
 # reports equals the upstream's, and ferry's access log shows the runtime's
@@ -180,6 +182,7 @@ containerd_lines() {
         return
     fi
     start_containerd
+    MAIN_CTR=("${CTR[@]}") MAIN_HOSTS_DIR=$HOSTS_DIR
     readme_snippet containerd > "$(hosts_file docker.io)"
     readme_snippet containerd-other > "$(hosts_file "$REG2_ADDR")"
     local want got
@@ -224,6 +227,40 @@ docker_line() {
     report docker "$got (registry-mirrors, multi-platform index; again with the upstream stopped)"
 }
 
+# --- ferry down: the runtimes go to the registry itself ----------------------
+
+fallback_line() {
+    local done=()
+    kill -TERM "$FERRY_PID"
+    wait "$FERRY_PID" || fail "ferry exited non-zero on SIGTERM"
+    if curl -fsS -o /dev/null "http://$FERRY_ADDR/v2/" 2> /dev/null; then fail "ferry still answers"; fi
+    python3 tests/e2e/make-image.py "$WORK/img-other" v1 1 > /dev/null
+    push "$WORK/img-other" team/other:1 "$REG2_PORT"
+    local want
+    want=$(upstream_config "$REG2_ADDR/team/other:1")
+    if [ "${#CTR[@]}" -gt 0 ] && [ -n "${MAIN_CTR:-}" ]; then
+        CTR=("${MAIN_CTR[@]}") HOSTS_DIR=$MAIN_HOSTS_DIR
+        ctr_pull "$REG2_ADDR/team/other:1"
+        same "containerd (ferry down)" "$want" "$(ctr_config "$REG2_ADDR/team/other:1")"
+        grep -q 'trying next host' "$WORK/ctr.out" || fail "containerd did not say it tried the next host"
+        done+=(containerd)
+    fi
+    if command -v podman > /dev/null; then
+        local p=(podman --root "$WORK/podman/root" --runroot "$WORK/podman/run" --tmpdir "$WORK/podman/tmp"
+            --storage-driver vfs --cgroup-manager cgroupfs --events-backend file)
+        # README's blocks, with the test registry's plain HTTP allowed (a
+        # real registry.local:5000 would have TLS).
+        sed "/^location = \"$REG2_ADDR\"\$/a insecure = true" "$WORK/registries.conf" > "$WORK/registries-down.conf"
+        CONTAINERS_REGISTRIES_CONF="$WORK/registries-down.conf" timeout 60 "${p[@]}" pull -q "$REG2_ADDR/team/other:1" \
+            > "$WORK/podman.out" 2>&1 || fail "podman pull with ferry down: $(cat "$WORK/podman.out")"
+        same "podman (ferry down)" "$want" "sha256:$("${p[@]}" image inspect -f '{{.Id}}' "$REG2_ADDR/team/other:1")"
+        done+=(podman)
+    fi
+    local who
+    who=$(echo "${done[*]:-nothing}" | sed 's/ / and /g')
+    printf '%-14s %s\n' fallback "with ferry stopped, $who pulled $REG2_ADDR/team/other:1 from the registry itself ($want)"
+}
+
 skopeo_line
 podman_line
 buildah_line
@@ -235,4 +272,5 @@ docker_line
 if grep -E 'status=5[0-9][0-9]' "$WORK/ferry.log" > "$WORK/5xx.txt"; then
     fail "ferry answered 5xx: $(head -n 3 "$WORK/5xx.txt")"
 fi
+fallback_line
 finish
