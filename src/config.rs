@@ -254,10 +254,31 @@ impl RegistryConfig {
     pub fn client_name(&self) -> String {
         match &self.mirror_of {
             Some(name) => name.clone(),
-            None => self.urls[0]
-                .authority()
-                .map_or(String::new(), |a| a.as_str().to_ascii_lowercase()),
+            None => host_key(&self.urls[0]),
         }
+    }
+
+    /// Every `host[:port]` a client may name this registry by (`ns=`, path
+    /// style): its URLs', `mirrorOf`, and all of Docker Hub's names when it
+    /// is Docker Hub; lowercased, without repeats.
+    pub fn client_hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self.urls.iter().map(host_key).collect();
+        hosts.extend(self.mirror_of.clone());
+        if hosts.iter().any(|h| DOCKER_HUB_HOSTS.contains(&h.as_str())) {
+            hosts.extend(DOCKER_HUB_HOSTS.iter().map(|h| h.to_string()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        hosts.retain(|h| seen.insert(h.clone()));
+        hosts
+    }
+}
+
+/// `host[:port]`, lowercased, of a URL.
+pub fn host_key(u: &Uri) -> String {
+    let host = u.host().unwrap_or_default().to_ascii_lowercase();
+    match u.port_u16() {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
     }
 }
 

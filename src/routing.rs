@@ -3,8 +3,9 @@
 //! A request names a repository; the [`Router`] turns it into an ordered
 //! list of [`Target`]s (registry + upstream repository name) to try:
 //!
-//! - containerd's `?ns=<host>` selects the registry whose URL host matches
-//!   (`docker.io` ↔ `registry-1.docker.io` / `index.docker.io`); an `ns`
+//! - containerd's `?ns=<host>` selects the registry whose URL host (or
+//!   `mirrorOf`) matches (`docker.io` ↔ `registry-1.docker.io` /
+//!   `index.docker.io`); an `ns`
 //!   naming no configured registry is refused: ferry is no open proxy.
 //! - Path style (CRI-O/podman `location = "mirror:5000/docker.io"`): a first
 //!   path segment naming a configured registry host selects it and is
@@ -20,7 +21,7 @@ mod slots;
 
 use std::sync::Arc;
 
-use http::{StatusCode, Uri};
+use http::StatusCode;
 
 use crate::config::{Config, ConfigError, ContentRule, RegistryConfig};
 use crate::oci::Digest;
@@ -54,18 +55,11 @@ pub struct Registry {
 
 impl Registry {
     fn new(index: usize, config: RegistryConfig, upstream: Upstream) -> Registry {
-        let mut hosts: Vec<String> = config.urls.iter().map(host_key).collect();
-        // A mirror of another registry answers to that registry's name.
-        hosts.extend(config.mirror_of.clone());
+        let hosts = config.client_hosts();
         let docker_hub = hosts.iter().any(|h| DOCKER_HUB.contains(&h.as_str()));
-        if docker_hub {
-            hosts.extend(DOCKER_HUB.iter().map(|h| h.to_string()));
-        }
-        let mut seen = std::collections::HashSet::new();
-        hosts.retain(|h| seen.insert(h.clone()));
         Registry {
             index,
-            name: host_key(&config.urls[0]),
+            name: crate::config::host_key(&config.urls[0]),
             config,
             upstream,
             hosts,
@@ -140,15 +134,6 @@ fn map_name(rule: &ContentRule, local: &str) -> Option<String> {
         rest.to_string()
     };
     (!upstream.is_empty() && prefix_matches(&rule.prefix, &upstream)).then_some(upstream)
-}
-
-/// `host[:port]`, lowercased, of a URL.
-fn host_key(u: &Uri) -> String {
-    let host = u.host().unwrap_or_default().to_ascii_lowercase();
-    match u.port_u16() {
-        Some(p) => format!("{host}:{p}"),
-        None => host,
-    }
 }
 
 /// One place to ask for a repository.

@@ -76,6 +76,9 @@ async fn an_unreachable_upstream_is_logged_counted_and_down() {
         "{text}"
     );
     assert!(text.contains("ferry_build_info{version="), "{text}");
+    // CPU time is counted in 10 ms ticks, and this quick process sometimes
+    // had none yet: spend two ticks on this thread first.
+    let spent = busy_for_ticks(2);
     // Process figures are read at scrape time.
     let text = String::from_utf8(within(get(&ferry.url("/metrics"))).await.body.to_vec()).unwrap();
     let value = |name: &str| {
@@ -86,7 +89,8 @@ async fn an_unreachable_upstream_is_logged_counted_and_down() {
     };
     assert!(value("ferry_process_resident_memory_bytes") > 1e6);
     assert!(value("ferry_process_open_fds") >= 3.0);
-    assert!(value("ferry_process_cpu_seconds") > 0.0);
+    // The process's CPU time includes this thread's.
+    assert!(value("ferry_process_cpu_seconds") >= spent as f64 / 100.0);
 
     // The access log names the runtime that asked, cut short if long.
     let v2 = ferry.url("/v2/");
@@ -116,4 +120,30 @@ async fn an_unreachable_upstream_is_logged_counted_and_down() {
     );
     assert!(warn.contains("repo=app"), "{warn}");
     assert!(warn.to_lowercase().contains("connect"), "the cause: {warn}");
+}
+
+/// Spins until this thread has used at least `ticks` clock ticks of CPU
+/// (user + system, as `/proc/thread-self/stat` counts them); returns them.
+fn busy_for_ticks(ticks: u64) -> u64 {
+    let used = || {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let rest = stat.rsplit_once(')').unwrap().1;
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        f[0] + f[1]
+    };
+    let mut x = 0u64;
+    loop {
+        for i in 0..100_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        let n = used();
+        if n >= ticks {
+            return n;
+        }
+    }
 }

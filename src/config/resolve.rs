@@ -493,6 +493,11 @@ fn registries_from(
         });
     }
     for (i, r) in out.iter().enumerate() {
+        let hosts = r.client_hosts();
+        let shared = out[..i].iter().enumerate().find_map(|(j, o)| {
+            let host = o.client_hosts().into_iter().find(|h| hosts.contains(h))?;
+            Some((j, host))
+        });
         if let Some(j) = out[..i]
             .iter()
             .position(|o| o.urls == r.urls && o.content == r.content)
@@ -500,6 +505,10 @@ fn registries_from(
             warnings.push(format!(
                 "extensions.sync.registries[{i}] repeats registries[{j}] ({}): it is never asked first",
                 r.urls[0]
+            ));
+        } else if let Some((j, host)) = shared {
+            warnings.push(format!(
+                "extensions.sync.registries[{i}] answers to {host} as registries[{j}] does: ns={host} and path-style requests go to registries[{j}] only (to fail over, list both URLs in one registry)"
             ));
         }
     }
@@ -509,12 +518,18 @@ fn registries_from(
 /// `mirrorOf`: a registry's `host[:port]` as clients name it, without a
 /// scheme, path or user.
 fn parse_mirror_of(v: &str) -> Result<String, String> {
-    let host = v.trim().to_ascii_lowercase();
-    let valid = !host.is_empty()
-        && !host.contains(['/', '@', '?', '#'])
-        && host.parse::<http::uri::Authority>().is_ok();
-    if valid {
-        Ok(host)
+    let raw = v.trim().to_ascii_lowercase();
+    let parsed = (!raw.contains(['/', '@', '?', '#']))
+        .then(|| raw.parse::<http::uri::Authority>().ok())
+        .flatten()
+        .filter(|a| !a.host().is_empty())
+        // A port, if written, is a number that fits (not "docker.io:").
+        .filter(|a| a.as_str() == a.host() || a.port_u16().is_some());
+    if let Some(a) = parsed {
+        Ok(match a.port_u16() {
+            Some(p) => format!("{}:{p}", a.host()),
+            None => a.host().to_string(),
+        })
     } else {
         Err(format!(
             "{v:?} is not a registry host; write it as clients name it, e.g. \"docker.io\" or \"registry.local:5000\""
@@ -631,7 +646,29 @@ mod tests {
         let c = Config::resolve(FileConfig::parse(text).unwrap(), &Overrides::default()).unwrap();
         assert_eq!(c.registries[0].mirror_of.as_deref(), Some("docker.io"));
         assert_eq!(c.registries[0].client_name(), "docker.io");
-        for bad in ["https://docker.io", "docker.io/library", "", "user@host"] {
+        // It answers to Docker Hub's names, so a second Docker Hub entry
+        // would never be chosen by ns=: a warning says so.
+        let text = r#"{"extensions": {"sync": {"registries": [
+            {"urls": ["https://mirror.gcr.io"], "mirrorOf": "docker.io"},
+            {"urls": ["https://registry-1.docker.io"]}]}}}"#;
+        let c = Config::resolve(FileConfig::parse(text).unwrap(), &Overrides::default()).unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("registries[1] answers to docker.io as registries[0]")),
+            "{:?}",
+            c.warnings
+        );
+        for bad in [
+            "https://docker.io",
+            "docker.io/library",
+            "",
+            "user@host",
+            "docker.io:",
+            "docker.io:abc",
+            ":5000",
+            "registry.local:99999",
+        ] {
             let text = format!(
                 r#"{{"extensions": {{"sync": {{"registries": [{{"urls": ["https://m.example"], "mirrorOf": "{bad}"}}]}}}}}}"#
             );

@@ -29,10 +29,10 @@ build_sgzd() {
         || fail "building tests/e2e/stargz: $(tail -n 5 "$WORK/go-build.log")"
 }
 
-# library/esgz:1 on "Docker Hub": make-image.py's image (a 32 MiB file in
+# library/esgz:1 on "Docker Hub": make-image.py's image (a 48 MiB file in
 # one layer) converted to eStargz by ctr-remote in the main containerd.
 make_estargz() {
-    python3 tests/e2e/make-image.py "$WORK/img-esgz" v1 32 > /dev/null
+    python3 tests/e2e/make-image.py "$WORK/img-esgz" v1 48 > /dev/null
     push "$WORK/img-esgz" library/esgz-src:1 "$HUB_PORT"
     local src="127.0.0.1:$HUB_PORT/library/esgz-src:1" dst="127.0.0.1:$HUB_PORT/library/esgz:1"
     "${CTR[@]}" images pull --plain-http "$src" > "$WORK/esgz.out" 2>&1 || fail "ctr pull $src: $(cat "$WORK/esgz.out")"
@@ -86,11 +86,12 @@ lazy_run() { # name mirror-host:port
     timeout 60 ctr-remote "${CTR[@]:1}" images rpull --hosts-dir "$HOSTS_DIR" docker.io/library/esgz:1 \
         > "$dir/rpull.out" 2>&1 || fail "stargz ($1): rpull: $(tail -n 5 "$dir/rpull.out")"
     mnt=$(awk -v r="$dir/root" 'index($2, r) == 1 && $3 ~ /^fuse/ {print $2}' /proc/mounts \
-        | while read -r m; do [ -f "$m/data/random.bin" ] && echo "$m"; done | head -n 1)
+        | while read -r m; do if [ -f "$m/data/random.bin" ]; then echo "$m"; fi; done | head -n 1)
     [ -n "$mnt" ] || fail "stargz ($1): no FUSE mount holds data/random.bin: $(grep fuse /proc/mounts)"
     got=$(head -c 65536 "$mnt/data/random.bin" | sha256sum | cut -d' ' -f1)
     t1=$(date +%s%N)
     READ_FERRY=$(metric "$UPSTREAM_SERIES")
+    [ -n "$READ_FERRY" ] || fail "stargz: ferry's /metrics has no $UPSTREAM_SERIES"
     READ_DIRECT=$(throttle_bytes_since "$lines")
     [ "$got" = "$ESGZ_HEAD" ] || fail "stargz ($1): data/random.bin read from the mount differs from the image's"
     FIRST_READ_MS=$(((t1 - t0) / 1000000))
@@ -124,18 +125,24 @@ stargz_line() {
     same "stargz (direct)" "$want" "$CONFIG"
 
     before=$(metric "$UPSTREAM_SERIES")
+    [ -n "$before" ] || fail "stargz: ferry's /metrics has no $UPSTREAM_SERIES"
     lazy_run ferry "$FERRY_ADDR"
     at_read=$((READ_FERRY - before))
     same stargz "$want" "$CONFIG"
-    grep -F 'path=/v2/library/esgz/blobs/' "$WORK/ferry.log" | grep -q 'status=206' \
+    [ "$(awk '/path=\/v2\/library\/esgz\/blobs\// && /status=206/' "$WORK/ferry.log" | wc -l)" -ge 1 ] \
         || fail "stargz: ferry's access log shows no ranged blob request"
     [ "$at_read" -lt "$ESGZ_SIZE" ] \
         || fail "stargz: ferry had fetched $at_read bytes of $ESGZ_SIZE by the first read: not lazy"
     # ferry's one download of the layer finishes on its own.
-    for _ in $(seq 1 300); do
-        [ "$(metric ferry_inflight_fetches)" = "0" ] && break
+    local idle=
+    for _ in $(seq 1 450); do
+        if [ "$(metric ferry_inflight_fetches)" = "0" ]; then idle=1; break; fi
         sleep 0.1
     done
+    [ -n "$idle" ] || fail "stargz: ferry's download of the layer did not finish in 45 s"
     after=$(( $(metric "$UPSTREAM_SERIES") - before ))
+    # The image once, plus the far ranges passed through and the manifest.
+    [ "$after" -ge "$ESGZ_SIZE" ] && [ "$after" -le $((ESGZ_SIZE + (1 << 20))) ] \
+        || fail "stargz: ferry fetched $after bytes upstream for an image of $ESGZ_SIZE"
     report stargz "$CONFIG (first file read $FIRST_READ_MS ms through ferry, $direct_ms ms direct; upstream bytes by then $at_read through ferry, $direct_bytes direct; ferry's whole download $after bytes for an image of $ESGZ_SIZE = $(python3 -c "print(f'{$after / $ESGZ_SIZE:.2f}')")x)"
 }

@@ -135,15 +135,20 @@ skopeo_line() {
     echo
     readme_snippet podman-port
 } > "$WORK/registries.conf"
-export CONTAINERS_REGISTRIES_CONF="$WORK/registries.conf"
+: > "$WORK/no-mirrors.conf"
+
+# podman of its own (vfs, its own dirs) with a registries.conf, for a minute at most.
+podman_with() { # registries.conf args...
+    timeout 60 env CONTAINERS_REGISTRIES_CONF="$1" podman --root "$WORK/podman/root" --runroot "$WORK/podman/run" \
+        --tmpdir "$WORK/podman/tmp" --storage-driver vfs --cgroup-manager cgroupfs --events-backend file "${@:2}"
+}
 
 podman_line() {
     command -v podman > /dev/null || { blocked podman "podman is not installed"; return; }
-    local p=(podman --root "$WORK/podman/root" --runroot "$WORK/podman/run" --tmpdir "$WORK/podman/tmp"
-        --storage-driver vfs --cgroup-manager cgroupfs --events-backend file)
+    local p=(podman_with "$WORK/registries.conf")
     local want got
     want=$(upstream_config "127.0.0.1:$HUB_PORT/library/layers:1")
-    timeout 60 "${p[@]}" pull -q docker.io/library/layers:1 > "$WORK/podman.out" 2>&1 \
+    "${p[@]}" pull -q docker.io/library/layers:1 > "$WORK/podman.out" 2>&1 \
         || fail "podman pull docker.io/library/layers:1: $(cat "$WORK/podman.out")"
     got=sha256:$("${p[@]}" image inspect -f '{{.Id}}' docker.io/library/layers:1)
     same podman "$want" "$got"
@@ -151,7 +156,7 @@ podman_line() {
     # A registry with a port, through README's /local prefix.
     local want2 got2
     want2=$(upstream_config "$REG2_ADDR/team/app:1")
-    timeout 60 "${p[@]}" pull -q "$REG2_ADDR/team/app:1" > "$WORK/podman.out" 2>&1 \
+    "${p[@]}" pull -q "$REG2_ADDR/team/app:1" > "$WORK/podman.out" 2>&1 \
         || fail "podman pull $REG2_ADDR/team/app:1: $(cat "$WORK/podman.out")"
     got2=sha256:$("${p[@]}" image inspect -f '{{.Id}}' "$REG2_ADDR/team/app:1")
     same podman "$want2" "$got2"
@@ -161,7 +166,7 @@ podman_line() {
 
 buildah_line() {
     command -v buildah > /dev/null || { blocked buildah "buildah is not installed"; return; }
-    local b=(buildah --root "$WORK/buildah/root" --runroot "$WORK/buildah/run" --storage-driver vfs)
+    local b=(env CONTAINERS_REGISTRIES_CONF="$WORK/registries.conf" buildah --root "$WORK/buildah/root" --runroot "$WORK/buildah/run" --storage-driver vfs)
     local want got
     want=$(upstream_config "127.0.0.1:$HUB_PORT/library/base:1")
     timeout 60 "${b[@]}" from --quiet --name work docker.io/library/base:1 > "$WORK/buildah.out" 2>&1 \
@@ -230,7 +235,7 @@ docker_line() {
 # --- ferry down: the runtimes go to the registry itself ----------------------
 
 fallback_line() {
-    local done=()
+    local pulled=()
     kill -TERM "$FERRY_PID"
     wait "$FERRY_PID" || fail "ferry exited non-zero on SIGTERM"
     if curl -fsS -o /dev/null "http://$FERRY_ADDR/v2/" 2> /dev/null; then fail "ferry still answers"; fi
@@ -243,21 +248,19 @@ fallback_line() {
         ctr_pull "$REG2_ADDR/team/other:1"
         same "containerd (ferry down)" "$want" "$(ctr_config "$REG2_ADDR/team/other:1")"
         grep -q 'trying next host' "$WORK/ctr.out" || fail "containerd did not say it tried the next host"
-        done+=(containerd)
+        pulled+=(containerd)
     fi
     if command -v podman > /dev/null; then
-        local p=(podman --root "$WORK/podman/root" --runroot "$WORK/podman/run" --tmpdir "$WORK/podman/tmp"
-            --storage-driver vfs --cgroup-manager cgroupfs --events-backend file)
         # README's blocks, with the test registry's plain HTTP allowed (a
         # real registry.local:5000 would have TLS).
-        sed "/^location = \"$REG2_ADDR\"\$/a insecure = true" "$WORK/registries.conf" > "$WORK/registries-down.conf"
-        CONTAINERS_REGISTRIES_CONF="$WORK/registries-down.conf" timeout 60 "${p[@]}" pull -q "$REG2_ADDR/team/other:1" \
-            > "$WORK/podman.out" 2>&1 || fail "podman pull with ferry down: $(cat "$WORK/podman.out")"
-        same "podman (ferry down)" "$want" "sha256:$("${p[@]}" image inspect -f '{{.Id}}' "$REG2_ADDR/team/other:1")"
-        done+=(podman)
+        local down="$WORK/registries-down.conf"
+        sed "/^location = \"$REG2_ADDR\"\$/a insecure = true" "$WORK/registries.conf" > "$down"
+        podman_with "$down" pull -q "$REG2_ADDR/team/other:1" > "$WORK/podman.out" 2>&1 || fail "podman pull with ferry down: $(cat "$WORK/podman.out")"
+        same "podman (ferry down)" "$want" "sha256:$(podman_with "$down" image inspect -f '{{.Id}}' "$REG2_ADDR/team/other:1")"
+        pulled+=(podman)
     fi
     local who
-    who=$(echo "${done[*]:-nothing}" | sed 's/ / and /g')
+    who=$(echo "${pulled[*]:-nothing}" | sed 's/ / and /g')
     printf '%-14s %s\n' fallback "with ferry stopped, $who pulled $REG2_ADDR/team/other:1 from the registry itself ($want)"
 }
 
