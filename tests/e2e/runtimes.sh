@@ -19,7 +19,8 @@
 #                 Debian's Go) and a file read from its FUSE mount while the
 #                 layer is still arriving; with and without ferry
 #   skopeo        inspect (config digest) and list-tags through ferry
-#   fallback      ferry stopped: containerd and podman pull from the registry
+#   fallback      ferry answering 503 (its upstream unreachable), then ferry
+#                 stopped: containerd and podman pull from the registry
 #                 itself, as README says they do
 #
 # Each line is "<runtime> ok <config digest>": the digest the runtime
@@ -232,36 +233,68 @@ docker_line() {
     report docker "$got (registry-mirrors, multi-platform index; again with the upstream stopped)"
 }
 
-# --- ferry down: the runtimes go to the registry itself ----------------------
+# --- ferry failing, ferry down: the runtimes go to the registry itself -------
 
-fallback_line() {
-    local pulled=()
-    kill -TERM "$FERRY_PID"
-    wait "$FERRY_PID" || fail "ferry exited non-zero on SIGTERM"
-    if curl -fsS -o /dev/null "http://$FERRY_ADDR/v2/" 2> /dev/null; then fail "ferry still answers"; fi
-    python3 tests/e2e/make-image.py "$WORK/img-other" v1 1 > /dev/null
-    push "$WORK/img-other" team/other:1 "$REG2_PORT"
-    local want
-    want=$(upstream_config "$REG2_ADDR/team/other:1")
-    if [ "${#CTR[@]}" -gt 0 ] && [ -n "${MAIN_CTR:-}" ]; then
+# containerd and podman pull a new image of the second registry; ferry
+# cannot give it to them, so they must get it from the registry itself.
+pull_around() { # repo:tag why
+    local want pulled=()
+    python3 tests/e2e/make-image.py "$WORK/img-around" v1 1 > /dev/null
+    push "$WORK/img-around" "$1" "$REG2_PORT"
+    rm -rf "$WORK/img-around"
+    want=$(upstream_config "$REG2_ADDR/$1")
+    if [ -n "${MAIN_CTR:-}" ]; then
         CTR=("${MAIN_CTR[@]}") HOSTS_DIR=$MAIN_HOSTS_DIR
-        ctr_pull "$REG2_ADDR/team/other:1"
-        same "containerd (ferry down)" "$want" "$(ctr_config "$REG2_ADDR/team/other:1")"
-        grep -q 'trying next host' "$WORK/ctr.out" || fail "containerd did not say it tried the next host"
+        ctr_pull "$REG2_ADDR/$1"
+        same "containerd ($2)" "$want" "$(ctr_config "$REG2_ADDR/$1")"
         pulled+=(containerd)
     fi
     if command -v podman > /dev/null; then
         # README's blocks, with the test registry's plain HTTP allowed (a
         # real registry.local:5000 would have TLS).
-        local down="$WORK/registries-down.conf"
-        sed "/^location = \"$REG2_ADDR\"\$/a insecure = true" "$WORK/registries.conf" > "$down"
-        podman_with "$down" pull -q "$REG2_ADDR/team/other:1" > "$WORK/podman.out" 2>&1 || fail "podman pull with ferry down: $(cat "$WORK/podman.out")"
-        same "podman (ferry down)" "$want" "sha256:$(podman_with "$down" image inspect -f '{{.Id}}' "$REG2_ADDR/team/other:1")"
+        local conf="$WORK/registries-around.conf"
+        sed "/^location = \"$REG2_ADDR\"\$/a insecure = true" "$WORK/registries.conf" > "$conf"
+        podman_with "$conf" pull -q "$REG2_ADDR/$1" > "$WORK/podman.out" 2>&1 \
+            || fail "podman pull ($2): $(cat "$WORK/podman.out")"
+        same "podman ($2)" "$want" "sha256:$(podman_with "$conf" image inspect -f '{{.Id}}' "$REG2_ADDR/$1")"
         pulled+=(podman)
     fi
-    local who
-    who=$(echo "${pulled[*]:-nothing}" | sed 's/ / and /g')
-    printf '%-14s %s\n' fallback "with ferry stopped, $who pulled $REG2_ADDR/team/other:1 from the registry itself ($want)"
+    AROUND=$(echo "${pulled[*]:-nothing}" | sed 's/ / and /g')
+}
+
+fallback_line() {
+    kill -TERM "$FERRY_PID"
+    wait "$FERRY_PID" || fail "ferry exited non-zero on SIGTERM"
+    # 1. ferry answers, but its upstream cannot be reached: 503s, which the
+    #    runtimes take as "try the next host" (containerd too, for blobs).
+    cat > "$WORK/ferry-cut-off.json" <<JSON
+{
+  "http": {"address": "127.0.0.1", "port": "$FERRY_PORT"},
+  "storage": {"rootDirectory": "$WORK/ferry-data"},
+  "extensions": {"sync": {"enable": true, "registries": [
+    {"urls": ["http://127.0.0.1:1"], "mirrorOf": "$REG2_ADDR", "maxRetries": 0,
+     "content": [{"prefix": "**", "destination": "/local"}]}
+  ]}}
+}
+JSON
+    "$FERRY" serve --config "$WORK/ferry-cut-off.json" > "$WORK/ferry-cut-off.log" 2>&1 &
+    FERRY_PID=$!
+    PIDS+=("$FERRY_PID")
+    wait_port "$FERRY_PORT" || fail "ferry (cut off) did not start"
+    pull_around team/cut-off:1 "ferry's upstream unreachable"
+    local agent refused
+    for agent in ${MAIN_CTR:+containerd/} $(command -v podman > /dev/null && echo containers/); do
+        refused=$(awk -v a="agent=\"$agent" '/path=\/v2\/(local\/)?team\/cut-off\// && /status=503/ && index($0, a)' \
+            "$WORK/ferry-cut-off.log" | wc -l)
+        [ "$refused" -ge 1 ] || fail "ferry (cut off) answered no request of $agent* with 503"
+    done
+    local cut_off=$AROUND
+    kill -TERM "$FERRY_PID"
+    wait "$FERRY_PID" || fail "ferry exited non-zero on SIGTERM"
+    # 2. ferry stopped: connections refused.
+    if curl -fsS -o /dev/null "http://$FERRY_ADDR/v2/" 2> /dev/null; then fail "ferry still answers"; fi
+    pull_around team/ferry-down:1 "ferry down"
+    printf '%-14s %s\n' fallback "ferry answering 503 (its upstream cut off): $cut_off pulled from the registry itself; ferry stopped: $AROUND pulled from the registry itself"
 }
 
 skopeo_line
