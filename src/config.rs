@@ -14,6 +14,7 @@ mod credentials;
 mod describe;
 mod file;
 mod plain_words;
+mod registries;
 mod resolve;
 mod snippets;
 mod storage_driver;

@@ -42,16 +42,6 @@ fn blob_reply(len: usize, body: RawBody) -> RawReply {
     )
 }
 
-/// `ferry_upstream_bytes_total` of the one registry.
-fn upstream_bytes(ferry: &Ferry) -> u64 {
-    let text = ferry.app.metrics.encode();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("ferry_upstream_bytes_total{"))
-        .unwrap_or_else(|| panic!("no upstream bytes metric in {text}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
 /// Nothing for `digest` at its final path and no temp file left.
 async fn assert_nothing_published(ferry: &Ferry, digest: &str) {
     ferry.settle().await;
@@ -155,7 +145,7 @@ async fn an_endless_body_is_cut_at_max_blob_size() {
     let w = within(get(&ferry.url(&format!("/v2/x/blobs/{digest}")))).await;
     assert_eq!(w.status, StatusCode::BAD_GATEWAY);
     assert_nothing_published(&ferry, &digest).await;
-    assert_eq!(upstream_bytes(&ferry), 0, "body bytes were read");
+    assert_eq!(ferry.upstream_bytes(), 0, "body bytes were read");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +201,7 @@ async fn a_100_mib_manifest_is_refused_after_reading_at_most_the_cap() {
         // read at all when the length was announced.
         assert!(sent < 16 * MIB as u64, "ferry read {sent} bytes");
         if announce {
-            assert_eq!(upstream_bytes(&ferry), 0, "body bytes were read");
+            assert_eq!(ferry.upstream_bytes(), 0, "body bytes were read");
         }
         let again = within(get(&ferry.url("/v2/big/manifests/latest"))).await;
         assert_eq!(again.status, StatusCode::BAD_GATEWAY, "nothing was cached");
@@ -259,7 +249,7 @@ async fn an_oversized_listing_is_refused_before_its_body_is_read() {
     let ferry = Ferry::start_with(&up.url(), impatient).await;
     let w = within(get(&ferry.url("/v2/x/tags/list"))).await;
     assert_ne!(w.status, StatusCode::OK);
-    assert_eq!(upstream_bytes(&ferry), 0, "body bytes were read");
+    assert_eq!(ferry.upstream_bytes(), 0, "body bytes were read");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -201,14 +201,7 @@ async fn a_full_store_serves_clients_uncached_and_caching_resumes_when_space_ret
     assert!(!ferry.has_blob(&d));
     assert_eq!(ferry.app.metrics.uncached.get(), 2);
     // Bytes served uncached still came from upstream, and count as such.
-    let text = ferry.app.metrics.encode();
-    let upstream_bytes: u64 = text
-        .lines()
-        .find(|l| l.starts_with("ferry_upstream_bytes_total{"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no upstream bytes in {text}"));
-    assert_eq!(upstream_bytes, 2 * data.len() as u64);
+    assert_eq!(ferry.upstream_bytes(), 2 * data.len() as u64);
 
     // Space returns: the next request caches.
     available.store(1 << 30, Ordering::SeqCst);

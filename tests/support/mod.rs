@@ -142,6 +142,16 @@ impl Ferry {
         self.dir.path().join("store")
     }
 
+    /// `ferry_upstream_bytes_total` of the first (or only) registry.
+    pub fn upstream_bytes(&self) -> u64 {
+        let text = self.app.metrics.encode();
+        text.lines()
+            .find(|l| l.starts_with("ferry_upstream_bytes_total{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no upstream bytes metric in {text}"))
+    }
+
     /// True when the blob sits at its final, content-addressed path.
     pub fn has_blob(&self, digest: &str) -> bool {
         let d: ferry::oci::Digest = digest.parse().unwrap();
