@@ -149,8 +149,9 @@ pub async fn handle<B>(
 }
 
 /// The client's `User-Agent` for the access log (which runtime asked:
-/// `docker/…`, `containerd/…`, `containers/…` for podman, buildah and
-/// skopeo), cut short so a client cannot make log lines long.
+/// `docker/…`, `containerd/…`, `containers/…` for podman, `Buildah/…`,
+/// `skopeo/…`), cut short so a client cannot make log lines long; the log
+/// quotes and escapes it.
 fn user_agent(headers: &http::HeaderMap) -> &str {
     let agent = headers
         .get(http::header::USER_AGENT)
