@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 
 use crate::access::Identity;
 use crate::app::App;
@@ -128,9 +129,6 @@ pub async fn handle<B>(
             cache: answer.cache.map_or("none", CacheStatus::as_str),
         })
         .observe(started.elapsed().as_secs_f64());
-    if !head {
-        m.bytes_served.inc_by(bytes.unwrap_or(0));
-    }
     tracing::info!(
         request_id = id,
         %client,
@@ -145,7 +143,9 @@ pub async fn handle<B>(
         agent = user_agent(req.headers()),
         "request"
     );
-    response
+    // Bytes served count as they go out, not as announced.
+    let served = m.bytes_served.clone();
+    response.map(|body| crate::upstream::CountedBody::new(body, served).boxed_unsync())
 }
 
 /// The client's `User-Agent` for the access log (which runtime asked:

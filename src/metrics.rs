@@ -386,7 +386,7 @@ impl Default for Metrics {
         );
         registry.register(
             "served_bytes",
-            "Response body bytes announced to clients",
+            "Response body bytes sent to clients",
             m.bytes_served.clone(),
         );
         registry.register(

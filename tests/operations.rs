@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
+use http_body_util::BodyExt;
 use support::*;
 
 fn metric(text: &str, name: &str) -> Option<f64> {
@@ -55,6 +56,44 @@ async fn metrics_count_a_scripted_scenario_exactly() {
     assert_eq!(metric(&text, "ferry_inflight_fetches"), Some(0.0));
     assert!(metric(&text, "ferry_served_bytes_total").unwrap() >= 300_000.0);
     assert!(!text.contains(&d[7..]), "no digest in labels");
+}
+
+/// `ferry_served_bytes_total` (and the status page's "served") counts
+/// what went out, not the `Content-Length` announced: mid-pull it showed
+/// the whole blob while a fraction had arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_bytes_count_what_was_sent_not_what_was_announced() {
+    let up = FakeRegistry::start().await;
+    let gate = Gate::new();
+    let size = 4 << 20;
+    let data = blob_bytes(size, 91);
+    let d = up.add_blob_with(data.clone(), Fault::PauseAt(1 << 20, gate.clone()));
+    let ferry = Ferry::start(&up.url()).await;
+    let resp = within(send(
+        http::Method::GET,
+        &ferry.url(&format!("/v2/x/blobs/{d}")),
+        &[],
+    ))
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let first = within(read_at_least(&mut body, 1 << 20)).await;
+    gate.reached().await;
+    let mid = ferry.app.metrics.bytes_served.get();
+    assert!(
+        mid >= first.len() as u64 && mid <= 1 << 20,
+        "mid-pull: {mid} bytes counted as served, {} received, {size} announced",
+        first.len()
+    );
+    gate.open();
+    let mut all = first;
+    while let Some(frame) = within(body.frame()).await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            all.extend_from_slice(&data);
+        }
+    }
+    assert_eq!(sha256(&all), d);
+    assert_eq!(ferry.app.metrics.bytes_served.get(), size as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
