@@ -27,6 +27,8 @@ use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::access::Identity;
 use crate::app::App;
@@ -143,9 +145,27 @@ pub async fn handle<B>(
         agent = user_agent(req.headers()),
         "request"
     );
-    // Bytes served count as they go out, not as announced.
-    let served = m.bytes_served.clone();
-    response.map(|body| crate::upstream::CountedBody::new(body, served).boxed_unsync())
+    count_served(response, &m.bytes_served)
+}
+
+/// Bodies of up to this many bytes, known whole, count as served at once.
+const SERVED_AT_ONCE: u64 = 64 << 10;
+
+/// Counts a response's body bytes as served as they go out, not as
+/// announced, so a pull in progress shows what it was sent. A small body
+/// known whole (manifests, errors, small blobs, `HEAD`s) is counted at
+/// once, which spares the common small answer a wrapper.
+fn count_served(response: Response<Body>, served: &Counter) -> Response<Body> {
+    match response.body().size_hint().exact() {
+        Some(n) if n <= SERVED_AT_ONCE => {
+            served.inc_by(n);
+            response
+        }
+        _ => {
+            let served = served.clone();
+            response.map(|body| crate::upstream::CountedBody::new(body, served).boxed_unsync())
+        }
+    }
 }
 
 /// The client's `User-Agent` for the access log (which runtime asked:
