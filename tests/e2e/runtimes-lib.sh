@@ -181,7 +181,7 @@ start_dockerd() {
     local dir="$WORK/docker"
     mkdir -p "$dir/data" "$dir/exec" "$dir/client"
     readme_snippet docker > "$dir/readme.json"
-    python3 - "$dir" > "$dir/daemon.json" <<'PY'
+    python3 - "$dir" "${MAIN_CTR:+$WORK/containerd/containerd.sock}" > "$dir/daemon.json" <<'PY'
 import json, sys
 d = sys.argv[1]
 cfg = json.load(open(f"{d}/readme.json"))
@@ -191,6 +191,10 @@ cfg.update({
     "data-root": f"{d}/data", "exec-root": f"{d}/exec", "pidfile": f"{d}/docker.pid",
     "hosts": [f"unix://{d}/docker.sock"],
 })
+# The test's own containerd, when there is one: else dockerd would use the
+# machine's, if one runs, rather than start its own.
+if len(sys.argv) > 2 and sys.argv[2]:
+    cfg["containerd"] = sys.argv[2]
 print(json.dumps(cfg, indent=2))
 PY
     dockerd --config-file "$dir/daemon.json" > "$dir/dockerd.log" 2>&1 &
