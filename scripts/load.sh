@@ -23,7 +23,7 @@ SET=${LOAD_SET:-all}
 NAME=load
 WORK=$(mktemp -d)
 . tests/e2e/lib.sh
-trap 'e2e_cleanup; [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true' EXIT
+trap e2e_cleanup EXIT
 [ -x "$FERRY" ] || fail "no ferry binary at $FERRY"
 need=()
 for t in wrk:wrk nginx:nginx-light skopeo:skopeo docker-registry:docker-registry; do

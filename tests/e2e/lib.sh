@@ -5,7 +5,10 @@ PIDS=()
 passed=0
 failed=0
 
+# Stops what the script started (its PIDS, and an nginx that wrote
+# $WORK/nginx.pid), then removes $WORK, the pid file with it.
 e2e_cleanup() {
+    if [ -f "$WORK/nginx.pid" ]; then kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; fi
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     if [ -n "${E2E_KEEP:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK" 2>/dev/null || true; fi
 }

@@ -22,8 +22,7 @@ FERRY=${1:-target/debug/ferry}
 NAME=replicas
 WORK=$(mktemp -d)
 . tests/e2e/lib.sh
-# nginx first: e2e_cleanup removes $WORK, and with it nginx's pid file.
-trap '[ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null; e2e_cleanup' EXIT
+trap e2e_cleanup EXIT
 
 [ -x "$FERRY" ] || fail "no ferry binary at $FERRY (run cargo build first)"
 for t in nginx skopeo docker-registry curl; do

@@ -13,7 +13,6 @@ runtimes_cleanup() {
         for _ in $(seq 1 100); do kill -0 "$p" 2> /dev/null || break; sleep 0.1; done
         kill -KILL "$p" 2> /dev/null || true
     done
-    [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2> /dev/null || true
     # Whatever is still mounted under $WORK (container layers, FUSE), deepest first.
     awk -v w="$WORK" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
         umount "$m" 2> /dev/null || umount -l "$m" 2> /dev/null || true
