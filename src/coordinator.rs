@@ -470,7 +470,7 @@ impl Coordinator {
         digest: &Digest,
         start: u64,
         last: u64,
-    ) -> Result<http::Response<crate::upstream::CountedBody>, RegistryError> {
+    ) -> Result<http::Response<crate::upstream::PassedBody>, RegistryError> {
         let range = format!("bytes={start}-{last}");
         let range = range.as_str();
         repo.first(|t| {
@@ -491,10 +491,7 @@ impl Coordinator {
             }
         })
         .await
-        .map(|(resp, t)| {
-            let counted = t.registry.upstream.stats().bytes.clone();
-            resp.map(|body| crate::upstream::CountedBody::new(body, counted))
-        })
+        .map(|(resp, t)| resp.map(|body| t.passed_body(digest, body)))
         .map_err(|e| e.to_registry_error(ErrorCode::BlobUnknown))
     }
 

@@ -26,7 +26,7 @@ use http::StatusCode;
 use crate::config::{Config, ConfigError, ContentRule, RegistryConfig};
 use crate::oci::Digest;
 use crate::oci::{ErrorCode, RegistryError, RepoName};
-use crate::upstream::{worse, Upstream, UpstreamError};
+use crate::upstream::{worse, CountedBody, IdleTimeout, PassedBody, Upstream, UpstreamError};
 
 use http::{HeaderMap, Method, Response};
 use hyper::body::Incoming;
@@ -171,6 +171,16 @@ impl Target {
     /// `/v2/<upstream name>/blobs/<digest>` at this registry.
     pub fn blob_path(&self, digest: &Digest) -> String {
         format!("/v2/{}/blobs/{digest}", self.upstream_name)
+    }
+
+    /// A blob body from this registry that bypasses the store (a far range,
+    /// an uncached blob): counted in its upstream bytes, and failed when it
+    /// stalls for `idleReadTimeout`.
+    pub fn passed_body(&self, digest: &Digest, body: Incoming) -> PassedBody {
+        let upstream = &self.registry.upstream;
+        let counted = CountedBody::new(body, upstream.stats().bytes.clone());
+        let what = format!("upstream {}", upstream.url(&self.blob_path(digest)));
+        IdleTimeout::new(counted, upstream.timeouts().idle_read, what)
     }
 
     /// A blob request at this registry; any status but `want` is an error

@@ -12,6 +12,7 @@ mod challenge;
 mod counted;
 mod error;
 pub mod headers;
+mod idle;
 mod listing;
 pub mod retry;
 mod send;
@@ -36,6 +37,7 @@ use crate::oci::{Digest, Reference, RepoName};
 pub use auth::{parse_challenges, Challenge};
 pub use counted::CountedBody;
 pub use error::{is_absent, is_not_found, worse, UpstreamError};
+pub use idle::{IdleTimeout, PassedBody};
 pub use listing::paged_list;
 pub use stats::{Health, RegistryCollector, UpstreamStats};
 

@@ -286,6 +286,43 @@ async fn a_stalled_upstream_counts_as_broken_and_is_resumed() {
     assert_eq!(up.ranges(), vec![format!("bytes={}-", 1 << 20)]);
 }
 
+/// A far range is passed through, not stored, so the transfer's idle
+/// timeout never watched it: a stalled upstream held the client forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_far_range_ends_in_an_error_after_the_idle_timeout() {
+    let up = FakeRegistry::start().await;
+    let size = 2 << 20;
+    let data = blob_bytes(size, 39);
+    // The footer's request sends 2 KiB and hangs; the whole-blob download
+    // (from 0) is not touched.
+    let d = up.add_blob_with(data.clone(), Fault::StallRangesFrom(1 << 20));
+    let ferry = Ferry::start_with(&up.url(), |c| {
+        c.far_range_distance = 1 << 20;
+        c.timeouts.idle_read = Duration::from_millis(300);
+    })
+    .await;
+    let url = ferry.url(&format!("/v2/x/blobs/{d}"));
+    let footer = within(request(
+        Method::GET,
+        &url,
+        &[("range", &format!("bytes={}-", size - 4096))],
+    ))
+    .await;
+    assert_eq!(footer.status, StatusCode::PARTIAL_CONTENT);
+    assert!(
+        footer.body.len() == 2048 && footer.body[..] == data[size - 4096..size - 2048],
+        "the range got {} bytes before it stopped",
+        footer.body.len()
+    );
+    assert!(
+        footer.body_error.is_some(),
+        "the stalled range ended cleanly"
+    );
+    // The whole-blob download was not held up by it.
+    ferry.settle().await;
+    assert!(ferry.has_blob(&d));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_never_carry_the_registry_token_to_another_host() {
     let registry = FakeRegistry::start().await;

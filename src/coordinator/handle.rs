@@ -27,7 +27,7 @@ pub enum BlobHandle {
     Memory { bytes: Bytes },
     /// No room to cache it: straight from upstream, verified, not kept.
     Uncached {
-        body: crate::upstream::CountedBody,
+        body: crate::upstream::PassedBody,
         digest: Digest,
         size: Option<u64>,
     },

@@ -17,25 +17,24 @@ use super::holdback::LastByte;
 use crate::oci::{Digest, ErrorCode, Hasher, RegistryError};
 use crate::routing::Resolved;
 use crate::upstream::headers::content_length;
-use crate::upstream::CountedBody;
+use crate::upstream::PassedBody;
 
 /// Opens the blob at the first registry that has it: the body and its size.
 pub async fn open(
     repo: &Resolved,
     digest: &Digest,
-) -> Result<(CountedBody, Option<u64>), RegistryError> {
+) -> Result<(PassedBody, Option<u64>), RegistryError> {
     let (resp, target) = repo
         .first(|t| t.blob(Method::GET, digest, HeaderMap::new(), StatusCode::OK))
         .await
         .map_err(|e| e.to_registry_error(ErrorCode::BlobUnknown))?;
     let size = content_length(resp.headers());
-    let counted = target.registry.upstream.stats().bytes.clone();
-    Ok((CountedBody::new(resp.into_body(), counted), size))
+    Ok((target.passed_body(digest, resp.into_body()), size))
 }
 
 /// An upstream body checked against `digest` as it passes.
 pub struct VerifyingStream {
-    body: CountedBody,
+    body: PassedBody,
     hasher: Option<Hasher>,
     digest: Digest,
     held: LastByte,
@@ -45,7 +44,7 @@ pub struct VerifyingStream {
 }
 
 impl VerifyingStream {
-    pub fn new(body: CountedBody, digest: Digest) -> VerifyingStream {
+    pub fn new(body: PassedBody, digest: Digest) -> VerifyingStream {
         VerifyingStream {
             body,
             hasher: Some(Hasher::new(digest.algorithm())),
@@ -72,9 +71,7 @@ impl Stream for VerifyingStream {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => {
                     self.done = true;
-                    return Poll::Ready(Some(Err(io::Error::other(format!(
-                        "upstream body failed: {e}"
-                    )))));
+                    return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     let Ok(data) = frame.into_data() else {

@@ -35,9 +35,8 @@ pub fn stream(s: BlobStream) -> Body {
 }
 
 /// An upstream body passed through as it is (errors abort the response).
-pub fn passthrough(body: crate::upstream::CountedBody) -> Body {
-    body.map_err(|e| io::Error::other(format!("upstream body failed: {e}")))
-        .boxed_unsync()
+pub fn passthrough(body: crate::upstream::PassedBody) -> Body {
+    body.boxed_unsync()
 }
 
 /// An OCI error response; a `HEAD` gets the headers only.

@@ -70,6 +70,9 @@ pub enum Fault {
     DropAtEach(Arc<Mutex<Vec<u64>>>),
     /// The first request to reach the offset hangs there; later ones pass.
     StallOnce(u64, Arc<std::sync::atomic::AtomicBool>),
+    /// A request whose range starts at or past the offset sends half of it,
+    /// then hangs; requests that start before it pass.
+    StallRangesFrom(u64),
 }
 
 impl Fault {
@@ -905,6 +908,13 @@ fn stream_body(
                 } else if s.pos < at {
                     end = end.min(at);
                 }
+            }
+            Fault::StallRangesFrom(at) if s.from >= *at as usize => {
+                let half = s.from + (s.to - s.from) / 2;
+                if s.pos >= half {
+                    futures::future::pending::<()>().await;
+                }
+                end = end.min(half);
             }
             Fault::DropAfter(at) => {
                 let at = *at as usize;
