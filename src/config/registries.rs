@@ -122,10 +122,7 @@ pub(super) fn registries_from(
         let credentials = r.credentials.clone().or_else(|| {
             urls.iter().find_map(|u| {
                 let host = u.host().unwrap_or_default().to_ascii_lowercase();
-                let key = match u.port_u16() {
-                    Some(p) => format!("{host}:{p}"),
-                    None => host.clone(),
-                };
+                let key = super::host_key(u);
                 // Docker Hub goes by several names; any of them will do.
                 let aliases: &[&str] = if super::DOCKER_HUB_HOSTS.contains(&host.as_str()) {
                     super::DOCKER_HUB_HOSTS
