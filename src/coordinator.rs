@@ -319,9 +319,9 @@ impl Coordinator {
                     // from upstream instead.
                     self.metrics.uncached.inc();
                     tracing::warn!(%digest, reason = %f, "serving blob uncached");
-                    let (body, size) = passthrough::open(repo, digest).await?;
+                    let (body, size) = passthrough::open(repo, digest, self.max_blob_size).await?;
                     return Ok(BlobHandle::Uncached {
-                        body,
+                        body: Box::new(body),
                         digest: digest.clone(),
                         size,
                     });
@@ -491,7 +491,7 @@ impl Coordinator {
             }
         })
         .await
-        .map(|(resp, t)| resp.map(|body| t.passed_body(digest, body)))
+        .map(|(resp, t)| resp.map(|body| t.passed_body(digest, body, last - start + 1)))
         .map_err(|e| e.to_registry_error(ErrorCode::BlobUnknown))
     }
 

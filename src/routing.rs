@@ -26,7 +26,7 @@ use http::StatusCode;
 use crate::config::{Config, ConfigError, ContentRule, RegistryConfig};
 use crate::oci::Digest;
 use crate::oci::{ErrorCode, RegistryError, RepoName};
-use crate::upstream::{worse, CountedBody, IdleTimeout, PassedBody, Upstream, UpstreamError};
+use crate::upstream::{worse, Bounded, Bounds, CountedBody, PassedBody, Upstream, UpstreamError};
 
 use http::{HeaderMap, Method, Response};
 use hyper::body::Incoming;
@@ -175,12 +175,19 @@ impl Target {
 
     /// A blob body from this registry that bypasses the store (a far range,
     /// an uncached blob): counted in its upstream bytes, and failed when it
-    /// stalls for `idleReadTimeout`.
-    pub fn passed_body(&self, digest: &Digest, body: Incoming) -> PassedBody {
+    /// stalls for `idleReadTimeout`, drips slower than `minReadRate`, or
+    /// brings more than `limit` bytes.
+    pub fn passed_body(&self, digest: &Digest, body: Incoming, limit: u64) -> PassedBody {
         let upstream = &self.registry.upstream;
         let counted = CountedBody::new(body, upstream.stats().bytes.clone());
         let what = format!("upstream {}", upstream.url(&self.blob_path(digest)));
-        IdleTimeout::new(counted, upstream.timeouts().idle_read, what)
+        let timeouts = upstream.timeouts();
+        let bounds = Bounds {
+            idle: timeouts.idle_read,
+            min_rate: timeouts.min_read_rate,
+            limit,
+        };
+        Bounded::new(counted, bounds, what)
     }
 
     /// A blob request at this registry; any status but `want` is an error

@@ -12,8 +12,9 @@ mod challenge;
 mod counted;
 mod error;
 pub mod headers;
-mod idle;
 mod listing;
+mod passed;
+mod rate_floor;
 pub mod retry;
 mod send;
 mod stats;
@@ -37,8 +38,9 @@ use crate::oci::{Digest, Reference, RepoName};
 pub use auth::{parse_challenges, Challenge};
 pub use counted::CountedBody;
 pub use error::{is_absent, is_not_found, worse, UpstreamError};
-pub use idle::{IdleTimeout, PassedBody};
 pub use listing::paged_list;
+pub use passed::{Bounded, Bounds, PassedBody};
+pub(crate) use rate_floor::RateFloor;
 pub use stats::{Health, RegistryCollector, UpstreamStats};
 
 /// Redirects followed before a request is given up.

@@ -176,6 +176,100 @@ async fn a_one_byte_drip_is_given_up_instead_of_holding_the_client_forever() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drip_fed_far_range_is_given_up_at_the_rate_floor() {
+    // The whole-blob download stalls after 64 KiB, so a range near the end
+    // is far and goes to the upstream on its own; that range comes a byte
+    // every 100 ms: never idle for `idleReadTimeout`, but 10 bytes/s
+    // against a floor of 1 KiB/s.
+    let size = 2 * MIB;
+    let data = blob_bytes(size, 705);
+    let digest = sha256(&data);
+    let start = size - 4096;
+    let (d, ranges) = (
+        data.clone(),
+        std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    );
+    let seen = ranges.clone();
+    let up = RawUpstream::start(move |req| {
+        if !req
+            .head
+            .to_ascii_lowercase()
+            .contains(&format!("range: bytes={start}-"))
+        {
+            return blob_reply(size, RawBody::ThenHang(d.slice(..64 * 1024)));
+        }
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        RawReply::new(
+            "206 Partial Content",
+            &[
+                ("Content-Length", "4096".into()),
+                (
+                    "Content-Range",
+                    format!("bytes {start}-{}/{size}", size - 1),
+                ),
+            ],
+            RawBody::Drip {
+                bytes: d.slice(start..),
+                every: Duration::from_millis(100),
+            },
+        )
+    })
+    .await;
+    let ferry = Ferry::start_with(&up.url(), |c| {
+        impatient(c);
+        c.far_range_distance = MIB as u64;
+    })
+    .await;
+    let range = format!("bytes={start}-");
+    let url = ferry.url(&format!("/v2/x/blobs/{digest}"));
+    let w = within(request(http::Method::GET, &url, &[("range", &range)])).await;
+    assert_eq!(w.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        ranges.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "passed through"
+    );
+    assert!(w.body_error.is_some(), "the drip ended cleanly");
+    assert!(
+        w.body.len() < 100,
+        "{} bytes came before the floor",
+        w.body.len()
+    );
+    assert_eq!(w.body[..], data[start..start + w.body.len()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_body_served_uncached_is_cut_at_max_blob_size() {
+    // The store has no room, so the client is served straight from upstream.
+    // The transfer's request is told 4 MiB (too big for the store); the
+    // request that serves the client gets close-delimited bytes forever.
+    let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let up = RawUpstream::start(move |_| {
+        if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            blob_reply(4 * MIB, RawBody::Endless)
+        } else {
+            RawReply::new("200 OK", &[], RawBody::Endless)
+        }
+    })
+    .await;
+    let no_room = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let ferry = Ferry::start_with_space(&up.url(), no_room, |c| {
+        impatient(c);
+        c.lifecycle.min_free_space = 0;
+        c.max_blob_size = 8 * MIB as u64;
+    })
+    .await;
+    let digest = sha256(b"whatever the upstream claims this is");
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{digest}")))).await;
+    assert_eq!(ferry.app.metrics.uncached.get(), 1, "served uncached");
+    assert!(w.body_error.is_some(), "an endless body ended cleanly");
+    assert!(w.body.len() <= 8 * MIB, "served {} bytes", w.body.len());
+    let sent = up.body_bytes_sent();
+    assert!(sent < 24 * MIB as u64, "ferry read {sent} bytes");
+    assert_nothing_published(&ferry, &digest).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mib_manifest_is_refused_after_reading_at_most_the_cap() {
     let manifest = |announce: bool| {
         move |_: &support::raw_upstream::RawRequest| {

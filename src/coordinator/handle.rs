@@ -27,7 +27,8 @@ pub enum BlobHandle {
     Memory { bytes: Bytes },
     /// No room to cache it: straight from upstream, verified, not kept.
     Uncached {
-        body: crate::upstream::PassedBody,
+        /// Boxed: the rare variant should not size every handle.
+        body: Box<crate::upstream::PassedBody>,
         digest: Digest,
         size: Option<u64>,
     },
@@ -113,7 +114,7 @@ impl BlobHandle {
                 BlobStream::stored(file, start, end.unwrap_or(size)).holding(guard)
             }
             BlobHandle::Uncached { body, digest, .. } => {
-                BlobStream::from_stream(passthrough::VerifyingStream::new(body, digest))
+                BlobStream::from_stream(passthrough::VerifyingStream::new(*body, digest))
             }
             BlobHandle::InFlight {
                 flight,

@@ -17,19 +17,32 @@ use super::holdback::LastByte;
 use crate::oci::{Digest, ErrorCode, Hasher, RegistryError};
 use crate::routing::Resolved;
 use crate::upstream::headers::content_length;
-use crate::upstream::PassedBody;
+use crate::upstream::{PassedBody, UpstreamError};
 
-/// Opens the blob at the first registry that has it: the body and its size.
+/// Opens the blob at the first registry that has it: the body (cut off past
+/// `max_blob_size`, as the transfer would be) and its size.
 pub async fn open(
     repo: &Resolved,
     digest: &Digest,
+    max_blob_size: u64,
 ) -> Result<(PassedBody, Option<u64>), RegistryError> {
     let (resp, target) = repo
         .first(|t| t.blob(Method::GET, digest, HeaderMap::new(), StatusCode::OK))
         .await
         .map_err(|e| e.to_registry_error(ErrorCode::BlobUnknown))?;
     let size = content_length(resp.headers());
-    Ok((target.passed_body(digest, resp.into_body()), size))
+    if size.is_some_and(|s| s > max_blob_size) {
+        let url = target.registry.upstream.url(&target.blob_path(digest));
+        return Err(UpstreamError::TooLarge {
+            url: url.to_string(),
+            limit: max_blob_size as usize,
+        }
+        .to_registry_error(ErrorCode::BlobUnknown));
+    }
+    Ok((
+        target.passed_body(digest, resp.into_body(), max_blob_size),
+        size,
+    ))
 }
 
 /// An upstream body checked against `digest` as it passes.

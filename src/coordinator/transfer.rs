@@ -29,7 +29,7 @@ use crate::config::Timeouts;
 use crate::oci::Digest;
 use crate::routing::{FetchPermit, FetchSlots, Target};
 use crate::upstream::headers::{content_length, content_range_start};
-use crate::upstream::{error_chain, retry, UpstreamError};
+use crate::upstream::{error_chain, retry, RateFloor, UpstreamError};
 
 /// A body as the pump reads it: chunks, or why the body broke.
 type Chunks<'a> = futures::stream::BoxStream<'a, Result<Bytes, String>>;
@@ -318,6 +318,7 @@ async fn pump(
     tokio::pin!(given_up);
     let idle = timeouts.idle_read;
     let mut floor = RateFloor::new(timeouts.min_read_rate, idle);
+    let started = tokio::time::Instant::now();
     // Chunks are held back briefly and handed to the writer in bursts: the
     // writer thread then wakes once per burst, and publishes (waking the
     // readers) once per burst, instead of once per network frame.
@@ -365,7 +366,7 @@ async fn pump(
                 ));
             }
         }
-        if floor.too_slow(data.len() as u64, tokio::time::Instant::now()) {
+        if floor.too_slow(data.len() as u64, started.elapsed()) {
             held.flush(spool).await?;
             return Err(Pump::TooSlow(UpstreamError::Timeout {
                 url: url.to_string(),
@@ -389,42 +390,6 @@ async fn pump(
         if held.bytes >= HOLD_BYTES || first {
             held.flush(spool).await?;
         }
-    }
-}
-
-/// Watches a body's average rate over consecutive windows of `window`.
-struct RateFloor {
-    /// Bytes a window must bring; 0 turns the check off.
-    need: u64,
-    window: std::time::Duration,
-    started: tokio::time::Instant,
-    got: u64,
-}
-
-impl RateFloor {
-    fn new(per_second: u64, window: std::time::Duration) -> RateFloor {
-        let need = (per_second as f64 * window.as_secs_f64()) as u64;
-        RateFloor {
-            need,
-            window,
-            started: tokio::time::Instant::now(),
-            got: 0,
-        }
-    }
-
-    /// Counts `n` bytes that arrived at `now`; true when the window that
-    /// just closed brought too few.
-    fn too_slow(&mut self, n: u64, now: tokio::time::Instant) -> bool {
-        self.got += n;
-        if self.need == 0 || now.duration_since(self.started) < self.window {
-            return false;
-        }
-        if self.got < self.need {
-            return true;
-        }
-        self.started = now;
-        self.got = 0;
-        false
     }
 }
 
