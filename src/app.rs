@@ -11,6 +11,7 @@
 //! may read which repository).
 
 pub mod authorize;
+mod catalog;
 mod error;
 mod from_peer;
 pub mod listing;
@@ -53,6 +54,8 @@ pub struct App {
     revalidations: DashMap<String, tags::SharedRevalidation>,
     /// Client access control, when configured.
     pub access: Option<Access>,
+    /// The store's repository list, walked once for concurrent requests.
+    catalog: catalog::Catalog,
 }
 
 /// What tests may swap: the clock, and the free-space probe.
@@ -125,6 +128,7 @@ impl App {
             started: std::time::Instant::now(),
             revalidations: DashMap::new(),
             access,
+            catalog: Default::default(),
         }))
     }
 

@@ -370,6 +370,16 @@ async fn tags_list_pages_and_falls_back_to_held_tags() {
         c.header("link"),
         Some("</v2/_catalog?n=1&last=lib/x>; rel=\"next\"")
     );
+    // The listing is kept for the requests after it, but a repository
+    // pulled since is in the next one at once.
+    up.add_manifest("zeta", Some("1"), OCI_MANIFEST, simple(11));
+    within(get(&ferry.url("/v2/zeta/manifests/1"))).await;
+    let c = within(get(&ferry.url("/v2/_catalog"))).await;
+    let v: serde_json::Value = serde_json::from_slice(&c.body).unwrap();
+    assert_eq!(
+        v["repositories"],
+        serde_json::json!(["alpha", "lib/x", "lib/y", "zeta"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 //! repositories ferry holds tags for. Pagination is the HTTP adapter's.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use http::StatusCode;
 
@@ -38,18 +39,23 @@ impl App {
         }
     }
 
-    /// The repositories ferry holds tags for, in lexical order.
-    pub async fn repositories(&self) -> Result<Vec<String>, RegistryError> {
+    /// The repositories ferry holds tags for, in lexical order (one walk of
+    /// the store serves every request while it is current).
+    pub async fn repositories(&self) -> Result<Arc<Vec<String>>, RegistryError> {
         let store = self.coordinator.store().clone();
-        store::blocking(move || store.list_repositories())
-            .await
-            .map_err(|e| {
-                RegistryError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrorCode::Unknown,
-                    format!("cannot list the store's repositories: {e}"),
-                )
-            })
+        let generation = store.tags_written();
+        let walk = || async move {
+            store::blocking(move || store.list_repositories())
+                .await
+                .map_err(|e| {
+                    RegistryError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        ErrorCode::Unknown,
+                        format!("cannot list the store's repositories: {e}"),
+                    )
+                })
+        };
+        self.catalog.list(generation, walk).await
     }
 }
 

@@ -39,8 +39,8 @@ pub async fn catalog(
     head: bool,
     visible: impl Fn(&str) -> bool,
 ) -> Result<Response<Body>, RegistryError> {
-    let mut repos = app.repositories().await?;
-    repos.retain(|r| visible(r));
+    let repos = app.repositories().await?;
+    let repos = repos.iter().filter(|r| visible(r)).cloned().collect();
     let (page, more) = paginate(repos, query);
     let body = serde_json::json!({ "repositories": page });
     let link = more.map(|(n, last)| format!("</v2/_catalog?n={n}&last={last}>; rel=\"next\""));

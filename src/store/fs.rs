@@ -30,6 +30,9 @@ pub struct FsStore {
     root: PathBuf,
     tmp: PathBuf,
     seq: AtomicU64,
+    /// Tag records written by this process: a repository listing taken at
+    /// one count is current while the count holds.
+    tags_written: AtomicU64,
     /// The store's lock, held by the process that cleaned tmp/ at start-up.
     _lock: Option<File>,
 }
@@ -102,6 +105,7 @@ impl FsStore {
             root,
             tmp,
             seq: AtomicU64::new(0),
+            tags_written: AtomicU64::new(0),
             _lock: owner.then_some(lock),
         };
         store.check_writable()?;
@@ -233,7 +237,15 @@ impl FsStore {
         record: &TagRecord,
     ) -> io::Result<()> {
         let json = serde_json::to_vec(record).map_err(io::Error::other)?;
-        self.write_atomically(&self.tag_path(registry, repo, tag), &json, tag.as_str())
+        self.write_atomically(&self.tag_path(registry, repo, tag), &json, tag.as_str())?;
+        self.tags_written.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// How many tag records this process has written (see
+    /// [`FsStore::list_repositories`]'s callers).
+    pub fn tags_written(&self) -> u64 {
+        self.tags_written.load(Ordering::SeqCst)
     }
 
     pub fn get_tag(
