@@ -157,25 +157,11 @@ wait_port "$L7_PORT" || fail "nginx did not listen"
 wait_port "$L4_PORT" || fail "nginx did not listen on its stream port"
 wait_port "$THROTTLE_PORT" || fail "nginx did not listen on its throttle port"
 
-clients() { # port digest image tag → 16 concurrent downloads, each verified
-    local port=$1 digest=$2 image=$3 tag=$4 pids=() i
-    for i in $(seq 1 16); do
-        curl -fsS -o "$WORK/$tag-$i" "http://127.0.0.1:$port/v2/e2e/$image/blobs/$digest" &
-        pids+=("$!")
-    done
-    for i in "${!pids[@]}"; do wait "${pids[$i]}" || fail "$tag client $((i + 1)) failed"; done
-    for i in $(seq 1 16); do
-        [ "sha256:$(sha256sum "$WORK/$tag-$i" | cut -d' ' -f1)" = "$digest" ] \
-            || fail "$tag client $i got wrong bytes"
-        rm -f "$WORK/$tag-$i"
-    done
-}
-
 one_fetch() { # label digest size
     local before fetched ratio
     before=$(metric_sum ferry_upstream_bytes_total)
     started=$(date +%s%N)
-    clients "$PORT" "$2" "$IMAGE" "$1"
+    e2e_clients "$PORT" "$2" "$IMAGE" "$1"
     took_ms=$(( ($(date +%s%N) - started) / 1000000 ))
     fetched=$(( $(metric_sum ferry_upstream_bytes_total) - before ))
     ratio=$(python3 -c "print(f'{$fetched / $3:.3f}')")

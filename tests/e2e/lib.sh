@@ -61,6 +61,22 @@ start_registry() {
     wait_port "$REG_PORT" || fail "registry did not start"
 }
 
+# 16 concurrent downloads of one blob, each hashed as it arrives and checked
+# against its digest. Nothing is written to disk: 16 copies of a 256 MiB
+# blob would be 4 GiB of a CI machine's disk.
+e2e_clients() { # port digest image tag
+    local port=$1 digest=$2 image=$3 tag=$4 pids=() i
+    for i in $(seq 1 16); do
+        (set -o pipefail; curl -fsS "http://127.0.0.1:$port/v2/e2e/$image/blobs/$digest" | sha256sum > "$WORK/$tag-$i.sum") &
+        pids+=("$!")
+    done
+    for i in "${!pids[@]}"; do wait "${pids[$i]}" || fail "$tag client $((i + 1)) failed"; done
+    for i in $(seq 1 16); do
+        [ "sha256:$(cut -d' ' -f1 "$WORK/$tag-$i.sum")" = "$digest" ] || fail "$tag client $i got wrong bytes"
+        rm -f "$WORK/$tag-$i.sum"
+    done
+}
+
 # Checks every blob of a skopeo dir: copy against its name; expects $2.
 check_dir() { # dir expected-blobs
     local dir=$1 n=0

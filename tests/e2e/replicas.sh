@@ -136,20 +136,6 @@ metric_sum() { # metric name prefix, summed over the three replicas
     echo "$total"
 }
 
-clients() { # port digest image tag → 16 concurrent downloads, each verified
-    local port=$1 digest=$2 image=$3 tag=$4 pids=() i
-    for i in $(seq 1 16); do
-        curl -fsS -o "$WORK/$tag-$i" "http://127.0.0.1:$port/v2/e2e/$image/blobs/$digest" &
-        pids+=("$!")
-    done
-    for i in "${!pids[@]}"; do wait "${pids[$i]}" || fail "$tag client $((i + 1)) failed"; done
-    for i in $(seq 1 16); do
-        [ "sha256:$(sha256sum "$WORK/$tag-$i" | cut -d' ' -f1)" = "$digest" ] \
-            || fail "$tag client $i got wrong bytes"
-        rm -f "$WORK/$tag-$i"
-    done
-}
-
 wait_uploads() { # count
     for _ in $(seq 1 600); do
         [ "$(metric_sum ferry_shared_uploads_total)" -ge "$1" ] && return 0
@@ -173,7 +159,7 @@ blob_keys() { # the blob objects in the bucket
 
 # 1. Hash on the digest: one upstream fetch for 16 clients.
 before=$(metric_sum ferry_upstream_bytes_total)
-clients "$HASH_PORT" "$BIG" big hash
+e2e_clients "$HASH_PORT" "$BIG" big hash
 fetched=$(( $(metric_sum ferry_upstream_bytes_total) - before ))
 ratio=$(python3 -c "print(f'{$fetched / $BIG_SIZE:.3f}')")
 echo "$NAME: hash \$uri: 16 clients of $((BIG_SIZE / MIB)) MiB, upstream bytes $fetched = $ratio x the blob"
@@ -187,7 +173,7 @@ ok "hash \$uri: 16 clients, all bytes verified, one upstream fetch ($ratio x), t
 #    or partial is ever published.
 uploads_before=$(metric_sum ferry_shared_uploads_total)
 before=$(metric_sum ferry_upstream_bytes_total)
-clients "$RR_PORT" "$BIG2" big2 rr
+e2e_clients "$RR_PORT" "$BIG2" big2 rr
 fetched=$(( $(metric_sum ferry_upstream_bytes_total) - before ))
 echo "$NAME: round-robin: upstream bytes $fetched = $(python3 -c "print(f'{$fetched / $BIG_SIZE:.2f}')") x the blob (each replica fetches at most once)"
 wait_uploads $((uploads_before + 1))
