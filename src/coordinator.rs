@@ -461,6 +461,25 @@ impl Coordinator {
         Some(size)
     }
 
+    /// Bytes `start..=last` of a blob from the shared tier, streamed
+    /// through and bounded (see [`passthrough::shared_range`]). An error
+    /// when there is no tier or the bucket would not start the GET.
+    pub async fn shared_range(
+        &self,
+        repo: &Resolved,
+        digest: &Digest,
+        start: u64,
+        last: u64,
+    ) -> std::io::Result<BlobStream> {
+        let shared = self
+            .shared
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("no shared tier"))?;
+        let idle = fetch::bucket_timeouts(repo).idle_read;
+        let body = passthrough::shared_range(shared, digest, start, last, idle).await?;
+        Ok(BlobStream::from_stream(body))
+    }
+
     /// A byte range straight from upstream, not cached: for a range far
     /// beyond what the fetch in flight has written (lazy-pulling
     /// snapshotters read a blob's footer first).

@@ -231,16 +231,7 @@ async fn copy_from_shared(
         Ok(r) => r,
         Err(e) => return Some(Err(e)),
     };
-    // The bucket is held to the same idle timeout as the repository's
-    // first registry.
-    let mut timeouts = repo
-        .targets
-        .first()
-        .map(|t| t.registry.upstream.timeouts())
-        .unwrap_or_default();
-    // No rate floor for the bucket (a slow bucket has no upstream to resume
-    // from): only the idle timeout, as before.
-    timeouts.min_read_rate = 0;
+    let timeouts = bucket_timeouts(repo);
     let source = format!("{} ({digest})", shared.describe());
     let counted = &coordinator.metrics.shared_read_bytes;
     let copied =
@@ -251,4 +242,17 @@ async fn copy_from_shared(
             .stored(digest, size, &coordinator.clock);
     }
     Some(copied)
+}
+
+/// What a read from the shared tier is held to: the same idle timeout as
+/// the repository's first registry, and no rate floor (a slow bucket has no
+/// upstream to resume from).
+pub(super) fn bucket_timeouts(repo: &Resolved) -> crate::config::Timeouts {
+    let mut timeouts = repo
+        .targets
+        .first()
+        .map(|t| t.registry.upstream.timeouts())
+        .unwrap_or_default();
+    timeouts.min_read_rate = 0;
+    timeouts
 }

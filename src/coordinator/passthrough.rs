@@ -1,23 +1,29 @@
-//! The uncached path: when the store has no room (disk full, below
-//! `minFreeSpace`, unwritable), a blob goes straight from upstream to the
-//! client. Its bytes are still hashed on the way, and the last byte is held
-//! back until the digest matched ([`LastByte`]), so a client never gets a
-//! wrong blob that ends cleanly.
+//! The paths that bypass the store. When the store has no room (disk full,
+//! below `minFreeSpace`, unwritable), a blob goes straight from upstream to
+//! the client. Its bytes are still hashed on the way, and the last byte is
+//! held back until the digest matched ([`LastByte`]), so a client never gets
+//! a wrong blob that ends cleanly. A range of a blob that only the shared
+//! tier holds is one ranged GET on the bucket, streamed through
+//! ([`shared_range`]). Every such body is bounded like a transfer
+//! ([`crate::upstream::Bounded`]).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, TryStreamExt};
 use http::{HeaderMap, Method, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Body as _;
+use hyper::body::Frame;
 
 use super::holdback::LastByte;
 use crate::oci::{Digest, ErrorCode, Hasher, RegistryError};
 use crate::routing::Resolved;
+use crate::shared::Shared;
 use crate::upstream::headers::content_length;
-use crate::upstream::{PassedBody, UpstreamError};
+use crate::upstream::{Bounded, Bounds, PassedBody, UpstreamError};
 
 /// Opens the blob at the first registry that has it: the body (cut off past
 /// `max_blob_size`, as the transfer would be) and its size.
@@ -43,6 +49,30 @@ pub async fn open(
         target.passed_body(digest, resp.into_body(), max_blob_size),
         size,
     ))
+}
+
+/// Bytes `start..=last` of a blob in the shared tier, one ranged GET
+/// streamed through. It is held like the whole-blob copy from the bucket:
+/// to `idle` (no rate floor: a slow bucket has nothing to resume from), and
+/// to the range's length. The object store's client has no timeout of its
+/// own (a blob copy may take long), so without this a stalled bucket held
+/// the client for as long as it waited.
+pub async fn shared_range(
+    shared: &Shared,
+    digest: &Digest,
+    start: u64,
+    last: u64,
+    idle: std::time::Duration,
+) -> io::Result<impl Stream<Item = io::Result<Bytes>> + Send + 'static> {
+    let body = shared.read_blob(digest, start..last + 1).await?;
+    let bounds = Bounds {
+        idle,
+        min_rate: 0,
+        limit: last - start + 1,
+    };
+    let what = format!("{}: {digest} bytes {start}-{last}", shared.describe());
+    let body = StreamBody::new(body.map_ok(Frame::data));
+    Ok(Bounded::new(body, bounds, what).into_data_stream())
 }
 
 /// An upstream body checked against `digest` as it passes.
@@ -108,5 +138,59 @@ impl Stream for VerifyingStream {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use object_store::memory::InMemory;
+    use object_store::path::Path;
+    use object_store::throttle::{ThrottleConfig, ThrottledStore};
+    use object_store::ObjectStoreExt;
+
+    use super::*;
+
+    /// A bucket holding `data`, each GET's bytes held back `per_byte` a byte.
+    async fn bucket(data: &'static [u8], per_byte: Duration) -> (Shared, Digest) {
+        let digest = Digest::sha256_of(data);
+        let mem = InMemory::new();
+        let key = Path::from(format!("blobs/sha256/{}", digest.hex()));
+        mem.put(&key, Bytes::from_static(data).into())
+            .await
+            .unwrap();
+        let config = ThrottleConfig {
+            wait_get_per_byte: per_byte,
+            ..Default::default()
+        };
+        let store = Arc::new(ThrottledStore::new(mem, config));
+        (Shared::with_store(store, "", "bucket b".into()), digest)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_range_streams_the_range_and_a_stalled_bucket_ends_after_idle() {
+        let idle = Duration::from_secs(30);
+        let (shared, d) = bucket(b"0123456789", Duration::ZERO).await;
+        let got: Vec<_> = shared_range(&shared, &d, 2, 5, idle)
+            .await
+            .unwrap()
+            .collect()
+            .await;
+        let got: Vec<u8> = got.into_iter().flat_map(|b| b.unwrap().to_vec()).collect();
+        assert_eq!(got, b"2345");
+
+        // The bucket would take an hour a byte: the read ends after `idle`,
+        // naming the bucket and the range.
+        let (shared, d) = bucket(b"0123456789", Duration::from_secs(3600)).await;
+        let started = tokio::time::Instant::now();
+        let mut body = Box::pin(shared_range(&shared, &d, 2, 5, idle).await.unwrap());
+        let err = body.next().await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("bucket b"), "{err}");
+        assert!(err.to_string().contains("bytes 2-5"), "{err}");
+        assert_eq!(started.elapsed(), idle);
     }
 }

@@ -173,9 +173,9 @@ async fn shared_range(
     digest: &Digest,
     headers: &HeaderMap,
 ) -> Result<Option<BlobAnswer>, RegistryError> {
-    let Some(shared) = coordinator.shared().cloned() else {
+    if coordinator.shared().is_none() {
         return Ok(None);
-    };
+    }
     let Some(range_header) = range::requested(headers, digest) else {
         return Ok(None);
     };
@@ -189,7 +189,7 @@ async fn shared_range(
     else {
         return Ok(None);
     };
-    let body = match shared.read_blob(digest, start..last + 1).await {
+    let body = match coordinator.shared_range(name, digest, start, last).await {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(%digest, error = %e, "ranged read from the shared tier failed");
@@ -204,7 +204,7 @@ async fn shared_range(
         .status(StatusCode::PARTIAL_CONTENT)
         .header(CONTENT_LENGTH, last - start + 1)
         .header(CONTENT_RANGE, format!("bytes {start}-{last}/{size}"))
-        .body(response::stream(BlobStream::from_stream(body)))
+        .body(response::stream(body))
         .expect("valid headers");
     Ok(Some((r, CacheStatus::Shared)))
 }
