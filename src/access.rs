@@ -14,6 +14,7 @@
 //! [`Denied::Forbidden`] (403: known user, not allowed).
 
 mod htpasswd;
+mod logins;
 
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue};
@@ -24,6 +25,7 @@ use crate::config::{AccessConfig, AccessControlSection, Policy};
 use crate::routing::prefix_matches;
 
 pub use htpasswd::Htpasswd;
+pub use logins::{Login, LoginChecks};
 
 /// Who sent a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +41,9 @@ pub enum Denied {
     Unauthenticated,
     /// Authenticated, but the policy does not allow it: 403.
     Forbidden,
+    /// New credentials, and too many logins are being checked to check
+    /// them now: 429 with `Retry-After`.
+    Busy,
 }
 
 /// The challenge sent with every 401.
@@ -48,6 +53,7 @@ pub const CHALLENGE: &str = "Basic realm=\"ferry\", charset=\"UTF-8\"";
 #[derive(Debug)]
 pub struct Access {
     htpasswd: std::sync::Arc<Htpasswd>,
+    logins: LoginChecks,
     config: AccessConfig,
 }
 
@@ -76,6 +82,7 @@ impl Access {
         let htpasswd = std::sync::Arc::new(htpasswd);
         Ok(Access {
             htpasswd,
+            logins: LoginChecks::for_this_machine(),
             config: config.clone(),
         })
     }
@@ -89,20 +96,14 @@ impl Access {
         };
         let found = match parse_authorization(value) {
             Some(Credentials::Bearer(token)) => self.token_user(&token),
-            Some(Credentials::Basic(user, password)) => {
-                match self.token_user(&password) {
-                    Some(u) => Some(u),
-                    None if self.htpasswd.known(&user, &password) => Some(user),
-                    None => {
-                        // bcrypt is slow by design: keep it off the workers.
-                        let (h, u) = (self.htpasswd.clone(), user.clone());
-                        let ok = tokio::task::spawn_blocking(move || h.verify(&u, &password))
-                            .await
-                            .unwrap_or(false);
-                        ok.then_some(user)
-                    }
-                }
-            }
+            Some(Credentials::Basic(user, password)) => match self.token_user(&password) {
+                Some(u) => Some(u),
+                None => match self.logins.check(&self.htpasswd, &user, &password).await {
+                    Login::Valid => Some(user),
+                    Login::Wrong => None,
+                    Login::Busy => return Err(Denied::Busy),
+                },
+            },
             None => None,
         };
         match found {
@@ -263,6 +264,7 @@ mod tests {
     fn access(control_json: Option<&str>) -> Access {
         Access {
             htpasswd: Default::default(),
+            logins: LoginChecks::new(1, 0),
             config: AccessConfig {
                 htpasswd: None,
                 tokens: vec![],

@@ -3,23 +3,43 @@
 //!
 //! Checking a bcrypt hash costs tens of milliseconds on purpose, so a
 //! verified `user:password` pair is remembered (as its SHA-256, never the
-//! password) and later requests of the same client cost a hash lookup.
+//! password) and later requests of the same client cost a hash lookup; so
+//! is a wrong pair, among the last [`REFUSED_KEPT`] (a client retrying a bad
+//! password does not cost a bcrypt each time). How many checks run at once
+//! is [`super::LoginChecks`]'s.
 //! Entries in other formats (`$apr1$`, `{SHA}`, crypt) are refused at load
 //! with the line that holds them: they are too weak to accept silently.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::AccessError;
 
 use dashmap::DashMap;
 use sha2::{Digest as _, Sha256};
 
+/// Wrong `user:password` pairs remembered (least recently used out).
+pub const REFUSED_KEPT: usize = 4096;
+
 /// Users and their bcrypt hashes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Htpasswd {
     users: HashMap<String, String>,
+    /// Right pairs: at most one per user.
     verified: DashMap<[u8; 32], ()>,
+    /// Wrong pairs, recently checked.
+    refused: quick_cache::sync::Cache<[u8; 32], ()>,
+    /// bcrypt checks run, and how many run now and ran at most at once.
+    checks: AtomicU64,
+    running: AtomicUsize,
+    most_running: AtomicUsize,
+}
+
+impl Default for Htpasswd {
+    fn default() -> Htpasswd {
+        Htpasswd::with_users(HashMap::new())
+    }
 }
 
 impl Htpasswd {
@@ -53,10 +73,18 @@ impl Htpasswd {
             }
             users.insert(user.to_string(), hash.to_string());
         }
-        Ok(Htpasswd {
+        Ok(Htpasswd::with_users(users))
+    }
+
+    fn with_users(users: HashMap<String, String>) -> Htpasswd {
+        Htpasswd {
             users,
             verified: DashMap::new(),
-        })
+            refused: quick_cache::sync::Cache::new(REFUSED_KEPT),
+            checks: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+            most_running: AtomicUsize::new(0),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -68,25 +96,53 @@ impl Htpasswd {
     }
 
     /// True when `password` is `user`'s. Slow the first time for a pair
-    /// (bcrypt; call it off the async workers), fast afterwards.
+    /// (bcrypt; call it off the async workers, through
+    /// [`super::LoginChecks`]), fast afterwards.
     pub fn verify(&self, user: &str, password: &str) -> bool {
+        if let Some(known) = self.remembered(user, password) {
+            return known;
+        }
         let Some(hash) = self.users.get(user) else {
             return false;
         };
-        let key = pair_key(user, password);
-        if self.verified.contains_key(&key) {
-            return true;
-        }
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_running.fetch_max(now, Ordering::SeqCst);
+        self.checks.fetch_add(1, Ordering::Relaxed);
         let ok = bcrypt::verify(password, hash).unwrap_or(false);
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        let key = pair_key(user, password);
         if ok {
             self.verified.insert(key, ());
+        } else {
+            self.refused.insert(key, ());
         }
         ok
     }
 
-    /// True when the pair was verified before (no bcrypt needed).
-    pub fn known(&self, user: &str, password: &str) -> bool {
-        self.verified.contains_key(&pair_key(user, password))
+    /// The answer for a pair without bcrypt, when there is one: a pair
+    /// verified or refused before, or a user that does not exist.
+    pub fn remembered(&self, user: &str, password: &str) -> Option<bool> {
+        if !self.users.contains_key(user) {
+            return Some(false);
+        }
+        let key = pair_key(user, password);
+        if self.verified.contains_key(&key) {
+            Some(true)
+        } else if self.refused.get(&key).is_some() {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// bcrypt checks run so far.
+    pub fn checked(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
+    }
+
+    /// The most bcrypt checks that ran at the same time.
+    pub fn most_at_once(&self) -> usize {
+        self.most_running.load(Ordering::SeqCst)
     }
 }
 
@@ -107,10 +163,14 @@ mod tests {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
         let h = Htpasswd::parse(&format!("# users\nalice:{hash}\n")).unwrap();
         assert_eq!(h.len(), 1);
+        assert_eq!(h.remembered("alice", "s3cret"), None);
         assert!(h.verify("alice", "s3cret"));
-        assert!(h.known("alice", "s3cret"));
+        assert_eq!(h.remembered("alice", "s3cret"), Some(true));
+        assert!(!h.verify("alice", "wrong"));
+        assert_eq!(h.remembered("alice", "wrong"), Some(false));
         assert!(!h.verify("alice", "wrong"));
         assert!(!h.verify("bob", "s3cret"));
+        assert_eq!(h.checked(), 2, "a remembered pair ran bcrypt again");
         let e = Htpasswd::parse("bob:$apr1$abc$def").unwrap_err();
         assert!(e.contains("line 1") && e.contains("bcrypt"), "{e}");
         assert!(Htpasswd::parse("nocolon").is_err());

@@ -118,5 +118,11 @@ fn denied(d: Denied, message: &str) -> RegistryError {
             RegistryError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
         }
         Denied::Forbidden => RegistryError::new(StatusCode::FORBIDDEN, ErrorCode::Denied, message),
+        Denied::Busy => RegistryError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyRequests,
+            "too many logins are being checked; try again shortly",
+        )
+        .retry_after(1),
     }
 }

@@ -1,0 +1,136 @@
+//! Checking new credentials, at a bounded cost.
+//!
+//! A bcrypt check costs milliseconds of CPU on purpose (tens at the costs
+//! people choose). Remembered pairs ([`Htpasswd::remembered`]) cost a hash
+//! lookup, but a client sending a new password each time made ferry run one
+//! bcrypt per request on the blocking pool, which also opens and reads the
+//! store's files: a flood of wrong passwords took every core and queued
+//! every cache hit behind it. Here at most `at_once` checks run (the rest of
+//! the machine stays for pulls), at most `queued` more wait, and past that a
+//! login is turned away at once as [`Login::Busy`] (a 429 with
+//! `Retry-After`), without running anything.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use super::Htpasswd;
+
+/// How a login check ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Login {
+    /// The password is the user's.
+    Valid,
+    /// It is not (or there is no such user).
+    Wrong,
+    /// Too many checks are running and waiting: not checked.
+    Busy,
+}
+
+/// The checks of credentials ferry has not seen before.
+#[derive(Debug)]
+pub struct LoginChecks {
+    /// Held by a running check, inside its blocking task.
+    running: Arc<Semaphore>,
+    /// Held by a check from before it waits until it ends.
+    admitted: Semaphore,
+}
+
+impl LoginChecks {
+    /// At most `at_once` bcrypt checks at a time and `queued` waiting.
+    pub fn new(at_once: usize, queued: usize) -> LoginChecks {
+        LoginChecks {
+            running: Arc::new(Semaphore::new(at_once.max(1))),
+            admitted: Semaphore::new(at_once.max(1) + queued),
+        }
+    }
+
+    /// One check for each core but one (at least one).
+    pub fn for_this_machine() -> LoginChecks {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        LoginChecks::new(cores.saturating_sub(1).max(1), QUEUED)
+    }
+
+    /// Checks `password` for `user` (remembered pairs cost nothing here).
+    pub async fn check(&self, htpasswd: &Arc<Htpasswd>, user: &str, password: &str) -> Login {
+        match htpasswd.remembered(user, password) {
+            Some(true) => return Login::Valid,
+            Some(false) => return Login::Wrong,
+            None => {}
+        }
+        let Ok(_admitted) = self.admitted.try_acquire() else {
+            return Login::Busy;
+        };
+        let running = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let (h, u, p) = (htpasswd.clone(), user.to_string(), password.to_string());
+        // The permit moves into the task: a client that hangs up does not
+        // free a slot while its check still runs.
+        let ok = tokio::task::spawn_blocking(move || {
+            let _running = running;
+            h.verify(&u, &p)
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            Login::Valid
+        } else {
+            Login::Wrong
+        }
+    }
+}
+
+/// Checks that may wait for a running one before logins are turned away.
+pub const QUEUED: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users() -> Arc<Htpasswd> {
+        // Cost 4, the least bcrypt takes: the test is about counting.
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        Arc::new(Htpasswd::parse(&format!("alice:{hash}\n")).unwrap())
+    }
+
+    #[tokio::test]
+    async fn checks_past_the_running_and_queued_ones_are_turned_away_unchecked() {
+        let h = users();
+        let checks = LoginChecks::new(1, 2);
+        // Hold the one running slot and both queue places by hand.
+        let running = checks.running.clone().acquire_owned().await.unwrap();
+        let queued = checks.admitted.try_acquire_many(3).unwrap();
+        assert_eq!(checks.check(&h, "alice", "guess-1").await, Login::Busy);
+        assert_eq!(h.checked(), 0, "a busy login ran bcrypt");
+        // Remembered answers need no slot.
+        drop((running, queued));
+        assert_eq!(checks.check(&h, "alice", "s3cret").await, Login::Valid);
+        assert_eq!(checks.check(&h, "alice", "guess-1").await, Login::Wrong);
+        let running = checks.running.clone().acquire_owned().await.unwrap();
+        let queued = checks.admitted.try_acquire_many(3).unwrap();
+        assert_eq!(checks.check(&h, "alice", "s3cret").await, Login::Valid);
+        assert_eq!(checks.check(&h, "alice", "guess-1").await, Login::Wrong);
+        assert_eq!(checks.check(&h, "bob", "anything").await, Login::Wrong);
+        assert_eq!(h.checked(), 2, "only the two new pairs ran bcrypt");
+        drop((running, queued));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_than_at_once_checks_run_together() {
+        let h = users();
+        let checks = Arc::new(LoginChecks::new(1, 64));
+        let all = (0..16).map(|i| {
+            let (h, c) = (h.clone(), checks.clone());
+            tokio::spawn(async move { c.check(&h, "alice", &format!("guess-{i}")).await })
+        });
+        for r in futures::future::join_all(all).await {
+            assert_eq!(r.unwrap(), Login::Wrong);
+        }
+        assert_eq!(h.checked(), 16);
+        assert_eq!(h.most_at_once(), 1, "checks overlapped");
+    }
+}
