@@ -10,8 +10,10 @@
 //! Without `accessControl`, any authenticated user reads everything.
 //!
 //! A refusal is [`Denied::Unauthenticated`] (401 with a Basic challenge, so
-//! `docker login`, containerd and podman send credentials) or
-//! [`Denied::Forbidden`] (403: known user, not allowed).
+//! `docker login`, containerd and podman send credentials),
+//! [`Denied::Forbidden`] (403: known user, not allowed), or [`Denied::Busy`]
+//! (429: new credentials while too many are being checked; see
+//! [`LoginChecks`]).
 
 mod htpasswd;
 mod logins;

@@ -16,18 +16,21 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::AccessError;
 
-use dashmap::DashMap;
 use sha2::{Digest as _, Sha256};
 
-/// Wrong `user:password` pairs remembered (least recently used out).
+/// Wrong `user:password` pairs remembered (quick_cache: the least used go).
 pub const REFUSED_KEPT: usize = 4096;
+
+/// Right pairs remembered. bcrypt reads only a password's first 72 bytes,
+/// so a user who knows a long one can make many right pairs: bounded too.
+pub const VERIFIED_KEPT: usize = 16_384;
 
 /// Users and their bcrypt hashes.
 #[derive(Debug)]
 pub struct Htpasswd {
     users: HashMap<String, String>,
-    /// Right pairs: at most one per user.
-    verified: DashMap<[u8; 32], ()>,
+    /// Right pairs.
+    verified: quick_cache::sync::Cache<[u8; 32], ()>,
     /// Wrong pairs, recently checked.
     refused: quick_cache::sync::Cache<[u8; 32], ()>,
     /// bcrypt checks run, and how many run now and ran at most at once.
@@ -79,7 +82,7 @@ impl Htpasswd {
     fn with_users(users: HashMap<String, String>) -> Htpasswd {
         Htpasswd {
             users,
-            verified: DashMap::new(),
+            verified: quick_cache::sync::Cache::new(VERIFIED_KEPT),
             refused: quick_cache::sync::Cache::new(REFUSED_KEPT),
             checks: AtomicU64::new(0),
             running: AtomicUsize::new(0),
@@ -126,7 +129,7 @@ impl Htpasswd {
             return Some(false);
         }
         let key = pair_key(user, password);
-        if self.verified.contains_key(&key) {
+        if self.verified.get(&key).is_some() {
             Some(true)
         } else if self.refused.get(&key).is_some() {
             Some(false)
@@ -146,7 +149,8 @@ impl Htpasswd {
     }
 }
 
-fn pair_key(user: &str, password: &str) -> [u8; 32] {
+/// What a pair is remembered by: its SHA-256, never the password.
+pub(super) fn pair_key(user: &str, password: &str) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(user.as_bytes());
     h.update([0]);

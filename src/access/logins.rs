@@ -8,11 +8,14 @@
 //! every cache hit behind it. Here at most `at_once` checks run (the rest of
 //! the machine stays for pulls), at most `queued` more wait, and past that a
 //! login is turned away at once as [`Login::Busy`] (a 429 with
-//! `Retry-After`), without running anything.
+//! `Retry-After`), without running anything. Requests that bring the same
+//! new pair (a node's parallel pulls after a restart) wait for its one
+//! check and take no place: only distinct new pairs are limited.
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use dashmap::DashMap;
+use tokio::sync::{Mutex, Semaphore};
 
 use super::Htpasswd;
 
@@ -34,6 +37,8 @@ pub struct LoginChecks {
     running: Arc<Semaphore>,
     /// Held by a check from before it waits until it ends.
     admitted: Semaphore,
+    /// Pairs being checked (by their key): who brings one waits for it.
+    pending: DashMap<[u8; 32], Arc<Mutex<()>>>,
 }
 
 impl LoginChecks {
@@ -42,22 +47,39 @@ impl LoginChecks {
         LoginChecks {
             running: Arc::new(Semaphore::new(at_once.max(1))),
             admitted: Semaphore::new(at_once.max(1) + queued),
+            pending: DashMap::new(),
         }
     }
 
-    /// One check for each core but one (at least one).
+    /// One check for every four cores (at least one).
     pub fn for_this_machine() -> LoginChecks {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        LoginChecks::new(cores.saturating_sub(1).max(1), QUEUED)
+        LoginChecks::new((cores / 4).max(1), QUEUED)
     }
 
     /// Checks `password` for `user` (remembered pairs cost nothing here).
     pub async fn check(&self, htpasswd: &Arc<Htpasswd>, user: &str, password: &str) -> Login {
-        match htpasswd.remembered(user, password) {
-            Some(true) => return Login::Valid,
-            Some(false) => return Login::Wrong,
-            None => {}
+        if let Some(known) = htpasswd.remembered(user, password) {
+            return Login::from(known);
         }
+        let key = super::htpasswd::pair_key(user, password);
+        let same_pair = self.pending.entry(key).or_default().clone();
+        let answer = {
+            let _one_check_per_pair = same_pair.lock().await;
+            match htpasswd.remembered(user, password) {
+                Some(known) => Login::from(known),
+                None => self.run(htpasswd, user, password).await,
+            }
+        };
+        // Gone when no one else holds it (taking it needs the shard lock
+        // this check holds, so no one can be about to).
+        self.pending
+            .remove_if(&key, |_, p| Arc::strong_count(p) <= 2);
+        answer
+    }
+
+    /// One bcrypt check, when there is room for it.
+    async fn run(&self, htpasswd: &Arc<Htpasswd>, user: &str, password: &str) -> Login {
         let Ok(_admitted) = self.admitted.try_acquire() else {
             return Login::Busy;
         };
@@ -76,7 +98,13 @@ impl LoginChecks {
         })
         .await
         .unwrap_or(false);
-        if ok {
+        Login::from(ok)
+    }
+}
+
+impl From<bool> for Login {
+    fn from(valid: bool) -> Login {
+        if valid {
             Login::Valid
         } else {
             Login::Wrong
@@ -132,5 +160,25 @@ mod tests {
         }
         assert_eq!(h.checked(), 16);
         assert_eq!(h.most_at_once(), 1, "checks overlapped");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_requests_with_one_new_pair_wait_for_its_one_check_and_take_no_place() {
+        let h = users();
+        // One running, none queued: a second distinct pair would be busy.
+        let checks = Arc::new(LoginChecks::new(1, 0));
+        let all = (0..50).map(|_| {
+            let (h, c) = (h.clone(), checks.clone());
+            tokio::spawn(async move { c.check(&h, "alice", "s3cret").await })
+        });
+        for r in futures::future::join_all(all).await {
+            assert_eq!(r.unwrap(), Login::Valid);
+        }
+        assert_eq!(h.checked(), 1);
+        assert!(
+            checks.pending.is_empty(),
+            "{} pairs left",
+            checks.pending.len()
+        );
     }
 }

@@ -43,7 +43,7 @@ impl App {
     /// the store serves every request while it is current).
     pub async fn repositories(&self) -> Result<Arc<Vec<String>>, RegistryError> {
         let store = self.coordinator.store().clone();
-        let generation = store.tags_written();
+        let written = || self.coordinator.store().tags_written();
         let walk = || async move {
             store::blocking(move || store.list_repositories())
                 .await
@@ -55,7 +55,7 @@ impl App {
                     )
                 })
         };
-        self.catalog.list(generation, walk).await
+        self.catalog.list(written, walk).await
     }
 }
 

@@ -92,7 +92,7 @@ impl<B> Bounded<B> {
         if self.received > self.bounds.limit {
             return Err((
                 io::ErrorKind::InvalidData,
-                format!("sent more than the {} bytes asked for", self.bounds.limit),
+                format!("sent more than its limit of {} bytes", self.bounds.limit),
             ));
         }
         if self.floor.too_slow(n, self.waited) {
@@ -299,6 +299,9 @@ mod tests {
         };
         assert_eq!(got, b"012345678901234", "exactly the limit passed");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(err.to_string().contains("more than the 15 bytes"), "{err}");
+        assert!(
+            err.to_string().contains("more than its limit of 15 bytes"),
+            "{err}"
+        );
     }
 }
