@@ -37,6 +37,8 @@ pub struct Htpasswd {
     checks: AtomicU64,
     running: AtomicUsize,
     most_running: AtomicUsize,
+    /// What unknown users are checked against ([`Htpasswd::verify`]).
+    decoy: std::sync::OnceLock<String>,
 }
 
 impl Default for Htpasswd {
@@ -87,6 +89,7 @@ impl Htpasswd {
             checks: AtomicU64::new(0),
             running: AtomicUsize::new(0),
             most_running: AtomicUsize::new(0),
+            decoy: std::sync::OnceLock::new(),
         }
     }
 
@@ -100,18 +103,21 @@ impl Htpasswd {
 
     /// True when `password` is `user`'s. Slow the first time for a pair
     /// (bcrypt; call it off the async workers, through
-    /// [`super::LoginChecks`]), fast afterwards.
+    /// [`super::LoginChecks`]), fast afterwards. A user that does not exist
+    /// costs the same check against a decoy hash, so the time of a refusal
+    /// does not tell which user names exist.
     pub fn verify(&self, user: &str, password: &str) -> bool {
         if let Some(known) = self.remembered(user, password) {
             return known;
         }
-        let Some(hash) = self.users.get(user) else {
-            return false;
+        let hash = match self.users.get(user) {
+            Some(hash) => hash.as_str(),
+            None => self.decoy(),
         };
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_running.fetch_max(now, Ordering::SeqCst);
         self.checks.fetch_add(1, Ordering::Relaxed);
-        let ok = bcrypt::verify(password, hash).unwrap_or(false);
+        let ok = bcrypt::verify(password, hash).unwrap_or(false) && self.users.contains_key(user);
         self.running.fetch_sub(1, Ordering::SeqCst);
         let key = pair_key(user, password);
         if ok {
@@ -123,9 +129,9 @@ impl Htpasswd {
     }
 
     /// The answer for a pair without bcrypt, when there is one: a pair
-    /// verified or refused before, or a user that does not exist.
+    /// verified or refused before, or any pair when there are no users.
     pub fn remembered(&self, user: &str, password: &str) -> Option<bool> {
-        if !self.users.contains_key(user) {
+        if self.users.is_empty() {
             return Some(false);
         }
         let key = pair_key(user, password);
@@ -136,6 +142,27 @@ impl Htpasswd {
         } else {
             None
         }
+    }
+
+    /// A hash no password matches, at the cost most users' hashes have
+    /// (made once, on the first unknown user).
+    fn decoy(&self) -> &str {
+        self.decoy.get_or_init(|| {
+            let mut costs: HashMap<u32, usize> = HashMap::new();
+            for hash in self.users.values() {
+                if let Some(c) = hash.get(4..6).and_then(|c| c.parse().ok()) {
+                    *costs.entry(c).or_default() += 1;
+                }
+            }
+            let cost = costs
+                .into_iter()
+                .max_by_key(|&(c, n)| (n, c))
+                .map_or(bcrypt::DEFAULT_COST, |(c, _)| c)
+                .clamp(4, 31);
+            // Its password need not be secret: a match for an unknown user
+            // is still a refusal.
+            bcrypt::hash("no user of ferry has this password", cost).expect("a cost in 4..=31")
+        })
     }
 
     /// bcrypt checks run so far.
@@ -173,8 +200,19 @@ mod tests {
         assert!(!h.verify("alice", "wrong"));
         assert_eq!(h.remembered("alice", "wrong"), Some(false));
         assert!(!h.verify("alice", "wrong"));
-        assert!(!h.verify("bob", "s3cret"));
         assert_eq!(h.checked(), 2, "a remembered pair ran bcrypt again");
+        // A user that does not exist costs a check too (against the decoy,
+        // at the users' cost), and is then remembered like a wrong password.
+        assert_eq!(h.remembered("bob", "s3cret"), None);
+        assert!(!h.verify("bob", "s3cret"));
+        assert!(!h.verify("bob", "no user of ferry has this password"));
+        assert_eq!(h.checked(), 4);
+        assert_eq!(h.remembered("bob", "s3cret"), Some(false));
+        assert!(h.decoy().starts_with("$2b$04$"), "{}", h.decoy());
+        // With no users at all there is nothing to check or to hide.
+        let none = Htpasswd::default();
+        assert!(!none.verify("bob", "s3cret"));
+        assert_eq!(none.checked(), 0);
         let e = Htpasswd::parse("bob:$apr1$abc$def").unwrap_err();
         assert!(e.contains("line 1") && e.contains("bcrypt"), "{e}");
         assert!(Htpasswd::parse("nocolon").is_err());

@@ -142,9 +142,12 @@ mod tests {
         let queued = checks.admitted.try_acquire_many(3).unwrap();
         assert_eq!(checks.check(&h, "alice", "s3cret").await, Login::Valid);
         assert_eq!(checks.check(&h, "alice", "guess-1").await, Login::Wrong);
-        assert_eq!(checks.check(&h, "bob", "anything").await, Login::Wrong);
+        // A user that does not exist is a new pair like any other.
+        assert_eq!(checks.check(&h, "bob", "anything").await, Login::Busy);
         assert_eq!(h.checked(), 2, "only the two new pairs ran bcrypt");
         drop((running, queued));
+        assert_eq!(checks.check(&h, "bob", "anything").await, Login::Wrong);
+        assert_eq!(h.checked(), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
