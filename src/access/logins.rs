@@ -62,20 +62,12 @@ impl LoginChecks {
         if let Some(known) = htpasswd.remembered(user, password) {
             return Login::from(known);
         }
-        let key = super::htpasswd::pair_key(user, password);
-        let same_pair = self.pending.entry(key).or_default().clone();
-        let answer = {
-            let _one_check_per_pair = same_pair.lock().await;
-            match htpasswd.remembered(user, password) {
-                Some(known) => Login::from(known),
-                None => self.run(htpasswd, user, password).await,
-            }
-        };
-        // Gone when no one else holds it (taking it needs the shard lock
-        // this check holds, so no one can be about to).
-        self.pending
-            .remove_if(&key, |_, p| Arc::strong_count(p) <= 2);
-        answer
+        let pair = PendingPair::join(self, super::htpasswd::pair_key(user, password));
+        let _one_check_per_pair = pair.lock.lock().await;
+        match htpasswd.remembered(user, password) {
+            Some(known) => Login::from(known),
+            None => self.run(htpasswd, user, password).await,
+        }
     }
 
     /// One bcrypt check, when there is room for it.
@@ -99,6 +91,33 @@ impl LoginChecks {
         .await
         .unwrap_or(false);
         Login::from(ok)
+    }
+}
+
+/// A request's hold on a pair in [`LoginChecks::pending`]. The entry goes
+/// when its last holder drops it, also when the request is dropped while it
+/// waits (a client that hangs up): otherwise every abandoned new pair would
+/// stay in the map.
+struct PendingPair<'a> {
+    checks: &'a LoginChecks,
+    key: [u8; 32],
+    lock: Arc<Mutex<()>>,
+}
+
+impl<'a> PendingPair<'a> {
+    fn join(checks: &'a LoginChecks, key: [u8; 32]) -> PendingPair<'a> {
+        let lock = checks.pending.entry(key).or_default().clone();
+        PendingPair { checks, key, lock }
+    }
+}
+
+impl Drop for PendingPair<'_> {
+    fn drop(&mut self) {
+        // Held by the map and this hold only: no one else has it, and no
+        // one can be taking it (that needs the shard lock held here).
+        self.checks
+            .pending
+            .remove_if(&self.key, |_, p| Arc::strong_count(p) <= 2);
     }
 }
 
@@ -183,5 +202,26 @@ mod tests {
             "{} pairs left",
             checks.pending.len()
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_while_it_waits_leaves_no_pair_behind() {
+        let h = users();
+        let checks = Arc::new(LoginChecks::new(1, 8));
+        // The running slot is taken: the check below waits for it.
+        let running = checks.running.clone().acquire_owned().await.unwrap();
+        let waiting = {
+            let (h, c) = (h.clone(), checks.clone());
+            tokio::spawn(async move { c.check(&h, "alice", "guess").await })
+        };
+        while checks.admitted.available_permits() == 9 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(checks.pending.len(), 1);
+        waiting.abort();
+        assert!(waiting.await.unwrap_err().is_cancelled());
+        assert!(checks.pending.is_empty(), "an abandoned pair stayed");
+        assert_eq!(h.checked(), 0);
+        drop(running);
     }
 }
