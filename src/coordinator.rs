@@ -71,7 +71,7 @@ pub struct Coordinator {
     inflight: DashMap<Digest, Arc<Flight>>,
     lifecycle: Arc<Lifecycle>,
     clock: Clock,
-    hot: hot::HotCache,
+    hot: Arc<hot::HotCache>,
     metrics: Arc<Metrics>,
     membership: membership::Membership,
     /// Blobs the upstream recently said a repository does not have.
@@ -112,6 +112,19 @@ impl Coordinator {
             shared,
             cluster,
         } = settings;
+        let hot = Arc::new(hot::HotCache::new(64 << 20));
+        // Every blob the store removes (evicted, damaged, scrubbed) leaves
+        // the index and the memory cache with it, whoever removed it.
+        let heard = store.on_removed({
+            let (lifecycle, hot) = (lifecycle.clone(), hot.clone());
+            move |digest| {
+                lifecycle.index.remove(digest);
+                hot.remove(digest);
+            }
+        });
+        if !heard {
+            tracing::error!("the store already had a removal listener; its index may go stale");
+        }
         Arc::new(Coordinator {
             store,
             router,
@@ -124,14 +137,8 @@ impl Coordinator {
             cluster,
             absent: absent::Absent::new(absent_ttl),
             max_blob_size,
-            hot: hot::HotCache::new(64 << 20),
+            hot,
         })
-    }
-
-    /// Forgets the in-memory copy of a blob whose stored copy is gone
-    /// (removed as damaged, or evicted).
-    pub fn forget(&self, digest: &Digest) {
-        self.hot.remove(digest);
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -394,10 +401,9 @@ impl Coordinator {
     ) -> Result<(Option<u64>, CacheStatus), RegistryError> {
         let d = digest.clone();
         let store = self.store.clone();
-        let stat = store::blocking(move || Ok(std::fs::metadata(store.blob_path(&d)).ok())).await;
-        if let Ok(Some(meta)) = stat {
+        if let Ok(Some(len)) = store::blocking(move || store.blob_len(&d)).await {
             self.confirm_blob(repo, digest).await?;
-            return Ok((Some(meta.len()), CacheStatus::Hit));
+            return Ok((Some(len), CacheStatus::Hit));
         }
         if let Some(flight) = self.flight(digest) {
             let size = match *flight.subscribe().borrow() {
@@ -437,7 +443,7 @@ impl Coordinator {
             return true;
         }
         let (store, d) = (self.store.clone(), digest.clone());
-        store::blocking(move || Ok(store.blob_path(&d).exists()))
+        store::blocking(move || Ok(store.blob_len(&d)?.is_some()))
             .await
             .unwrap_or(false)
     }
@@ -533,7 +539,8 @@ impl Coordinator {
             let mut h = Hasher::new(d.algorithm());
             h.update(&buf);
             if h.finish() != d {
-                std::fs::remove_file(store.blob_path(&d))?;
+                // The store's listener takes it out of the index.
+                store.remove_blob(&d)?;
                 return Ok(Some(Stored::Damaged));
             }
             Ok(Some(Stored::Small(Bytes::from(buf))))
@@ -549,8 +556,6 @@ impl Coordinator {
         })?;
         if let Some(Stored::Damaged) = opened {
             tracing::warn!(%digest, "stored blob failed its digest; removed, fetching it again");
-            self.lifecycle.index.remove(digest);
-            self.hot.remove(digest);
             return Ok(None);
         }
         Ok(opened)

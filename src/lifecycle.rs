@@ -30,8 +30,8 @@ pub use space::{Reservation, Space, SpaceProbe};
 pub struct EvictionReport {
     pub evicted: usize,
     pub bytes: u64,
-    /// The blobs whose files were deleted: the caller drops any other copy
-    /// it holds (the coordinator's memory cache).
+    /// The blobs whose files were deleted (the store's removal listener
+    /// has already let every other copy go).
     pub digests: Vec<Digest>,
 }
 
@@ -58,11 +58,11 @@ impl Lifecycle {
         probe: Option<SpaceProbe>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Lifecycle> {
-        let index = Index::rebuild(store.root())?;
+        let index = Index::rebuild(store)?;
         let probe = probe.unwrap_or_else(|| SpaceProbe::Statvfs(store.root().to_path_buf()));
         Ok(Lifecycle {
             space: Space::new(probe, config.min_free_space),
-            last_scrub: Mutex::new(scrub::last_report(store.root())),
+            last_scrub: Mutex::new(scrub::last_report(store)),
             config,
             index,
             readers: DashMap::new(),
@@ -118,15 +118,15 @@ impl Lifecycle {
             in_flight(d) || self.is_read(d)
         });
         let mut report = EvictionReport::default();
+        // The store tells its listener (this index, the memory cache).
         for d in victims {
-            match std::fs::remove_file(store.blob_path(&d)) {
-                Ok(()) => {
+            match store.remove_blob(&d) {
+                Ok(true) => {
                     report.evicted += 1;
                     report.bytes += sizes.get(&d).copied().unwrap_or(0);
-                    self.index.remove(&d);
                     report.digests.push(d);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.index.remove(&d),
+                Ok(false) => {}
                 Err(e) => tracing::warn!(digest = %d, error = %e, "cannot evict blob"),
             }
         }
@@ -146,12 +146,8 @@ impl Lifecycle {
     /// survives a restart.
     fn persist_access_times(&self, store: &FsStore) {
         for (digest, at) in self.index.take_dirty() {
-            let path = store.blob_path(&digest);
-            let set = std::fs::File::open(&path).and_then(|f| f.set_modified(index::from_ms(at)));
-            if let Err(e) = set {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::debug!(%digest, error = %e, "cannot record last access");
-                }
+            if let Err(e) = store.record_access(&digest, index::from_ms(at)) {
+                tracing::debug!(%digest, error = %e, "cannot record last access");
             }
         }
     }

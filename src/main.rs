@@ -317,7 +317,7 @@ fn load(
 fn scrub(config: &Config, quarantine: bool) -> ExitCode {
     use std::io::IsTerminal;
     let root = &config.storage_root;
-    if !root.join("blobs").is_dir() {
+    if !ferry::store::FsStore::is_store(root) {
         eprintln!(
             "ferry: {} is not a ferry store (no blobs/ folder)",
             root.display()
@@ -346,7 +346,14 @@ fn scrub(config: &Config, quarantine: bool) -> ExitCode {
             b.set_position(done);
         }
     };
-    let report = ferry::lifecycle::scrub::scrub(root, options, &progress, &|_| {});
+    let store = match ferry::store::FsStore::open(root) {
+        Ok((store, _)) => store,
+        Err(e) => {
+            eprintln!("ferry: cannot open the store {}: {e}", root.display());
+            return ExitCode::from(2);
+        }
+    };
+    let report = ferry::lifecycle::scrub::scrub(&store, options, &progress);
     if let Some(b) = bar {
         b.finish_and_clear();
     }

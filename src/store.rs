@@ -7,10 +7,13 @@
 //! filesystem, so a crash at any
 //! moment leaves at most a temp file, which [`FsStore::open`] removes.
 
+mod contents;
 mod durable;
 mod fs;
+mod removals;
 mod temp;
 
+pub use contents::{Entry, Kind};
 pub use fs::{FsStore, RecoveryReport, TagRecord};
 pub use temp::{Mismatch, TempBlob, VerifiedBlob};
 

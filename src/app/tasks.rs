@@ -103,9 +103,7 @@ pub async fn evict_now(app: &Arc<App>) -> EvictionReport {
     let now = app.clock.now_ms();
     tokio::task::spawn_blocking(move || {
         let lc = coordinator.lifecycle();
-        let report = lc.evict(coordinator.store(), now, |d| coordinator.is_in_flight(d));
-        report.digests.iter().for_each(|d| coordinator.forget(d));
-        report
+        lc.evict(coordinator.store(), now, |d| coordinator.is_in_flight(d))
     })
     .await
     .unwrap_or_default()
@@ -115,13 +113,10 @@ pub async fn evict_now(app: &Arc<App>) -> EvictionReport {
 pub async fn scrub_now(app: &Arc<App>, options: ScrubOptions) -> ScrubReport {
     let coordinator = app.coordinator.clone();
     let report = tokio::task::spawn_blocking(move || {
-        let lc = coordinator.lifecycle();
         // A damaged blob leaves the index and the memory cache with its
-        // file, so nothing keeps serving what the store no longer holds.
-        scrub(coordinator.store().root(), options, &|_, _| {}, &|d| {
-            lc.index.remove(d);
-            coordinator.forget(d);
-        })
+        // file (the store's removal listener), so nothing keeps serving
+        // what the store no longer holds.
+        scrub(coordinator.store(), options, &|_, _| {})
     })
     .await
     .unwrap_or_default();

@@ -5,7 +5,7 @@
 //! A quick_cache weighed in bytes: it stays within its budget whatever is
 //! put in, and evicts by its own policy (CLOCK-Pro). Content-addressed
 //! bytes never go stale; an entry leaves when the stored copy does (scrub,
-//! eviction: see `Coordinator::forget`).
+//! eviction: the store's removal listener, set in `Coordinator::new`).
 
 use bytes::Bytes;
 use quick_cache::sync::Cache;

@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn bad_input_gets_the_right_code() {
         let code = |p: &str| get(p).unwrap_err();
-        // The name grammar is checked by routing (see tests/input.rs).
+        // The name grammar is checked by routing (see tests/integration/input.rs).
         assert_eq!(
             code(&format!("/v2//blobs/{D}")).code,
             ErrorCode::NameInvalid

@@ -3,7 +3,6 @@
 //! start-up (size from metadata, last access from mtime) and last-access
 //! times go back to the files' mtimes in batches, never per request.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,6 +10,7 @@ use dashmap::DashMap;
 
 use super::eviction::Candidate;
 use crate::oci::Digest;
+use crate::store::{FsStore, Kind};
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -28,29 +28,12 @@ pub struct Index {
 }
 
 impl Index {
-    /// Walks `<root>/blobs/<alg>/<xx>/<hex>` and indexes every blob.
-    pub fn rebuild(root: &Path) -> std::io::Result<Index> {
+    /// Indexes every blob the store holds.
+    pub fn rebuild(store: &FsStore) -> std::io::Result<Index> {
         let index = Index::default();
-        let blobs = root.join("blobs");
-        let Ok(algs) = std::fs::read_dir(&blobs) else {
-            return Ok(index);
-        };
-        for alg in algs.flatten() {
-            for shard in std::fs::read_dir(alg.path())?.flatten() {
-                for file in std::fs::read_dir(shard.path())?.flatten() {
-                    let name = format!(
-                        "{}:{}",
-                        alg.file_name().to_string_lossy(),
-                        file.file_name().to_string_lossy()
-                    );
-                    let Ok(digest) = name.parse::<Digest>() else {
-                        continue;
-                    };
-                    let meta = file.metadata()?;
-                    let at = meta.modified().ok().map_or(0, to_ms);
-                    index.insert(digest, meta.len(), at);
-                }
-            }
+        for entry in store.entries(Kind::Blob)? {
+            let at = entry.accessed.map_or(0, to_ms);
+            index.insert(entry.digest, entry.len, at);
         }
         // Rebuilt entries are not dirty: their mtimes are what we read.
         index.entries.iter_mut().for_each(|mut e| e.dirty = false);

@@ -6,14 +6,13 @@
 //! a damaged file or moves it to `<root>/quarantine/`, and writes its report
 //! to `<root>/scrub-report.json`. It is blocking code, run on its own thread.
 
-use std::fs::File;
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::oci::{Digest, Hasher};
+use crate::store::{Entry, FsStore, Kind};
 
 /// What one pass found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,12 +45,10 @@ pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 
 /// One scrub pass over the store at `root`. `removed` is told about each
 /// damaged blob taken away (to drop it from the index).
-pub fn scrub(
-    root: &Path,
-    options: ScrubOptions,
-    progress: Progress<'_>,
-    removed: &dyn Fn(&Digest),
-) -> ScrubReport {
+/// One pass over every stored blob and manifest. A damaged blob leaves
+/// through the store, whose removal listener (the index, the memory cache)
+/// hears of it.
+pub fn scrub(store: &FsStore, options: ScrubOptions, progress: Progress<'_>) -> ScrubReport {
     let mut report = ScrubReport {
         started_ms: super::index::to_ms(std::time::SystemTime::now()),
         action: if options.quarantine {
@@ -62,99 +59,66 @@ pub fn scrub(
         .into(),
         ..ScrubReport::default()
     };
-    let mut files = Vec::new();
-    for kind in ["blobs", "manifests"] {
-        collect(&root.join(kind), kind, &mut files);
+    let mut entries = Vec::new();
+    for kind in [Kind::Blob, Kind::Manifest] {
+        match store.entries(kind) {
+            Ok(e) => entries.extend(e),
+            Err(e) => report.errors.push(e.to_string()),
+        }
     }
-    let total: u64 = files.iter().map(|f| f.2).sum();
+    let total: u64 = entries.iter().map(|e| e.len).sum();
     let mut limiter = RateLimiter::new(options.rate);
     let mut done = 0u64;
-    for (kind, path, _len) in files {
-        let Some(digest) = digest_of(&path) else {
-            continue;
-        };
-        match check(&path, kind == "manifests", &digest, &mut limiter) {
+    for Entry { kind, digest, .. } in entries {
+        let what = format!("{} {digest}", kind.noun());
+        match check(store, kind, &digest, &mut limiter) {
             Ok((ok, n)) => {
                 done += n;
                 report.bytes_read += n;
-                if kind == "blobs" {
-                    report.blobs_checked += 1;
-                } else {
-                    report.manifests_checked += 1;
+                match kind {
+                    Kind::Blob => report.blobs_checked += 1,
+                    Kind::Manifest => report.manifests_checked += 1,
                 }
                 if !ok {
-                    let what = format!("{} {digest}", &kind[..kind.len() - 1]);
-                    tracing::warn!(file = %path.display(), %what, action = %report.action, "scrub: content does not match its digest");
-                    if let Err(e) = take_away(root, &path, &digest, kind, options.quarantine) {
-                        report.errors.push(format!("{}: {e}", path.display()));
-                    } else if kind == "blobs" {
-                        removed(&digest);
+                    tracing::warn!(%what, action = %report.action, "scrub: content does not match its digest");
+                    if let Err(e) = store.discard(kind, &digest, options.quarantine) {
+                        report.errors.push(format!("{what}: {e}"));
                     }
                     report.damaged.push(what);
                 }
             }
             // A blob evicted mid-pass is no damage.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => report.errors.push(format!("{}: {e}", path.display())),
+            Err(e) => report.errors.push(format!("{what}: {e}")),
         }
         progress(done, total);
     }
     report.finished_ms = super::index::to_ms(std::time::SystemTime::now());
     let json = serde_json::to_vec_pretty(&report).expect("report serializes");
-    let tmp = root.join("tmp").join("scrub-report.json.small");
-    if std::fs::write(&tmp, json)
-        .and_then(|_| std::fs::rename(&tmp, root.join("scrub-report.json")))
-        .is_err()
-    {
-        tracing::warn!("cannot write scrub-report.json");
+    if let Err(e) = store.put_note(REPORT, &json) {
+        tracing::warn!(error = %e, "cannot write {REPORT}");
     }
     report
 }
 
-/// The last report written to `<root>/scrub-report.json`.
-pub fn last_report(root: &Path) -> Option<ScrubReport> {
-    serde_json::from_slice(&std::fs::read(root.join("scrub-report.json")).ok()?).ok()
+/// Where the last pass's report is kept, at the store's root.
+const REPORT: &str = "scrub-report.json";
+
+pub fn last_report(store: &FsStore) -> Option<ScrubReport> {
+    serde_json::from_slice(&store.get_note(REPORT)?).ok()
 }
 
-fn collect(dir: &Path, kind: &'static str, out: &mut Vec<(&'static str, PathBuf, u64)>) {
-    let Ok(algs) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for alg in algs.flatten() {
-        let Ok(shards) = std::fs::read_dir(alg.path()) else {
-            continue;
-        };
-        for shard in shards.flatten() {
-            let Ok(files) = std::fs::read_dir(shard.path()) else {
-                continue;
-            };
-            for f in files.flatten() {
-                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                out.push((kind, f.path(), len));
-            }
-        }
-    }
-}
-
-/// `<kind>/<alg>/<xx>/<hex>` → the digest the file must have.
-fn digest_of(path: &Path) -> Option<Digest> {
-    let hex = path.file_name()?.to_str()?;
-    let alg = path.parent()?.parent()?.file_name()?.to_str()?;
-    format!("{alg}:{hex}").parse().ok()
-}
-
-/// Hashes a file (a manifest record: after its media-type line).
 fn check(
-    path: &Path,
-    manifest: bool,
+    store: &FsStore,
+    kind: Kind,
     digest: &Digest,
     limiter: &mut RateLimiter,
 ) -> io::Result<(bool, u64)> {
-    let mut f = File::open(path)?;
+    let mut f = store.open_entry(kind, digest)?;
     let mut h = Hasher::new(digest.algorithm());
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
-    let mut in_header = manifest;
+    let mut in_header = kind == Kind::Manifest;
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
@@ -177,24 +141,6 @@ fn check(
     Ok((!in_header && h.finish() == *digest, total))
 }
 
-fn take_away(
-    root: &Path,
-    path: &Path,
-    digest: &Digest,
-    kind: &str,
-    quarantine: bool,
-) -> io::Result<()> {
-    if quarantine {
-        let dir = root.join("quarantine");
-        std::fs::create_dir_all(&dir)?;
-        let name = format!("{kind}-{}-{}", digest.algorithm().as_str(), digest.hex());
-        std::fs::rename(path, dir.join(name))
-    } else {
-        std::fs::remove_file(path)
-    }
-}
-
-/// Sleeps enough to keep reads under a byte rate.
 struct RateLimiter {
     rate: Option<u64>,
     start: Instant,
@@ -226,7 +172,6 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::FsStore;
 
     #[test]
     fn finds_and_removes_damage_and_quarantines_when_asked() {
@@ -252,34 +197,33 @@ mod tests {
         bytes[100] ^= 1;
         std::fs::write(&bad, bytes).unwrap();
 
-        let removed = std::sync::Mutex::new(Vec::new());
+        let removed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let heard = removed.clone();
+        assert!(store.on_removed(move |d| heard.lock().unwrap().push(d.clone())));
         let opts = ScrubOptions {
             rate: None,
             quarantine: false,
         };
-        let r = scrub(dir.path(), opts, &|_, _| {}, &|d| {
-            removed.lock().unwrap().push(d.clone())
-        });
+        let r = scrub(&store, opts, &|_, _| {});
         assert_eq!((r.blobs_checked, r.manifests_checked), (3, 1));
         assert_eq!(r.damaged, vec![format!("blob {}", digests[1])]);
         assert!(!bad.exists());
         assert_eq!(*removed.lock().unwrap(), vec![digests[1].clone()]);
         assert!(store.blob_path(&digests[0]).exists());
-        assert_eq!(last_report(dir.path()).unwrap(), r);
+        assert_eq!(last_report(&store).unwrap(), r);
 
         // A clean pass; then quarantine mode keeps the damaged file aside.
-        let again = scrub(dir.path(), opts, &|_, _| {}, &|_| {});
+        let again = scrub(&store, opts, &|_, _| {});
         assert!(again.damaged.is_empty());
         let p = store.blob_path(&digests[2]);
         std::fs::write(&p, b"garbage").unwrap();
         let q = scrub(
-            dir.path(),
+            &store,
             ScrubOptions {
                 rate: None,
                 quarantine: true,
             },
             &|_, _| {},
-            &|_| {},
         );
         assert_eq!(q.damaged.len(), 1);
         assert!(dir

@@ -35,6 +35,8 @@ pub struct FsStore {
     tags_written: AtomicU64,
     /// The store's lock, held by the process that cleaned tmp/ at start-up.
     _lock: Option<File>,
+    /// Who hears of the blobs this store removes (see `contents`).
+    pub(super) removals: super::removals::Removals,
 }
 
 /// What start-up recovery found and cleaned.
@@ -107,6 +109,7 @@ impl FsStore {
             seq: AtomicU64::new(0),
             tags_written: AtomicU64::new(0),
             _lock: owner.then_some(lock),
+            removals: Default::default(),
         };
         store.check_writable()?;
         Ok((store, report))
@@ -116,7 +119,7 @@ impl FsStore {
         &self.root
     }
 
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.addressed("blobs", digest)
     }
 
@@ -124,7 +127,7 @@ impl FsStore {
         self.addressed("manifests", digest)
     }
 
-    fn addressed(&self, kind: &str, digest: &Digest) -> PathBuf {
+    pub(super) fn addressed(&self, kind: &str, digest: &Digest) -> PathBuf {
         let hex = digest.hex();
         self.root
             .join(kind)
@@ -396,7 +399,7 @@ impl FsStore {
             .join(key)
     }
 
-    fn write_atomically(&self, dest: &Path, bytes: &[u8], hint: &str) -> io::Result<()> {
+    pub(super) fn write_atomically(&self, dest: &Path, bytes: &[u8], hint: &str) -> io::Result<()> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .tmp

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the storage conformance suite (tests/support/conformance.rs) against
 # a real S3 server: starts Garage on loopback, then runs
-# `cargo test --features s3-tests --test storage_s3` (or the command given)
+# `cargo test --features s3-tests --test integration storage_s3` (or the command given)
 # with its address and key in FERRY_TEST_S3_*.
 #
 # Usage: tests/e2e/storage-s3.sh [command...]      Needs: garage, openssl.
@@ -18,7 +18,7 @@ trap e2e_cleanup EXIT
 start_garage
 export FERRY_TEST_S3_ENDPOINT=$S3_ENDPOINT FERRY_TEST_S3_BUCKET=$S3_BUCKET \
     FERRY_TEST_S3_KEY=$S3_KEY FERRY_TEST_S3_SECRET=$S3_SECRET
-if [ $# -eq 0 ]; then set -- cargo test --quiet --features s3-tests --test storage_s3; fi
+if [ $# -eq 0 ]; then set -- cargo test --quiet --features s3-tests --test integration storage_s3; fi
 "$@" || fail "$* failed (Garage at $S3_ENDPOINT)"
 ok "$* passed with Garage at $S3_ENDPOINT"
 finish

@@ -155,7 +155,7 @@ impl Ferry {
     /// True when the blob sits at its final, content-addressed path.
     pub fn has_blob(&self, digest: &str) -> bool {
         let d: ferry::oci::Digest = digest.parse().unwrap();
-        self.app.coordinator.store().blob_path(&d).exists()
+        self.app.coordinator.store().blob_len(&d).unwrap().is_some()
     }
 
     /// Waits (bounded) until no fetch is in flight.

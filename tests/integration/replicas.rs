@@ -5,7 +5,7 @@
 //! The same flows against a real S3 server (Garage) and three replica
 //! processes behind nginx are in `tests/e2e/replicas.sh`.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! `ferry prefetch` fetches an image's blobs a few at a time, not one by
 //! one, and no more at once than asked.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The storage conformance suite (`support/conformance.rs`) against the
 //! `filesystem` shared-tier driver. The S3 run is `tests/storage_s3.rs`.
 
-mod support;
+use crate::support;
 
 use ferry::config::SharedStorage;
 use ferry::shared::Shared;

@@ -3,7 +3,7 @@
 //! negotiation, multi-platform images, tags list, referrers, catalog and
 //! prefetch.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! cold pulls, 20 times over one store, never leaves a blob at its final
 //! path that fails its digest, and the next start-up cleans what remains.
 
-mod support;
+use crate::support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

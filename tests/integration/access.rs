@@ -2,7 +2,7 @@
 //! plus static tokens) and repository-scoped content: a blob cached through
 //! one repository is never served under another that it does not belong to.
 
-mod support;
+use crate::support;
 
 use base64::Engine as _;
 use bytes::Bytes;

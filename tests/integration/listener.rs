@@ -1,7 +1,7 @@
 //! The HTTPS listener (zot's `http.tls`): ferry serves the registry API
 //! over TLS with HTTP/2 and HTTP/1.1 by ALPN.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! private CAs and client certificates from a certDir, tlsVerify: false,
 //! HTTP/2, and no credential ever crossing to the wrong side.
 
-mod support;
+use crate::support;
 
 use http::{Method, StatusCode};
 use support::tls::TestPki;

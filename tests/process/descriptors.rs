@@ -5,7 +5,7 @@
 //! Its own test binary: it lowers this process's open-file limit, which
 //! would disturb any test running beside it.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::time::Duration;
@@ -15,6 +15,7 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_new_connections_are_closed_not_left_hanging() {
+    let _alone = crate::ALONE.lock().await;
     let up = FakeRegistry::start().await;
     let ferry = Ferry::start(&up.url()).await;
     let addr = ferry.addr;

@@ -6,7 +6,7 @@
 //! Its own test binary: it installs a global log subscriber to read what
 //! ferry logs.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -30,6 +30,7 @@ impl Write for Lines {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_upstream_is_logged_counted_and_down() {
+    let _alone = crate::ALONE.lock().await;
     let lines = Lines::default();
     let writer = lines.clone();
     tracing_subscriber::fmt()

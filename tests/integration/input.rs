@@ -1,7 +1,7 @@
 //! Hostile and malformed requests: every one gets a 4xx with OCI error JSON,
 //! nothing panics, and nothing reaches a path outside the store.
 
-mod support;
+use crate::support;
 
 use http::{Method, StatusCode};
 use support::*;

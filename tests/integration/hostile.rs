@@ -2,7 +2,7 @@
 //! for many distinct blobs at once, must not turn into unbounded upstream
 //! traffic.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

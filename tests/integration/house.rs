@@ -159,3 +159,43 @@ fn every_file_says_what_it_owns_and_stays_small() {
     }
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+/// The files of `src/` outside `dir`, with their code (tests and comments
+/// left out).
+fn code_outside(dir: &str) -> Vec<(PathBuf, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let inside = src.join(dir);
+    files
+        .into_iter()
+        .filter(|f| !f.starts_with(&inside) && *f != inside.with_extension("rs"))
+        .map(|f| {
+            let text = code(&std::fs::read_to_string(&f).unwrap());
+            (f, text)
+        })
+        .collect()
+}
+
+#[test]
+fn only_the_store_removes_its_files() {
+    // The store removes its files and tells its one listener (the index,
+    // the memory cache); a removal anywhere else would leave them stale.
+    let mut problems = Vec::new();
+    let files = code_outside("store");
+    for (f, code) in &files {
+        for call in ["remove_file", "remove_dir"] {
+            if code.contains(call) {
+                problems.push(format!("{}: {call}", f.display()));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "outside src/store/: {problems:#?}");
+    // The check reads what it should: the store itself does remove files.
+    let store = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/contents.rs"),
+    )
+    .unwrap();
+    assert!(code(&store).contains("remove_file"));
+    assert!(files.len() > 50, "{} files outside src/store/", files.len());
+}

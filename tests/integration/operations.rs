@@ -2,7 +2,7 @@
 //! health, and readiness that turns 503 at shutdown (before the listener
 //! closes) and when the store is not writable.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! `ferry check-config` is the final word on a config file: what `serve`
 //! would refuse, it refuses; what it accepts, it prints as understood.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -10,7 +10,7 @@
 //! (`auth.rs`), redirects that would carry the token elsewhere
 //! (`routing.rs`), wrong manifest bytes for a digest (`manifests.rs`).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! One test in its own binary: it installs a global log subscriber that
 //! writes JSON lines into memory.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex};
 

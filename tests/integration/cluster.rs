@@ -3,7 +3,7 @@
 //! and streamed to every replica's clients; an owner that dies midway or
 //! lies is survived; the peer path gives an outsider nothing.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

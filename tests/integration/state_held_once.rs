@@ -3,7 +3,7 @@
 //! the evictions counter hiding local evictions beside a shared tier, and
 //! `ferry prefetch` parsing manifests with its own code.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

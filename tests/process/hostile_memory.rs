@@ -5,7 +5,7 @@
 //! test binary of its own so no other test's allocations blur the figure.
 //! Run with `--nocapture` to see the figures.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ async fn until(mut ok: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_and_clients_that_never_read_cost_bounded_memory() {
+    let _alone = crate::ALONE.lock().await;
     ferry::listener::raise_open_file_limit().unwrap();
     let up = FakeRegistry::start().await;
     let size = 32 * MIB;

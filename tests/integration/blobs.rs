@@ -2,7 +2,7 @@
 //! one upstream fetch for many clients, late joiners, stalled and vanished
 //! clients, bad upstream bytes, broken transfers, Range and HEAD.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! fall-through on 404/401, retries, resume of broken transfers, upstreams
 //! that ignore Range or stall, redirects, and far ranges passed through.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ fn manifest(n: u8) -> bytes::Bytes {
 /// three registries replaced by local fakes, and fast retries.
 fn seed_like(urls: [&str; 3]) -> String {
     let fixture: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/seed-config.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/seed-config.json")).unwrap();
     let mut v = fixture.clone();
     let regs = v["extensions"]["sync"]["registries"]
         .as_array_mut()

@@ -3,7 +3,7 @@
 //! Garage and passes its address and key in `FERRY_TEST_S3_*`. Without
 //! them this test fails rather than passing without having run.
 
-mod support;
+use crate::support;
 
 use ferry::config::{S3Settings, Secret, SharedStorage};
 use ferry::shared::Shared;

@@ -1,7 +1,7 @@
 //! Manifests through ferry: by tag and by digest, media types and digest
 //! headers, verification, and the stored fallback when the upstream is gone.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};

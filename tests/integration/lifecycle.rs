@@ -1,7 +1,7 @@
 //! Start-up and shutdown: leftovers of a crash are cleaned, and a shutdown
 //! stops accepting but lets responses in flight finish.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
