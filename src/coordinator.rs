@@ -14,6 +14,7 @@
 
 mod absent;
 mod fetch;
+mod fill;
 mod flight;
 mod handle;
 mod holdback;
@@ -481,7 +482,7 @@ impl Coordinator {
             .shared
             .as_ref()
             .ok_or_else(|| std::io::Error::other("no shared tier"))?;
-        let idle = fetch::bucket_timeouts(repo).idle_read;
+        let idle = fill::bucket_timeouts(repo).idle_read;
         let body = passthrough::shared_range(shared, digest, start, last, idle).await?;
         Ok(BlobStream::from_stream(body))
     }
@@ -567,17 +568,4 @@ impl Coordinator {
         self.inflight
             .remove_if(&flight.digest, |_, v| Arc::ptr_eq(v, flight));
     }
-}
-
-/// Reserves room for `size` bytes in the store, or says why there is none.
-fn room_for(
-    space: &crate::lifecycle::Space,
-    size: u64,
-) -> Result<crate::lifecycle::Reservation, FetchFailure> {
-    space.reserve(size).ok_or_else(|| {
-        FetchFailure::NoRoom(format!(
-            "{size} bytes do not fit ({} bytes available)",
-            space.probe().available()
-        ))
-    })
 }

@@ -4,13 +4,13 @@
 //! A fetch takes the blob from the first source that has it: the store
 //! (a fetch that finished between the caller's lookup and its in-flight
 //! insert), the shared tier (another replica's copy, verified like an
-//! upstream's), or the candidate registries in order (a 404, 401 or 403
-//! passes to the next); in a cluster, the peer that owns the digest comes
-//! before the registries (see [`super::peer_fill`]). The bytes move
-//! through [`super::transfer`] into a
-//! [`super::spool`], which verifies and publishes them. While an upstream
-//! transfer runs, the blob is also uploaded to the shared tier as one more
-//! reader of the fetch.
+//! upstream's), in a cluster the peer that owns the digest (see
+//! [`super::peer_fill`]), then the candidate registries in order (a 404,
+//! 401 or 403 passes to the next). This file only opens the source; the
+//! rest is the same for all of them, [`super::fill`]: the bytes move
+//! through [`super::transfer`] into a [`super::spool`], which verifies and
+//! publishes them. While an upstream transfer runs, the blob is also
+//! uploaded to the shared tier as one more reader of the fetch.
 //!
 //! A [`FlightGuard`] makes sure a fetch that panics or is cancelled still
 //! publishes `Failed` and leaves the map, so no reader waits forever.
@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method, StatusCode};
 
+use super::fill::{self, Opened};
 use super::flight::{FetchFailure, Flight, Progress};
 use super::Coordinator;
 use crate::routing::Resolved;
@@ -113,65 +114,70 @@ async fn fetch(
             return Ok((size, "store".into()));
         }
     }
-
-    if let Some(size) = coordinator.shared_blob(repo, digest).await {
-        let copied = match copy_from_shared(coordinator, flight, repo, size).await {
-            // The bucket would not even start the GET: ask the upstream.
-            None => return fetch_upstream(coordinator, flight, repo).await,
-            Some(c) => c,
-        };
-        if let Err(
-            FetchFailure::DigestMismatch { .. }
-            | FetchFailure::LengthMismatch { .. }
-            | FetchFailure::Endless { .. },
-        ) = &copied
-        {
-            // Damaged in the bucket: delete it, so the next request
-            // fetches from upstream (and uploads a good copy).
-            if let Some(shared) = coordinator.shared.clone() {
-                let d = digest.clone();
-                tracing::warn!(digest = %d, store = shared.describe(), "shared blob is damaged; deleting it");
-                tokio::spawn(async move { shared.delete_blob(&d).await });
-            }
-        }
-        return copied.map(|n| (n, "shared".into()));
-    }
-    if let Some(peer) = &flight.via_peer {
-        if let Some(filled) = super::peer_fill::fill(coordinator, flight, repo, peer).await {
-            return filled;
-        }
-    }
-    fetch_upstream(coordinator, flight, repo).await
+    fill::writable(&coordinator.lifecycle.space)?;
+    let opened = match open_shared(coordinator, flight, repo).await {
+        Some(shared) => shared,
+        None => match open_peer(coordinator, flight, repo).await? {
+            Some(peer) => peer,
+            None => open_upstream(coordinator, flight, repo).await?,
+        },
+    };
+    let source = opened.describe();
+    let size = fill::fill(coordinator, flight, repo, opened).await?;
+    Ok((size, source))
 }
 
-/// The upstream half of [`fetch`].
-async fn fetch_upstream(
-    coordinator: &Arc<Coordinator>,
-    flight: &Arc<Flight>,
-    repo: &Resolved,
-) -> Result<(u64, String), FetchFailure> {
+/// The shared tier's copy, when it holds the blob (and it may be served
+/// under `repo`) and the bucket starts the GET; else `None`, and the next
+/// source is asked.
+async fn open_shared<'a>(
+    coordinator: &Coordinator,
+    flight: &Flight,
+    repo: &'a Resolved,
+) -> Option<Opened<'a>> {
     let digest = &flight.digest;
+    let size = coordinator.shared_blob(repo, digest).await?;
+    let shared = coordinator.shared.as_ref()?;
+    match shared.read_blob(digest, 0..size).await {
+        Ok(body) => Some(Opened::Shared { body, size }),
+        Err(e) => {
+            tracing::warn!(%digest, error = %e, "cannot read the shared tier; fetching elsewhere");
+            None
+        }
+    }
+}
 
-    let space = &coordinator.lifecycle.space;
-    if let Some(e) = space.write_failure() {
-        return Err(FetchFailure::Unwritable(format!(
-            "a write failed recently: {e}"
-        )));
+/// The owning peer's answer, when the cluster says another replica owns
+/// the digest and it answers well; `Ok(None)` sends the fetch upstream.
+async fn open_peer<'a>(
+    coordinator: &Coordinator,
+    flight: &'a Flight,
+    repo: &'a Resolved,
+) -> Result<Option<Opened<'a>>, FetchFailure> {
+    let Some(peer) = &flight.via_peer else {
+        return Ok(None);
+    };
+    let opened = super::peer_fill::open(coordinator, flight, repo, peer).await;
+    if !matches!(opened, Ok(Some(_))) {
+        flight.left_peer();
     }
-    if space.reserve(0).is_none() {
-        return Err(FetchFailure::NoRoom(format!(
-            "the store's filesystem is below minFreeSpace ({} bytes available)",
-            space.probe().available()
-        )));
-    }
-    let metrics = &coordinator.metrics;
+    opened
+}
+
+/// The upstream's answer: the candidate registries in order (a 404, 401 or
+/// 403 passes to the next), each GET holding one of its fetch slots.
+async fn open_upstream<'a>(
+    coordinator: &Coordinator,
+    flight: &Flight,
+    repo: &'a Resolved,
+) -> Result<Opened<'a>, FetchFailure> {
+    let digest = &flight.digest;
     let (answer, target) = repo
         .first(|t| async move {
             // A download still queued that every client left is dropped
             // before it costs an upstream request.
-            let permit = tokio::select! {
-                p = t.registry.fetch_slots.acquire(flight.requester, &metrics.fetches_queued) => p,
-                () = flight.deserted() => return Ok(None),
+            let Some(permit) = fill::slot(coordinator, flight, t).await else {
+                return Ok(None);
             };
             let resp = t
                 .blob(Method::GET, digest, HeaderMap::new(), StatusCode::OK)
@@ -197,62 +203,9 @@ async fn fetch_upstream(
             limit: coordinator.max_blob_size as usize,
         }));
     }
-    let _room = super::room_for(space, size)?;
-    let source = super::transfer::Source::Upstream;
-    let size =
-        super::transfer::upstream(coordinator, flight, target, resp, &permit, source).await?;
-    coordinator
-        .lifecycle
-        .stored(digest, size, &coordinator.clock);
-    coordinator.link(target, vec![digest.clone()]).await;
-    Ok((size, target.registry.name.clone()))
-}
-
-/// Copies a blob from the shared tier into the local spool, verified like
-/// an upstream transfer (the bucket is trusted no more than an upstream),
-/// and accounted like one (free space, the eviction index). None when the
-/// bucket would not start the GET: the caller asks the upstream instead.
-async fn copy_from_shared(
-    coordinator: &Arc<Coordinator>,
-    flight: &Arc<Flight>,
-    repo: &Resolved,
-    size: u64,
-) -> Option<Result<u64, FetchFailure>> {
-    let digest = &flight.digest;
-    let shared = coordinator.shared.as_ref().expect("shared tier checked");
-    let body = match shared.read_blob(digest, 0..size).await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(%digest, error = %e, "cannot read the shared tier; fetching upstream");
-            return None;
-        }
-    };
-    let _room = match super::room_for(&coordinator.lifecycle.space, size) {
-        Ok(r) => r,
-        Err(e) => return Some(Err(e)),
-    };
-    let timeouts = bucket_timeouts(repo);
-    let source = format!("{} ({digest})", shared.describe());
-    let counted = &coordinator.metrics.shared_read_bytes;
-    let copied =
-        super::transfer::copy(coordinator, flight, body, size, &source, &timeouts, counted).await;
-    if copied.is_ok() {
-        coordinator
-            .lifecycle
-            .stored(digest, size, &coordinator.clock);
-    }
-    Some(copied)
-}
-
-/// What a read from the shared tier is held to: the same idle timeout as
-/// the repository's first registry, and no rate floor (a slow bucket has no
-/// upstream to resume from).
-pub(super) fn bucket_timeouts(repo: &Resolved) -> crate::config::Timeouts {
-    let mut timeouts = repo
-        .targets
-        .first()
-        .map(|t| t.registry.upstream.timeouts())
-        .unwrap_or_default();
-    timeouts.min_read_rate = 0;
-    timeouts
+    Ok(Opened::Upstream {
+        resp,
+        target,
+        permit,
+    })
 }

@@ -1,7 +1,7 @@
-//! Filling a blob from the cluster peer that owns it (see
-//! [`crate::cluster`]): a signed `GET` of the blob at the owner, whose
-//! answer is streamed into the spool like an upstream's and verified the
-//! same way. The owner is trusted no more than an upstream: its bytes must
+//! Opening the cluster peer that owns a blob (see [`crate::cluster`]) as
+//! the source of a fill: a signed `GET` of the blob at the owner, whose
+//! answer [`super::fill`] streams into the spool like an upstream's and
+//! verifies the same way. The owner is trusted no more than an upstream: its bytes must
 //! match the digest before anything is published.
 //!
 //! A fill holds one of the registry's fetch slots like an upstream
@@ -15,43 +15,32 @@
 //! clients see a pause, not an error. Only a refused connection takes the
 //! owner out of the ring: a slow or busy owner stays in.
 
-use std::sync::Arc;
-
 use http::StatusCode;
 
+use super::fill::{self, Opened};
 use super::flight::{FetchFailure, Flight};
-use super::transfer::{self, Source};
 use super::Coordinator;
 use crate::routing::Resolved;
 use crate::upstream::headers::content_length;
 
-/// The fetch from `peer`, or `None` when the caller should go upstream.
-pub(super) async fn fill(
-    coordinator: &Arc<Coordinator>,
-    flight: &Arc<Flight>,
-    repo: &Resolved,
-    peer: &str,
-) -> Option<Result<(u64, String), FetchFailure>> {
-    let result = attempt(coordinator, flight, repo, peer).await;
-    if result.is_none() {
-        flight.left_peer();
-    }
-    result
-}
-
-async fn attempt(
-    coordinator: &Arc<Coordinator>,
-    flight: &Arc<Flight>,
-    repo: &Resolved,
-    peer: &str,
-) -> Option<Result<(u64, String), FetchFailure>> {
-    let cluster = coordinator.cluster.as_ref()?;
-    let target = repo.targets.first()?;
+/// The owner's answer, ready for [`fill::fill`]; `Ok(None)` when the
+/// caller should go upstream instead.
+pub(super) async fn open<'a>(
+    coordinator: &Coordinator,
+    flight: &Flight,
+    repo: &'a Resolved,
+    peer: &'a str,
+) -> Result<Option<Opened<'a>>, FetchFailure> {
+    let Some(cluster) = coordinator.cluster.as_ref() else {
+        return Ok(None);
+    };
+    let Some(target) = repo.targets.first() else {
+        return Ok(None);
+    };
     let digest = &flight.digest;
     let metrics = &coordinator.metrics;
-    let permit = tokio::select! {
-        p = target.registry.fetch_slots.acquire(flight.requester, &metrics.fetches_queued) => p,
-        () = flight.deserted() => return Some(Err(FetchFailure::Deserted)),
+    let Some(permit) = fill::slot(coordinator, flight, target).await else {
+        return Err(FetchFailure::Deserted);
     };
     let path = format!("/v2/{}/blobs/{digest}", repo.local);
     let routed = format!("{} {}", target.registry.index, target.upstream_name);
@@ -65,44 +54,22 @@ async fn attempt(
         Ok(r) => {
             tracing::info!(%digest, peer, status = r.status().as_u16(), "peer did not serve the blob; fetching upstream");
             metrics.cluster.fell_back("status");
-            return None;
+            return Ok(None);
         }
         Err(e) => {
             tracing::warn!(%digest, error = %e, "peer did not answer; fetching upstream");
             metrics.cluster.fell_back("unreachable");
-            return None;
+            return Ok(None);
         }
     };
-    let Some(size) = content_length(resp.headers()).filter(|s| *s <= coordinator.max_blob_size)
-    else {
+    if content_length(resp.headers()).is_none_or(|s| s > coordinator.max_blob_size) {
         metrics.cluster.fell_back("status");
-        return None;
-    };
-    let _room = match super::room_for(&coordinator.lifecycle.space, size) {
-        Ok(r) => r,
-        Err(e) => return Some(Err(e)),
-    };
-    let source = Source::Peer {
+        return Ok(None);
+    }
+    Ok(Some(Opened::Peer {
         name: peer,
-        counted: &metrics.cluster.peer_bytes,
-    };
-    let result = transfer::upstream(coordinator, flight, target, resp, &permit, source).await;
-    if let Err(
-        e @ (FetchFailure::DigestMismatch { .. }
-        | FetchFailure::LengthMismatch { .. }
-        | FetchFailure::Endless { .. }),
-    ) = &result
-    {
-        // A peer that lies is left out like a dead one (until its probe
-        // says ready again); the clients' retries go upstream meanwhile.
-        tracing::warn!(%digest, peer, error = %e, "peer sent bytes that are not the blob");
-        cluster.mark_down(peer);
-    }
-    if let Ok(size) = result {
-        coordinator
-            .lifecycle
-            .stored(digest, size, &coordinator.clock);
-        coordinator.link(target, vec![digest.clone()]).await;
-    }
-    Some(result.map(|size| (size, format!("peer {peer}"))))
+        resp,
+        target,
+        permit,
+    }))
 }

@@ -1,0 +1,234 @@
+//! The one envelope every source of a blob goes through: the shared tier,
+//! the cluster peer that owns the digest, and the upstream.
+//!
+//! A source is opened first ([`super::fetch`] picks which, in order); what
+//! it yields is an [`Opened`]: a body, what it announces of its length, and
+//! what the source needs to be resumed or blamed. [`fill`] then does the
+//! rest the same way for all of them: the room in the store, the transfer
+//! into the spool (which verifies and publishes), the index, the
+//! membership of the blob in its repository, and what happens to a source
+//! that sent bytes that are not the blob. A new source (the fan-out relay)
+//! is one more variant here, not a fourth copy of this envelope.
+//!
+//! [`slot`] is the other shared step: the registry's fetch slot that an
+//! upstream download (and today a peer fill) holds, given up when every
+//! client left while it was still queued.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use http::Response;
+use hyper::body::Incoming;
+
+use super::flight::{FetchFailure, Flight};
+use super::transfer::{self, Source};
+use super::Coordinator;
+use crate::lifecycle::{Reservation, Space};
+use crate::routing::{FetchPermit, Resolved, Target};
+use crate::upstream::headers::content_length;
+
+/// A source that answered, ready to be moved into the spool.
+pub(super) enum Opened<'a> {
+    /// The shared tier's copy: exactly `size` bytes, no resume.
+    Shared {
+        body: BoxStream<'static, std::io::Result<Bytes>>,
+        size: u64,
+    },
+    /// The owning peer's `200` with a length; if it breaks, the rest comes
+    /// from the upstream of `target`.
+    Peer {
+        name: &'a str,
+        resp: Response<Incoming>,
+        target: &'a Target,
+        permit: FetchPermit,
+    },
+    /// The upstream's `200`, resumed there with a `Range` if it breaks.
+    Upstream {
+        resp: Response<Incoming>,
+        target: &'a Target,
+        permit: FetchPermit,
+    },
+}
+
+impl Opened<'_> {
+    /// The length the source announced, if it did.
+    fn size(&self) -> Option<u64> {
+        match self {
+            Opened::Shared { size, .. } => Some(*size),
+            Opened::Peer { resp, .. } | Opened::Upstream { resp, .. } => {
+                content_length(resp.headers())
+            }
+        }
+    }
+
+    /// The source, for the log line of a finished fetch.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Opened::Shared { .. } => "shared".into(),
+            Opened::Peer { name, .. } => format!("peer {name}"),
+            Opened::Upstream { target, .. } => target.registry.name.clone(),
+        }
+    }
+}
+
+/// Moves an opened source into the store: room, transfer, verification and
+/// publish (the spool's), index, membership, and blame for bad bytes.
+/// Returns the verified size.
+pub(super) async fn fill(
+    coordinator: &Arc<Coordinator>,
+    flight: &Arc<Flight>,
+    repo: &Resolved,
+    opened: Opened<'_>,
+) -> Result<u64, FetchFailure> {
+    let digest = &flight.digest;
+    let _room = room_for(&coordinator.lifecycle.space, opened.size().unwrap_or(0))?;
+    let metrics = &coordinator.metrics;
+    // What the fill links the blob to, and who is to blame for bad bytes.
+    let (result, linked, blame) = match opened {
+        Opened::Shared { body, size } => {
+            let shared = coordinator
+                .shared
+                .as_ref()
+                .expect("a shared source has a tier");
+            let timeouts = bucket_timeouts(repo);
+            let source = format!("{} ({digest})", shared.describe());
+            let counted = &metrics.shared_read_bytes;
+            let copied =
+                transfer::copy(coordinator, flight, body, size, &source, &timeouts, counted).await;
+            (copied, None, Blame::Bucket)
+        }
+        Opened::Peer {
+            name,
+            resp,
+            target,
+            permit,
+        } => {
+            let source = Source::Peer {
+                name,
+                counted: &metrics.cluster.peer_bytes,
+            };
+            let result =
+                transfer::upstream(coordinator, flight, target, resp, &permit, source).await;
+            (result, Some(target), Blame::Peer(name))
+        }
+        Opened::Upstream {
+            resp,
+            target,
+            permit,
+        } => {
+            let source = Source::Upstream;
+            let result =
+                transfer::upstream(coordinator, flight, target, resp, &permit, source).await;
+            (result, Some(target), Blame::Upstream)
+        }
+    };
+    match (&result, blame) {
+        (Ok(size), _) => {
+            coordinator
+                .lifecycle
+                .stored(digest, *size, &coordinator.clock);
+            if let Some(target) = linked {
+                coordinator.link(target, vec![digest.clone()]).await;
+            }
+        }
+        (Err(e), Blame::Peer(name)) if is_bad_bytes(e) => {
+            // A peer that lies is left out like a dead one (until its
+            // probe says ready again); the clients' retries go upstream
+            // meanwhile.
+            tracing::warn!(%digest, peer = name, error = %e, "peer sent bytes that are not the blob");
+            if let Some(cluster) = coordinator.cluster.as_ref() {
+                cluster.mark_down(name);
+            }
+        }
+        (Err(e), Blame::Bucket) if is_bad_bytes(e) => {
+            // Damaged in the bucket: delete it, so the next request
+            // fetches from upstream (and uploads a good copy).
+            if let Some(shared) = coordinator.shared.clone() {
+                let d = digest.clone();
+                tracing::warn!(digest = %d, store = shared.describe(), "shared blob is damaged; deleting it");
+                tokio::spawn(async move { shared.delete_blob(&d).await });
+            }
+        }
+        // The upstream's bad bytes fail the fetch; the next request asks
+        // it again.
+        _ => {}
+    }
+    result
+}
+
+/// Who sent the bytes of a fill, and so what is done when they are not
+/// the blob.
+#[derive(Clone, Copy)]
+enum Blame<'a> {
+    Bucket,
+    Peer(&'a str),
+    Upstream,
+}
+
+/// True when a source's bytes were not the blob (wrong digest, wrong or
+/// endless length): the source is at fault, not the network.
+fn is_bad_bytes(e: &FetchFailure) -> bool {
+    matches!(
+        e,
+        FetchFailure::DigestMismatch { .. }
+            | FetchFailure::LengthMismatch { .. }
+            | FetchFailure::Endless { .. }
+    )
+}
+
+/// One of `target`'s registry fetch slots for `flight`, or `None` when
+/// every client left while the download was still queued (it is then
+/// dropped before it costs a request).
+pub(super) async fn slot(
+    coordinator: &Coordinator,
+    flight: &Flight,
+    target: &Target,
+) -> Option<FetchPermit> {
+    let queued = &coordinator.metrics.fetches_queued;
+    tokio::select! {
+        p = target.registry.fetch_slots.acquire(flight.requester, queued) => Some(p),
+        () = flight.deserted() => None,
+    }
+}
+
+/// Whether the store can take a fill at all: not after a failed write
+/// (read-only, permissions, I/O error), not below `minFreeSpace`. Either
+/// way the blob is served uncached.
+pub(super) fn writable(space: &Space) -> Result<(), FetchFailure> {
+    if let Some(e) = space.write_failure() {
+        return Err(FetchFailure::Unwritable(format!(
+            "a write failed recently: {e}"
+        )));
+    }
+    if space.reserve(0).is_none() {
+        return Err(FetchFailure::NoRoom(format!(
+            "the store's filesystem is below minFreeSpace ({} bytes available)",
+            space.probe().available()
+        )));
+    }
+    Ok(())
+}
+
+/// Reserves room for `size` bytes in the store, or says why there is none.
+fn room_for(space: &Space, size: u64) -> Result<Reservation, FetchFailure> {
+    space.reserve(size).ok_or_else(|| {
+        FetchFailure::NoRoom(format!(
+            "{size} bytes do not fit ({} bytes available)",
+            space.probe().available()
+        ))
+    })
+}
+
+/// What a read from the shared tier is held to: the same idle timeout as
+/// the repository's first registry, and no rate floor (a slow bucket has no
+/// upstream to resume from).
+pub(super) fn bucket_timeouts(repo: &Resolved) -> crate::config::Timeouts {
+    let mut timeouts = repo
+        .targets
+        .first()
+        .map(|t| t.registry.upstream.timeouts())
+        .unwrap_or_default();
+    timeouts.min_read_rate = 0;
+    timeouts
+}
