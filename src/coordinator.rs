@@ -13,6 +13,7 @@
 //! fetch failed, so a later request sees either the stored blob or nothing.
 
 mod absent;
+mod answer;
 mod fetch;
 mod fill;
 mod flight;
@@ -43,9 +44,9 @@ use crate::metrics::{CacheStatus, Metrics};
 use crate::oci::{Digest, ErrorCode, Hasher, RegistryError};
 use crate::routing::{Requester, Resolved, Router, Target};
 use crate::store::{self, FsStore};
-use crate::upstream::headers::{content_length, content_range};
-use crate::upstream::UpstreamError;
+use crate::upstream::headers::content_length;
 
+pub use answer::{BlobAnswer, BlobBody, RangePolicy};
 pub use flight::{FetchFailure, Flight, Progress};
 pub use handle::BlobHandle;
 pub use reader::{BlobStream, READ_CHUNK};
@@ -466,59 +467,6 @@ impl Coordinator {
         }
         self.confirm_blob(repo, digest).await.ok()?;
         Some(size)
-    }
-
-    /// Bytes `start..=last` of a blob from the shared tier, streamed
-    /// through and bounded (see [`passthrough::shared_range`]). An error
-    /// when there is no tier or the bucket would not start the GET.
-    pub async fn shared_range(
-        &self,
-        repo: &Resolved,
-        digest: &Digest,
-        start: u64,
-        last: u64,
-    ) -> std::io::Result<BlobStream> {
-        let shared = self
-            .shared
-            .as_ref()
-            .ok_or_else(|| std::io::Error::other("no shared tier"))?;
-        let idle = fill::bucket_timeouts(repo).idle_read;
-        let body = passthrough::shared_range(shared, digest, start, last, idle).await?;
-        Ok(BlobStream::from_stream(body))
-    }
-
-    /// A byte range straight from upstream, not cached: for a range far
-    /// beyond what the fetch in flight has written (lazy-pulling
-    /// snapshotters read a blob's footer first).
-    pub async fn fetch_range(
-        &self,
-        repo: &Resolved,
-        digest: &Digest,
-        start: u64,
-        last: u64,
-    ) -> Result<http::Response<crate::upstream::PassedBody>, RegistryError> {
-        let range = format!("bytes={start}-{last}");
-        let range = range.as_str();
-        repo.first(|t| {
-            let mut headers = http::HeaderMap::new();
-            headers.insert(http::header::RANGE, range.parse().expect("valid header"));
-            async move {
-                let resp = t
-                    .blob(Method::GET, digest, headers, StatusCode::PARTIAL_CONTENT)
-                    .await?;
-                if content_range(resp.headers()).is_some_and(|(a, b)| a == start && b == last) {
-                    Ok(resp)
-                } else {
-                    Err(UpstreamError::Protocol {
-                        url: t.registry.upstream.url(&t.blob_path(digest)).to_string(),
-                        cause: format!("answered {range} with another range"),
-                    })
-                }
-            }
-        })
-        .await
-        .map(|(resp, t)| resp.map(|body| t.passed_body(digest, body, last - start + 1)))
-        .map_err(|e| e.to_registry_error(ErrorCode::BlobUnknown))
     }
 
     /// Opens a stored blob; a small one is read whole and checked against

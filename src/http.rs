@@ -36,8 +36,8 @@ use crate::metrics::{status_class, CacheLabels, CacheStatus, DurationLabels, Req
 use crate::oci::{ErrorCode, RegistryError};
 use crate::routing::Requester;
 
+pub use crate::oci::{resolve_range, RangeRequest};
 pub use forwarded::client_addr;
-pub use range::{resolve as resolve_range, RangeRequest};
 pub use response::Body;
 pub use router::{route, Route};
 
@@ -258,7 +258,7 @@ async fn dispatch<B>(
             let (r, cache) = if head {
                 blobs::head(&app.coordinator, repo(), &digest).await?
             } else {
-                let ranges = blobs::RangePolicy {
+                let ranges = crate::coordinator::RangePolicy {
                     far: app.config.far_range_distance,
                     verified: app.config.verified_ranges,
                 };
