@@ -81,12 +81,23 @@ impl Coordinator {
         policy: RangePolicy,
         requester: Requester,
     ) -> Result<(BlobAnswer, CacheStatus), RegistryError> {
-        if let Some(url) = self.redirect(repo, digest).await {
-            return Ok((BlobAnswer::Redirect { url }, CacheStatus::Redirect));
-        }
-        if let Some(range) = range {
-            if let Some(part) = self.shared_part(repo, digest, range).await {
-                return Ok((part, CacheStatus::Shared));
+        // The shared tier is asked once per request, and only when its
+        // answer decides something: a redirect, or a range this replica
+        // cannot serve from its own copy.
+        let redirects = self.shared.as_ref().is_some_and(|s| s.redirects());
+        let wants_part = range.is_some() && self.shared.is_some() && !self.is_local(digest).await;
+        if redirects || wants_part {
+            if let Some(size) = self.shared_blob(repo, digest).await {
+                if redirects {
+                    if let Some(url) = self.presign(digest).await {
+                        return Ok((BlobAnswer::Redirect { url }, CacheStatus::Redirect));
+                    }
+                }
+                if let (true, Some(range)) = (wants_part, range) {
+                    if let Some(part) = self.shared_part(repo, digest, range, size).await {
+                        return Ok((part, CacheStatus::Shared));
+                    }
+                }
             }
         }
         // Content this request did not fetch itself is opened only if it
@@ -151,11 +162,10 @@ impl Coordinator {
         Ok((answer, cache))
     }
 
-    /// With `redirect: true`, a presigned URL of the blob in the shared
-    /// tier, when it holds the blob and it may be served under `repo`.
-    async fn redirect(&self, repo: &Resolved, digest: &Digest) -> Option<String> {
-        let shared = self.shared.as_ref().filter(|s| s.redirects())?;
-        self.shared_blob(repo, digest).await?;
+    /// A presigned URL of the blob in the shared tier (which holds it, and
+    /// it may be served under the request's repository).
+    async fn presign(&self, digest: &Digest) -> Option<String> {
+        let shared = self.shared.as_ref()?;
         match shared.presign(digest, PRESIGNED_FOR).await {
             Ok(url) => url,
             Err(e) => {
@@ -166,20 +176,17 @@ impl Coordinator {
     }
 
     /// A range of a blob this replica does not have but the shared tier
-    /// does: one ranged GET on the bucket, streamed through and bounded
-    /// (see [`passthrough::shared_range`]). `None` sends the request the
-    /// normal way.
+    /// does (`size` bytes there): one ranged GET on the bucket, streamed
+    /// through and bounded (see [`passthrough::shared_range`]). `None`
+    /// sends the request the normal way.
     async fn shared_part(
         &self,
         repo: &Resolved,
         digest: &Digest,
         range: ByteRange,
+        size: u64,
     ) -> Option<BlobAnswer> {
         let shared = self.shared.as_ref()?;
-        if self.is_local(digest).await {
-            return None;
-        }
-        let size = self.shared_blob(repo, digest).await?;
         let RangeRequest::Partial { start, last } = range.resolve(size) else {
             return None;
         };

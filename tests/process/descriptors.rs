@@ -13,9 +13,12 @@ use std::time::Duration;
 use rustix::process::{getrlimit, setrlimit, Resource};
 use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn out_of_descriptors_new_connections_are_closed_not_left_hanging() {
-    let _alone = crate::ALONE.lock().await;
+#[test]
+fn out_of_descriptors_new_connections_are_closed_not_left_hanging() {
+    crate::alone(scenario());
+}
+
+async fn scenario() {
     let up = FakeRegistry::start().await;
     let ferry = Ferry::start(&up.url()).await;
     let addr = ferry.addr;

@@ -25,9 +25,12 @@ async fn until(mut ok: impl FnMut() -> bool) {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_connections_and_clients_that_never_read_cost_bounded_memory() {
-    let _alone = crate::ALONE.lock().await;
+#[test]
+fn idle_connections_and_clients_that_never_read_cost_bounded_memory() {
+    crate::alone(scenario());
+}
+
+async fn scenario() {
     ferry::listener::raise_open_file_limit().unwrap();
     let up = FakeRegistry::start().await;
     let size = 32 * MIB;

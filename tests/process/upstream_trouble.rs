@@ -28,9 +28,12 @@ impl Write for Lines {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_upstream_is_logged_counted_and_down() {
-    let _alone = crate::ALONE.lock().await;
+#[test]
+fn an_unreachable_upstream_is_logged_counted_and_down() {
+    crate::alone(scenario());
+}
+
+async fn scenario() {
     let lines = Lines::default();
     let writer = lines.clone();
     tracing_subscriber::fmt()
