@@ -17,10 +17,11 @@ use std::sync::Arc;
 
 use http::{Method, StatusCode};
 
+use super::flight::{Flight, Progress};
 use super::handle::BlobHandle;
 use super::passthrough;
 use super::reader::BlobStream;
-use super::{Coordinator, Flight, Progress};
+use super::state::Coordinator;
 use crate::metrics::CacheStatus;
 use crate::oci::{ByteRange, Digest, ErrorCode, RangeRequest, RegistryError};
 use crate::routing::{Requester, Resolved};

@@ -21,7 +21,7 @@ use http::{HeaderMap, Method, StatusCode};
 
 use super::fill::{self, Opened};
 use super::flight::{FetchFailure, Flight, Progress};
-use super::Coordinator;
+use super::state::Coordinator;
 use crate::routing::Resolved;
 use crate::store;
 use crate::upstream::headers::content_length;

@@ -22,8 +22,8 @@ use http::Response;
 use hyper::body::Incoming;
 
 use super::flight::{FetchFailure, Flight};
+use super::state::Coordinator;
 use super::transfer::{self, Source};
-use super::Coordinator;
 use crate::lifecycle::{Reservation, Space};
 use crate::routing::{FetchPermit, Resolved, Target};
 use crate::upstream::headers::content_length;

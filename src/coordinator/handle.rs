@@ -72,7 +72,7 @@ impl BlobHandle {
             BlobHandle::Uncached { .. } => false,
             BlobHandle::InFlight { flight, .. } => matches!(
                 flight.progress(),
-                super::Progress::Verified { .. } | super::Progress::Done { .. }
+                super::flight::Progress::Verified { .. } | super::flight::Progress::Done { .. }
             ),
         }
     }

@@ -19,7 +19,7 @@ use http::StatusCode;
 
 use super::fill::{self, Opened};
 use super::flight::{FetchFailure, Flight};
-use super::Coordinator;
+use super::state::Coordinator;
 use crate::routing::Resolved;
 use crate::upstream::headers::content_length;
 

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::flight::{FetchFailure, Flight, Progress};
-use super::Coordinator;
+use super::state::Coordinator;
 use crate::oci::Digest;
 use crate::store::{self, FsStore, TempBlob};
 

@@ -24,7 +24,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::flight::{FetchFailure, Flight};
 use super::spool::Spool;
-use super::Coordinator;
+use super::state::Coordinator;
 use crate::config::Timeouts;
 use crate::oci::Digest;
 use crate::routing::{FetchPermit, FetchSlots, Target};

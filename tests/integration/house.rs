@@ -199,3 +199,92 @@ fn only_the_store_removes_its_files() {
     assert!(code(&store).contains("remove_file"));
     assert!(files.len() > 50, "{} files outside src/store/", files.len());
 }
+
+/// Folders whose children never use their parent's own items: every arrow
+/// among them points down, from the parent's file (declarations and
+/// re-exports) to its children and from child to child, never back up.
+const NO_CLIMBS: &[&str] = &[
+    "coordinator",
+    "store",
+    "lifecycle",
+    "oci",
+    "cluster",
+    "routing",
+    "listener",
+];
+
+/// Where `code`, the code of a child of `parent`, names an item of its
+/// parent's own file: `super::Item`, `super::function(`, `super::{…Item…}`,
+/// or `crate::parent::Item` (a parent's re-export is its own item too).
+fn climbs(parent: &str, code: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let prefixes = ["super::".to_string(), format!("crate::{parent}::")];
+    for prefix in &prefixes {
+        for (i, _) in code.match_indices(prefix.as_str()) {
+            let rest = &code[i + prefix.len()..];
+            if code[..i].ends_with("::") || rest.starts_with("super::") {
+                continue;
+            }
+            let names: Vec<&str> = match rest.strip_prefix('{') {
+                Some(group) => group
+                    .split('}')
+                    .next()
+                    .unwrap_or("")
+                    .split(',')
+                    .map(str::trim)
+                    .collect(),
+                None => vec![rest],
+            };
+            for name in names {
+                let word: String = name
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let after = &name[word.len()..];
+                let item = word.starts_with(|c: char| c.is_ascii_uppercase())
+                    || (!word.is_empty() && after.starts_with('('));
+                if item {
+                    out.push(format!("{prefix}{word}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_arrow_runs_back_up_to_a_parent() {
+    // The check sees a climb when there is one.
+    assert_eq!(
+        climbs("coordinator", "use super::Coordinator;"),
+        ["super::Coordinator"]
+    );
+    assert_eq!(
+        climbs("coordinator", "use super::{fill, Coordinator};").len(),
+        1
+    );
+    assert_eq!(
+        climbs("store", "let s = crate::store::FsStore::open(p);").len(),
+        1
+    );
+    assert!(climbs("coordinator", "use super::fill::{self, Opened};").is_empty());
+
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut problems = Vec::new();
+    for parent in NO_CLIMBS {
+        for entry in std::fs::read_dir(src.join(parent)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let code = code(&std::fs::read_to_string(&path).unwrap());
+            for climb in climbs(parent, &code) {
+                problems.push(format!("{}: {climb}", path.display()));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "children using their parent's items: {problems:#?}"
+    );
+}
