@@ -32,7 +32,7 @@ use crate::coordinator::Coordinator;
 use crate::lifecycle::{Lifecycle, SpaceProbe};
 use crate::metrics::Metrics;
 use crate::oci::{Reference, RegistryError};
-use crate::routing::{Resolved, Router};
+use crate::routing::{Origin, Resolved, Router};
 use crate::store::{self, FsStore};
 
 pub use error::Error;
@@ -43,6 +43,9 @@ pub use manifests::{Manifest, Resolution};
 pub struct App {
     pub config: Arc<Config>,
     pub coordinator: Arc<Coordinator>,
+    /// The replicas that share fetches (`ferry.cluster`), if configured:
+    /// who owns a blob or a tag, and the signed requests to them.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Wall-clock time for tag freshness; tests use a manual one.
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
@@ -101,6 +104,12 @@ impl App {
             Some(s) => Some(Arc::new(crate::shared::Shared::open(s)?)),
             None => None,
         };
+        let cluster = config.cluster.as_ref().map(|c| {
+            // A peer may wait for its own upstream before it answers: as
+            // long as an upstream request may take.
+            let answer = config.timeouts.connect + config.timeouts.response_header;
+            Arc::new(crate::cluster::Cluster::new(c, config.listen, answer))
+        });
         let coordinator = Coordinator::new(
             Arc::new(store),
             router,
@@ -111,17 +120,13 @@ impl App {
                 absent_ttl: config.absent_ttl,
                 max_blob_size: config.max_blob_size,
                 shared,
-                cluster: config.cluster.as_ref().map(|c| {
-                    // A peer may wait for its own upstream before it
-                    // answers: as long as an upstream request may take.
-                    let answer = config.timeouts.connect + config.timeouts.response_header;
-                    Arc::new(crate::cluster::Cluster::new(c, config.listen, answer))
-                }),
+                cluster: cluster.clone(),
             },
         );
         Ok(Arc::new(App {
             config: Arc::new(config),
             coordinator,
+            cluster,
             clock,
             metrics,
             draining: AtomicBool::new(false),
@@ -133,14 +138,26 @@ impl App {
     }
 
     /// Routes a repository name, honouring containerd's `?ns=`.
-    pub fn resolve(&self, name: &str, ns: Option<&str>) -> Result<Resolved, RegistryError> {
-        self.coordinator.router().resolve(name, ns)
+    pub fn resolve(
+        &self,
+        name: &str,
+        ns: Option<&str>,
+        origin: Origin,
+    ) -> Result<Resolved, RegistryError> {
+        self.coordinator.router().resolve(name, ns, origin)
     }
 
     /// The repository a cluster peer routed (see
     /// [`Router::resolve_routed`]).
-    pub fn resolve_routed(&self, name: &str, routed: &str) -> Result<Resolved, RegistryError> {
-        self.coordinator.router().resolve_routed(name, routed)
+    pub fn resolve_routed(
+        &self,
+        name: &str,
+        routed: &str,
+        client: std::net::IpAddr,
+    ) -> Result<Resolved, RegistryError> {
+        self.coordinator
+            .router()
+            .resolve_routed(name, routed, client)
     }
 
     /// A manifest as a client would get it (by digest, or by tag with the

@@ -12,6 +12,7 @@
 //! checks peer requests, sends them, and keeps the membership fresh
 //! ([`Cluster::run`]: DNS and readiness probes).
 
+mod key;
 pub mod membership;
 pub mod rendezvous;
 pub mod signature;
@@ -29,7 +30,10 @@ use hyper_util::rt::TokioExecutor;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::{ClusterConfig, PeerSource};
+use crate::oci::{Digest, RepoName, Tag};
+use crate::routing::{Origin, Target};
 
+pub use key::OwnerKey;
 pub use membership::PeerState;
 pub use signature::Signed;
 
@@ -42,7 +46,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Cluster {
     config: ClusterConfig,
     listen: SocketAddr,
-    members: membership::Membership,
+    members: membership::Members,
     client: Client<HttpConnector, Empty<Bytes>>,
     /// How long a peer may take to answer a blob request's headers (it may
     /// be waiting for its own upstream).
@@ -69,7 +73,7 @@ impl Cluster {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
-        let members = membership::Membership::new(config.self_addr.clone());
+        let members = membership::Members::new(config.self_addr.clone());
         if let PeerSource::Static(list) = &config.peers {
             members.set_peers(list);
         }
@@ -94,7 +98,8 @@ impl Cluster {
 
     /// The peer that owns `key`, or `None` when this replica owns it (or
     /// no other peer is live).
-    pub fn owner(&self, key: &[u8]) -> Option<String> {
+    pub fn owner(&self, key: OwnerKey<'_>) -> Option<String> {
+        let key = key.bytes();
         let me = self.me();
         // Until this replica knows its name, its listen address is not
         // another peer either.
@@ -105,7 +110,7 @@ impl Cluster {
             return None;
         }
         let all = live.iter().map(String::as_str).chain(me.as_deref());
-        let owner = rendezvous::rank(all, key)[0];
+        let owner = rendezvous::rank(all, &key)[0];
         (Some(owner) != me.as_deref()).then(|| owner.to_string())
     }
 
@@ -127,11 +132,48 @@ impl Cluster {
         self.config.secret.expose().as_bytes()
     }
 
+    /// Asks `peer` for the blob `digest` of `local` (routed to `target`)
+    /// on behalf of `client`; returns its answer's head.
+    pub async fn get_blob(
+        &self,
+        peer: &str,
+        local: &RepoName,
+        target: &Target,
+        digest: &Digest,
+        client: IpAddr,
+    ) -> Result<Response<Incoming>, PeerError> {
+        let path = format!("/v2/{local}/blobs/{digest}");
+        let route = target.peer_route();
+        self.get(peer, &path, &route, client, HeaderMap::new())
+            .await
+    }
+
+    /// Asks `peer` for `tag` of `local` (routed to `target`) as `accept`
+    /// lists, on ferry's own behalf (a revalidation is shared by every
+    /// client waiting for it); returns its answer's head.
+    pub async fn get_tag(
+        &self,
+        peer: &str,
+        local: &RepoName,
+        target: &Target,
+        tag: &Tag,
+        accept: &str,
+    ) -> Result<Response<Incoming>, PeerError> {
+        let path = format!("/v2/{local}/manifests/{tag}");
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = http::HeaderValue::from_str(accept) {
+            headers.insert(http::header::ACCEPT, v);
+        }
+        let client = Origin::background().addr();
+        self.get(peer, &path, &target.peer_route(), client, headers)
+            .await
+    }
+
     /// Sends a signed `GET path` for `repo` (see [`signature::REPO`]) on
     /// behalf of `client` to `peer`, with `headers` besides, and returns
     /// its answer's head. A peer that refuses the connection is left out
     /// of the ring.
-    pub async fn get(
+    async fn get(
         &self,
         peer: &str,
         path: &str,

@@ -34,7 +34,7 @@ use crate::access::Identity;
 use crate::app::App;
 use crate::metrics::{status_class, CacheLabels, CacheStatus, DurationLabels, RequestLabels};
 use crate::oci::{ErrorCode, RegistryError};
-use crate::routing::Requester;
+use crate::routing::Origin;
 
 pub use crate::oci::{resolve_range, RangeRequest};
 pub use forwarded::client_addr;
@@ -79,7 +79,7 @@ pub async fn handle<B>(
     let mut answer = Answer::default();
     // A cluster peer's signed request skips client identification; it is
     // let past access control for blobs and manifests only (see `dispatch`).
-    let peer = app.coordinator.cluster().and_then(|c| {
+    let peer = app.cluster.as_ref().and_then(|c| {
         let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
         c.verify(req.method(), path_and_query, req.headers())
     });
@@ -95,16 +95,16 @@ pub async fn handle<B>(
                 (Identity::User(u), None) => Some(u.clone()),
                 (Identity::Anonymous, None) => None,
             };
-            let requester = match &peer {
+            let origin = match &peer {
                 Some(p) => {
                     app.metrics.cluster.requests_in.inc();
                     // Fair between the clients the peers serve.
-                    Requester::peer(p.client.parse().unwrap_or(client))
+                    let client = p.client.parse().unwrap_or(client);
+                    (Origin::Peer { client }, Some(p.repo.as_str()))
                 }
-                None => Requester::client(client),
+                None => (Origin::Client(client), None),
             };
-            let peer_routed = peer.as_ref().map(|p| p.repo.as_str());
-            match dispatch(app, &req, head, &who, requester, peer_routed, &mut answer).await {
+            match dispatch(app, &req, head, &who, origin, &mut answer).await {
                 Ok(r) => r,
                 Err(e) => refusal(app, &e, head),
             }
@@ -201,8 +201,7 @@ async fn dispatch<B>(
     req: &Request<B>,
     head: bool,
     who: &Identity,
-    requester: Requester,
-    peer_routed: Option<&str>,
+    (origin, peer_routed): (Origin, Option<&str>),
     answer: &mut Answer,
 ) -> Result<Response<Body>, RegistryError> {
     let route = router::route(req.method(), req.uri().path())?;
@@ -224,11 +223,11 @@ async fn dispatch<B>(
                 // sending replica authorized its client and routed the
                 // name already.
                 (Some(routed), Route::Blob { .. } | Route::Manifest { .. }) => {
-                    app.resolve_routed(name, routed)?
+                    app.resolve_routed(name, routed, origin.addr())?
                 }
                 _ => {
                     let ns = query.and_then(|q| query_param(q, "ns"));
-                    let mut repo = app.resolve(name, ns.as_deref())?;
+                    let mut repo = app.resolve(name, ns.as_deref(), origin)?;
                     app.authorize(who, &mut repo)?;
                     repo
                 }
@@ -262,15 +261,7 @@ async fn dispatch<B>(
                     far: app.config.far_range_distance,
                     verified: app.config.verified_ranges,
                 };
-                blobs::get(
-                    &app.coordinator,
-                    repo(),
-                    &digest,
-                    req.headers(),
-                    ranges,
-                    requester,
-                )
-                .await?
+                blobs::get(&app.coordinator, repo(), &digest, req.headers(), ranges).await?
             };
             (r, Some(cache))
         }

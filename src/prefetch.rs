@@ -105,7 +105,7 @@ pub async fn prefetch_with(
     let repo = app
         .coordinator
         .router()
-        .resolve(&name, None)
+        .resolve(&name, None, crate::routing::Origin::background())
         .map_err(PrefetchError::Route)?;
     let mut report = Report::default();
     let mut pending = vec![reference];
@@ -151,14 +151,14 @@ async fn fetch_blob(
     digest: &Digest,
     on_event: &(dyn Fn(Event) + Sync),
 ) -> Result<Option<u64>, PrefetchError> {
-    let handle = app
-        .coordinator
-        .open_blob(repo, digest, crate::routing::Requester::background())
-        .await
-        .map_err(|e| PrefetchError::Blob {
-            digest: digest.clone(),
-            cause: e.message,
-        })?;
+    let handle =
+        app.coordinator
+            .open_blob(repo, digest)
+            .await
+            .map_err(|e| PrefetchError::Blob {
+                digest: digest.clone(),
+                cause: e.message,
+            })?;
     if let BlobHandle::Stored { .. } | BlobHandle::Memory { .. } = handle {
         on_event(Event::Done {
             digest: digest.clone(),

@@ -17,6 +17,8 @@
 //!   Docker Hub gets `library/` in front of a one-segment name.
 
 mod glob;
+mod origin;
+mod peer_route;
 mod slots;
 
 use std::sync::Arc;
@@ -30,7 +32,9 @@ use crate::upstream::{worse, Bounded, Bounds, CountedBody, PassedBody, Upstream,
 
 use http::{HeaderMap, Method, Response};
 use hyper::body::Incoming;
-pub use slots::{FetchPermit, FetchSlots, Requester};
+pub use origin::Origin;
+pub use peer_route::PeerRoute;
+pub use slots::{FetchPermit, FetchSlots};
 
 pub use glob::{literal_base, prefix_matches};
 
@@ -149,9 +153,9 @@ pub struct Target {
 pub struct Resolved {
     pub local: RepoName,
     pub targets: Vec<Target>,
-    /// Routed by a cluster peer (a signed peer request): what it needs is
-    /// fetched or revalidated here, never passed on to another peer.
-    pub peer_routed: bool,
+    /// On whose behalf: a client, ferry itself, or a cluster peer (whose
+    /// request is fetched or revalidated here, never passed on).
+    pub origin: Origin,
 }
 
 impl Resolved {
@@ -168,6 +172,11 @@ impl Resolved {
 }
 
 impl Target {
+    /// How a peer request names this target (see [`PeerRoute`]).
+    pub fn peer_route(&self) -> String {
+        PeerRoute::encode(self.registry.index, &self.upstream_name)
+    }
+
     /// `/v2/<upstream name>/blobs/<digest>` at this registry.
     pub fn blob_path(&self, digest: &Digest) -> String {
         format!("/v2/{}/blobs/{digest}", self.upstream_name)
@@ -287,7 +296,12 @@ impl Router {
     }
 
     /// Routes the raw name of a request (still unvalidated) with its `ns`.
-    pub fn resolve(&self, raw_name: &str, ns: Option<&str>) -> Result<Resolved, RegistryError> {
+    pub fn resolve(
+        &self,
+        raw_name: &str,
+        ns: Option<&str>,
+        origin: Origin,
+    ) -> Result<Resolved, RegistryError> {
         let (selected, name) = if let Some(ns) = ns {
             let r = self.registries.iter().find(|r| r.serves_host(ns)).ok_or_else(|| {
                 RegistryError::not_found(
@@ -343,38 +357,38 @@ impl Router {
         Ok(Resolved {
             local,
             targets,
-            peer_routed: false,
+            origin,
         })
     }
 
-    /// The repository a cluster peer routed for `raw_name`, from its
-    /// `<registry index> <upstream name>` (peers share one config, so the
-    /// index names the same registry everywhere).
-    pub fn resolve_routed(&self, raw_name: &str, routed: &str) -> Result<Resolved, RegistryError> {
+    /// The repository a cluster peer routed for `raw_name` and its client
+    /// `client` (see [`PeerRoute`]).
+    pub fn resolve_routed(
+        &self,
+        raw_name: &str,
+        routed: &str,
+        client: std::net::IpAddr,
+    ) -> Result<Resolved, RegistryError> {
         let bad = |m: &str| {
             RegistryError::bad_request(
                 ErrorCode::NameInvalid,
                 format!("peer repository {routed:?}: {m}"),
             )
         };
-        let (index, upstream) = routed
-            .split_once(' ')
-            .ok_or_else(|| bad("expected an index and a name"))?;
-        let registry = index
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| self.registries.get(i))
+        let route = PeerRoute::parse(routed).map_err(|m| bad(&m))?;
+        let registry = self
+            .registries
+            .get(route.registry)
             .ok_or_else(|| bad("no such registry here (do the peers share one config?)"))?;
         let local = RepoName::parse(raw_name)
             .map_err(|m| RegistryError::bad_request(ErrorCode::NameInvalid, m.to_string()))?;
-        let upstream_name = RepoName::parse(upstream).map_err(|m| bad(&m.to_string()))?;
         Ok(Resolved {
             local,
             targets: vec![Target {
                 registry: registry.clone(),
-                upstream_name,
+                upstream_name: route.upstream_name,
             }],
-            peer_routed: true,
+            origin: Origin::Peer { client },
         })
     }
 
@@ -455,7 +469,7 @@ mod tests {
     }
 
     fn order(r: &Router, name: &str, ns: Option<&str>) -> Vec<(usize, String)> {
-        r.resolve(name, ns)
+        r.resolve(name, ns, Origin::background())
             .unwrap()
             .targets
             .iter()
@@ -523,7 +537,9 @@ mod tests {
             order(&r, "x", Some("127.0.0.1:5001")),
             vec![(2, "x".into())]
         );
-        let e = r.resolve("alpine", Some("evil.example")).unwrap_err();
+        let e = r
+            .resolve("alpine", Some("evil.example"), Origin::background())
+            .unwrap_err();
         assert_eq!(
             (e.status, e.code),
             (StatusCode::NOT_FOUND, ErrorCode::NameUnknown)
@@ -551,11 +567,15 @@ mod tests {
             ]
         );
         assert_eq!(
-            r.resolve("Bad/Name", None).unwrap_err().code,
+            r.resolve("Bad/Name", None, Origin::background())
+                .unwrap_err()
+                .code,
             ErrorCode::NameInvalid
         );
         assert_eq!(
-            r.resolve("docker.io/../x", None).unwrap_err().code,
+            r.resolve("docker.io/../x", None, Origin::background())
+                .unwrap_err()
+                .code,
             ErrorCode::NameInvalid
         );
     }
@@ -579,10 +599,12 @@ mod tests {
             order(&r, "k8s/kube-proxy", None),
             vec![(1, "kube-proxy".into())]
         );
-        let e = r.resolve("k8s/etcd", None).unwrap_err();
+        let e = r
+            .resolve("k8s/etcd", None, Origin::background())
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::NameUnknown);
         assert!(
-            r.resolve("team/app", None).is_err(),
+            r.resolve("team/app", None, Origin::background()).is_err(),
             "only reachable under its destination"
         );
         // Chosen by ns=, the name is the registry's own; content only filters.
@@ -594,6 +616,8 @@ mod tests {
             order(&r, "kube-proxy", Some("b.example")),
             vec![(1, "kube-proxy".into())]
         );
-        assert!(r.resolve("etcd", Some("b.example")).is_err());
+        assert!(r
+            .resolve("etcd", Some("b.example"), Origin::background())
+            .is_err());
     }
 }

@@ -69,7 +69,7 @@ impl Server {
         let Server { app, listener } = self;
         let mut background = crate::sync::spawn(&app);
         background.extend(crate::app::tasks::spawn(&app));
-        if let Some(cluster) = app.coordinator.cluster().cloned() {
+        if let Some(cluster) = app.cluster.clone() {
             let live = app.metrics.cluster.peers_live.clone();
             background.push(tokio::spawn(async move { cluster.run(live).await }));
         }

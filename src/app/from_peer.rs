@@ -14,13 +14,12 @@
 //! it may be served up to twice `tagTTL` after the owner last asked the
 //! upstream.
 
-use std::net::{IpAddr, Ipv4Addr};
-
-use http::header::{ACCEPT, CONTENT_TYPE, WARNING};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::header::{CONTENT_TYPE, WARNING};
+use http::StatusCode;
 
 use super::manifests::{self, Failure, Manifest};
 use super::App;
+use crate::cluster::OwnerKey;
 use crate::oci::{Reference, Tag};
 use crate::routing::{Resolved, Target};
 use crate::upstream::UpstreamError;
@@ -35,22 +34,16 @@ pub async fn tag(
     tag: &Tag,
     accept: &str,
 ) -> Option<Result<Manifest, Failure>> {
-    if repo.peer_routed {
+    if repo.origin.is_peer() {
         return None;
     }
-    let cluster = app.coordinator.cluster()?;
-    let routed = format!("{} {}", target.registry.index, target.upstream_name);
-    let owner = cluster.owner(format!("tag {routed}:{tag}").as_bytes())?;
+    let cluster = app.cluster.as_ref()?;
+    let owner = cluster.owner(OwnerKey::Tag { target, tag })?;
     let metrics = &app.metrics.cluster;
     let path = format!("/v2/{}/manifests/{tag}", repo.local);
-    let mut headers = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(accept) {
-        headers.insert(ACCEPT, v);
-    }
     metrics.requests_out.inc();
-    // Revalidations are shared by every client that waits: ferry's own.
-    let client = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-    let resp = match cluster.get(&owner, &path, &routed, client, headers).await {
+    let asked = cluster.get_tag(&owner, &repo.local, target, tag, accept);
+    let resp = match asked.await {
         // A stale answer (the owner's upstream is down) is not taken as
         // fresh: this replica tries the upstream itself, and falls back on
         // its own stored tag with its own `maxStale`.

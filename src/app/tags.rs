@@ -61,7 +61,7 @@ pub async fn resolve(
         "{}|{}|{tag}|{accept}|{}",
         registries.join(","),
         repo.local,
-        repo.peer_routed
+        repo.origin.is_peer()
     );
     let shared = match app.revalidations.entry(key.clone()) {
         dashmap::mapref::entry::Entry::Occupied(e) => {

@@ -17,16 +17,16 @@ pub struct PeerState {
 }
 
 #[derive(Debug, Default)]
-pub struct Membership {
+pub struct Members {
     /// This replica's own `host:port`, once known.
     me: RwLock<Option<String>>,
     /// Every other peer.
     peers: RwLock<Vec<PeerState>>,
 }
 
-impl Membership {
-    pub fn new(me: Option<String>) -> Membership {
-        Membership {
+impl Members {
+    pub fn new(me: Option<String>) -> Members {
+        Members {
             me: RwLock::new(me),
             peers: RwLock::default(),
         }
@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn the_list_leaves_this_replica_out_and_keeps_known_states() {
-        let m = Membership::new(Some("a:1".into()));
+        let m = Members::new(Some("a:1".into()));
         m.set_peers(&["a:1".into(), "b:1".into(), "c:1".into(), "b:1".into()]);
         assert_eq!(m.live(), ["b:1", "c:1"]);
         assert!(m.mark("b:1", false));

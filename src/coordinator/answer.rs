@@ -24,7 +24,7 @@ use super::reader::BlobStream;
 use super::state::Coordinator;
 use crate::metrics::CacheStatus;
 use crate::oci::{ByteRange, Digest, ErrorCode, RangeRequest, RegistryError};
-use crate::routing::{Requester, Resolved};
+use crate::routing::Resolved;
 use crate::upstream::headers::content_range;
 use crate::upstream::{PassedBody, UpstreamError};
 
@@ -80,7 +80,6 @@ impl Coordinator {
         digest: &Digest,
         range: Option<ByteRange>,
         policy: RangePolicy,
-        requester: Requester,
     ) -> Result<(BlobAnswer, CacheStatus), RegistryError> {
         // The shared tier is asked once per request, and only when its
         // answer decides something: a redirect, or a range this replica
@@ -103,7 +102,7 @@ impl Coordinator {
         }
         // Content this request did not fetch itself is opened only if it
         // belongs to this repository (see `open_blob`).
-        let handle = self.open_blob(repo, digest, requester).await?;
+        let handle = self.open_blob(repo, digest).await?;
         let cache = handle.cache_status();
         let size = handle.size();
         // An uncached blob streams whole: ranges are ignored (a 200 is allowed).

@@ -187,7 +187,7 @@ pub(super) async fn slot(
 ) -> Option<FetchPermit> {
     let queued = &coordinator.metrics.fetches_queued;
     tokio::select! {
-        p = target.registry.fetch_slots.acquire(flight.requester, queued) => Some(p),
+        p = target.registry.fetch_slots.acquire(flight.origin, queued) => Some(p),
         () = flight.deserted() => None,
     }
 }

@@ -11,7 +11,7 @@ use http::StatusCode;
 use tokio::sync::watch;
 
 use crate::oci::{Digest, ErrorCode, RegistryError};
-use crate::routing::Requester;
+use crate::routing::Origin;
 use crate::upstream::UpstreamError;
 
 /// The state of one fetch, as readers see it.
@@ -138,8 +138,8 @@ pub struct Flight {
     ///
     /// [`Resolved::key`]: crate::routing::Resolved::key
     pub repo: String,
-    /// Who started it: its turn for a fetch slot is this requester's.
-    pub requester: Requester,
+    /// Who started it: its turn for a fetch slot is this origin's.
+    pub origin: Origin,
     /// The cluster peer that owns the digest, when the bytes are to come
     /// from it (decided when the fetch starts; never for a peer's request).
     pub via_peer: Option<String>,
@@ -187,11 +187,11 @@ struct Window {
 }
 
 impl Flight {
-    pub fn new(digest: Digest, repo: String, requester: Requester) -> Flight {
+    pub fn new(digest: Digest, repo: String, origin: Origin) -> Flight {
         Flight {
             digest,
             repo,
-            requester,
+            origin,
             via_peer: None,
             from_peer: Default::default(),
             progress: watch::Sender::new(Progress::Connecting),

@@ -14,9 +14,10 @@ use super::flight::{self, FetchFailure, Flight, Progress};
 use super::handle::BlobHandle;
 use super::state::Coordinator;
 use super::{fetch, passthrough};
+use crate::cluster::OwnerKey;
 use crate::metrics::CacheStatus;
 use crate::oci::{Digest, ErrorCode, Hasher, RegistryError};
-use crate::routing::{Requester, Resolved};
+use crate::routing::Resolved;
 use crate::store;
 use crate::upstream::headers::content_length;
 
@@ -47,9 +48,8 @@ impl Coordinator {
         self: &Arc<Self>,
         repo: &Resolved,
         digest: &Digest,
-        requester: Requester,
     ) -> Result<BlobHandle, RegistryError> {
-        let handle = self.open_any(repo, digest, requester).await?;
+        let handle = self.open_any(repo, digest).await?;
         let foreign = match &handle {
             BlobHandle::Stored { .. } | BlobHandle::Memory { .. } => true,
             BlobHandle::InFlight { flight, .. } => flight.repo != repo.key(),
@@ -65,7 +65,6 @@ impl Coordinator {
         self: &Arc<Self>,
         repo: &Resolved,
         digest: &Digest,
-        requester: Requester,
     ) -> Result<BlobHandle, RegistryError> {
         if let Some(bytes) = self.hot.get(digest) {
             self.lifecycle.index.touch(digest, self.clock.now_ms());
@@ -93,9 +92,9 @@ impl Coordinator {
         // this request joins it: then this request starts it again.
         let mut retried = false;
         let (flight, joined, client, size) = loop {
-            let (flight, joined, client) = self.join_or_start(repo, digest, requester);
+            let (flight, joined, client) = self.join_or_start(repo, digest);
             let filling = flight.filling_from_peer();
-            if let (true, true, Some(owner)) = (requester.is_peer(), filling, &flight.via_peer) {
+            if let (true, true, Some(owner)) = (repo.origin.is_peer(), filling, &flight.via_peer) {
                 // Two replicas that disagree on the owner (membership just
                 // changed) must not wait on each other: the asking one goes
                 // upstream instead.
@@ -158,7 +157,6 @@ impl Coordinator {
         self: &Arc<Self>,
         repo: &Resolved,
         digest: &Digest,
-        requester: Requester,
     ) -> (Arc<Flight>, bool, flight::ClientGuard) {
         match self.inflight.entry(digest.clone()) {
             Entry::Occupied(e) => {
@@ -167,11 +165,11 @@ impl Coordinator {
                 (flight, true, client)
             }
             Entry::Vacant(e) => {
-                let mut flight = Flight::new(digest.clone(), repo.key(), requester);
+                let mut flight = Flight::new(digest.clone(), repo.key(), repo.origin);
                 // A peer's request is fetched here, never passed on.
-                if !requester.is_peer() {
-                    let owner = self.cluster.as_ref();
-                    if let Some(peer) = owner.and_then(|c| c.owner(digest.to_string().as_bytes())) {
+                if !repo.origin.is_peer() {
+                    let cluster = self.cluster.as_ref();
+                    if let Some(peer) = cluster.and_then(|c| c.owner(OwnerKey::Blob(digest))) {
                         flight.fill_from(peer);
                     }
                 }

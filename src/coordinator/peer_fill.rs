@@ -42,14 +42,10 @@ pub(super) async fn open<'a>(
     let Some(permit) = fill::slot(coordinator, flight, target).await else {
         return Err(FetchFailure::Deserted);
     };
-    let path = format!("/v2/{}/blobs/{digest}", repo.local);
-    let routed = format!("{} {}", target.registry.index, target.upstream_name);
-    let client = flight.requester.addr();
+    let client = flight.origin.addr();
     metrics.cluster.requests_out.inc();
-    let resp = match cluster
-        .get(peer, &path, &routed, client, http::HeaderMap::new())
-        .await
-    {
+    let asked = cluster.get_blob(peer, &repo.local, target, digest, client);
+    let resp = match asked.await {
         Ok(r) if r.status() == StatusCode::OK => r,
         Ok(r) => {
             tracing::info!(%digest, peer, status = r.status().as_u16(), "peer did not serve the blob; fetching upstream");

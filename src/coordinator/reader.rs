@@ -312,7 +312,7 @@ mod tests {
             let flight = Arc::new(Flight::new(
                 Digest::sha256_of(b"x"),
                 "r".into(),
-                crate::routing::Requester::background(),
+                crate::routing::Origin::background(),
             ));
             let reader = std::fs::File::open(dir.path().join("spool")).unwrap();
             flight.set_file(Arc::new(reader));

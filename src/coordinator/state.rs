@@ -122,11 +122,6 @@ impl Coordinator {
         self.shared.as_ref()
     }
 
-    /// The cluster, when ferry runs as one of several replicas.
-    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.as_ref()
-    }
-
     pub fn router(&self) -> &Router {
         &self.router
     }

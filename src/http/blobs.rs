@@ -13,7 +13,7 @@ use super::response::{self, Body, DIGEST_HEADER};
 use crate::coordinator::{BlobAnswer, BlobBody, Coordinator, RangePolicy};
 use crate::metrics::CacheStatus;
 use crate::oci::{Digest, RegistryError};
-use crate::routing::{Requester, Resolved};
+use crate::routing::Resolved;
 
 /// The answer and where it came from, for the access log.
 pub type Answered = (Response<Body>, CacheStatus);
@@ -37,12 +37,9 @@ pub async fn get(
     digest: &Digest,
     headers: &HeaderMap,
     ranges: RangePolicy,
-    requester: Requester,
 ) -> Result<Answered, RegistryError> {
     let range = range::requested(headers, digest);
-    let (answer, cache) = coordinator
-        .get_blob(name, digest, range, ranges, requester)
-        .await?;
+    let (answer, cache) = coordinator.get_blob(name, digest, range, ranges).await?;
     let response = match answer {
         BlobAnswer::Redirect { url } => base(digest)
             .status(StatusCode::TEMPORARY_REDIRECT)

@@ -163,7 +163,7 @@ fn downloads(app: &Arc<App>, h: &mut String) {
 
 /// The cluster's peers and their state (nothing without `ferry.cluster`).
 fn peers(app: &Arc<App>, h: &mut String) {
-    let Some(c) = app.coordinator.cluster() else {
+    let Some(c) = app.cluster.as_ref() else {
         return;
     };
     let m = &app.metrics.cluster;

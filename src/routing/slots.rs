@@ -20,47 +20,13 @@
 //! waiter.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{oneshot, Notify};
 
-/// Who asked for a download: the client address of the request that
-/// started it, and whether it is a cluster peer's signed request (ferry's
-/// own background work shares one requester).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Requester {
-    addr: IpAddr,
-    peer: bool,
-}
-
-impl Requester {
-    pub fn client(addr: IpAddr) -> Requester {
-        Requester { addr, peer: false }
-    }
-
-    /// Another replica of the cluster, filling its own store: its download
-    /// is never passed on to a peer again.
-    pub fn peer(addr: IpAddr) -> Requester {
-        Requester { addr, peer: true }
-    }
-
-    /// ferry itself (prefetch, sync).
-    pub fn background() -> Requester {
-        Requester::client(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
-    }
-
-    pub fn is_peer(&self) -> bool {
-        self.peer
-    }
-
-    /// The client's address (unspecified for ferry's own work).
-    pub fn addr(&self) -> IpAddr {
-        self.addr
-    }
-}
+use super::origin::Origin;
 
 #[derive(Debug)]
 pub struct FetchSlots {
@@ -76,10 +42,10 @@ pub struct FetchSlots {
 struct State {
     free: usize,
     /// Slots held per requester (absent: none).
-    held: HashMap<Requester, usize>,
+    held: HashMap<Origin, usize>,
     /// When each requester holding or waiting for a slot was last given
     /// one (a grant number; absent: not since it last had none).
-    served: HashMap<Requester, u64>,
+    served: HashMap<Origin, u64>,
     queue: VecDeque<Waiter>,
     /// Numbers waiters and grants.
     next_id: u64,
@@ -89,7 +55,7 @@ struct State {
 
 impl State {
     /// Counts a slot given to `requester` now.
-    fn grant(&mut self, requester: Requester) {
+    fn grant(&mut self, requester: Origin) {
         *self.held.entry(requester).or_default() += 1;
         self.next_id += 1;
         self.served.insert(requester, self.next_id);
@@ -97,7 +63,7 @@ impl State {
 
     /// Drops what is known of `requester` once it neither holds nor waits
     /// (so the maps are bounded by slots plus waiters).
-    fn forget_if_idle(&mut self, requester: Requester) {
+    fn forget_if_idle(&mut self, requester: Origin) {
         if !self.held.contains_key(&requester)
             && !self.queue.iter().any(|w| w.requester == requester)
         {
@@ -109,7 +75,7 @@ impl State {
 #[derive(Debug)]
 struct Waiter {
     id: u64,
-    requester: Requester,
+    requester: Origin,
     granted: oneshot::Sender<()>,
 }
 
@@ -136,7 +102,7 @@ impl FetchSlots {
 
     /// A slot for `requester`, waited for when none is free (counted in
     /// `queued` meanwhile, and seen by [`FetchSlots::wanted`]).
-    pub async fn acquire(self: &Arc<Self>, requester: Requester, queued: &Gauge) -> FetchPermit {
+    pub async fn acquire(self: &Arc<Self>, requester: Origin, queued: &Gauge) -> FetchPermit {
         let rx = {
             let mut s = self.lock();
             if s.free > 0 && s.queue.is_empty() {
@@ -165,7 +131,7 @@ impl FetchSlots {
         rx.granted().await
     }
 
-    fn permit(self: &Arc<Self>, requester: Requester) -> FetchPermit {
+    fn permit(self: &Arc<Self>, requester: Origin) -> FetchPermit {
         FetchPermit {
             slots: self.clone(),
             requester,
@@ -175,7 +141,7 @@ impl FetchSlots {
     }
 
     /// Frees one slot of `requester`: to the fairest waiter, or to the pool.
-    fn release(&self, requester: Requester, yielded: bool) {
+    fn release(&self, requester: Origin, yielded: bool) {
         let mut s = self.lock();
         if let Some(n) = s.held.get_mut(&requester) {
             *n -= 1;
@@ -245,7 +211,7 @@ impl FetchSlots {
 struct Queued<'a> {
     slots: &'a Arc<FetchSlots>,
     id: u64,
-    requester: Requester,
+    requester: Origin,
     rx: oneshot::Receiver<()>,
     gauge: &'a Gauge,
 }
@@ -283,7 +249,7 @@ impl Drop for Queued<'_> {
 #[derive(Debug)]
 pub struct FetchPermit {
     slots: Arc<FetchSlots>,
-    requester: Requester,
+    requester: Origin,
     /// This permit promised its slot to a waiter.
     yielding: AtomicBool,
     /// Orphaned bytes charged to the registry by this download.
@@ -330,8 +296,8 @@ impl Drop for FetchPermit {
 mod tests {
     use super::*;
 
-    fn client(n: u8) -> Requester {
-        Requester::client(IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)))
+    fn client(n: u8) -> Origin {
+        Origin::Client(std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, n)))
     }
 
     /// Waits until `slots` has `n` queued downloads.

@@ -346,7 +346,7 @@ async fn peers_from_dns_and_this_replica_found_among_them() {
         cfg.cluster = Some(c);
     })
     .await;
-    let cluster = ferry.app.coordinator.cluster().unwrap().clone();
+    let cluster = ferry.app.cluster.clone().unwrap();
     within(async {
         while cluster.me().is_none() {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -517,28 +517,32 @@ async fn a_fill_every_client_left_is_cancelled_on_both_replicas() {
     let up = FakeRegistry::start().await;
     let replicas = cluster_with(&up.url(), 2, |cfg| cfg.orphaned_bytes_per_registry = 0).await;
     let peers: Vec<String> = replicas.iter().map(|r| r.addr.to_string()).collect();
-    // A blob replica 1 owns, asked of replica 0, stalling at its upstream.
-    let gate = Gate::new();
+    // A blob replica 1 owns, asked of replica 0, stalling at its upstream
+    // at 1 MiB and again at 2 MiB.
+    let (first, second) = (Gate::new(), Gate::new());
     let size = 16 << 20;
     let (d, data) = (900u64..)
         .map(|seed| blob_bytes(size, seed))
         .map(|data| (sha256(&data), data))
         .find(|(d, _)| owner_of(&peers, d) == peers[1])
         .unwrap();
-    up.add_blob_as(&d, data, Fault::PauseAt(1 << 20, gate.clone()));
+    let gates = vec![(1 << 20, first.clone()), (2 << 20, second.clone())];
+    up.add_blob_as(&d, data, Fault::PauseAtEach(std::sync::Arc::new(gates)));
     start_and_leave(&replicas[0].url(&format!("/v2/x/blobs/{d}"))).await;
-    gate.reached().await;
-    gate.open();
-    // Replica 0 gives its fill up once nobody reads it; replica 1, whose
-    // only reader was replica 0, then gives its download up too.
-    within(async {
-        while replicas[0].fetch_failures("deserted") < 1
-            || replicas[1].fetch_failures("deserted") < 1
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    first.reached().await;
+    first.open();
+    // Replica 0 gives its fill up once bytes come that nobody reads.
+    until(|| replicas[0].fetch_failures("deserted") >= 1).await;
+    // Replica 1's only reader was replica 0: once it has left, the next
+    // bytes from the upstream nobody reads make replica 1 give up too.
+    // (Letting them through earlier raced: replica 1 could store the
+    // whole blob before replica 0's departure reached it.)
+    // (Replica 1 may have given up already, on the bytes up to 2 MiB.)
+    if let Some(flight) = replicas[1].app.coordinator.flight(&d.parse().unwrap()) {
+        until(|| flight.clients() == 0).await;
+    }
+    second.open();
+    until(|| replicas[1].fetch_failures("deserted") >= 1).await;
     for r in &replicas {
         r.settle().await;
         assert!(!r.has_blob(&d));

@@ -119,8 +119,8 @@ proptest! {
         ]),
     ) {
         let router = router();
-        let first = router.resolve(&raw, ns.as_deref());
-        let again = router.resolve(&raw, ns.as_deref());
+        let first = router.resolve(&raw, ns.as_deref(), ferry::routing::Origin::background());
+        let again = router.resolve(&raw, ns.as_deref(), ferry::routing::Origin::background());
         match (first, again) {
             (Ok(a), Ok(b)) => {
                 let names = |r: &ferry::routing::Resolved| -> Vec<(String, String)> {

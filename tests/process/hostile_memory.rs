@@ -16,15 +16,6 @@ use tokio::net::TcpStream;
 
 const MIB: u64 = 1024 * 1024;
 
-async fn until(mut ok: impl FnMut() -> bool) {
-    within(async {
-        while !ok() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-}
-
 #[test]
 fn idle_connections_and_clients_that_never_read_cost_bounded_memory() {
     crate::alone(scenario());

@@ -65,6 +65,9 @@ pub enum Fault {
     DropAfter(u64),
     /// Send this many bytes, then wait for the gate.
     PauseAt(u64, Gate),
+    /// Wait at each offset for its gate, in order (a test steps the
+    /// transfer through several points).
+    PauseAtEach(Arc<Vec<(u64, Gate)>>),
     /// Each request breaks at the next offset of this list past its start
     /// (the offset is used up), so a transfer breaks once per offset.
     DropAtEach(Arc<Mutex<Vec<u64>>>),
@@ -933,6 +936,19 @@ fn stream_body(
                     let _ = rx.wait_for(|o| *o).await;
                 } else if s.pos < at {
                     end = end.min(at);
+                }
+            }
+            Fault::PauseAtEach(gates) => {
+                for (at, gate) in gates.iter() {
+                    let at = *at as usize;
+                    if s.pos == at {
+                        gate.reached.send_replace(true);
+                        let mut rx = gate.open.subscribe();
+                        let _ = rx.wait_for(|o| *o).await;
+                    } else if s.pos < at {
+                        end = end.min(at);
+                        break;
+                    }
                 }
             }
             _ => {}

@@ -208,6 +208,16 @@ pub async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
         .expect("test step hung for 60 s")
 }
 
+/// Waits until `done` holds, checking every 10 ms (bounded by [`within`]).
+pub async fn until(mut done: impl FnMut() -> bool) {
+    within(async {
+        while !done() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn blob_bytes(len: usize, seed: u64) -> bytes::Bytes {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
