@@ -24,6 +24,8 @@
 //! Ceph RGW, GCS's S3 API) and a local directory.
 
 pub mod maintenance;
+mod records;
+pub mod tiered;
 pub mod upload;
 
 use std::io;
@@ -34,11 +36,10 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path as Key;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
 use crate::config::SharedStorage;
-use crate::oci::{Digest, RepoName, Tag};
-use crate::store::TagRecord;
+use crate::oci::Digest;
 
 /// A blob in the shared tier, as listed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,143 +309,6 @@ impl Shared {
         let _ = up;
         Ok(())
     }
-
-    async fn put_small(&self, rel: &str, bytes: Bytes) -> io::Result<()> {
-        let key = self.key(rel);
-        bounded(&key, self.store.put(&key, PutPayload::from(bytes)))
-            .await
-            .map(|_| ())
-            .map_err(|e| named(&key, e))
-    }
-
-    async fn get_small(&self, rel: &str) -> io::Result<Option<Bytes>> {
-        let key = self.key(rel);
-        match bounded(&key, self.store.get(&key)).await {
-            Ok(r) if r.meta.size > SMALL_MAX => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "shared object {key} is {} bytes, too large for a record",
-                    r.meta.size
-                ),
-            )),
-            Ok(r) => bounded(&key, r.bytes())
-                .await
-                .map(Some)
-                .map_err(|e| named(&key, e)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(named(&key, e)),
-        }
-    }
-
-    pub async fn put_manifest(&self, d: &Digest, media_type: &str, bytes: &[u8]) -> io::Result<()> {
-        let mut v = Vec::with_capacity(media_type.len() + 1 + bytes.len());
-        v.extend_from_slice(media_type.as_bytes());
-        v.push(b'\n');
-        v.extend_from_slice(bytes);
-        self.put_small(&manifest_rel(d), v.into()).await
-    }
-
-    /// The manifest's media type and bytes, checked against `d`.
-    pub async fn get_manifest(&self, d: &Digest) -> io::Result<Option<(String, Bytes)>> {
-        let Some(record) = self.get_small(&manifest_rel(d)).await? else {
-            return Ok(None);
-        };
-        let damaged = |why: &str| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("shared manifest {d} is damaged: {why}"),
-            )
-        };
-        let nl = record
-            .iter()
-            .position(|b| *b == b'\n')
-            .ok_or_else(|| damaged("no media type line"))?;
-        let bytes = record.slice(nl + 1..);
-        let mut h = crate::oci::Hasher::new(d.algorithm());
-        h.update(&bytes);
-        if &h.finish() != d {
-            return Err(damaged("bytes do not match the digest"));
-        }
-        let media_type = std::str::from_utf8(&record[..nl])
-            .ok()
-            .filter(|t| http::HeaderValue::from_str(t).is_ok())
-            .ok_or_else(|| damaged("the media type is not a header value"))?
-            .to_string();
-        Ok(Some((media_type, bytes)))
-    }
-
-    pub async fn put_tag(
-        &self,
-        registry: &str,
-        repo: &RepoName,
-        tag: &Tag,
-        record: &TagRecord,
-    ) -> io::Result<()> {
-        let json = serde_json::to_vec(record).map_err(io::Error::other)?;
-        self.put_small(
-            &repo_rel(registry, repo, "_tags", tag.as_str()),
-            json.into(),
-        )
-        .await
-    }
-
-    pub async fn get_tag(
-        &self,
-        registry: &str,
-        repo: &RepoName,
-        tag: &Tag,
-    ) -> io::Result<Option<TagRecord>> {
-        let rel = repo_rel(registry, repo, "_tags", tag.as_str());
-        match self.get_small(&rel).await? {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("shared tag record {rel} is damaged: {e}"),
-                )
-            }),
-        }
-    }
-
-    /// Records `key` of `kind` for a repository (e.g. a blob belongs).
-    pub async fn mark(
-        &self,
-        registry: &str,
-        repo: &RepoName,
-        kind: &str,
-        key: &str,
-    ) -> io::Result<()> {
-        self.put_small(
-            &repo_rel(registry, repo, &format!("_{kind}"), key),
-            Bytes::new(),
-        )
-        .await
-    }
-
-    pub async fn is_marked(
-        &self,
-        registry: &str,
-        repo: &RepoName,
-        kind: &str,
-        key: &str,
-    ) -> io::Result<bool> {
-        let k = self.key(&repo_rel(registry, repo, &format!("_{kind}"), key));
-        match bounded(&k, self.store.head(&k)).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(named(&k, e)),
-        }
-    }
-}
-
-fn manifest_rel(d: &Digest) -> String {
-    format!("manifests/{}/{}", d.algorithm().as_str(), d.hex())
-}
-
-/// Names are validated OCI names (lowercase, `/`-separated, no `..`), so
-/// they are safe key segments as they are.
-fn repo_rel(registry: &str, repo: &RepoName, kind: &str, key: &str) -> String {
-    format!("repositories/{registry}/{}/{kind}/{key}", repo.as_str())
 }
 
 /// An object store error as an io::Error naming the key.

@@ -10,6 +10,7 @@
 mod contents;
 mod durable;
 mod fs;
+pub mod record;
 mod removals;
 mod temp;
 

@@ -205,22 +205,9 @@ pub async fn keep(
         media_type,
         bytes,
     };
-    let store = app.coordinator.store().clone();
-    let (d, t, b) = (m.digest.clone(), m.media_type.clone(), m.bytes.clone());
-    if let Err(e) = store::blocking(move || store.put_manifest(&d, &t, &b)).await {
+    let tiers = app.coordinator.tiers();
+    if let Err(e) = tiers.put_manifest(&m.digest, &m.media_type, &m.bytes).await {
         tracing::error!(repo = %name, digest = %m.digest, error = %e, "cannot store manifest; serving it uncached");
-    }
-    if let Some(shared) = app.coordinator.shared().cloned() {
-        // In the background: a slow bucket never delays the answer.
-        let (m, name) = (m.clone(), name.clone());
-        tokio::spawn(async move {
-            if let Err(e) = shared
-                .put_manifest(&m.digest, &m.media_type, &m.bytes)
-                .await
-            {
-                tracing::warn!(repo = %name, digest = %m.digest, error = %e, "cannot put manifest in the shared tier");
-            }
-        });
     }
     link(app, target, &m).await;
     Ok(m)
@@ -354,48 +341,15 @@ pub async fn head_digest(
     Ok(header_str(resp.headers(), DIGEST_HEADER).and_then(|d| d.parse::<Digest>().ok()))
 }
 
+/// A manifest kept here or by another replica in the shared tier (checked
+/// against its digest either way; see [`crate::shared::tiered`]).
 pub async fn stored(app: &App, digest: &Digest) -> Result<Option<Manifest>, RegistryError> {
-    let store = app.coordinator.store().clone();
-    let d = digest.clone();
-    match store::blocking(move || store.get_manifest(&d)).await {
-        Ok(Some((media_type, bytes))) => {
-            return Ok(Some(Manifest {
-                digest: digest.clone(),
-                media_type,
-                bytes,
-            }))
-        }
-        Ok(None) => {}
-        Err(e) => tracing::error!(%digest, error = %e, "cannot read stored manifest"),
-    }
-    from_shared(app, digest).await
-}
-
-/// A manifest another replica put in the shared tier (checked against its
-/// digest there), kept in the local store too.
-async fn from_shared(app: &App, digest: &Digest) -> Result<Option<Manifest>, RegistryError> {
-    let Some(shared) = app.coordinator.shared() else {
-        return Ok(None);
-    };
-    match shared.get_manifest(digest).await {
-        Ok(Some((media_type, bytes))) => {
-            let store = app.coordinator.store().clone();
-            let (d, t, b) = (digest.clone(), media_type.clone(), bytes.clone());
-            if let Err(e) = store::blocking(move || store.put_manifest(&d, &t, &b)).await {
-                tracing::warn!(%digest, error = %e, "cannot keep a shared manifest locally");
-            }
-            Ok(Some(Manifest {
-                digest: digest.clone(),
-                media_type,
-                bytes,
-            }))
-        }
-        Ok(None) => Ok(None),
-        Err(e) => {
-            tracing::warn!(%digest, error = %e, "cannot read manifest from the shared tier");
-            Ok(None)
-        }
-    }
+    let found = app.coordinator.tiers().get_manifest(digest).await;
+    Ok(found.map(|(media_type, bytes)| Manifest {
+        digest: digest.clone(),
+        media_type,
+        bytes,
+    }))
 }
 
 /// The stored record of a tag at one registry and the manifest it names.

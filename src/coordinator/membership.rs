@@ -16,12 +16,9 @@
 //! background), and a replica that has no local marker asks the tier, so a
 //! membership one replica learned holds for all of them.
 
-use std::sync::Arc;
-
 use crate::oci::Digest;
 use crate::routing::{Resolved, Target};
-use crate::shared::Shared;
-use crate::store::{self, FsStore};
+use crate::shared::tiered::{Repo, Tiered};
 
 /// Memberships kept in memory at most (the markers on disk still answer
 /// for the others).
@@ -33,7 +30,7 @@ const KIND: &str = "_blobs";
 #[derive(Debug)]
 pub struct Membership {
     seen: quick_cache::sync::Cache<String, ()>,
-    shared: Option<Arc<Shared>>,
+    tiers: Tiered,
 }
 
 fn key(target: &Target, digest: &Digest) -> String {
@@ -47,17 +44,21 @@ fn marker(digest: &Digest) -> String {
     digest.to_string().replace(':', "-")
 }
 
+fn repo_of(target: &Target) -> Repo {
+    (target.registry.name.clone(), target.upstream_name.clone())
+}
+
 impl Membership {
-    pub fn new(shared: Option<Arc<Shared>>) -> Membership {
+    pub fn new(tiers: Tiered) -> Membership {
         Membership {
             seen: quick_cache::sync::Cache::new(MEMORY_LIMIT),
-            shared,
+            tiers,
         }
     }
 
     /// Records that `digests` belong to `target`'s repository.
-    pub async fn record(&self, store: &Arc<FsStore>, target: &Target, digests: Vec<Digest>) {
-        let fresh: Vec<Digest> = digests
+    pub async fn record(&self, target: &Target, digests: Vec<Digest>) {
+        let fresh: Vec<String> = digests
             .into_iter()
             .filter(|d| {
                 let k = key(target, d);
@@ -67,46 +68,19 @@ impl Membership {
                 self.seen.insert(k, ());
                 true
             })
+            .map(|d| marker(&d))
             .collect();
         if fresh.is_empty() {
             return;
         }
-        let (store, registry, name) = (
-            store.clone(),
-            target.registry.name.clone(),
-            target.upstream_name.clone(),
-        );
-        if let Some(shared) = self.shared.clone() {
-            let (registry, name, fresh) = (registry.clone(), name.clone(), fresh.clone());
-            tokio::spawn(async move {
-                for d in &fresh {
-                    if let Err(e) = shared.mark(&registry, &name, KIND, &marker(d)).await {
-                        tracing::warn!(repo = %name, error = %e, "cannot record blob membership in the shared tier");
-                        return;
-                    }
-                }
-            });
-        }
-        let written = store::blocking(move || {
-            for d in &fresh {
-                store.mark(&registry, &name, KIND, &marker(d))?;
-            }
-            Ok(())
-        })
-        .await;
-        if let Err(e) = written {
+        if let Err(e) = self.tiers.mark(&repo_of(target), KIND, fresh).await {
             tracing::warn!(repo = %target.upstream_name, error = %e,
                 "cannot record blob membership; it will be confirmed upstream again");
         }
     }
 
     /// The target of `repo` that `digest` is known to belong to.
-    pub async fn find<'a>(
-        &self,
-        store: &Arc<FsStore>,
-        repo: &'a Resolved,
-        digest: &Digest,
-    ) -> Option<&'a Target> {
+    pub async fn find<'a>(&self, repo: &'a Resolved, digest: &Digest) -> Option<&'a Target> {
         if let Some(t) = repo
             .targets
             .iter()
@@ -114,37 +88,11 @@ impl Membership {
         {
             return Some(t);
         }
-        let candidates: Vec<(String, crate::oci::RepoName)> = repo
-            .targets
-            .iter()
-            .map(|t| (t.registry.name.clone(), t.upstream_name.clone()))
-            .collect();
-        let (s, m) = (store.clone(), marker(digest));
-        let local = {
-            let candidates = candidates.clone();
-            store::blocking(move || {
-                Ok(candidates
-                    .iter()
-                    .position(|(r, n)| s.is_marked(r, n, KIND, &m)))
-            })
-            .await
-            .ok()
-            .flatten()
-        };
-        let found = match (local, &self.shared) {
-            (Some(i), _) => i,
-            (None, None) => return None,
-            (None, Some(shared)) => {
-                let mut hit = None;
-                for (i, (r, n)) in candidates.iter().enumerate() {
-                    if let Ok(true) = shared.is_marked(r, n, KIND, &marker(digest)).await {
-                        hit = Some(i);
-                        break;
-                    }
-                }
-                hit?
-            }
-        };
+        let candidates: Vec<Repo> = repo.targets.iter().map(repo_of).collect();
+        let found = self
+            .tiers
+            .find_marked(&candidates, KIND, &marker(digest))
+            .await?;
         let t = &repo.targets[found];
         self.seen.insert(key(t, digest), ());
         Some(t)

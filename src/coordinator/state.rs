@@ -20,6 +20,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, ErrorCode, RegistryError};
 use crate::routing::{Resolved, Router, Target};
+use crate::shared::tiered::Tiered;
 use crate::store::{self, FsStore};
 
 /// The shared state behind every blob request.
@@ -33,6 +34,9 @@ pub struct Coordinator {
     pub(super) hot: Arc<hot::HotCache>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) membership: membership::Membership,
+    /// The local store and the shared tier as one place for small records
+    /// (manifests, markers).
+    pub(super) tiers: Tiered,
     /// Blobs the upstream recently said a repository does not have.
     pub(super) absent: absent::Absent,
     /// The longest blob ferry accepts (`ferry.maxBlobSize`): an upstream
@@ -72,6 +76,7 @@ impl Coordinator {
             cluster,
         } = settings;
         let hot = Arc::new(hot::HotCache::new(64 << 20));
+        let tiers = Tiered::new(store.clone(), shared.clone());
         // Every blob the store removes (evicted, damaged, scrubbed) leaves
         // the index and the memory cache with it, whoever removed it.
         let heard = store.on_removed({
@@ -91,7 +96,8 @@ impl Coordinator {
             lifecycle,
             clock,
             metrics,
-            membership: membership::Membership::new(shared.clone()),
+            membership: membership::Membership::new(tiers.clone()),
+            tiers,
             shared,
             cluster,
             absent: absent::Absent::new(absent_ttl),
@@ -117,6 +123,11 @@ impl Coordinator {
         &self.store
     }
 
+    /// The local store and the shared tier, for small records.
+    pub fn tiers(&self) -> &Tiered {
+        &self.tiers
+    }
+
     /// The shared tier, when replicas share a bucket.
     pub fn shared(&self) -> Option<&Arc<crate::shared::Shared>> {
         self.shared.as_ref()
@@ -134,12 +145,12 @@ impl Coordinator {
     /// Records that `digests` belong to `target`'s repository (see the
     /// `membership` module).
     pub async fn link(&self, target: &Target, digests: Vec<Digest>) {
-        self.membership.record(&self.store, target, digests).await
+        self.membership.record(target, digests).await
     }
 
     /// The target of `repo` that `digest` is known to belong to, if any.
     pub async fn belongs<'a>(&self, repo: &'a Resolved, digest: &Digest) -> Option<&'a Target> {
-        self.membership.find(&self.store, repo, digest).await
+        self.membership.find(repo, digest).await
     }
 
     /// Serving stored or in-flight content of `digest` under `repo` is

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::oci::{Digest, Hasher};
-use crate::store::{Entry, FsStore, Kind};
+use crate::store::{record, Entry, FsStore, Kind};
 
 /// What one pass found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +108,9 @@ pub fn last_report(store: &FsStore) -> Option<ScrubReport> {
     serde_json::from_slice(&store.get_note(REPORT)?).ok()
 }
 
+/// Whether the stored file of `digest` still matches it, and how many
+/// bytes were read. A blob is hashed as it streams; a manifest (small) is
+/// read whole and checked as every reader checks it ([`record::decode`]).
 fn check(
     store: &FsStore,
     kind: Kind,
@@ -115,10 +118,15 @@ fn check(
     limiter: &mut RateLimiter,
 ) -> io::Result<(bool, u64)> {
     let mut f = store.open_entry(kind, digest)?;
+    if kind == Kind::Manifest {
+        let mut whole = Vec::new();
+        let n = f.read_to_end(&mut whole)? as u64;
+        limiter.consume(n);
+        return Ok((record::decode(digest, whole.into()).is_ok(), n));
+    }
     let mut h = Hasher::new(digest.algorithm());
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
-    let mut in_header = kind == Kind::Manifest;
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
@@ -126,19 +134,9 @@ fn check(
         }
         total += n as u64;
         limiter.consume(n as u64);
-        let mut chunk = &buf[..n];
-        if in_header {
-            match chunk.iter().position(|&b| b == b'\n') {
-                Some(i) => {
-                    chunk = &chunk[i + 1..];
-                    in_header = false;
-                }
-                None => continue,
-            }
-        }
-        h.update(chunk);
+        h.update(&buf[..n]);
     }
-    Ok((!in_header && h.finish() == *digest, total))
+    Ok((h.finish() == *digest, total))
 }
 
 struct RateLimiter {

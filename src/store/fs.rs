@@ -205,14 +205,12 @@ impl FsStore {
 
     /// Stores a verified manifest with its media type.
     pub fn put_manifest(&self, digest: &Digest, media_type: &str, bytes: &[u8]) -> io::Result<()> {
-        let mut record = Vec::with_capacity(media_type.len() + 1 + bytes.len());
-        record.extend_from_slice(media_type.as_bytes());
-        record.push(b'\n');
-        record.extend_from_slice(bytes);
+        let record = super::record::encode(media_type, bytes);
         self.write_atomically(&self.manifest_path(digest), &record, digest.hex())
     }
 
-    /// A stored manifest: its media type and bytes.
+    /// A stored manifest: its media type and bytes, checked against its
+    /// digest (see [`super::record`]).
     pub fn get_manifest(&self, digest: &Digest) -> io::Result<Option<(String, Bytes)>> {
         let path = self.manifest_path(digest);
         let record = match fs::read(&path) {
@@ -220,15 +218,14 @@ impl FsStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(annotate(e, "cannot read manifest", &path)),
         };
-        let Some(nl) = record.iter().position(|&b| b == b'\n') else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("manifest record {} has no media type line", path.display()),
-            ));
-        };
-        let media_type = String::from_utf8_lossy(&record[..nl]).into_owned();
-        let bytes = Bytes::from(record).slice(nl + 1..);
-        Ok(Some((media_type, bytes)))
+        super::record::decode(digest, record.into())
+            .map(Some)
+            .map_err(|why| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("manifest record {} is damaged: {why}", path.display()),
+                )
+            })
     }
 
     /// Records what `tag` of `repo` at `registry` (its `host[:port]`) means.

@@ -1,6 +1,6 @@
 //! The storage conformance suite: what every shared-tier backend must do,
-//! run by `tests/storage_fs.rs` against a directory and by
-//! `tests/storage_s3.rs` against a real S3 server (Garage in CI).
+//! run by `tests/integration/storage_fs.rs` against a directory and by
+//! `tests/integration/storage_s3.rs` against a real S3 server (Garage in CI).
 //!
 //! Every case uses fresh content (seeded by the clock), so a bucket that
 //! outlives one run does not make the next pass by accident.
@@ -224,22 +224,33 @@ async fn manifests_tags_and_marks(shared: &Shared, seed: u64) {
         );
     }
     assert!(!shared
-        .is_marked("reg.example", &repo, "blobs", "sha256-x")
+        .is_marked("reg.example", &repo, "_blobs", "sha256-x")
         .await
         .unwrap());
     shared
-        .mark("reg.example", &repo, "blobs", "sha256-x")
+        .mark("reg.example", &repo, "_blobs", "sha256-x")
         .await
         .unwrap();
     assert!(shared
-        .is_marked("reg.example", &repo, "blobs", "sha256-x")
+        .is_marked("reg.example", &repo, "_blobs", "sha256-x")
         .await
         .unwrap());
     let elsewhere = RepoName::parse(&format!("team/other{seed}")).unwrap();
     assert!(!shared
-        .is_marked("reg.example", &elsewhere, "blobs", "sha256-x")
+        .is_marked("reg.example", &elsewhere, "_blobs", "sha256-x")
         .await
         .unwrap());
+    // A marker an older ferry wrote under `__blobs/` still counts, and is
+    // moved to `_blobs/` when found.
+    let old = RepoName::parse(&format!("team/old{seed}")).unwrap();
+    let marked = |kind: &'static str| shared.is_marked("reg.example", &old, kind, "sha256-y");
+    shared
+        .mark("reg.example", &old, "__blobs", "sha256-y")
+        .await
+        .unwrap();
+    assert!(marked("_blobs").await.unwrap(), "a legacy marker counts");
+    assert!(!marked("__blobs").await.unwrap(), "and was moved");
+    assert!(marked("_blobs").await.unwrap(), "to the right name");
 }
 
 async fn presigned_urls_serve_the_bytes(shared: &Shared, seed: u64) {
