@@ -9,38 +9,44 @@
 //!
 //! ## Map of the house
 //!
-//! Dependencies point one way, top to bottom; no module imports one above
-//! it (`python3 tools/modcycles.py src`-style checks find no cycle).
+//! Dependencies point one way, top to bottom: no module imports one above
+//! it, and inside `coordinator`, `store`, `lifecycle`, `oci`, `cluster`,
+//! `routing` and `listener` no child uses its parent's own items either.
+//! `tests/integration/house.rs` checks both, that files say what they own
+//! (a `//!` first) and stay under 600 lines, and that only the store
+//! removes files under its root.
 //!
 //! | layer | module | owns |
 //! | --- | --- | --- |
 //! | wiring | [`server`] | `ferry serve`: app + listener + background tasks, started and stopped together |
 //! | | [`sync`], [`prefetch`] | periodic `pollInterval` sync and `ferry prefetch`, on top of the service |
 //! | transport | [`listener`] | listeners, connection limits, header limits, TLS, shutdown; calls a [`listener::Handler`] |
-//! | | [`http`] | the HTTP adapter: routing a path, Range, responses, the access log, health, metrics, status page |
-//! | service | [`app`] | the application state, manifests and tag freshness, referrers, listings, who may read what, background tasks |
+//! | | [`http`] | the HTTP adapter: routing a path, `Range`/`If-Range` headers, rendering answers, the access log, health, metrics, status page; it decides nothing about where bytes come from |
+//! | service | [`app`] | the application state (the coordinator and the cluster side by side), manifests and tag freshness, tags from the owning peer, referrers, listings, who may read what, background tasks |
 //! | | [`access`] | client credentials: htpasswd users, static tokens, repository policies |
-//! | coordination | [`coordinator`] | the in-flight map, fetch tasks (source, transfer, spool), readers, memberships, memory caches |
-//! | | [`routing`] | registries, `ns=`, path style, content prefixes, Docker Hub's `library/` |
+//! | coordination | [`coordinator`] | what answers a blob request (`answer`), opening it (`open`), the in-flight map, the fetch task (`fetch`: which source) and the one fill every source goes through (`fill`, `transfer`, `spool`), readers, memberships, memory caches |
+//! | | [`routing`] | registries, `ns=`, path style, content prefixes, Docker Hub's `library/`; a request's [`routing::Origin`] (client or peer); fetch slots; how a peer request names a repository ([`routing::PeerRoute`]) |
 //! | | [`lifecycle`] | the store's index, size cap and LRU eviction, free space, scrub |
-//! | | [`metrics`] | every Prometheus metric, with typed labels ([`metrics::CacheStatus`]) |
-//! | | [`cluster`] | replicas that share fetches: membership and probes, rendezvous ownership, signed peer requests |
+//! | | [`metrics`] | the Prometheus registry and every metric family, typed labels ([`metrics::CacheStatus`]); the per-registry families (bytes, retries, resumes, latency, health) are collected at scrape time from [`upstream`]'s stats |
+//! | | [`cluster`] | replicas that share fetches: membership and probes, who owns a blob or a tag ([`cluster::OwnerKey`], rendezvous), signed peer requests built in one place |
 //! | storage | [`upstream`] | the registry client: pooled HTTP/1.1 + HTTP/2 over rustls, auth, retries, listings |
-//! | | [`store`] | the content-addressed filesystem store; only a [`store::VerifiedBlob`] is published |
-//! | | [`shared`] | the bucket several replicas share (S3 or a directory): uploads while fetching, upkeep |
-//! | leaves | [`config`], [`oci`], [`clock`] | the config file and defaults; names, digests, media types, OCI errors; time |
+//! | | [`store`] | the content-addressed filesystem store: only a [`store::VerifiedBlob`] is published; it alone lists and removes its files and tells one removal listener; the manifest record codec |
+//! | | [`shared`] | the bucket several replicas share (S3 or a directory): uploads while fetching, upkeep; [`shared::tiered::Tiered`], local-then-shared for small records |
+//! | leaves | [`config`], [`oci`], [`clock`] | the config file and defaults; names, digests, byte ranges, media types, OCI errors; time |
 //!
 //! ## The flow of one cold blob
 //!
 //! ```text
-//! client ─GET /v2/<name>/blobs/<digest>─▶ http::handle ─▶ Coordinator::open_blob
-//!    in memory / stored? ── yes ─▶ (belongs to <name>?) ─▶ BlobHandle::Memory / Stored
+//! client ─GET /v2/<name>/blobs/<digest>─▶ http::handle ─▶ Coordinator::get_blob (answer)
+//!    shared tier: redirect or ranged read? ─ yes ─▶ BlobAnswer::Redirect / Part
+//!    open_blob (open): in memory / stored? ── yes ─▶ (belongs to <name>?) ─▶ BlobHandle::Memory / Stored
 //!    in flight? ─ yes ─▶ join: BlobHandle::InFlight ─▶ BlobStream::following
-//!    else ─▶ spawn fetch task (detached): fetch (source: store, bucket, owning peer,
-//!              upstream) ─▶ transfer (pump, resume at the upstream)
+//!    else ─▶ spawn fetch task (detached): fetch opens a source (store, bucket, owning
+//!              peer, upstream) ─▶ fill: room, transfer (pump, resume at the upstream)
 //!              └▶ spool writer thread: TempBlob::append (writes + hashes), Progress::Streaming
 //!              └▶ end: length check ─▶ TempBlob::verify ─▶ VerifiedBlob ─▶ publish ─▶ Done
 //!                 failure: temp deleted ─▶ Failed(reason) ─▶ readers abort
+//!    ─▶ BlobAnswer::Whole / Part / Unsatisfiable ─▶ http::blobs renders it
 //! ```
 //!
 //! docs/internals.md has the store layout and the invariants in full.
