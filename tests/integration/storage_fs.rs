@@ -1,5 +1,6 @@
 //! The storage conformance suite (`support/conformance.rs`) against the
-//! `filesystem` shared-tier driver. The S3 run is `tests/storage_s3.rs`.
+//! local store and the `filesystem` shared-tier driver. The S3 run is
+//! `storage_s3.rs`.
 
 use crate::support;
 
@@ -14,4 +15,11 @@ async fn the_filesystem_backend_conforms() {
     })
     .unwrap();
     support::conformance::run_all(&shared).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = ferry::store::FsStore::open(dir.path()).unwrap();
+    support::conformance::run_local(&std::sync::Arc::new(store)).await;
 }

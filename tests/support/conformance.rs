@@ -1,6 +1,9 @@
-//! The storage conformance suite: what every shared-tier backend must do,
-//! run by `tests/integration/storage_fs.rs` against a directory and by
-//! `tests/integration/storage_s3.rs` against a real S3 server (Garage in CI).
+//! The storage conformance suite: what every place ferry keeps content
+//! must do ([`common`], through [`backend::Backend`]: the local store and
+//! every shared-tier driver), and what a shared tier must do besides. Run
+//! by `tests/integration/storage_fs.rs` against the local store and a
+//! directory tier, and by `tests/integration/storage_s3.rs` against a real
+//! S3 server (Garage in CI).
 //!
 //! Every case uses fresh content (seeded by the clock), so a bucket that
 //! outlives one run does not make the next pass by accident.
@@ -16,6 +19,9 @@ use ferry::store::TagRecord;
 use futures::{StreamExt, TryStreamExt};
 
 use super::{blob_bytes, get};
+
+pub mod backend;
+pub mod common;
 
 const MIB: usize = 1024 * 1024;
 
@@ -41,28 +47,23 @@ async fn read_all(shared: &Shared, d: &Digest, range: std::ops::Range<u64>) -> B
     parts.concat().into()
 }
 
-/// Runs every case against `shared`.
-pub async fn run_all(shared: &Shared) {
-    let seed = fresh_seed();
-    missing_blobs_have_no_size(shared, seed).await;
-    small_and_multipart_uploads_appear_only_on_commit(shared, seed + 1).await;
-    aborted_and_dropped_uploads_leave_nothing(shared, seed + 2).await;
-    concurrent_uploads_of_one_digest_leave_one_correct_object(shared, seed + 3).await;
-    listing_and_deleting(shared, seed + 4).await;
-    manifests_tags_and_marks(shared, seed + 5).await;
-    presigned_urls_serve_the_bytes(shared, seed + 6).await;
-    scrub_and_cap(shared, seed + 7).await;
-    leftover_uploads_are_cleaned(shared, seed + 8).await;
+/// Runs every case against the local store.
+pub async fn run_local(store: &std::sync::Arc<ferry::store::FsStore>) {
+    common::run(store, fresh_seed()).await;
 }
 
-async fn missing_blobs_have_no_size(shared: &Shared, seed: u64) {
-    let d = digest_of(&seed.to_le_bytes());
-    assert_eq!(shared.blob_size(&d).await.unwrap(), None);
-    assert!(shared.read_blob(&d, 0..10).await.is_err());
-    shared
-        .delete_blob(&d)
-        .await
-        .expect("deleting nothing is fine");
+/// Runs every case against `shared`: the common ones, then what only a
+/// shared tier does.
+pub async fn run_all(shared: &Shared) {
+    let seed = fresh_seed();
+    common::run(shared, seed).await;
+    small_and_multipart_uploads_appear_only_on_commit(shared, seed + 11).await;
+    aborted_and_dropped_uploads_leave_nothing(shared, seed + 12).await;
+    concurrent_uploads_of_one_digest_leave_one_correct_object(shared, seed + 13).await;
+    legacy_markers_are_read_and_moved(shared, seed + 15).await;
+    presigned_urls_serve_the_bytes(shared, seed + 16).await;
+    scrub_and_cap(shared, seed + 7).await;
+    leftover_uploads_are_cleaned(shared, seed + 8).await;
 }
 
 async fn small_and_multipart_uploads_appear_only_on_commit(shared: &Shared, seed: u64) {
@@ -160,86 +161,7 @@ async fn concurrent_uploads_of_one_digest_leave_one_correct_object(shared: &Shar
     shared.delete_blob(&d).await.unwrap();
 }
 
-async fn listing_and_deleting(shared: &Shared, seed: u64) {
-    let blobs: Vec<Bytes> = (0..3)
-        .map(|i| blob_bytes(100 + i, seed + i as u64))
-        .collect();
-    for b in &blobs {
-        let mut up = shared.begin_blob(&digest_of(b));
-        up.write(b.clone()).await.unwrap();
-        up.commit().await.unwrap();
-    }
-    let listed: Vec<_> = shared.list_blobs().map(|b| b.unwrap()).collect().await;
-    for b in &blobs {
-        let d = digest_of(b);
-        let entry = listed
-            .iter()
-            .find(|e| e.digest == d)
-            .unwrap_or_else(|| panic!("{d} not listed"));
-        assert_eq!(entry.size, b.len() as u64);
-    }
-    for b in &blobs {
-        shared.delete_blob(&digest_of(b)).await.unwrap();
-    }
-    let listed: Vec<_> = shared.list_blobs().map(|b| b.unwrap()).collect().await;
-    assert!(blobs
-        .iter()
-        .all(|b| listed.iter().all(|e| e.digest != digest_of(b))));
-}
-
-async fn manifests_tags_and_marks(shared: &Shared, seed: u64) {
-    let body = Bytes::from(format!(r#"{{"schemaVersion":2,"seed":{seed}}}"#));
-    let d = digest_of(&body);
-    let mt = "application/vnd.oci.image.manifest.v1+json";
-    assert_eq!(shared.get_manifest(&d).await.unwrap(), None);
-    shared.put_manifest(&d, mt, &body).await.unwrap();
-    assert_eq!(
-        shared.get_manifest(&d).await.unwrap(),
-        Some((mt.to_string(), body.clone()))
-    );
-    // A record under the wrong digest is refused, not served.
-    let other = digest_of(b"other");
-    shared.put_manifest(&other, mt, &body).await.unwrap();
-    assert!(shared.get_manifest(&other).await.is_err());
-
-    let repo = RepoName::parse(&format!("team/app{seed}")).unwrap();
-    let tag = Tag::parse("v1").unwrap();
-    assert_eq!(
-        shared.get_tag("reg.example", &repo, &tag).await.unwrap(),
-        None
-    );
-    for at in [1000, 2000] {
-        let record = TagRecord {
-            digest: d.to_string(),
-            media_type: mt.into(),
-            fetched_at_ms: at,
-        };
-        shared
-            .put_tag("reg.example", &repo, &tag, &record)
-            .await
-            .unwrap();
-        assert_eq!(
-            shared.get_tag("reg.example", &repo, &tag).await.unwrap(),
-            Some(record)
-        );
-    }
-    assert!(!shared
-        .is_marked("reg.example", &repo, "_blobs", "sha256-x")
-        .await
-        .unwrap());
-    shared
-        .mark("reg.example", &repo, "_blobs", "sha256-x")
-        .await
-        .unwrap();
-    assert!(shared
-        .is_marked("reg.example", &repo, "_blobs", "sha256-x")
-        .await
-        .unwrap());
-    let elsewhere = RepoName::parse(&format!("team/other{seed}")).unwrap();
-    assert!(!shared
-        .is_marked("reg.example", &elsewhere, "_blobs", "sha256-x")
-        .await
-        .unwrap());
+async fn legacy_markers_are_read_and_moved(shared: &Shared, seed: u64) {
     // A marker an older ferry wrote under `__blobs/` still counts, and is
     // moved to `_blobs/` when found.
     let old = RepoName::parse(&format!("team/old{seed}")).unwrap();
