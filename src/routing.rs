@@ -40,6 +40,11 @@ pub use glob::{literal_base, prefix_matches};
 
 use crate::config::DOCKER_HUB_HOSTS as DOCKER_HUB;
 
+/// Fills from cluster peers one replica runs at once per registry (fair
+/// between clients, like fetch slots). They cost the upstream nothing; the
+/// bound keeps one replica from asking its peers for everything at once.
+pub const PEER_FILLS: usize = 16;
+
 /// One configured upstream registry with its client.
 #[derive(Debug)]
 pub struct Registry {
@@ -55,6 +60,13 @@ pub struct Registry {
     docker_hub: bool,
     /// One per blob download running against this registry.
     pub fetch_slots: Arc<FetchSlots>,
+    /// One per fill from a cluster peer of this registry's blobs: a bound
+    /// of their own ([`PEER_FILLS`]), never `fetch_slots`. A fill holding
+    /// a fetch slot while it waited on its owner deadlocked replicas whose
+    /// owners needed those slots for the upstream fetches their askers
+    /// waited on. Deserted fills are charged to an orphan budget of the
+    /// same size as the upstream downloads'.
+    pub fill_slots: Arc<FetchSlots>,
 }
 
 impl Registry {
@@ -69,6 +81,7 @@ impl Registry {
             hosts,
             docker_hub,
             fetch_slots: Arc::new(FetchSlots::new(64, 4 << 30)),
+            fill_slots: Arc::new(FetchSlots::new(PEER_FILLS, 4 << 30)),
         }
     }
 
@@ -280,6 +293,10 @@ impl Router {
                 let mut registry = Registry::new(i, r.clone(), upstream);
                 registry.fetch_slots = Arc::new(FetchSlots::new(
                     config.max_fetches_per_registry,
+                    config.orphaned_bytes_per_registry,
+                ));
+                registry.fill_slots = Arc::new(FetchSlots::new(
+                    PEER_FILLS,
                     config.orphaned_bytes_per_registry,
                 ));
                 Ok(Arc::new(registry))

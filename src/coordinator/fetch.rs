@@ -176,7 +176,8 @@ async fn open_upstream<'a>(
         .first(|t| async move {
             // A download still queued that every client left is dropped
             // before it costs an upstream request.
-            let Some(permit) = fill::slot(coordinator, flight, t).await else {
+            let Some(permit) = fill::slot(coordinator, flight, &t.registry.fetch_slots).await
+            else {
                 return Ok(None);
             };
             let resp = t

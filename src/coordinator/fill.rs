@@ -25,7 +25,7 @@ use super::flight::{FetchFailure, Flight};
 use super::state::Coordinator;
 use super::transfer::{self, Source};
 use crate::lifecycle::{Reservation, Space};
-use crate::routing::{FetchPermit, Resolved, Target};
+use crate::routing::{FetchPermit, FetchSlots, Resolved, Target};
 use crate::upstream::headers::content_length;
 
 /// A source that answered, ready to be moved into the spool.
@@ -177,17 +177,17 @@ fn is_bad_bytes(e: &FetchFailure) -> bool {
     )
 }
 
-/// One of `target`'s registry fetch slots for `flight`, or `None` when
-/// every client left while the download was still queued (it is then
-/// dropped before it costs a request).
+/// One of `slots` (a registry's fetch slots, or the cluster's fill slots)
+/// for `flight`, or `None` when every client left while the download was
+/// still queued (it is then dropped before it costs a request).
 pub(super) async fn slot(
     coordinator: &Coordinator,
     flight: &Flight,
-    target: &Target,
+    slots: &Arc<FetchSlots>,
 ) -> Option<FetchPermit> {
     let queued = &coordinator.metrics.fetches_queued;
     tokio::select! {
-        p = target.registry.fetch_slots.acquire(flight.origin, queued) => Some(p),
+        p = slots.acquire(flight.origin, queued) => Some(p),
         () = flight.deserted() => None,
     }
 }

@@ -4,10 +4,13 @@
 //! verifies the same way. The owner is trusted no more than an upstream: its bytes must
 //! match the digest before anything is published.
 //!
-//! A fill holds one of the registry's fetch slots like an upstream
-//! download (fair between clients, given up when deserted, charged to the
-//! orphan budget), so a client that asks for many blobs and leaves costs
-//! the owner no more than it would cost the upstream. Anything short of a
+//! A fill holds one of its registry's fill slots ([`crate::routing::PEER_FILLS`],
+//! fair between clients, given up when deserted, charged to an orphan
+//! budget), never one of the
+//! registry's fetch slots: the owner may need those for the very upstream
+//! fetch this fill waits on, and with `maxFetchesPerRegistry` slots held by
+//! fills on every replica, replicas waited on each other until the peer
+//! timeout broke the circle. Anything short of a
 //! good start (the owner unreachable, busy, or answering anything but 200
 //! with a length) returns `None`, and the caller fetches from the upstream
 //! as if there were no cluster. A transfer that breaks or crawls midway
@@ -39,7 +42,9 @@ pub(super) async fn open<'a>(
     };
     let digest = &flight.digest;
     let metrics = &coordinator.metrics;
-    let Some(permit) = fill::slot(coordinator, flight, target).await else {
+    // Fill slots, never the registry's fetch slots: the owner may need
+    // those for the upstream fetch this fill waits on.
+    let Some(permit) = fill::slot(coordinator, flight, &target.registry.fill_slots).await else {
         return Err(FetchFailure::Deserted);
     };
     let client = flight.origin.addr();

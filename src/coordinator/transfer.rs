@@ -102,7 +102,7 @@ pub(super) async fn upstream(
                 };
                 let watch = Some(Watch {
                     flight,
-                    slots: &target.registry.fetch_slots,
+                    slots: permit.slots(),
                     permit,
                 });
                 let body = chunks(resp.into_body());

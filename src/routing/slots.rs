@@ -257,6 +257,12 @@ pub struct FetchPermit {
 }
 
 impl FetchPermit {
+    /// The slots this permit is one of (its download gives way to their
+    /// waiters).
+    pub fn slots(&self) -> &FetchSlots {
+        &self.slots
+    }
+
     /// Promises this slot to a waiter that no other permit has promised
     /// one to yet; false when there is none (the caller keeps going).
     pub fn give_way(&self) -> bool {

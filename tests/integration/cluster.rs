@@ -548,3 +548,49 @@ async fn a_fill_every_client_left_is_cancelled_on_both_replicas() {
         assert!(!r.has_blob(&d));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_take_no_fetch_slot_so_replicas_never_wait_on_each_other() {
+    // One fetch slot per registry on every replica, and each replica asked
+    // for a blob the next one owns: A fills from B, B from C, C from A.
+    // When a fill held its replica's only slot while it waited, each owner
+    // needed that very slot for the upstream fetch its asker waited on:
+    // the three waited on each other until the peer timeout, then each
+    // asker fetched upstream itself.
+    let up = FakeRegistry::start().await;
+    let replicas = cluster_with(&up.url(), 3, |cfg| cfg.max_fetches_per_registry = 1).await;
+    let peers: Vec<String> = replicas.iter().map(|r| r.addr.to_string()).collect();
+    let blobs: Vec<(String, Bytes)> = (0..3)
+        .map(|i| blob_owned_by(&up, 1 << 20, &peers, &peers[(i + 1) % 3]))
+        .collect();
+    let pulls: Vec<_> = blobs
+        .iter()
+        .enumerate()
+        .map(|(i, (d, _))| {
+            let url = replicas[i].url(&format!("/v2/x/blobs/{d}"));
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    for (pull, (d, _)) in pulls.into_iter().zip(&blobs) {
+        let w = within(pull).await.unwrap();
+        assert_eq!(w.status, StatusCode::OK);
+        assert_eq!(&sha256(&w.body), d);
+    }
+    for r in &replicas {
+        r.settle().await;
+    }
+    for (d, _) in &blobs {
+        assert_eq!(up.blob_gets(d), 1, "{d}: one upstream GET, by its owner");
+    }
+    for r in &replicas {
+        let text = r.app.metrics.encode();
+        assert!(
+            !text.contains("ferry_cluster_fallbacks_total{"),
+            "a fill fell back: {}",
+            text.lines()
+                .filter(|l| l.contains("fallbacks"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
