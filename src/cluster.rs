@@ -27,9 +27,12 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::{ClusterConfig, PeerSource};
+use crate::metrics::PeerReasonLabels;
 use crate::oci::{Digest, RepoName, Tag};
 use crate::routing::{Origin, Target};
 
@@ -51,6 +54,8 @@ pub struct Cluster {
     /// How long a peer may take to answer a blob request's headers (it may
     /// be waiting for its own upstream).
     answer_timeout: Duration,
+    /// Failed fills, by peer and reason.
+    failures: Family<PeerReasonLabels, Counter>,
 }
 
 /// Why a peer request failed.
@@ -69,7 +74,12 @@ pub enum PeerError {
 impl Cluster {
     /// `listen` is this replica's listen address (to find itself among the
     /// peers); `answer_timeout` bounds the wait for a peer's answer.
-    pub fn new(config: &ClusterConfig, listen: SocketAddr, answer_timeout: Duration) -> Cluster {
+    pub fn new(
+        config: &ClusterConfig,
+        listen: SocketAddr,
+        answer_timeout: Duration,
+        failures: Family<PeerReasonLabels, Counter>,
+    ) -> Cluster {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
@@ -83,6 +93,7 @@ impl Cluster {
             members,
             client: Client::builder(TokioExecutor::new()).build(http),
             answer_timeout,
+            failures,
         }
     }
 
@@ -114,12 +125,29 @@ impl Cluster {
         (Some(owner) != me.as_deref()).then(|| owner.to_string())
     }
 
-    /// Takes `peer` out of the ring until a probe finds it ready again (for
-    /// a peer that refused a connection: a slow or busy one stays in).
-    pub fn mark_down(&self, peer: &str) {
-        if self.members.mark(peer, false) {
-            tracing::warn!(peer, "cluster peer left out until it answers again");
+    /// A fill from `peer` failed for `reason`: it leaves this replica's
+    /// ring at once, for longer with each failure in a row, whatever its
+    /// probes say meanwhile (see [`membership::Members::fail`]); counted
+    /// by peer and reason, and logged.
+    pub fn fail(&self, peer: &str, reason: &'static str) {
+        let labels = PeerReasonLabels {
+            peer: peer.to_string(),
+            reason,
+        };
+        self.failures.get_or_create(&labels).inc();
+        if let Some(out) = self.members.fail(peer, reason) {
+            tracing::warn!(
+                peer,
+                reason,
+                left_out_s = out.as_secs(),
+                "cluster peer failed a fill; left out of the ring"
+            );
         }
+    }
+
+    /// A fill from `peer` succeeded: its failures in a row are forgotten.
+    pub fn succeeded(&self, peer: &str) {
+        self.members.succeeded(peer);
     }
 
     /// The peer request `headers` make of `method path`, if it is signed
@@ -202,22 +230,28 @@ impl Cluster {
         match tokio::time::timeout(self.answer_timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => {
-                // Only a refused connection takes a peer out of the ring: a
-                // slow or busy one stays in.
-                self.mark_down(peer);
+                self.fail(peer, "refused");
                 Err(PeerError::Connect {
                     peer: peer.into(),
                     cause: crate::upstream::error_chain(&e),
                 })
             }
-            Ok(Err(e)) => Err(PeerError::Unreachable {
-                peer: peer.into(),
-                cause: crate::upstream::error_chain(&e),
-            }),
-            Err(_) => Err(PeerError::Timeout {
-                peer: peer.into(),
-                after: self.answer_timeout,
-            }),
+            Ok(Err(e)) => {
+                self.fail(peer, "unreachable");
+                Err(PeerError::Unreachable {
+                    peer: peer.into(),
+                    cause: crate::upstream::error_chain(&e),
+                })
+            }
+            Err(_) => {
+                // A frozen peer is left out at once, not only after its
+                // readiness probe notices: its other keys go elsewhere.
+                self.fail(peer, "timeout");
+                Err(PeerError::Timeout {
+                    peer: peer.into(),
+                    after: self.answer_timeout,
+                })
+            }
         }
     }
 

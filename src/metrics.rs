@@ -110,6 +110,13 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// A cluster peer (`host:port`, a handful per cluster) and why it failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerReasonLabels {
+    pub peer: String,
+    pub reason: &'static str,
+}
+
 /// What failed to come from an upstream.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Kind {
@@ -285,6 +292,10 @@ pub struct ClusterMetrics {
     pub fallbacks: Family<ReasonLabels, Counter>,
     /// Other peers answering their readiness probe now.
     pub peers_live: Gauge,
+    /// Fills from a peer that failed, by peer and reason (`refused`,
+    /// `timeout`, `unreachable`, `length`, `broken`, `slow`, `lied`); each
+    /// left the peer out of this replica's ring.
+    pub peer_failures: Family<PeerReasonLabels, Counter>,
 }
 
 impl ClusterMetrics {
@@ -313,6 +324,11 @@ impl ClusterMetrics {
             "cluster_peers_live",
             "Other cluster peers answering their readiness probe",
             self.peers_live.clone(),
+        );
+        registry.register(
+            "cluster_peer_failures",
+            "Fills from a cluster peer that failed, by peer and reason (each left the peer out)",
+            self.peer_failures.clone(),
         );
     }
 

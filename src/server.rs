@@ -70,6 +70,10 @@ impl Server {
         let mut background = crate::sync::spawn(&app);
         background.extend(crate::app::tasks::spawn(&app));
         if let Some(cluster) = app.cluster.clone() {
+            if let Some(c) = &app.config.cluster {
+                let described = crate::cluster::Cluster::describe(c);
+                tracing::info!(listen = %app.config.listen, "{}", described.trim_end());
+            }
             let live = app.metrics.cluster.peers_live.clone();
             background.push(tokio::spawn(async move { cluster.run(live).await }));
         }

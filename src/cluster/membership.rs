@@ -2,18 +2,50 @@
 //! DNS), this replica's own name among them, and each peer's liveness.
 //!
 //! A peer is assumed live until a probe (`GET /readyz`, every
-//! `probeInterval`) or a fill says otherwise, and is left out from then on
-//! until a probe finds it ready again. A draining peer answers `/readyz`
-//! with 503 and so leaves the ring before it stops.
+//! `probeInterval`) or a fill says otherwise. A probe that fails leaves it
+//! out until a probe finds it ready again; a draining peer answers
+//! `/readyz` with 503 and so leaves the ring before it stops. A fill that
+//! fails (refused, timed out, broken, too slow, bytes that are not the
+//! blob) leaves it out at once and for a while that doubles with every
+//! failure in a row ([`Members::fail`]): no probe brings it back before
+//! then, so a peer that lies is not trusted again on its next good probe.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::RwLock;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How long the first failure of a fill leaves a peer out; each further
+/// failure in a row doubles it, up to [`FAILED_OUT_MAX`].
+pub const FAILED_OUT: Duration = Duration::from_secs(5);
+
+/// The longest a failing peer is left out before a probe may restore it.
+pub const FAILED_OUT_MAX: Duration = Duration::from_secs(300);
 
 /// One peer as this replica sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerState {
     pub addr: String,
     pub live: bool,
+    /// Why it was last left out (`not ready` for a failed probe).
+    pub reason: Option<&'static str>,
+    /// Fills from it that failed in a row.
+    pub failures: u32,
+    /// Until when a good probe does not restore it.
+    pub out_until: Option<Instant>,
+}
+
+impl PeerState {
+    fn new(addr: &str) -> PeerState {
+        PeerState {
+            addr: addr.to_string(),
+            live: true,
+            reason: None,
+            failures: 0,
+            out_until: None,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -50,27 +82,54 @@ impl Members {
             if Some(addr) == me.as_ref() || next.iter().any(|p| &p.addr == addr) {
                 continue;
             }
-            let live = peers
-                .iter()
-                .find(|p| &p.addr == addr)
-                .is_none_or(|p| p.live);
-            next.push(PeerState {
-                addr: addr.clone(),
-                live,
-            });
+            let known = peers.iter().find(|p| &p.addr == addr).cloned();
+            next.push(known.unwrap_or_else(|| PeerState::new(addr)));
         }
         *peers = next;
     }
 
-    /// Records whether `addr` answered; true when that changed its state.
+    /// Records what a readiness probe of `addr` found; true when that
+    /// changed its state. A ready peer still serving a fill failure's time
+    /// out stays out.
     pub fn mark(&self, addr: &str, live: bool) -> bool {
         let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
-        match peers.iter_mut().find(|p| p.addr == addr) {
-            Some(p) if p.live != live => {
-                p.live = live;
-                true
-            }
-            _ => false,
+        let Some(p) = peers.iter_mut().find(|p| p.addr == addr) else {
+            return false;
+        };
+        if live && p.out_until.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        let changed = p.live != live;
+        p.live = live;
+        if live {
+            (p.reason, p.out_until) = (None, None);
+        } else if changed {
+            p.reason = Some("not ready");
+        }
+        changed
+    }
+
+    /// A fill from `addr` failed for `reason`: it is left out at once, for
+    /// [`FAILED_OUT`] doubled by each failure in a row before this one.
+    /// Returns how long, or `None` for an unknown peer.
+    pub fn fail(&self, addr: &str, reason: &'static str) -> Option<Duration> {
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        let p = peers.iter_mut().find(|p| p.addr == addr)?;
+        let out = FAILED_OUT
+            .saturating_mul(1 << p.failures.min(16))
+            .min(FAILED_OUT_MAX);
+        p.failures = p.failures.saturating_add(1);
+        p.live = false;
+        p.reason = Some(reason);
+        p.out_until = Some(Instant::now() + out);
+        Some(out)
+    }
+
+    /// A fill from `addr` succeeded: its failures in a row are forgotten.
+    pub fn succeeded(&self, addr: &str) {
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = peers.iter_mut().find(|p| p.addr == addr) {
+            p.failures = 0;
         }
     }
 
@@ -132,6 +191,33 @@ mod tests {
         assert_eq!(m.live(), ["c:1", "d:1"], "b stays out until it answers");
         assert!(m.mark("b:1", true));
         assert_eq!(m.live(), ["b:1", "c:1", "d:1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_fill_leaves_a_peer_out_longer_each_time_whatever_its_probes_say() {
+        let m = Members::new(Some("a:1".into()));
+        m.set_peers(&["a:1".into(), "b:1".into()]);
+        assert_eq!(m.fail("b:1", "digest"), Some(FAILED_OUT));
+        assert!(m.live().is_empty(), "out at once");
+        assert!(!m.mark("b:1", true), "a good probe does not restore it yet");
+        assert_eq!(m.peers()[0].reason, Some("digest"));
+        tokio::time::advance(FAILED_OUT).await;
+        assert!(m.mark("b:1", true), "restored once its time is served");
+        assert_eq!(m.live(), ["b:1"]);
+        // Failing again in a row: twice as long.
+        assert_eq!(m.fail("b:1", "timeout"), Some(2 * FAILED_OUT));
+        tokio::time::advance(FAILED_OUT).await;
+        assert!(!m.mark("b:1", true));
+        tokio::time::advance(FAILED_OUT).await;
+        assert!(m.mark("b:1", true));
+        // A fill that worked forgets the failures; the bound holds.
+        m.succeeded("b:1");
+        assert_eq!(m.fail("b:1", "refused"), Some(FAILED_OUT));
+        for _ in 0..20 {
+            m.fail("b:1", "refused");
+        }
+        assert_eq!(m.fail("b:1", "refused"), Some(FAILED_OUT_MAX));
+        assert_eq!(m.fail("z:1", "refused"), None, "not a peer");
     }
 
     #[tokio::test]

@@ -76,6 +76,13 @@ impl ClusterSection {
         };
         if let Some(me) = &self.self_addr {
             check_host_port(me).map_err(|m| err(format!("self {me:?}: {m}")))?;
+            if let PeerSource::Static(list) = &peers {
+                if !list.contains(me) {
+                    return Err(err(format!(
+                        "self {me:?} is not among peers {list:?}: the other replicas would never ask it for what it owns, and it would own what they think another owns; list every replica in peers, this one included"
+                    )));
+                }
+            }
         }
         let secret = match (&self.secret_file, env_secret) {
             (Some(path), _) => std::fs::read_to_string(path)
@@ -147,5 +154,21 @@ mod tests {
         assert!(e.unwrap_err().0.contains("16"));
         let e = section(r#"{"dns": "ferry-peers"}"#).resolve(Some("0123456789abcdef".into()));
         assert!(e.unwrap_err().0.contains("port"));
+    }
+
+    #[test]
+    fn self_must_be_among_the_peers() {
+        let secret = || Some("0123456789abcdef".to_string());
+        let ok = section(r#"{"peers": ["a:1", "b:1"], "self": "b:1"}"#);
+        assert_eq!(
+            ok.resolve(secret()).unwrap().self_addr.as_deref(),
+            Some("b:1")
+        );
+        let e = section(r#"{"peers": ["a:1", "b:1"], "self": "c:1"}"#).resolve(secret());
+        let e = e.unwrap_err().0;
+        assert!(e.contains(r#"self "c:1" is not among peers"#), "{e}");
+        // With peers from DNS, where this replica is found at run time.
+        let dns = section(r#"{"dns": "ferry-peers", "port": 5000, "self": "c:5000"}"#);
+        assert!(dns.resolve(secret()).is_ok());
     }
 }

@@ -124,7 +124,10 @@ pub(super) async fn fill(
         }
     };
     match (&result, blame) {
-        (Ok(size), _) => {
+        (Ok(size), blame) => {
+            if let (Blame::Peer(name), Some(cluster)) = (blame, coordinator.cluster.as_ref()) {
+                cluster.succeeded(name);
+            }
             coordinator
                 .lifecycle
                 .stored(digest, *size, &coordinator.clock);
@@ -133,12 +136,12 @@ pub(super) async fn fill(
             }
         }
         (Err(e), Blame::Peer(name)) if is_bad_bytes(e) => {
-            // A peer that lies is left out like a dead one (until its
-            // probe says ready again); the clients' retries go upstream
-            // meanwhile.
+            // A peer that lies is left out at once, and its next good probe
+            // does not bring it back (see `Cluster::fail`); the clients'
+            // retries go upstream meanwhile.
             tracing::warn!(%digest, peer = name, error = %e, "peer sent bytes that are not the blob");
             if let Some(cluster) = coordinator.cluster.as_ref() {
-                cluster.mark_down(name);
+                cluster.fail(name, "lied");
             }
         }
         (Err(e), Blame::Bucket) if is_bad_bytes(e) => {

@@ -64,6 +64,8 @@ pub(super) async fn open<'a>(
         }
     };
     if content_length(resp.headers()).is_none_or(|s| s > coordinator.max_blob_size) {
+        // A 200 without a length, or with more than any blob may have.
+        cluster.fail(peer, "length");
         metrics.cluster.fell_back("status");
         return Ok(None);
     }

@@ -136,6 +136,9 @@ pub(super) async fn upstream(
             tracing::warn!(%digest, peer, received, error = %broken,
                 "peer transfer broke; continuing from the upstream");
             coordinator.metrics.cluster.fell_back("broken");
+            if let Some(cluster) = coordinator.cluster.as_ref() {
+                cluster.fail(peer, if too_slow { "slow" } else { "broken" });
+            }
             flight.left_peer();
         } else {
             // A drip makes some progress on every attempt; it must not earn

@@ -177,9 +177,12 @@ fn peers(app: &Arc<App>, h: &mut String) {
     );
     h.push_str("<table><tr><th>peer</th><th>state</th></tr>\n");
     for p in c.peers() {
-        let state = match p.live {
-            true => "<span class=\"ok\">ready</span>",
-            false => "<span class=\"bad\">left out</span>",
+        let state = match (p.live, p.reason) {
+            (true, _) => "<span class=\"ok\">ready</span>".to_string(),
+            (false, why) => format!(
+                "<span class=\"bad\">left out: {}</span>",
+                escape(why.unwrap_or("not ready"))
+            ),
         };
         let _ = writeln!(
             h,

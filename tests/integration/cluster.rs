@@ -272,6 +272,44 @@ async fn a_peer_that_sends_wrong_bytes_publishes_nothing_and_the_retry_comes_fro
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_lied_stays_out_whatever_its_probes_say() {
+    let up = FakeRegistry::start().await;
+    let owner = scripted_owner(|data| RawBody::Bytes(blob_bytes(data.len(), 1))).await;
+    let liar = owner.upstream.addr.to_string();
+    // Probed every 20 ms: it answers every probe ready.
+    let (ferry, peers) = replica_with_peer(&up.url(), &liar, Duration::from_millis(20)).await;
+    let (d, data) = blob_owned_by(&up, 1 << 20, &peers, &liar);
+    *owner.blob.lock().unwrap() = data;
+    let _ = within(try_get(&ferry.url(&format!("/v2/x/blobs/{d}")))).await;
+    ferry.settle().await;
+    assert_eq!(ferry.fetch_failures("digest_mismatch"), 1);
+    // Many good probes later (each one a request to the liar), it is
+    // still left out: it was trusted again on its next probe before.
+    let after_lie = owner.upstream.requests();
+    until(|| owner.upstream.requests() >= after_lie + 5).await;
+    assert_eq!(
+        ferry.app.metrics.cluster.peers_live.get(),
+        0,
+        "the liar is back in"
+    );
+    let (other, _) = blob_owned_by(&up, 4096, &peers, &liar);
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{other}")))).await;
+    assert_eq!(sha256(&w.body), other);
+    assert_eq!(up.blob_gets(&other), 1, "served from the upstream");
+    assert_eq!(
+        ferry.app.metrics.cluster.requests_out.get(),
+        1,
+        "the liar was asked again"
+    );
+    // Counted by peer and reason, and shown with its reason.
+    let text = ferry.app.metrics.encode();
+    let line = format!("ferry_cluster_peer_failures_total{{peer=\"{liar}\",reason=\"lied\"}} 1");
+    assert!(text.contains(&line), "no {line} in\n{text}");
+    let page = String::from_utf8(within(get(&ferry.url("/"))).await.body.to_vec()).unwrap();
+    assert!(page.contains("left out: lied"), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peer_path_gives_an_outsider_no_more_than_a_client() {
     let up = FakeRegistry::start().await;
     let d = up.add_blob(blob_bytes(50_000, 850));
