@@ -187,7 +187,7 @@ impl Resolved {
 impl Target {
     /// How a peer request names this target (see [`PeerRoute`]).
     pub fn peer_route(&self) -> String {
-        PeerRoute::encode(self.registry.index, &self.upstream_name)
+        PeerRoute::encode(&self.registry.name, &self.upstream_name)
     }
 
     /// `/v2/<upstream name>/blobs/<digest>` at this registry.
@@ -395,8 +395,17 @@ impl Router {
         let route = PeerRoute::parse(routed).map_err(|m| bad(&m))?;
         let registry = self
             .registries
-            .get(route.registry)
-            .ok_or_else(|| bad("no such registry here (do the peers share one config?)"))?;
+            .iter()
+            .find(|r| r.name == route.registry)
+            .ok_or_else(|| {
+                // Not a 404, which an asking replica takes as the
+                // upstream's word that the tag does not exist.
+                RegistryError::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    ErrorCode::NameUnknown,
+                    format!("peer repository {routed:?}: this replica has no registry {}; fetch it from your own upstream", route.registry),
+                )
+            })?;
         let local = RepoName::parse(raw_name)
             .map_err(|m| RegistryError::bad_request(ErrorCode::NameInvalid, m.to_string()))?;
         Ok(Resolved {
@@ -407,6 +416,16 @@ impl Router {
             }],
             origin: Origin::Peer { client },
         })
+    }
+
+    /// Remembers that `target` served `repo`, so its blobs go there first
+    /// for this replica's clients. A peer's request routed its own way
+    /// (with its own config): it is not this replica's choice, and taking it
+    /// as one sent this replica's clients to the peer's registry.
+    pub fn remember_served(&self, repo: &Resolved, target: &Target) {
+        if !repo.origin.is_peer() {
+            self.remember(&repo.local, target.registry.index);
+        }
     }
 
     /// Remembers that `registry` served `local`, so its blobs go there first.

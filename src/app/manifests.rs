@@ -104,9 +104,7 @@ pub fn report(failure: Option<UpstreamError>) -> RegistryError {
 }
 
 pub fn remember(app: &App, repo: &Resolved, target: &Target) {
-    app.coordinator
-        .router()
-        .remember(&repo.local, target.registry.index);
+    app.coordinator.router().remember_served(repo, target);
 }
 
 /// Fetches a manifest with `GET` from one registry, verifies it against

@@ -34,21 +34,24 @@ pub async fn resolve(
     tag: &Tag,
     accept: &str,
 ) -> Result<Resolution, RegistryError> {
-    for target in &repo.targets {
-        let Some((record, m)) =
-            manifests::stored_tag(app, target, &target.upstream_name, tag).await
-        else {
-            continue;
-        };
-        let ttl = target.registry.config.freshness.tag_ttl;
-        if app.clock.age(record.fetched_at_ms) < ttl && accepts(accept, &m.media_type) {
-            return Ok(Resolution {
-                manifest: m,
-                cache: CacheStatus::Hit,
-                warning: None,
-            });
+    // Only the first candidate's stored tag is served without asking (the
+    // registry that last served this repository to this replica's clients
+    // comes first). A later candidate's record may have been kept for a
+    // cluster peer routing its own way: serving it skipped the registry
+    // this replica's config puts first, and gave its clients the other
+    // registry's image.
+    if let Some(target) = repo.targets.first() {
+        let stored = manifests::stored_tag(app, target, &target.upstream_name, tag).await;
+        if let Some((record, m)) = stored {
+            let ttl = target.registry.config.freshness.tag_ttl;
+            if app.clock.age(record.fetched_at_ms) < ttl && accepts(accept, &m.media_type) {
+                return Ok(Resolution {
+                    manifest: m,
+                    cache: CacheStatus::Hit,
+                    warning: None,
+                });
+            }
         }
-        break; // the first registry that holds the tag decides
     }
     let registries: Vec<String> = repo
         .targets

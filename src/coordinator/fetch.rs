@@ -190,9 +190,7 @@ async fn open_upstream<'a>(
     let Some((resp, permit)) = answer else {
         return Err(FetchFailure::Deserted);
     };
-    coordinator
-        .router
-        .remember(&repo.local, target.registry.index);
+    coordinator.router.remember_served(repo, target);
     let size = content_length(resp.headers()).unwrap_or(0);
     if size > coordinator.max_blob_size {
         return Err(FetchFailure::Upstream(UpstreamError::TooLarge {

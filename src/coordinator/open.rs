@@ -224,7 +224,7 @@ impl Coordinator {
                 }
                 e.to_registry_error(ErrorCode::BlobUnknown)
             })?;
-        self.router.remember(&repo.local, target.registry.index);
+        self.router.remember_served(repo, target);
         self.link(target, vec![digest.clone()]).await;
         Ok((content_length(resp.headers()), CacheStatus::Miss))
     }

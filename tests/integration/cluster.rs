@@ -76,13 +76,14 @@ async fn all_live(replicas: &[Ferry], live: i64) {
     .await;
 }
 
-/// A peer request from `x:1` for `path`, as a forger would write one.
-fn peer_request(path: &str) -> ferry::cluster::signature::Request<'_> {
+/// A peer request from `x:1` for `path` of repository `x` at the
+/// registry `registry` (its `host:port`), as a forger would write one.
+fn peer_request<'a>(path: &'a str, route: &'a str) -> ferry::cluster::signature::Request<'a> {
     ferry::cluster::signature::Request {
         from: "x:1",
         method: "GET",
         path,
-        repo: "0 x",
+        repo: route,
         client: "192.0.2.1",
     }
 }
@@ -331,12 +332,16 @@ async fn the_peer_path_gives_an_outsider_no_more_than_a_client() {
     let path = format!("/v2/x/blobs/{d}");
     let url = ferry.url(&path);
     assert_eq!(within(get(&url)).await.status, StatusCode::UNAUTHORIZED);
+    let route = format!("{} x", up.url().trim_start_matches("http://"));
+    let route = route.as_str();
 
     // Peer headers signed with the wrong secret, or copied onto another
     // path, are ignored: an ordinary anonymous client.
-    let forged = ferry::cluster::signature::sign(b"not the secret", &peer_request(&path));
-    let copied =
-        ferry::cluster::signature::sign(SECRET.as_bytes(), &peer_request("/v2/y/blobs/sha256:00"));
+    let forged = ferry::cluster::signature::sign(b"not the secret", &peer_request(&path, route));
+    let copied = ferry::cluster::signature::sign(
+        SECRET.as_bytes(),
+        &peer_request("/v2/y/blobs/sha256:00", route),
+    );
     for headers in [forged, copied] {
         let h: Vec<(&str, &str)> = headers
             .iter()
@@ -347,7 +352,7 @@ async fn the_peer_path_gives_an_outsider_no_more_than_a_client() {
     }
     // Signed for a tag list: the peer path is for blobs and manifests only.
     let mpath = "/v2/x/tags/list";
-    let signed = ferry::cluster::signature::sign(SECRET.as_bytes(), &peer_request(mpath));
+    let signed = ferry::cluster::signature::sign(SECRET.as_bytes(), &peer_request(mpath, route));
     let h: Vec<(&str, &str)> = signed
         .iter()
         .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
@@ -355,7 +360,7 @@ async fn the_peer_path_gives_an_outsider_no_more_than_a_client() {
     let w = within(request(Method::GET, &ferry.url(mpath), &h)).await;
     assert_eq!(w.status, StatusCode::UNAUTHORIZED);
     // Signed with the cluster's secret, for this blob: served.
-    let signed = ferry::cluster::signature::sign(SECRET.as_bytes(), &peer_request(&path));
+    let signed = ferry::cluster::signature::sign(SECRET.as_bytes(), &peer_request(&path, route));
     let h: Vec<(&str, &str)> = signed
         .iter()
         .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
@@ -631,4 +636,70 @@ async fn fills_take_no_fetch_slot_so_replicas_never_wait_on_each_other() {
                 .join("\n")
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_that_order_their_registries_differently_serve_each_its_own_image() {
+    // A rolling config change: replica 0 lists [r1, r2], replica 1 lists
+    // [r2, r1]. Both registries have `app` with the same tags and other
+    // images; each replica's clients must get the image their replica's
+    // config routes to (r1's on replica 0, r2's on replica 1), whichever
+    // replica owns the tag. Named by position, 8 of 8 tags asked through
+    // the other replica were the other registry's image.
+    let (r1, r2) = (FakeRegistry::start().await, FakeRegistry::start().await);
+    let manifest = |from: &str, tag: &str| {
+        Bytes::from(format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2}},"layers":[],"annotations":{{"from":"{from}","tag":"{tag}"}}}}"#
+        ))
+    };
+    let media = "application/vnd.oci.image.manifest.v1+json";
+    let tags: Vec<String> = (0..8).map(|i| format!("v{i}")).collect();
+    for t in &tags {
+        r1.add_manifest("app", Some(t), media, manifest("r1", t));
+        r2.add_manifest("app", Some(t), media, manifest("r2", t));
+    }
+    let addrs = free_addrs(2);
+    let peers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let mut replicas = Vec::new();
+    for (i, order) in [[r1.url(), r2.url()], [r2.url(), r1.url()]]
+        .iter()
+        .enumerate()
+    {
+        let json = serde_json::json!({"extensions": {"sync": {"enable": true, "registries": [
+            {"urls": [order[0]]}, {"urls": [order[1]]}
+        ]}}});
+        let c = cluster_config(&peers, &peers[i], Duration::from_millis(100));
+        let addr = addrs[i];
+        replicas.push(
+            Ferry::start_json(&json.to_string(), move |cfg| {
+                cfg.listen = addr;
+                cfg.cluster = Some(c);
+            })
+            .await,
+        );
+    }
+    all_live(&replicas, 1).await;
+    for t in &tags {
+        for (i, (replica, from)) in replicas.iter().zip(["r1", "r2"]).enumerate() {
+            let w = within(get(&replica.url(&format!("/v2/app/manifests/{t}")))).await;
+            assert_eq!(w.status, StatusCode::OK);
+            let got = String::from_utf8_lossy(&w.body).into_owned();
+            assert_eq!(
+                got,
+                String::from_utf8_lossy(&manifest(from, t)),
+                "{t} through replica {i}"
+            );
+        }
+    }
+    // Each registry was asked for each tag once, by the replica that owns
+    // it or by the one that routes there.
+    let asked: usize = tags
+        .iter()
+        .map(|t| r1.hits("GET", &format!("/v2/app/manifests/{t}")))
+        .sum();
+    assert!(
+        asked >= tags.len(),
+        "r1 asked {asked} times for {} tags",
+        tags.len()
+    );
 }
