@@ -12,6 +12,13 @@ fuzz_target!(|data: &[u8]| {
         Some((p, n)) => (p, Some(n)),
         None => (text, None),
     };
+    // What a cluster peer sends as its route: parsed or refused, never a
+    // panic, never a name that could leave the store.
+    if let Ok(route) = ferry::routing::PeerRoute::parse(text) {
+        let s = route.upstream_name.to_string();
+        assert!(!s.split('/').any(|seg| seg == ".." || seg == "." || seg.is_empty()));
+        assert!(!route.registry.contains('/') && !route.registry.contains(' '));
+    }
     for method in [http::Method::GET, http::Method::HEAD, http::Method::PUT] {
         if let Ok(route) = ferry::http::route(&method, path) {
             let name = match &route {
@@ -22,7 +29,8 @@ fuzz_target!(|data: &[u8]| {
                 _ => None,
             };
             if let Some(name) = name {
-                if let Ok(resolved) = router().resolve(&name, ns) {
+                let origin = ferry::routing::Origin::background();
+                if let Ok(resolved) = router().resolve(&name, ns, origin) {
                     let s = resolved.local.to_string();
                     assert!(!s.split('/').any(|seg| seg == ".." || seg == "." || seg.is_empty()));
                 }
