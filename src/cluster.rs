@@ -42,8 +42,10 @@ pub use signature::Signed;
 
 /// A peer that does not accept a connection this fast is taken as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// A readiness probe that takes longer counts as a failure.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A readiness probe that takes longer counts as a failure. With the
+/// default `probeInterval` (1 s), a peer that freezes is out of the ring
+/// within 2.5 s, and every wait on it ends then ([`Cluster::left_out`]).
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
 #[derive(Debug)]
 pub struct Cluster {
@@ -69,6 +71,10 @@ pub enum PeerError {
     Unreachable { peer: String, cause: String },
     #[error("peer {peer} did not answer within {after:?}")]
     Timeout { peer: String, after: Duration },
+    /// Left out of the ring while this replica waited for its answer (its
+    /// readiness probe failed: frozen, or gone).
+    #[error("peer {peer} left the ring while it was asked")]
+    LeftOut { peer: String },
 }
 
 impl Cluster {
@@ -143,6 +149,24 @@ impl Cluster {
                 "cluster peer failed a fill; left out of the ring"
             );
         }
+    }
+
+    /// Resolves once `peer` is out of this replica's ring (a probe found
+    /// it not ready, or a fill from it failed). A wait on a peer races this:
+    /// a peer that froze is left for elsewhere within a probe, not after
+    /// the time its upstream may take.
+    pub async fn left_out(&self, peer: &str) {
+        let mut changes = self.members.changes();
+        while self.members.is_live(peer) {
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Whether `peer` is in this replica's ring now.
+    pub fn is_live(&self, peer: &str) -> bool {
+        self.members.is_live(peer)
     }
 
     /// A fill from `peer` succeeded: its failures in a row are forgotten.
@@ -227,7 +251,13 @@ impl Cluster {
         };
         req.headers_mut()
             .extend(signature::sign(self.secret(), &signed));
-        match tokio::time::timeout(self.answer_timeout, self.client.request(req)).await {
+        let answer = tokio::select! {
+            a = tokio::time::timeout(self.answer_timeout, self.client.request(req)) => a,
+            () = self.left_out(peer) => {
+                return Err(PeerError::LeftOut { peer: peer.into() });
+            }
+        };
+        match answer {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) if e.is_connect() => {
                 self.fail(peer, "refused");

@@ -54,6 +54,9 @@ pub struct Members {
     me: RwLock<Option<String>>,
     /// Every other peer.
     peers: RwLock<Vec<PeerState>>,
+    /// Bumped on every change of a peer's state, for waits that end when
+    /// their peer leaves ([`Members::changes`]).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Members {
@@ -61,6 +64,7 @@ impl Members {
         Members {
             me: RwLock::new(me),
             peers: RwLock::default(),
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -88,6 +92,21 @@ impl Members {
         *peers = next;
     }
 
+    /// Wakes on every change of a peer's state.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Whether `addr` is a peer in the ring now.
+    pub fn is_live(&self, addr: &str) -> bool {
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        peers.iter().any(|p| p.addr == addr && p.live)
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Records what a readiness probe of `addr` found; true when that
     /// changed its state. A ready peer still serving a fill failure's time
     /// out stays out.
@@ -106,6 +125,10 @@ impl Members {
         } else if changed {
             p.reason = Some("not ready");
         }
+        drop(peers);
+        if changed {
+            self.changed();
+        }
         changed
     }
 
@@ -122,6 +145,8 @@ impl Members {
         p.live = false;
         p.reason = Some(reason);
         p.out_until = Some(Instant::now() + out);
+        drop(peers);
+        self.changed();
         Some(out)
     }
 

@@ -30,7 +30,7 @@ pub struct ClusterSection {
     #[serde(rename = "self")]
     pub self_addr: Option<String>,
     pub secret_file: Option<PathBuf>,
-    /// How often peers are asked whether they are ready ("2s").
+    /// How often peers are asked whether they are ready ("1s").
     pub probe_interval: Option<String>,
     /// How often `dns` is resolved again ("5s").
     pub dns_interval: Option<String>,
@@ -109,7 +109,7 @@ impl ClusterSection {
             probe_interval: dur(
                 "probeInterval",
                 &self.probe_interval,
-                Duration::from_secs(2),
+                Duration::from_secs(1),
             )?,
             dns_interval: dur("dnsInterval", &self.dns_interval, Duration::from_secs(5))?,
         })

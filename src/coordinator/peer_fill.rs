@@ -59,7 +59,10 @@ pub(super) async fn open<'a>(
         }
         Err(e) => {
             tracing::warn!(%digest, error = %e, "peer did not answer; fetching upstream");
-            metrics.cluster.fell_back("unreachable");
+            let left = matches!(e, crate::cluster::PeerError::LeftOut { .. });
+            metrics
+                .cluster
+                .fell_back(if left { "left_out" } else { "unreachable" });
             return Ok(None);
         }
     };

@@ -25,6 +25,7 @@ use prometheus_client::metrics::counter::Counter;
 use super::flight::{FetchFailure, Flight};
 use super::spool::Spool;
 use super::state::Coordinator;
+use crate::cluster::Cluster;
 use crate::config::Timeouts;
 use crate::oci::Digest;
 use crate::routing::{FetchPermit, FetchSlots, Target};
@@ -37,6 +38,26 @@ type Chunks<'a> = futures::stream::BoxStream<'a, Result<Bytes, String>>;
 /// The data frames of an upstream body.
 fn chunks(body: Incoming) -> Chunks<'static> {
     body.into_data_stream().map_err(|e| error_chain(&e)).boxed()
+}
+
+/// `body` until `peer` leaves the ring (a probe found it frozen or gone),
+/// then one error: the pump breaks, and the transfer goes on from the
+/// upstream at once instead of waiting out an idle timeout meant for
+/// upstreams.
+fn until_left_out<'a>(body: Chunks<'a>, cluster: &'a Cluster, peer: &'a str) -> Chunks<'a> {
+    let left = Box::pin(cluster.left_out(peer));
+    futures::stream::unfold(Some((body, left)), |state| async move {
+        let (mut body, mut left) = state?;
+        tokio::select! {
+            biased;
+            item = body.next() => item.map(|i| (i, Some((body, left)))),
+            () = &mut left => {
+                let why = "the peer left the ring (its readiness probe failed)".to_string();
+                Some((Err(why), None))
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Where the first response of a transfer came from.
@@ -109,6 +130,10 @@ pub(super) async fn upstream(
                 match from_peer {
                     Some((peer, counted)) => {
                         let peer_url = format!("peer {peer} ({digest})");
+                        let body = match coordinator.cluster.as_deref() {
+                            Some(cluster) => until_left_out(body, cluster, peer),
+                            None => body,
+                        };
                         pump(body, &spool, &mut pos, &timeouts, &peer_url, counted, watch).await
                     }
                     None => pump(body, &spool, &mut pos, &timeouts, &url, fetched, watch).await,
@@ -135,9 +160,15 @@ pub(super) async fn upstream(
             // spent: the upstream has not failed).
             tracing::warn!(%digest, peer, received, error = %broken,
                 "peer transfer broke; continuing from the upstream");
-            coordinator.metrics.cluster.fell_back("broken");
-            if let Some(cluster) = coordinator.cluster.as_ref() {
-                cluster.fail(peer, if too_slow { "slow" } else { "broken" });
+            let cluster = coordinator.cluster.as_deref();
+            match cluster.filter(|c| c.is_live(peer)) {
+                Some(cluster) => {
+                    let reason = if too_slow { "slow" } else { "broken" };
+                    coordinator.metrics.cluster.fell_back("broken");
+                    cluster.fail(peer, reason);
+                }
+                // Left out meanwhile (its probe failed): already counted.
+                None => coordinator.metrics.cluster.fell_back("left_out"),
             }
             flight.left_peer();
         } else {

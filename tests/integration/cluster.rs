@@ -184,12 +184,23 @@ fn blob_owned_by(up: &FakeRegistry, size: usize, peers: &[String], owner: &str) 
 
 /// One replica whose only peer is `peer`.
 async fn replica_with_peer(upstream: &str, peer: &str, probe: Duration) -> (Ferry, Vec<String>) {
+    replica_with_peer_and(upstream, peer, probe, |_| {}).await
+}
+
+/// [`replica_with_peer`], its config changed by `tweak` besides.
+async fn replica_with_peer_and(
+    upstream: &str,
+    peer: &str,
+    probe: Duration,
+    tweak: impl FnOnce(&mut ferry::Config),
+) -> (Ferry, Vec<String>) {
     let addr = free_addrs(1)[0];
     let peers = vec![addr.to_string(), peer.to_string()];
     let c = cluster_config(&peers, &peers[0], probe);
     let ferry = Ferry::start_with(upstream, move |cfg| {
         cfg.listen = addr;
         cfg.cluster = Some(c);
+        tweak(cfg);
     })
     .await;
     all_live(std::slice::from_ref(&ferry), 1).await;
@@ -701,5 +712,107 @@ async fn replicas_that_order_their_registries_differently_serve_each_its_own_ima
         asked >= tags.len(),
         "r1 asked {asked} times for {} tags",
         tags.len()
+    );
+}
+
+/// A scripted peer that answers its probes until `frozen` is set, and
+/// then nothing at all (a process stopped with SIGSTOP); a blob request
+/// gets `blob` (set once chosen) as `send` makes it, and may freeze it.
+async fn freezing_peer(
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    blob: std::sync::Arc<std::sync::Mutex<Bytes>>,
+    send: impl Fn(&Bytes) -> RawBody + Send + Sync + 'static,
+) -> RawUpstream {
+    use std::sync::atomic::Ordering;
+    RawUpstream::start(move |req| {
+        if frozen.load(Ordering::SeqCst) {
+            return RawReply::new("200 OK", &[], RawBody::Frozen);
+        }
+        if req.path == "/readyz" {
+            let empty = RawBody::Bytes(Bytes::new());
+            return RawReply::new("200 OK", &[("Content-Length", "0".into())], empty);
+        }
+        let data = blob.lock().unwrap().clone();
+        let body = send(&data);
+        RawReply::new(
+            "200 OK",
+            &[("Content-Length", data.len().to_string())],
+            body,
+        )
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_freezes_before_answering_is_left_within_a_probe() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let up = FakeRegistry::start().await;
+    let frozen = std::sync::Arc::new(AtomicBool::new(false));
+    let blob = std::sync::Arc::new(std::sync::Mutex::new(Bytes::new()));
+    let peer = freezing_peer(frozen.clone(), blob.clone(), |d| RawBody::Bytes(d.clone())).await;
+    let owner = peer.addr.to_string();
+    let (ferry, peers) = replica_with_peer(&up.url(), &owner, Duration::from_millis(50)).await;
+    let (d, data) = blob_owned_by(&up, 1 << 20, &peers, &owner);
+    *blob.lock().unwrap() = data;
+    frozen.store(true, Ordering::SeqCst);
+    // Asked at once: the fill waits on the frozen owner until its next
+    // probe fails, not for the time an upstream may take to answer (40 s).
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{d}")))).await;
+    assert_eq!(w.status, StatusCode::OK);
+    assert_eq!(sha256(&w.body), d);
+    assert_eq!(up.blob_gets(&d), 1);
+    let text = ferry.app.metrics.encode();
+    assert!(
+        text.contains(r#"ferry_cluster_fallbacks_total{reason="left_out"} 1"#),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("cluster"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_freezes_mid_transfer_is_left_within_a_probe() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let up = FakeRegistry::start().await;
+    let frozen = std::sync::Arc::new(AtomicBool::new(false));
+    let blob = std::sync::Arc::new(std::sync::Mutex::new(Bytes::new()));
+    let f = frozen.clone();
+    // Half the blob, then the owner freezes: silent, probes included.
+    let peer = freezing_peer(frozen.clone(), blob.clone(), move |d| {
+        f.store(true, Ordering::SeqCst);
+        RawBody::ThenHang(d.slice(..d.len() / 2))
+    })
+    .await;
+    let owner = peer.addr.to_string();
+    // An idle timeout longer than any test step may take: only leaving
+    // the frozen owner at its failed probe ends the wait.
+    let (ferry, peers) =
+        replica_with_peer_and(&up.url(), &owner, Duration::from_millis(50), |cfg| {
+            cfg.timeouts.idle_read = Duration::from_secs(600)
+        })
+        .await;
+    let size = 4 << 20;
+    let (d, data) = blob_owned_by(&up, size, &peers, &owner);
+    *blob.lock().unwrap() = data;
+    // The rest comes from the upstream once a probe finds the owner
+    // frozen, not after the upstream's idle timeout.
+    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{d}")))).await;
+    assert_eq!(w.status, StatusCode::OK);
+    assert_eq!(sha256(&w.body), d);
+    assert!(
+        up.blob_bytes_sent(&d) <= size as u64 / 2 + (1 << 20),
+        "only the rest from the upstream: {} bytes",
+        up.blob_bytes_sent(&d)
+    );
+    let text = ferry.app.metrics.encode();
+    assert!(
+        text.contains(r#"ferry_cluster_fallbacks_total{reason="left_out"} 1"#),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("cluster"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }

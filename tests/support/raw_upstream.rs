@@ -23,6 +23,8 @@ pub enum RawBody {
     Endless,
     /// One byte of `bytes` every `every`.
     Drip { bytes: Bytes, every: Duration },
+    /// Nothing at all, not even the head: a process that froze.
+    Frozen,
 }
 
 /// One scripted answer: the status line and headers (no blank line), and
@@ -161,6 +163,10 @@ async fn answer(
     };
     requests.fetch_add(1, Ordering::SeqCst);
     let reply = script(&request);
+    if let RawBody::Frozen = reply.body {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        return Ok(());
+    }
     conn.write_all(format!("{}\r\n\r\n", reply.head).as_bytes())
         .await?;
     if request.method == "HEAD" {
@@ -190,6 +196,7 @@ async fn answer(
                 tokio::time::sleep(every).await;
             }
         }
+        RawBody::Frozen => unreachable!("answered above"),
     }
     conn.shutdown().await
 }
