@@ -71,6 +71,9 @@ pub enum PeerError {
     Unreachable { peer: String, cause: String },
     #[error("peer {peer} did not answer within {after:?}")]
     Timeout { peer: String, after: Duration },
+    /// The answer does not carry the owner's signature for this request.
+    #[error("peer {peer} answered without a valid signature; ignored")]
+    Unsigned { peer: String },
     /// Left out of the ring while this replica waited for its answer (its
     /// readiness probe failed: frozen, or gone).
     #[error("peer {peer} left the ring while it was asked")]
@@ -164,6 +167,19 @@ impl Cluster {
         }
     }
 
+    /// Signs the answer to a verified peer request (`request` are its
+    /// headers), so the asking replica can tell it from a forgery.
+    pub fn sign_answer(&self, request: &HeaderMap, status: u16, answer: &mut HeaderMap) {
+        let Some(sig) = request
+            .get(signature::SIGNATURE)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return;
+        };
+        let value = signature::sign_answer(self.secret(), sig, status, answer);
+        answer.insert(signature::ANSWER, value);
+    }
+
     /// Whether `peer` is in this replica's ring now.
     pub fn is_live(&self, peer: &str) -> bool {
         self.members.is_live(peer)
@@ -249,8 +265,13 @@ impl Cluster {
             repo,
             client: &client,
         };
-        req.headers_mut()
-            .extend(signature::sign(self.secret(), &signed));
+        let signed = signature::sign(self.secret(), &signed);
+        let request_signature = signed
+            .get(signature::SIGNATURE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        req.headers_mut().extend(signed);
         let answer = tokio::select! {
             a = tokio::time::timeout(self.answer_timeout, self.client.request(req)) => a,
             () = self.left_out(peer) => {
@@ -258,7 +279,17 @@ impl Cluster {
             }
         };
         match answer {
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                let (status, headers) = (resp.status().as_u16(), resp.headers());
+                if signature::verify_answer(self.secret(), &request_signature, status, headers) {
+                    Ok(resp)
+                } else {
+                    // Not from a holder of the secret, or not for this
+                    // request: nothing of it is taken.
+                    self.fail(peer, "unsigned");
+                    Err(PeerError::Unsigned { peer: peer.into() })
+                }
+            }
             Ok(Err(e)) if e.is_connect() => {
                 self.fail(peer, "refused");
                 Err(PeerError::Connect {

@@ -110,6 +110,12 @@ pub async fn handle<B>(
             }
         }
     };
+    let mut response = response;
+    if let (Some(_), Some(cluster)) = (&peer, app.cluster.as_ref()) {
+        // A peer takes nothing from an answer it cannot tell from a forgery.
+        let status = response.status().as_u16();
+        cluster.sign_answer(req.headers(), status, response.headers_mut());
+    }
     let bytes = response
         .headers()
         .get(http::header::CONTENT_LENGTH)

@@ -123,6 +123,59 @@ fn verify_at(
     })
 }
 
+/// The owner's signature of its answer: hex HMAC-SHA256 of the request's
+/// signature, the status, `Docker-Content-Digest` and `Content-Length`.
+/// A replica takes nothing from a peer whose answer does not carry it:
+/// not a manifest, not a tag, not a 404, not a blob's length.
+pub const ANSWER: &str = "ferry-peer-answer";
+
+fn answer_mac(secret: &[u8], request: &str, status: u16, headers: &HeaderMap) -> Hmac<Sha256> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut m = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    for part in [
+        "answer",
+        request,
+        &status.to_string(),
+        &text("docker-content-digest"),
+        &text("content-length"),
+    ] {
+        m.update(part.as_bytes());
+        m.update(b"\n");
+    }
+    m
+}
+
+/// The [`ANSWER`] header for an answer of `status` with `headers` to the
+/// request signed `request` (its [`SIGNATURE`]).
+pub fn sign_answer(secret: &[u8], request: &str, status: u16, headers: &HeaderMap) -> HeaderValue {
+    let tag = answer_mac(secret, request, status, headers)
+        .finalize()
+        .into_bytes();
+    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    HeaderValue::from_str(&hex).expect("hex is a header value")
+}
+
+/// Whether an answer of `status` with `headers` was signed by a holder of
+/// `secret` for the request signed `request`.
+pub fn verify_answer(secret: &[u8], request: &str, status: u16, headers: &HeaderMap) -> bool {
+    let Some(tag) = headers
+        .get(ANSWER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(decode_hex)
+    else {
+        return false;
+    };
+    answer_mac(secret, request, status, headers)
+        .verify_slice(&tag)
+        .is_ok()
+}
+
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() != 64 {
         return None;
@@ -173,5 +226,41 @@ mod tests {
         let mut unsigned = h;
         unsigned.remove(SIGNATURE);
         assert_eq!(verify_at(KEY, "GET", PATH, &unsigned, 1010), None);
+    }
+
+    #[test]
+    fn an_answer_is_signed_for_its_request_status_digest_and_length() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "docker-content-digest",
+            HeaderValue::from_static("sha256:ab"),
+        );
+        h.insert("content-length", HeaderValue::from_static("12"));
+        let sig = sign_answer(b"0123456789abcdef", "req-1", 200, &h);
+        h.insert(ANSWER, sig);
+        assert!(verify_answer(b"0123456789abcdef", "req-1", 200, &h));
+        assert!(
+            !verify_answer(b"another secret!!", "req-1", 200, &h),
+            "other secret"
+        );
+        assert!(
+            !verify_answer(b"0123456789abcdef", "req-2", 200, &h),
+            "another request's"
+        );
+        assert!(
+            !verify_answer(b"0123456789abcdef", "req-1", 404, &h),
+            "another status"
+        );
+        let mut other = h.clone();
+        other.insert("content-length", HeaderValue::from_static("13"));
+        assert!(
+            !verify_answer(b"0123456789abcdef", "req-1", 200, &other),
+            "another length"
+        );
+        other.remove(ANSWER);
+        assert!(
+            !verify_answer(b"0123456789abcdef", "req-1", 200, &other),
+            "unsigned"
+        );
     }
 }

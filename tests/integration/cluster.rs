@@ -12,7 +12,7 @@ use bytes::Bytes;
 use ferry::cluster::rendezvous;
 use ferry::config::{ClusterConfig, PeerSource, Secret};
 use http::{Method, StatusCode};
-use support::raw_upstream::{RawBody, RawReply, RawUpstream};
+use support::raw_upstream::{RawBody, RawReply, RawRequest, RawUpstream};
 use support::*;
 
 const SECRET: &str = "a secret the replicas share";
@@ -150,6 +150,36 @@ struct ScriptedOwner {
     blob: std::sync::Arc<std::sync::Mutex<Bytes>>,
 }
 
+/// The owner's signature of an answer of `status` with `headers` to the
+/// peer request `req`, as a replica holding the secret signs every answer.
+fn signed_answer(
+    req: &RawRequest,
+    status: u16,
+    headers: &[(&str, String)],
+) -> (&'static str, String) {
+    let sig = req
+        .head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(ferry::cluster::signature::SIGNATURE)
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let mut h = http::HeaderMap::new();
+    for (k, v) in headers {
+        h.insert(
+            http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let value = ferry::cluster::signature::sign_answer(SECRET.as_bytes(), &sig, status, &h);
+    (
+        ferry::cluster::signature::ANSWER,
+        value.to_str().unwrap().to_string(),
+    )
+}
+
 async fn scripted_owner(send: impl Fn(&Bytes) -> RawBody + Send + Sync + 'static) -> ScriptedOwner {
     let blob = std::sync::Arc::new(std::sync::Mutex::new(Bytes::new()));
     let b = blob.clone();
@@ -159,11 +189,9 @@ async fn scripted_owner(send: impl Fn(&Bytes) -> RawBody + Send + Sync + 'static
             return RawReply::new("200 OK", &[("Content-Length", "0".into())], empty);
         }
         let data = b.lock().unwrap().clone();
-        RawReply::new(
-            "200 OK",
-            &[("Content-Length", data.len().to_string())],
-            send(&data),
-        )
+        let mut headers = vec![("Content-Length", data.len().to_string())];
+        headers.push(signed_answer(req, 200, &headers));
+        RawReply::new("200 OK", &headers, send(&data))
     })
     .await;
     ScriptedOwner { upstream, blob }
@@ -734,11 +762,9 @@ async fn freezing_peer(
         }
         let data = blob.lock().unwrap().clone();
         let body = send(&data);
-        RawReply::new(
-            "200 OK",
-            &[("Content-Length", data.len().to_string())],
-            body,
-        )
+        let mut headers = vec![("Content-Length", data.len().to_string())];
+        headers.push(signed_answer(req, 200, &headers));
+        RawReply::new("200 OK", &headers, body)
     })
     .await
 }
@@ -815,4 +841,60 @@ async fn an_owner_that_freezes_mid_transfer_is_left_within_a_probe() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_answer_without_the_owners_signature_is_not_believed() {
+    let media = "application/vnd.oci.image.manifest.v1+json";
+    // What a peer without the secret answers for the tag: a manifest that
+    // names a layer of another repository (the upstream's has none), or a
+    // 404 for a tag that exists.
+    let forged = Bytes::from_static(
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":1}]}"#,
+    );
+    let forged_digest = sha256(&forged);
+    for answer in ["forged manifest", "404"] {
+        let up = FakeRegistry::start().await;
+        let real = Bytes::from(format!(
+            r#"{{"schemaVersion":2,"mediaType":"{media}","layers":[]}}"#
+        ));
+        let forged = forged.clone();
+        let digest = forged_digest.clone();
+        let liar = RawUpstream::start(move |req| {
+            if req.path == "/readyz" {
+                let empty = RawBody::Bytes(Bytes::new());
+                return RawReply::new("200 OK", &[("Content-Length", "0".into())], empty);
+            }
+            if answer == "404" {
+                let empty = RawBody::Bytes(Bytes::new());
+                return RawReply::new("404 Not Found", &[("Content-Length", "0".into())], empty);
+            }
+            let headers = [
+                ("Content-Length", forged.len().to_string()),
+                ("Content-Type", media.to_string()),
+                ("Docker-Content-Digest", digest.clone()),
+            ];
+            RawReply::new("200 OK", &headers, RawBody::Bytes(forged.clone()))
+        })
+        .await;
+        let peer = liar.addr.to_string();
+        let (ferry, peers) = replica_with_peer(&up.url(), &peer, Duration::from_secs(60)).await;
+        let registry = up.url().trim_start_matches("http://").to_string();
+        let tag = (0..)
+            .map(|i| format!("v{i}"))
+            .find(|t| {
+                let key = format!("tag {registry} app:{t}");
+                rendezvous::rank(peers.iter().map(String::as_str), key.as_bytes())[0] == peer
+            })
+            .unwrap();
+        up.add_manifest("app", Some(&tag), media, real.clone());
+        let w = within(get(&ferry.url(&format!("/v2/app/manifests/{tag}")))).await;
+        assert_eq!(w.status, StatusCode::OK, "{answer}");
+        assert_eq!(w.body, real, "{answer}: the upstream's manifest");
+        assert!(liar.requests() >= 1, "{answer}: the peer was asked");
+        let text = ferry.app.metrics.encode();
+        let line =
+            format!("ferry_cluster_peer_failures_total{{peer=\"{peer}\",reason=\"unsigned\"}} 1");
+        assert!(text.contains(&line), "{answer}: no {line}");
+    }
 }
