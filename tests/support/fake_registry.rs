@@ -928,18 +928,17 @@ fn stream_body(
                 }
                 end = end.min(at);
             }
-            Fault::PauseAt(at, gate) => {
-                let at = *at as usize;
-                if s.pos == at {
-                    gate.reached.send_replace(true);
-                    let mut rx = gate.open.subscribe();
-                    let _ = rx.wait_for(|o| *o).await;
-                } else if s.pos < at {
-                    end = end.min(at);
-                }
-            }
-            Fault::PauseAtEach(gates) => {
-                for (at, gate) in gates.iter() {
+            Fault::PauseAt(..) | Fault::PauseAtEach(_) => {
+                let one;
+                let gates: &[(u64, Gate)] = match &s.fault {
+                    Fault::PauseAt(at, gate) => {
+                        one = [(*at, gate.clone())];
+                        &one
+                    }
+                    Fault::PauseAtEach(gates) => gates,
+                    _ => unreachable!("matched above"),
+                };
+                for (at, gate) in gates {
                     let at = *at as usize;
                     if s.pos == at {
                         gate.reached.send_replace(true);
