@@ -281,11 +281,16 @@ impl Cluster {
         match answer {
             Ok(Ok(resp)) => {
                 let (status, headers) = (resp.status().as_u16(), resp.headers());
-                if signature::verify_answer(self.secret(), &request_signature, status, headers) {
+                let trusted = matches!(status, 200 | 404);
+                if !trusted
+                    || signature::verify_answer(self.secret(), &request_signature, status, headers)
+                {
+                    // Any other status is only ever a reason to go
+                    // elsewhere (a busy peer's listener refuses unsigned).
                     Ok(resp)
                 } else {
-                    // Not from a holder of the secret, or not for this
-                    // request: nothing of it is taken.
+                    // A 200 or 404 not from a holder of the secret, or not
+                    // for this request: nothing of it is taken.
                     self.fail(peer, "unsigned");
                     Err(PeerError::Unsigned { peer: peer.into() })
                 }
@@ -305,9 +310,9 @@ impl Cluster {
                 })
             }
             Err(_) => {
-                // A frozen peer is left out at once, not only after its
-                // readiness probe notices: its other keys go elsewhere.
-                self.fail(peer, "timeout");
+                // Not a failure of the peer by itself: a loaded owner may
+                // wait that long for its own fetch slot. A frozen one has
+                // left the ring by then (its probe), which ended the wait.
                 Err(PeerError::Timeout {
                     peer: peer.into(),
                     after: self.answer_timeout,

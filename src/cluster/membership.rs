@@ -89,7 +89,13 @@ impl Members {
             let known = peers.iter().find(|p| &p.addr == addr).cloned();
             next.push(known.unwrap_or_else(|| PeerState::new(addr)));
         }
+        let changed = *peers != next;
         *peers = next;
+        drop(peers);
+        if changed {
+            // A peer that left the list ends the waits on it.
+            self.changed();
+        }
     }
 
     /// Wakes on every change of a peer's state.

@@ -66,11 +66,20 @@ pub(super) async fn open<'a>(
             return Ok(None);
         }
     };
-    if content_length(resp.headers()).is_none_or(|s| s > coordinator.max_blob_size) {
-        // A 200 without a length, or with more than any blob may have.
-        cluster.fail(peer, "length");
-        metrics.cluster.fell_back("status");
-        return Ok(None);
+    match content_length(resp.headers()) {
+        Some(size) if size <= coordinator.max_blob_size => {}
+        // More than any blob may have: a peer that lies about the length.
+        Some(_) => {
+            cluster.fail(peer, "length");
+            metrics.cluster.fell_back("status");
+            return Ok(None);
+        }
+        // The owner is itself receiving it without a length (a chunked
+        // upstream): nothing wrong, but nothing to reserve room for.
+        None => {
+            metrics.cluster.fell_back("status");
+            return Ok(None);
+        }
     }
     Ok(Some(Opened::Peer {
         name: peer,

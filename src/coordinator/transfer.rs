@@ -110,6 +110,10 @@ pub(super) async fn upstream(
     let mut failures: u32 = 0;
     let mut progress_mark: u64 = 0;
     let mut response = Some(first);
+    // A peer transfer holds a fill slot; once it goes on from the upstream
+    // it takes one of the registry's fetch slots too, so the registry's
+    // bound holds (a fill slot never waits on another replica's slots).
+    let mut upstream_permit: Option<FetchPermit> = None;
     let mut from_peer = match source {
         Source::Peer { name, counted } => Some((name, counted)),
         Source::Upstream => None,
@@ -121,6 +125,7 @@ pub(super) async fn upstream(
                     received: &mut received,
                     skip: &mut skip,
                 };
+                let permit = upstream_permit.as_ref().unwrap_or(permit);
                 let watch = Some(Watch {
                     flight,
                     slots: permit.slots(),
@@ -171,6 +176,12 @@ pub(super) async fn upstream(
                 None => coordinator.metrics.cluster.fell_back("left_out"),
             }
             flight.left_peer();
+            let queued = &coordinator.metrics.fetches_queued;
+            let slots = &target.registry.fetch_slots;
+            upstream_permit = tokio::select! {
+                p = slots.acquire(flight.origin, queued) => Some(p),
+                () = flight.deserted() => break Err(FetchFailure::Deserted),
+            };
         } else {
             // A drip makes some progress on every attempt; it must not earn
             // fresh retries with it.

@@ -124,7 +124,12 @@ impl Shared {
         if !self.exists(&legacy).await? {
             return Ok(false);
         }
-        self.mark(registry, repo, kind, key).await?;
+        // The legacy marker counts whether or not it can be moved (a
+        // bucket this replica may only read, a passing error).
+        if let Err(e) = self.mark(registry, repo, kind, key).await {
+            tracing::debug!(error = %e, "cannot move a legacy membership marker");
+            return Ok(true);
+        }
         let old = self.key(&legacy);
         if let Err(e) = bounded(&old, self.store.delete(&old)).await {
             tracing::debug!(key = %old, error = %e, "cannot delete a migrated membership marker");
