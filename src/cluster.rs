@@ -58,7 +58,12 @@ pub struct Cluster {
     answer_timeout: Duration,
     /// Failed fills, by peer and reason.
     failures: Family<PeerReasonLabels, Counter>,
+    /// When a bad request signature was last logged, and how many since.
+    bad_logged: std::sync::Mutex<(Option<tokio::time::Instant>, u64)>,
 }
+
+/// A bad peer request signature is logged at most this often.
+const BAD_SIGNATURE_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Why a peer request failed.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +108,7 @@ impl Cluster {
             client: Client::builder(TokioExecutor::new()).build(http),
             answer_timeout,
             failures,
+            bad_logged: Default::default(),
         }
     }
 
@@ -194,6 +200,28 @@ impl Cluster {
     /// with this cluster's secret; anything else is an ordinary client's.
     pub fn verify(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<Signed> {
         signature::verify(self.secret(), method.as_str(), path, headers)
+    }
+
+    /// A request carried peer headers that did not verify: logged at most
+    /// once every few seconds (a replica with the wrong secret sends many),
+    /// with how many went unlogged since.
+    pub fn bad_signature(&self, headers: &HeaderMap) {
+        let now = tokio::time::Instant::now();
+        let mut last = self.bad_logged.lock().unwrap_or_else(|e| e.into_inner());
+        last.1 += 1;
+        if last
+            .0
+            .is_some_and(|t| now.duration_since(t) < BAD_SIGNATURE_LOG_EVERY)
+        {
+            return;
+        }
+        let from = headers
+            .get(signature::PEER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?");
+        tracing::warn!(from, not_logged = last.1 - 1,
+            "a peer request's signature did not check out (another secret? clocks more than 60 s apart?); answered as an anonymous client's");
+        *last = (Some(now), 0);
     }
 
     fn secret(&self) -> &[u8] {

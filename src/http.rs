@@ -81,7 +81,16 @@ pub async fn handle<B>(
     // let past access control for blobs and manifests only (see `dispatch`).
     let peer = app.cluster.as_ref().and_then(|c| {
         let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        c.verify(req.method(), path_and_query, req.headers())
+        let signed = c.verify(req.method(), path_and_query, req.headers());
+        if signed.is_none()
+            && req
+                .headers()
+                .contains_key(crate::cluster::signature::SIGNATURE)
+        {
+            app.metrics.cluster.bad_signatures.inc();
+            c.bad_signature(req.headers());
+        }
+        signed
     });
     let identified = match &peer {
         Some(_) => Ok(Identity::Anonymous),

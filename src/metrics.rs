@@ -285,6 +285,10 @@ pub struct ClusterMetrics {
     pub peer_bytes: Counter,
     /// Signed peer requests answered by this replica.
     pub requests_in: Counter,
+    /// Requests that carried peer headers whose signature did not check
+    /// out (another secret, a stale time, a copied path): answered as an
+    /// anonymous client's.
+    pub bad_signatures: Counter,
     /// Blob fills this replica asked of a peer.
     pub requests_out: Counter,
     /// Fills that went to the upstream instead (`unreachable`, `status`,
@@ -309,6 +313,11 @@ impl ClusterMetrics {
             "cluster_requests_in",
             "Signed peer requests answered",
             self.requests_in.clone(),
+        );
+        registry.register(
+            "cluster_bad_signatures",
+            "Requests with peer headers whose signature did not check out (answered as an anonymous client's)",
+            self.bad_signatures.clone(),
         );
         registry.register(
             "cluster_requests_out",

@@ -389,6 +389,8 @@ async fn the_peer_path_gives_an_outsider_no_more_than_a_client() {
         let w = within(request(Method::GET, &url, &h)).await;
         assert_eq!(w.status, StatusCode::UNAUTHORIZED, "{h:?}");
     }
+    // Both counted (and logged): a replica with the wrong secret is seen.
+    assert_eq!(ferry.app.metrics.cluster.bad_signatures.get(), 2);
     // Signed for a tag list: the peer path is for blobs and manifests only.
     let mpath = "/v2/x/tags/list";
     let signed = ferry::cluster::signature::sign(SECRET.as_bytes(), &peer_request(mpath, route));
