@@ -158,12 +158,14 @@ impl Listener {
             let (door, handler) = (door.clone(), handler.clone());
             tokio::spawn(async move {
                 let mut spare = reserve::Spare::new();
+                // Connections shed here are not the main listener's refusals.
+                let shed = prometheus_client::metrics::counter::Counter::default();
                 loop {
                     let (stream, peer) = match l.accept().await {
                         Ok(a) => a,
                         Err(e) => {
                             tracing::warn!(error = %e, "metrics listener: accept failed");
-                            match spare.after_accept_error(&l, &e).await {
+                            match spare.after_accept_error(&l, &e, &shed).await {
                                 reserve::Recovered::Serve(s, p) => (s, p),
                                 _ => continue,
                             }
@@ -188,10 +190,9 @@ impl Listener {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
-                    Err(e) => match spare.after_accept_error(&listener, &e).await {
+                    Err(e) => match spare.after_accept_error(&listener, &e, &metrics.connections_refused).await {
                         reserve::Recovered::Serve(s, p) => (s, p),
                         reserve::Recovered::Shed => {
-                            metrics.connections_refused.inc();
                             tracing::warn!(error = %e, "out of file descriptors; closed a new connection at once");
                             continue;
                         }

@@ -26,7 +26,8 @@ pub enum Recovered {
     /// Descriptors were free again by the time the waiting connection was
     /// accepted: serve it.
     Serve(TcpStream, SocketAddr),
-    /// A waiting connection was closed at once for want of descriptors.
+    /// A waiting connection was closed at once for want of descriptors
+    /// (and counted in the `shed` counter first).
     Shed,
     /// Nothing was waiting, or the error was another: waited a little.
     Waited,
@@ -46,6 +47,7 @@ impl Spare {
         &mut self,
         listener: &TcpListener,
         e: &std::io::Error,
+        shed: &prometheus_client::metrics::counter::Counter,
     ) -> Recovered {
         if self.0.is_none() {
             // Lost to another task the last time round: try again.
@@ -62,6 +64,9 @@ impl Spare {
                     return Recovered::Serve(stream, peer)
                 }
                 Some(Ok((stream, _))) => {
+                    // Counted before it is closed: whoever sees the close
+                    // sees the count.
+                    shed.inc();
                     drop(stream);
                     *self = Spare::new();
                     return Recovered::Shed;
@@ -100,7 +105,9 @@ mod tests {
         assert!(spare.0.is_some());
         let other = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
         assert!(matches!(
-            spare.after_accept_error(&listener, &other).await,
+            spare
+                .after_accept_error(&listener, &other, &Default::default())
+                .await,
             Recovered::Waited
         ));
         assert!(spare.0.is_some());
