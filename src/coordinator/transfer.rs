@@ -40,25 +40,39 @@ fn chunks(body: Incoming) -> Chunks<'static> {
     body.into_data_stream().map_err(|e| error_chain(&e)).boxed()
 }
 
-/// `body` until `peer` leaves the ring (a probe found it frozen or gone),
-/// then one error: the pump breaks, and the transfer goes on from the
+/// `body`, held to a short idle timeout ([`OUT_OF_RING_IDLE`]) once `peer`
+/// leaves the ring (a probe found it not ready): a frozen owner sends
+/// nothing more, so the pump breaks and the transfer goes on from the
 /// upstream at once instead of waiting out an idle timeout meant for
-/// upstreams.
+/// upstreams; a busy one whose probe was merely slow keeps sending, and
+/// its transfer goes on.
 fn until_left_out<'a>(body: Chunks<'a>, cluster: &'a Cluster, peer: &'a str) -> Chunks<'a> {
     let left = Box::pin(cluster.left_out(peer));
-    futures::stream::unfold(Some((body, left)), |state| async move {
-        let (mut body, mut left) = state?;
-        tokio::select! {
-            biased;
-            item = body.next() => item.map(|i| (i, Some((body, left)))),
-            () = &mut left => {
-                let why = "the peer left the ring (its readiness probe failed)".to_string();
-                Some((Err(why), None))
+    futures::stream::unfold(Some((body, left, false)), |state| async move {
+        let (mut body, mut left, mut out) = state?;
+        loop {
+            if out {
+                return match tokio::time::timeout(OUT_OF_RING_IDLE, body.next()).await {
+                    Ok(item) => item.map(|i| (i, Some((body, left, true)))),
+                    Err(_) => {
+                        let why = "the peer left the ring (its readiness probe failed) and sent nothing more";
+                        Some((Err(why.to_string()), None))
+                    }
+                };
+            }
+            tokio::select! {
+                biased;
+                item = body.next() => return item.map(|i| (i, Some((body, left, false)))),
+                () = &mut left => out = true,
             }
         }
     })
     .boxed()
 }
+
+/// How long a peer that left the ring may go without sending a byte of a
+/// transfer before the rest is asked of the upstream.
+const OUT_OF_RING_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where the first response of a transfer came from.
 #[derive(Clone, Copy)]
