@@ -75,13 +75,7 @@ impl Backend for Shared {
             // An empty range is no range to ask a bucket for.
             return Bytes::new();
         }
-        let parts: Vec<Bytes> = Shared::read_blob(self, d, 0..len)
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        parts.concat().into()
+        super::read_all(self, d, 0..len).await
     }
     async fn list_blobs(&self) -> Vec<(Digest, u64)> {
         Shared::list_blobs(self)
