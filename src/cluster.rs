@@ -15,6 +15,7 @@
 mod key;
 pub mod membership;
 pub mod rendezvous;
+mod replay;
 pub mod signature;
 
 use std::net::{IpAddr, SocketAddr};
@@ -62,6 +63,30 @@ pub struct Cluster {
     failures: Family<PeerReasonLabels, Counter>,
     /// When a bad request signature was last logged, and how many since.
     bad_logged: std::sync::Mutex<(Option<tokio::time::Instant>, u64)>,
+    /// The signed requests taken lately, to refuse one sent again.
+    replays: replay::Replays,
+}
+
+/// What a request's peer headers make of it.
+#[derive(Debug)]
+pub enum PeerCheck {
+    /// No peer headers: an ordinary client's request.
+    Client,
+    /// Signed with this cluster's secret, recent, and new.
+    Peer(Signed),
+    /// Peer headers that do not check out, for this reason: the request is
+    /// answered as an ordinary client's.
+    Refused(Refusal),
+}
+
+/// Why a request's peer headers were not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Another secret, another request's signature, or out of the time
+    /// window.
+    BadSignature,
+    /// Signed right, but this replica took the same request before.
+    Replayed,
 }
 
 /// A bad peer request signature is logged at most this often.
@@ -111,6 +136,7 @@ impl Cluster {
             answer_timeout,
             failures,
             bad_logged: Default::default(),
+            replays: Default::default(),
         }
     }
 
@@ -198,16 +224,27 @@ impl Cluster {
         self.members.succeeded(peer);
     }
 
-    /// The peer request `headers` make of `method path`, if it is signed
-    /// with this cluster's secret; anything else is an ordinary client's.
-    pub fn verify(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<Signed> {
-        signature::verify(self.secret(), method.as_str(), path, headers)
+    /// What the peer headers of `method path` make of it: a peer request
+    /// if they are signed with this cluster's secret and this replica has
+    /// not taken the same request before; anything else is answered as an
+    /// ordinary client's.
+    pub fn check(&self, method: &Method, path: &str, headers: &HeaderMap) -> PeerCheck {
+        if !headers.contains_key(signature::SIGNATURE) {
+            return PeerCheck::Client;
+        }
+        match signature::verify(self.secret(), method.as_str(), path, headers) {
+            None => PeerCheck::Refused(Refusal::BadSignature),
+            Some(s) if !self.replays.first_time(s.time, s.nonce, signature::now()) => {
+                PeerCheck::Refused(Refusal::Replayed)
+            }
+            Some(s) => PeerCheck::Peer(s),
+        }
     }
 
-    /// A request carried peer headers that did not verify: logged at most
+    /// A request carried peer headers that were refused: logged at most
     /// once every few seconds (a replica with the wrong secret sends many),
     /// with how many went unlogged since.
-    pub fn bad_signature(&self, headers: &HeaderMap) {
+    pub fn refused(&self, headers: &HeaderMap, why: Refusal) {
         let now = tokio::time::Instant::now();
         let mut last = self.bad_logged.lock().unwrap_or_else(|e| e.into_inner());
         last.1 += 1;
@@ -221,8 +258,12 @@ impl Cluster {
             .get(signature::PEER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("?");
-        tracing::warn!(from, not_logged = last.1 - 1,
-            "a peer request's signature did not check out (another secret? clocks more than 60 s apart?); answered as an anonymous client's");
+        match why {
+            Refusal::BadSignature => tracing::warn!(from, not_logged = last.1 - 1,
+                "a peer request's signature did not check out (another secret? clocks more than 60 s apart?); answered as an anonymous client's"),
+            Refusal::Replayed => tracing::warn!(from, not_logged = last.1 - 1,
+                "a signed peer request was sent again (replayed? someone captures the cluster's traffic); answered as an anonymous client's"),
+        }
         *last = (Some(now), 0);
     }
 

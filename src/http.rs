@@ -32,6 +32,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::access::Identity;
 use crate::app::App;
+use crate::cluster::{PeerCheck, Refusal};
 use crate::metrics::{status_class, CacheLabels, CacheStatus, DurationLabels, RequestLabels};
 use crate::oci::{ErrorCode, RegistryError};
 use crate::routing::Origin;
@@ -81,16 +82,18 @@ pub async fn handle<B>(
     // let past access control for blobs and manifests only (see `dispatch`).
     let peer = app.cluster.as_ref().and_then(|c| {
         let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let signed = c.verify(req.method(), path_and_query, req.headers());
-        if signed.is_none()
-            && req
-                .headers()
-                .contains_key(crate::cluster::signature::SIGNATURE)
-        {
-            app.metrics.cluster.bad_signatures.inc();
-            c.bad_signature(req.headers());
+        match c.check(req.method(), path_and_query, req.headers()) {
+            PeerCheck::Peer(signed) => Some(signed),
+            PeerCheck::Client => None,
+            PeerCheck::Refused(why) => {
+                match why {
+                    Refusal::BadSignature => app.metrics.cluster.bad_signatures.inc(),
+                    Refusal::Replayed => app.metrics.cluster.replayed.inc(),
+                };
+                c.refused(req.headers(), why);
+                None
+            }
         }
-        signed
     });
     let identified = match &peer {
         Some(_) => Ok(Identity::Anonymous),

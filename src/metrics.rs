@@ -289,6 +289,9 @@ pub struct ClusterMetrics {
     /// out (another secret, a stale time, a copied path): answered as an
     /// anonymous client's.
     pub bad_signatures: Counter,
+    /// Signed peer requests refused because this replica took the same
+    /// request (time and nonce) before: a replay.
+    pub replayed: Counter,
     /// Blob fills this replica asked of a peer.
     pub requests_out: Counter,
     /// Fills that went to the upstream instead (`unreachable`, `status`,
@@ -318,6 +321,11 @@ impl ClusterMetrics {
             "cluster_bad_signatures",
             "Requests with peer headers whose signature did not check out (answered as an anonymous client's)",
             self.bad_signatures.clone(),
+        );
+        registry.register(
+            "cluster_replayed_requests",
+            "Signed peer requests refused as sent before (a replay; answered as an anonymous client's)",
+            self.replayed.clone(),
         );
         registry.register(
             "cluster_requests_out",

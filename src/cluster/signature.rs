@@ -1,9 +1,10 @@
 //! Signed peer requests: an HMAC-SHA256, with the cluster's shared secret,
 //! over the sender, the method, the path and query, the repository header,
-//! the client the sender serves, and the time. A request whose signature
-//! does not check out, or whose time is more than [`MAX_SKEW`] away from
-//! this replica's clock, is treated as an ordinary client's request: its
-//! peer headers mean nothing.
+//! the client the sender serves, the time and a nonce. A request whose
+//! signature does not check out, or whose time is more than [`MAX_SKEW`]
+//! away from this replica's clock, is treated as an ordinary client's
+//! request: its peer headers mean nothing. The nonce lets the receiver
+//! refuse a captured request sent again ([`super::replay`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +22,9 @@ pub const REPO: &str = "ferry-peer-repo";
 /// The address of the client the sending replica serves: the owner shares
 /// its fetch slots fairly between clients, not between replicas.
 pub const CLIENT: &str = "ferry-peer-client";
+/// 32 hex digits, random for each request: the same signed request is
+/// taken once.
+pub const NONCE: &str = "ferry-peer-nonce";
 /// Hex HMAC-SHA256 of the above.
 pub const SIGNATURE: &str = "ferry-peer-signature";
 
@@ -34,6 +38,9 @@ pub struct Signed {
     pub repo: String,
     /// The client the sending replica serves.
     pub client: String,
+    /// When it was signed (seconds since the Unix epoch).
+    pub time: u64,
+    pub nonce: u128,
 }
 
 /// What a signature covers besides the time.
@@ -46,7 +53,7 @@ pub struct Request<'a> {
     pub client: &'a str,
 }
 
-fn mac(secret: &[u8], r: &Request<'_>, time: u64) -> Hmac<Sha256> {
+fn mac(secret: &[u8], r: &Request<'_>, time: u64, nonce: u128) -> Hmac<Sha256> {
     let mut m = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
     for part in [
         r.from,
@@ -55,6 +62,7 @@ fn mac(secret: &[u8], r: &Request<'_>, time: u64) -> Hmac<Sha256> {
         r.repo,
         r.client,
         &time.to_string(),
+        &format!("{nonce:032x}"),
     ] {
         m.update(part.as_bytes());
         m.update(b"\n");
@@ -62,20 +70,20 @@ fn mac(secret: &[u8], r: &Request<'_>, time: u64) -> Hmac<Sha256> {
     m
 }
 
-fn now() -> u64 {
+pub(super) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-/// The headers that make `r` a signed peer request.
+/// The headers that make `r` a signed peer request (with a fresh nonce).
 pub fn sign(secret: &[u8], r: &Request<'_>) -> HeaderMap {
-    sign_at(secret, r, now())
+    sign_at(secret, r, now(), fastrand::u128(..))
 }
 
-fn sign_at(secret: &[u8], r: &Request<'_>, time: u64) -> HeaderMap {
-    let tag = mac(secret, r, time).finalize().into_bytes();
+fn sign_at(secret: &[u8], r: &Request<'_>, time: u64, nonce: u128) -> HeaderMap {
+    let tag = mac(secret, r, time, nonce).finalize().into_bytes();
     let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
     let mut h = HeaderMap::new();
     let value = |s: &str| HeaderValue::from_str(s).expect("peer headers are visible ASCII");
@@ -83,6 +91,7 @@ fn sign_at(secret: &[u8], r: &Request<'_>, time: u64) -> HeaderMap {
     h.insert(TIME, value(&time.to_string()));
     h.insert(REPO, value(r.repo));
     h.insert(CLIENT, value(r.client));
+    h.insert(NONCE, value(&format!("{nonce:032x}")));
     h.insert(SIGNATURE, value(&hex));
     h
 }
@@ -104,6 +113,8 @@ fn verify_at(
     let signature = text(SIGNATURE)?;
     let (from, repo, client) = (text(PEER)?, text(REPO)?, text(CLIENT)?);
     let time: u64 = text(TIME)?.parse().ok()?;
+    let nonce = text(NONCE).filter(|n| n.len() == 32)?;
+    let nonce = u128::from_str_radix(nonce, 16).ok()?;
     if now.abs_diff(time) > MAX_SKEW.as_secs() {
         return None;
     }
@@ -115,11 +126,13 @@ fn verify_at(
         repo,
         client,
     };
-    mac(secret, &r, time).verify_slice(&tag).ok()?;
+    mac(secret, &r, time, nonce).verify_slice(&tag).ok()?;
     Some(Signed {
         from: from.to_string(),
         repo: repo.to_string(),
         client: client.to_string(),
+        time,
+        nonce,
     })
 }
 
@@ -202,11 +215,12 @@ mod tests {
             repo: "0 library/alpine",
             client: "192.0.2.7",
         };
-        let h = sign_at(KEY, &r, 1000);
+        let h = sign_at(KEY, &r, 1000, 7);
         let ok = verify_at(KEY, "GET", PATH, &h, 1010).expect("signed");
         assert_eq!(ok.from, "10.0.0.1:5000");
         assert_eq!(ok.repo, "0 library/alpine");
         assert_eq!(ok.client, "192.0.2.7");
+        assert_eq!((ok.time, ok.nonce), (1000, 7));
         assert_eq!(verify_at(b"another secret", "GET", PATH, &h, 1010), None);
         assert_eq!(verify_at(KEY, "HEAD", PATH, &h, 1010), None, "method");
         let other_path = "/v2/x/blobs/sha256:00";
@@ -218,11 +232,15 @@ mod tests {
             (CLIENT, "192.0.2.8"),
             (PEER, "10.0.0.9:5000"),
             (SIGNATURE, "zz"),
+            (NONCE, "00000000000000000000000000000008"),
         ] {
             let mut changed = h.clone();
             changed.insert(name, HeaderValue::from_static(value));
             assert_eq!(verify_at(KEY, "GET", PATH, &changed, 1010), None, "{name}");
         }
+        let mut no_nonce = h.clone();
+        no_nonce.remove(NONCE);
+        assert_eq!(verify_at(KEY, "GET", PATH, &no_nonce, 1010), None);
         let mut unsigned = h;
         unsigned.remove(SIGNATURE);
         assert_eq!(verify_at(KEY, "GET", PATH, &unsigned, 1010), None);

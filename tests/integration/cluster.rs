@@ -350,7 +350,7 @@ async fn a_peer_that_lied_stays_out_whatever_its_probes_say() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_peer_path_gives_an_outsider_no_more_than_a_client() {
+async fn the_peer_path_gives_an_outsider_or_a_replay_no_more_than_a_client() {
     let up = FakeRegistry::start().await;
     let d = up.add_blob(blob_bytes(50_000, 850));
     let addr = free_addrs(1)[0];
@@ -409,6 +409,12 @@ async fn the_peer_path_gives_an_outsider_no_more_than_a_client() {
     let w = within(request(Method::GET, &url, &h)).await;
     assert_eq!(w.status, StatusCode::OK);
     assert_eq!(sha256(&w.body), d);
+    // The same signed request captured and sent again: an anonymous
+    // client's, counted as a replay.
+    let again = within(request(Method::GET, &url, &h)).await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(ferry.app.metrics.cluster.replayed.get(), 1);
+    assert_eq!(ferry.app.metrics.cluster.bad_signatures.get(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
