@@ -159,11 +159,11 @@ impl App {
         &self,
         name: &str,
         routed: &str,
-        client: std::net::IpAddr,
+        origin: Origin,
     ) -> Result<Resolved, RegistryError> {
         self.coordinator
             .router()
-            .resolve_routed(name, routed, client)
+            .resolve_routed(name, routed, origin)
     }
 
     /// A manifest as a client would get it (by digest, or by tag with the

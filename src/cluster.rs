@@ -89,6 +89,15 @@ pub enum Refusal {
     Replayed,
 }
 
+/// A blob asked of a peer: `digest` as `local` names it, routed to
+/// `target`.
+#[derive(Debug, Clone, Copy)]
+pub struct BlobAsk<'a> {
+    pub local: &'a RepoName,
+    pub target: &'a Target,
+    pub digest: &'a Digest,
+}
+
 /// A bad peer request signature is logged at most this often.
 const BAD_SIGNATURE_LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -272,19 +281,29 @@ impl Cluster {
     }
 
     /// Asks `peer` for the blob `digest` of `local` (routed to `target`)
-    /// on behalf of `client`; returns its answer's head.
+    /// on behalf of `client`, from byte `from` on (a `Range` when not 0);
+    /// returns its answer's head.
     pub async fn get_blob(
         &self,
         peer: &str,
-        local: &RepoName,
-        target: &Target,
-        digest: &Digest,
+        blob: BlobAsk<'_>,
         client: IpAddr,
+        from: u64,
     ) -> Result<Response<Incoming>, PeerError> {
+        let BlobAsk {
+            local,
+            target,
+            digest,
+        } = blob;
         let path = format!("/v2/{local}/blobs/{digest}");
         let route = target.peer_route();
-        self.get(peer, &path, &route, client, HeaderMap::new())
-            .await
+        let mut headers = HeaderMap::new();
+        if from > 0 {
+            let range = http::HeaderValue::from_str(&format!("bytes={from}-"))
+                .expect("a range is a header value");
+            headers.insert(http::header::RANGE, range);
+        }
+        self.get(peer, &path, &route, client, headers).await
     }
 
     /// Asks `peer` for `tag` of `local` (routed to `target`) as `accept`
@@ -352,7 +371,7 @@ impl Cluster {
         match answer {
             Ok(Ok(resp)) => {
                 let (status, headers) = (resp.status().as_u16(), resp.headers());
-                let trusted = matches!(status, 200 | 404);
+                let trusted = matches!(status, 200 | 206 | 404);
                 if !trusted
                     || signature::verify_answer(self.secret(), &request_signature, status, headers)
                 {
@@ -360,7 +379,7 @@ impl Cluster {
                     // elsewhere (a busy peer's listener refuses unsigned).
                     Ok(resp)
                 } else {
-                    // A 200 or 404 not from a holder of the secret, or not
+                    // A 200, 206 or 404 not from a holder of the secret, or not
                     // for this request: nothing of it is taken.
                     self.fail(peer, "unsigned");
                     Err(PeerError::Unsigned { peer: peer.into() })

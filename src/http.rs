@@ -35,7 +35,7 @@ use crate::app::App;
 use crate::cluster::{PeerCheck, Refusal};
 use crate::metrics::{status_class, CacheLabels, CacheStatus, DurationLabels, RequestLabels};
 use crate::oci::{ErrorCode, RegistryError};
-use crate::routing::Origin;
+use crate::routing::{Origin, PeerId};
 
 pub use crate::oci::{resolve_range, RangeRequest};
 pub use forwarded::client_addr;
@@ -112,7 +112,8 @@ pub async fn handle<B>(
                     app.metrics.cluster.requests_in.inc();
                     // Fair between the clients the peers serve.
                     let client = p.client.parse().unwrap_or(client);
-                    (Origin::Peer { client }, Some(p.repo.as_str()))
+                    let from = PeerId::of(&p.from);
+                    (Origin::Peer { client, from }, Some(p.repo.as_str()))
                 }
                 None => (Origin::Client(client), None),
             };
@@ -241,7 +242,7 @@ async fn dispatch<B>(
                 // sending replica authorized its client and routed the
                 // name already.
                 (Some(routed), Route::Blob { .. } | Route::Manifest { .. }) => {
-                    app.resolve_routed(name, routed, origin.addr())?
+                    app.resolve_routed(name, routed, origin)?
                 }
                 _ => {
                     let ns = query.and_then(|q| query_param(q, "ns"));

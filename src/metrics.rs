@@ -297,6 +297,9 @@ pub struct ClusterMetrics {
     /// Fills that went to the upstream instead (`unreachable`, `status`,
     /// `broken`: the peer's transfer broke and the rest came upstream).
     pub fallbacks: Family<ReasonLabels, Counter>,
+    /// Fills whose owner died (before its answer or mid-transfer) that
+    /// went on from the blob's next owner instead of the upstream.
+    pub handovers: Counter,
     /// Other peers answering their readiness probe now.
     pub peers_live: Gauge,
     /// Fills from a peer that failed, by peer and reason (`refused`,
@@ -331,6 +334,11 @@ impl ClusterMetrics {
             "cluster_requests_out",
             "Blob fills asked of the owning peer",
             self.requests_out.clone(),
+        );
+        registry.register(
+            "cluster_handovers",
+            "Fills whose owner died that went on from the blob's next owner",
+            self.handovers.clone(),
         );
         registry.register(
             "cluster_fallbacks",

@@ -32,7 +32,7 @@ use crate::upstream::{worse, Bounded, Bounds, CountedBody, PassedBody, Upstream,
 
 use http::{HeaderMap, Method, Response};
 use hyper::body::Incoming;
-pub use origin::Origin;
+pub use origin::{Origin, PeerId};
 pub use peer_route::PeerRoute;
 pub use slots::{FetchPermit, FetchSlots};
 
@@ -378,13 +378,13 @@ impl Router {
         })
     }
 
-    /// The repository a cluster peer routed for `raw_name` and its client
-    /// `client` (see [`PeerRoute`]).
+    /// The repository a cluster peer routed for `raw_name`, on behalf of
+    /// `origin` (the peer and its client; see [`PeerRoute`]).
     pub fn resolve_routed(
         &self,
         raw_name: &str,
         routed: &str,
-        client: std::net::IpAddr,
+        origin: Origin,
     ) -> Result<Resolved, RegistryError> {
         let bad = |m: &str| {
             RegistryError::bad_request(
@@ -414,7 +414,7 @@ impl Router {
                 registry: registry.clone(),
                 upstream_name: route.upstream_name,
             }],
-            origin: Origin::Peer { client },
+            origin,
         })
     }
 

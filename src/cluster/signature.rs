@@ -137,7 +137,8 @@ fn verify_at(
 }
 
 /// The owner's signature of its answer: hex HMAC-SHA256 of the request's
-/// signature, the status, `Docker-Content-Digest` and `Content-Length`.
+/// signature, the status, `Docker-Content-Digest`, `Content-Length` and
+/// `Content-Range`.
 /// A replica takes nothing from a peer whose answer does not carry it:
 /// not a manifest, not a tag, not a 404, not a blob's length.
 pub const ANSWER: &str = "ferry-peer-answer";
@@ -157,6 +158,7 @@ fn answer_mac(secret: &[u8], request: &str, status: u16, headers: &HeaderMap) ->
         &status.to_string(),
         &text("docker-content-digest"),
         &text("content-length"),
+        &text("content-range"),
     ] {
         m.update(part.as_bytes());
         m.update(b"\n");
@@ -247,7 +249,7 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_is_signed_for_its_request_status_digest_and_length() {
+    fn an_answer_is_signed_for_its_request_status_digest_length_and_range() {
         let mut h = HeaderMap::new();
         h.insert(
             "docker-content-digest",
@@ -268,6 +270,12 @@ mod tests {
         assert!(
             !verify_answer(b"0123456789abcdef", "req-1", 404, &h),
             "another status"
+        );
+        let mut other = h.clone();
+        other.insert("content-range", HeaderValue::from_static("bytes 2-11/12"));
+        assert!(
+            !verify_answer(b"0123456789abcdef", "req-1", 200, &other),
+            "another range"
         );
         let mut other = h.clone();
         other.insert("content-length", HeaderValue::from_static("13"));

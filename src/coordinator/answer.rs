@@ -81,6 +81,16 @@ impl Coordinator {
         range: Option<ByteRange>,
         policy: RangePolicy,
     ) -> Result<(BlobAnswer, CacheStatus), RegistryError> {
+        // A peer asks for the rest of a blob whose owner died: it is served
+        // as it arrives (the peer verifies the whole), never passed through
+        // (that would be a second upstream download).
+        let policy = match repo.origin.is_peer() {
+            true => RangePolicy {
+                far: u64::MAX,
+                verified: false,
+            },
+            false => policy,
+        };
         // The shared tier is asked once per request, and only when its
         // answer decides something: a redirect, or a range this replica
         // cannot serve from its own copy.

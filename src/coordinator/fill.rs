@@ -25,6 +25,7 @@ use super::flight::{FetchFailure, Flight};
 use super::state::Coordinator;
 use super::transfer::{self, Source};
 use crate::lifecycle::{Reservation, Space};
+use crate::oci::RepoName;
 use crate::routing::{FetchPermit, FetchSlots, Resolved, Target};
 use crate::upstream::headers::content_length;
 
@@ -35,10 +36,13 @@ pub(super) enum Opened<'a> {
         body: BoxStream<'static, std::io::Result<Bytes>>,
         size: u64,
     },
-    /// The owning peer's `200` with a length; if it breaks, the rest comes
-    /// from the upstream of `target`.
+    /// The owning peer's `200` with a length (or its successor's, when it
+    /// died: then possibly a `206` of the rest); if it breaks, the rest
+    /// comes from the digest's next owner or the upstream of `target`.
     Peer {
-        name: &'a str,
+        name: String,
+        /// The repository as this replica names it (for a next owner).
+        local: &'a RepoName,
         resp: Response<Incoming>,
         target: &'a Target,
         permit: FetchPermit,
@@ -100,17 +104,19 @@ pub(super) async fn fill(
         }
         Opened::Peer {
             name,
+            local,
             resp,
             target,
             permit,
         } => {
             let source = Source::Peer {
-                name,
+                name: &name,
+                local,
                 counted: &metrics.cluster.peer_bytes,
             };
-            let result =
+            let (result, peers) =
                 transfer::upstream(coordinator, flight, target, resp, &permit, source).await;
-            (result, Some(target), Blame::Peer(name))
+            (result, Some(target), Blame::Peers(peers))
         }
         Opened::Upstream {
             resp,
@@ -118,15 +124,17 @@ pub(super) async fn fill(
             permit,
         } => {
             let source = Source::Upstream;
-            let result =
+            let (result, _) =
                 transfer::upstream(coordinator, flight, target, resp, &permit, source).await;
             (result, Some(target), Blame::Upstream)
         }
     };
     match (&result, blame) {
         (Ok(size), blame) => {
-            if let (Blame::Peer(name), Some(cluster)) = (blame, coordinator.cluster.as_ref()) {
-                cluster.succeeded(name);
+            if let (Blame::Peers(peers), Some(cluster)) = (blame, coordinator.cluster.as_ref()) {
+                if let Some(last) = peers.finished_by() {
+                    cluster.succeeded(last);
+                }
             }
             coordinator
                 .lifecycle
@@ -135,13 +143,16 @@ pub(super) async fn fill(
                 coordinator.link(target, vec![digest.clone()]).await;
             }
         }
-        (Err(e), Blame::Peer(name)) if is_bad_bytes(e) => {
+        (Err(e), Blame::Peers(peers)) if is_bad_bytes(e) => {
             // A peer that lies is left out at once, and its next good probe
             // does not bring it back (see `Cluster::fail`); the clients'
-            // retries go upstream meanwhile.
-            tracing::warn!(%digest, peer = name, error = %e, "peer sent bytes that are not the blob");
-            if let Some(cluster) = coordinator.cluster.as_ref() {
-                cluster.fail(name, "lied");
+            // retries go upstream meanwhile. When the bytes came from an
+            // owner and its successor, which lied cannot be told: both.
+            for name in peers.sent() {
+                tracing::warn!(%digest, peer = name, error = %e, "peer sent bytes that are not the blob");
+                if let Some(cluster) = coordinator.cluster.as_ref() {
+                    cluster.fail(name, "lied");
+                }
             }
         }
         (Err(e), Blame::Bucket) if is_bad_bytes(e) => {
@@ -162,10 +173,9 @@ pub(super) async fn fill(
 
 /// Who sent the bytes of a fill, and so what is done when they are not
 /// the blob.
-#[derive(Clone, Copy)]
-enum Blame<'a> {
+enum Blame {
     Bucket,
-    Peer(&'a str),
+    Peers(transfer::PeerTrail),
     Upstream,
 }
 

@@ -17,7 +17,7 @@ use super::{fetch, passthrough};
 use crate::cluster::OwnerKey;
 use crate::metrics::CacheStatus;
 use crate::oci::{Digest, ErrorCode, Hasher, RegistryError};
-use crate::routing::Resolved;
+use crate::routing::{PeerId, Resolved};
 use crate::store;
 use crate::upstream::headers::content_length;
 
@@ -93,11 +93,20 @@ impl Coordinator {
         let mut retried = false;
         let (flight, joined, client, size) = loop {
             let (flight, joined, client) = self.join_or_start(repo, digest);
-            let filling = flight.filling_from_peer();
-            if let (true, true, Some(owner)) = (repo.origin.is_peer(), filling, &flight.via_peer) {
-                // Two replicas that disagree on the owner (membership just
-                // changed) must not wait on each other: the asking one goes
-                // upstream instead.
+            // A peer asks for a blob this replica waits to receive from that
+            // very peer (they disagree on its owner: one of them does not
+            // know itself, or membership just changed): neither may wait on
+            // the other, the asking one goes upstream instead. Any other
+            // peer may wait: a replica only asks a peer that ranks above
+            // itself, so waits form no circle, and a peer whose owner died
+            // asks this replica, its successor, for the rest.
+            let waits_on_asker = match (repo.origin.peer(), &flight.via_peer) {
+                (Some(asker), Some(owner)) => {
+                    flight.filling_from_peer() && PeerId::of(owner) == asker
+                }
+                _ => false,
+            };
+            if let (true, Some(owner)) = (waits_on_asker, &flight.via_peer) {
                 return Err(RegistryError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     ErrorCode::Unavailable,

@@ -25,9 +25,9 @@ use prometheus_client::metrics::counter::Counter;
 use super::flight::{FetchFailure, Flight};
 use super::spool::Spool;
 use super::state::Coordinator;
-use crate::cluster::Cluster;
+use crate::cluster::{BlobAsk, Cluster};
 use crate::config::Timeouts;
-use crate::oci::Digest;
+use crate::oci::{Digest, RepoName};
 use crate::routing::{FetchPermit, FetchSlots, Target};
 use crate::upstream::headers::{content_length, content_range_start};
 use crate::upstream::{error_chain, retry, RateFloor, UpstreamError};
@@ -79,15 +79,48 @@ const OUT_OF_RING_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 pub(super) enum Source<'a> {
     /// The registry of the target.
     Upstream,
-    /// A cluster peer (the owner of the digest). Its bytes are counted in
-    /// `counted`; if its transfer breaks, the rest comes from the upstream.
-    Peer { name: &'a str, counted: &'a Counter },
+    /// A cluster peer (the owner of the digest), asked for the blob of
+    /// `local`. Its bytes are counted in `counted`; if it dies, the rest
+    /// comes from the digest's next owner, else from the upstream.
+    Peer {
+        name: &'a str,
+        local: &'a RepoName,
+        counted: &'a Counter,
+    },
 }
 
+/// The peers whose bytes a transfer took, in order, and whether the last
+/// of them sent it to the end.
+#[derive(Debug, Default)]
+pub(super) struct PeerTrail {
+    sent: Vec<String>,
+    finished: bool,
+}
+
+impl PeerTrail {
+    /// Every peer that sent bytes of the transfer.
+    pub(super) fn sent(&self) -> impl Iterator<Item = &str> {
+        self.sent.iter().map(String::as_str)
+    }
+
+    /// The peer that sent the transfer's last byte, if one did.
+    pub(super) fn finished_by(&self) -> Option<&str> {
+        self.sent
+            .last()
+            .filter(|_| self.finished)
+            .map(String::as_str)
+    }
+}
+
+/// A fill takes bytes from at most this many owners of a digest: the
+/// first, and its successor when it dies (then the upstream).
+const MAX_OWNERS: usize = 2;
+
 /// Streams the response `first` (from `source`) into a new spool, resuming
-/// broken transfers at the upstream, and returns the verified size. The
-/// transfer holds `permit`, one of the registry's fetch slots, and gives
-/// it up when nobody reads it (see [`Watch`]).
+/// broken transfers at the upstream, and returns the verified size and the
+/// peers it took bytes from. The transfer holds `permit`, one of the
+/// registry's fetch slots (or the cluster's fill slots), and gives it up
+/// when nobody reads it (see [`Watch`]).
 pub(super) async fn upstream(
     coordinator: &Arc<Coordinator>,
     flight: &Arc<Flight>,
@@ -95,6 +128,29 @@ pub(super) async fn upstream(
     first: Response<Incoming>,
     permit: &FetchPermit,
     source: Source<'_>,
+) -> (Result<u64, FetchFailure>, PeerTrail) {
+    let mut trail = PeerTrail::default();
+    let result = transfer(
+        coordinator,
+        flight,
+        target,
+        first,
+        permit,
+        source,
+        &mut trail,
+    )
+    .await;
+    (result, trail)
+}
+
+async fn transfer(
+    coordinator: &Arc<Coordinator>,
+    flight: &Arc<Flight>,
+    target: &Target,
+    first: Response<Incoming>,
+    permit: &FetchPermit,
+    source: Source<'_>,
+    trail: &mut PeerTrail,
 ) -> Result<u64, FetchFailure> {
     let digest = &flight.digest;
     let size = content_length(first.headers());
@@ -129,7 +185,10 @@ pub(super) async fn upstream(
     // bound holds (a fill slot never waits on another replica's slots).
     let mut upstream_permit: Option<FetchPermit> = None;
     let mut from_peer = match source {
-        Source::Peer { name, counted } => Some((name, counted)),
+        Source::Peer { name, counted, .. } => {
+            trail.sent.push(name.to_string());
+            Some((name.to_string(), counted))
+        }
         Source::Upstream => None,
     };
     let network: Result<(), FetchFailure> = loop {
@@ -146,7 +205,7 @@ pub(super) async fn upstream(
                     permit,
                 });
                 let body = chunks(resp.into_body());
-                match from_peer {
+                match &from_peer {
                     Some((peer, counted)) => {
                         let peer_url = format!("peer {peer} ({digest})");
                         let body = match coordinator.cluster.as_deref() {
@@ -164,7 +223,10 @@ pub(super) async fn upstream(
             })),
         };
         let (broken, too_slow) = match attempt {
-            Ok(()) | Err(Pump::WriterGone) => break Ok(()),
+            Ok(()) | Err(Pump::WriterGone) => {
+                trail.finished = from_peer.is_some();
+                break Ok(());
+            }
             Err(Pump::Deserted(why)) => {
                 tracing::info!(%digest, registry = %target.registry.name, received,
                     "blob download cancelled: no client reads it and {why}");
@@ -173,21 +235,40 @@ pub(super) async fn upstream(
             Err(Pump::Broken(e)) => (e, false),
             Err(Pump::TooSlow(e)) => (e, true),
         };
-        if let Some((peer, _)) = from_peer.take() {
-            // The owner broke off, or is too slow: the rest comes from the
-            // upstream, from where the transfer is, at once (no retry is
-            // spent: the upstream has not failed).
+        if let Some((peer, counted)) = from_peer.take() {
+            // The owner broke off, or is too slow: the rest comes from its
+            // successor if it died, else from the upstream, from where the
+            // transfer is, at once (no retry is spent: the upstream has
+            // not failed).
             tracing::warn!(%digest, peer, received, error = %broken,
-                "peer transfer broke; continuing from the upstream");
+                "peer transfer broke; continuing elsewhere");
             let cluster = coordinator.cluster.as_deref();
-            match cluster.filter(|c| c.is_live(peer)) {
+            match cluster.filter(|c| c.is_live(&peer)) {
                 Some(cluster) => {
                     let reason = if too_slow { "slow" } else { "broken" };
                     coordinator.metrics.cluster.fell_back("broken");
-                    cluster.fail(peer, reason);
+                    cluster.fail(&peer, reason);
                 }
                 // Left out meanwhile (its probe failed): already counted.
                 None => coordinator.metrics.cluster.fell_back("left_out"),
+            }
+            if let (Source::Peer { local, .. }, true) = (source, trail.sent.len() < MAX_OWNERS) {
+                let ask = BlobAsk {
+                    local,
+                    target,
+                    digest,
+                };
+                let next = super::peer_fill::successor(coordinator, flight, ask, &peer, received);
+                if let Some((next, resp, already)) = next.await {
+                    let whole = resp.status() == StatusCode::OK;
+                    if !whole || content_length(resp.headers()) == size {
+                        skip = already;
+                        response = Some(resp);
+                        trail.sent.push(next.clone());
+                        from_peer = Some((next, counted));
+                        continue;
+                    }
+                }
             }
             flight.left_peer();
             let queued = &coordinator.metrics.fetches_queued;

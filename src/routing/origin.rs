@@ -14,8 +14,23 @@ pub enum Origin {
     Client(IpAddr),
     /// Another replica of the cluster, filling its own store for its client
     /// `client` (a signed peer request): fetched or revalidated here, never
-    /// passed on to a peer again.
-    Peer { client: IpAddr },
+    /// passed on to a peer again. `from` is the sending replica.
+    Peer { client: IpAddr, from: PeerId },
+}
+
+/// A cluster peer, by its name (`host:port`) hashed: small and `Copy`, to
+/// tell whether a peer request comes from the very peer a download waits
+/// on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerId(u64);
+
+impl PeerId {
+    pub fn of(name: &str) -> PeerId {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        PeerId(h.finish())
+    }
 }
 
 impl Origin {
@@ -28,11 +43,19 @@ impl Origin {
         matches!(self, Origin::Peer { .. })
     }
 
+    /// The sending replica, for a peer's request.
+    pub fn peer(&self) -> Option<PeerId> {
+        match *self {
+            Origin::Peer { from, .. } => Some(from),
+            Origin::Client(_) => None,
+        }
+    }
+
     /// The client's address (unspecified for ferry's own work), whichever
     /// replica it came through.
     pub fn addr(&self) -> IpAddr {
         match *self {
-            Origin::Client(addr) | Origin::Peer { client: addr } => addr,
+            Origin::Client(addr) | Origin::Peer { client: addr, .. } => addr,
         }
     }
 }

@@ -24,6 +24,13 @@ pub fn content_range_start(headers: &HeaderMap) -> Option<u64> {
     content_range(headers).map(|(a, _)| a)
 }
 
+/// The whole length `n` of a `Content-Range: bytes a-b/n` header (not
+/// when it is `*`).
+pub fn content_range_total(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get(CONTENT_RANGE)?.to_str().ok()?;
+    v.trim().rsplit_once('/')?.1.trim().parse().ok()
+}
+
 /// The path of a `Link: <...>; rel="next"` header, when it stays under
 /// `/v2/` (an absolute URL is reduced to its path: ferry asks the same
 /// registry, never another host).

@@ -5,6 +5,8 @@
 
 use crate::support;
 
+mod death;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

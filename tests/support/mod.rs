@@ -144,12 +144,7 @@ impl Ferry {
 
     /// `ferry_upstream_bytes_total` of the first (or only) registry.
     pub fn upstream_bytes(&self) -> u64 {
-        let text = self.app.metrics.encode();
-        text.lines()
-            .find(|l| l.starts_with("ferry_upstream_bytes_total{"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no upstream bytes metric in {text}"))
+        upstream_bytes_of(&self.app)
     }
 
     /// True when the blob sits at its final, content-addressed path.
@@ -178,6 +173,17 @@ impl Ferry {
         let dir = tempfile::tempdir().unwrap();
         std::mem::replace(&mut self.dir, dir)
     }
+}
+
+/// `ferry_upstream_bytes_total` of `app`'s first (or only) registry: the
+/// bytes it read from the upstream.
+pub fn upstream_bytes_of(app: &App) -> u64 {
+    let text = app.metrics.encode();
+    text.lines()
+        .find(|l| l.starts_with("ferry_upstream_bytes_total{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no upstream bytes metric in {text}"))
 }
 
 /// The sum of `ferry_fetch_failures_total` lines of `kind` and `reason` in
