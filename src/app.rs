@@ -108,12 +108,12 @@ impl App {
             // A peer may wait for its own upstream before it answers: as
             // long as an upstream request may take.
             let answer = config.timeouts.connect + config.timeouts.response_header;
-            let failures = metrics.cluster.peer_failures.clone();
             Arc::new(crate::cluster::Cluster::new(
                 c,
                 config.listen,
                 answer,
-                failures,
+                metrics.cluster.clone(),
+                router.fingerprints(),
             ))
         });
         let coordinator = Coordinator::new(

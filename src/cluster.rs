@@ -28,13 +28,12 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use crate::config::{ClusterConfig, PeerSource};
-use crate::metrics::PeerReasonLabels;
+use crate::metrics::{ClusterMetrics, PeerLabels, PeerReasonLabels};
 use crate::oci::{Digest, RepoName, Tag};
+use crate::routing::fingerprint::{self, Fingerprints};
 use crate::routing::{Origin, Target};
 
 pub use key::OwnerKey;
@@ -59,8 +58,11 @@ pub struct Cluster {
     /// How long a peer may take to answer a blob request's headers (it may
     /// be waiting for its own upstream).
     answer_timeout: Duration,
-    /// Failed fills, by peer and reason.
-    failures: Family<PeerReasonLabels, Counter>,
+    /// Failed fills, by peer and reason; registries routed differently,
+    /// by peer.
+    metrics: ClusterMetrics,
+    /// This replica's routing fingerprints, to compare with each peer's.
+    routing: Fingerprints,
     /// When a bad request signature was last logged, and how many since.
     bad_logged: std::sync::Mutex<(Option<tokio::time::Instant>, u64)>,
     /// The signed requests taken lately, to refuse one sent again.
@@ -123,12 +125,14 @@ pub enum PeerError {
 
 impl Cluster {
     /// `listen` is this replica's listen address (to find itself among the
-    /// peers); `answer_timeout` bounds the wait for a peer's answer.
+    /// peers); `answer_timeout` bounds the wait for a peer's answer;
+    /// `routing` is this replica's routing, to compare with its peers'.
     pub fn new(
         config: &ClusterConfig,
         listen: SocketAddr,
         answer_timeout: Duration,
-        failures: Family<PeerReasonLabels, Counter>,
+        metrics: ClusterMetrics,
+        routing: Fingerprints,
     ) -> Cluster {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -143,7 +147,8 @@ impl Cluster {
             members,
             client: Client::builder(TokioExecutor::new()).build(http),
             answer_timeout,
-            failures,
+            metrics,
+            routing,
             bad_logged: Default::default(),
             replays: Default::default(),
         }
@@ -160,14 +165,16 @@ impl Cluster {
     }
 
     /// The peer that owns `key`, or `None` when this replica owns it (or
-    /// no other peer is live).
+    /// no other peer is live). Peers that route `key`'s registry otherwise
+    /// than this replica (their fingerprint differs) are not asked.
     pub fn owner(&self, key: OwnerKey<'_>) -> Option<String> {
+        let registry = key.registry();
         let key = key.bytes();
         let me = self.me();
         // Until this replica knows its name, its listen address is not
         // another peer either.
         let listen = self.listen.to_string();
-        let mut live = self.members.live();
+        let mut live = self.members.live_for(registry);
         live.retain(|p| *p != listen);
         if live.is_empty() {
             return None;
@@ -186,7 +193,7 @@ impl Cluster {
             peer: peer.to_string(),
             reason,
         };
-        self.failures.get_or_create(&labels).inc();
+        self.metrics.peer_failures.get_or_create(&labels).inc();
         if let Some(out) = self.members.fail(peer, reason) {
             tracing::warn!(
                 peer,
@@ -428,12 +435,18 @@ impl Cluster {
             let peers = self.members.peers();
             let answers =
                 futures::future::join_all(peers.iter().map(|p| self.probe(&p.addr))).await;
-            for (p, ready) in peers.iter().zip(answers) {
+            for (p, answer) in peers.iter().zip(answers) {
+                let ready = answer.is_some();
                 if self.members.mark(&p.addr, ready) {
                     match ready {
                         true => tracing::info!(peer = %p.addr, "cluster peer ready"),
                         false => tracing::warn!(peer = %p.addr, "cluster peer not ready; left out"),
                     }
+                }
+                // A peer that sent no fingerprints (an older ferry) is taken
+                // as routing alike.
+                if let Some(Some(theirs)) = answer {
+                    self.compare_routing(&p.addr, &theirs);
                 }
             }
             live.set(self.members.live().len() as i64);
@@ -472,15 +485,53 @@ impl Cluster {
         self.members.set_peers(&all);
     }
 
-    /// Whether `peer` answers `/readyz` with 200 in time.
-    async fn probe(&self, peer: &str) -> bool {
-        let Ok(req) = Request::get(format!("http://{peer}/readyz")).body(Empty::new()) else {
-            return false;
+    /// Whether `peer` answers `/readyz` with 200 in time (`None` if not),
+    /// with the routing fingerprints it sent, if any.
+    async fn probe(&self, peer: &str) -> Option<Option<Fingerprints>> {
+        let req = Request::get(format!("http://{peer}/readyz"))
+            .body(Empty::new())
+            .ok()?;
+        let answer = tokio::time::timeout(PROBE_TIMEOUT, self.client.request(req)).await;
+        match answer {
+            Ok(Ok(r)) if r.status().is_success() => Some(
+                r.headers()
+                    .get(fingerprint::HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(Fingerprints::decode),
+            ),
+            _ => None,
+        }
+    }
+
+    /// This replica's routing fingerprints, for its `/readyz`.
+    pub fn routing(&self) -> &Fingerprints {
+        &self.routing
+    }
+
+    /// Leaves `peer` out for the registries it routes otherwise than this
+    /// replica (`theirs`, from its probe); a change is logged and counted.
+    fn compare_routing(&self, peer: &str, theirs: &Fingerprints) {
+        let differ = self.routing.differing(theirs);
+        let labels = PeerLabels {
+            peer: peer.to_string(),
         };
-        matches!(
-            tokio::time::timeout(PROBE_TIMEOUT, self.client.request(req)).await,
-            Ok(Ok(r)) if r.status().is_success()
-        )
+        let count = differ.len() as i64;
+        let list: Vec<&str> = differ.iter().map(String::as_str).collect();
+        let list = list.join(", ");
+        if self.members.set_routes_differ(peer, differ) {
+            self.metrics
+                .routing_differs
+                .get_or_create(&labels)
+                .set(count);
+            match count {
+                0 => tracing::info!(
+                    peer,
+                    "cluster peer routes every registry as this replica does"
+                ),
+                _ => tracing::warn!(peer, registries = %list,
+                    "cluster peer routes these registries otherwise than this replica (another config?); left out for them"),
+            }
+        }
     }
 
     /// The settings as `ferry check-config` prints them.

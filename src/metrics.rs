@@ -110,6 +110,12 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// A cluster peer (`host:port`, a handful per cluster).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
 /// A cluster peer (`host:port`, a handful per cluster) and why it failed.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerReasonLabels {
@@ -306,6 +312,9 @@ pub struct ClusterMetrics {
     /// `timeout`, `unreachable`, `length`, `broken`, `slow`, `lied`); each
     /// left the peer out of this replica's ring.
     pub peer_failures: Family<PeerReasonLabels, Counter>,
+    /// Registries a peer routes otherwise than this replica (its routing
+    /// fingerprint differs), by peer: it is out of the ring for those.
+    pub routing_differs: Family<PeerLabels, Gauge>,
 }
 
 impl ClusterMetrics {
@@ -334,6 +343,11 @@ impl ClusterMetrics {
             "cluster_requests_out",
             "Blob fills asked of the owning peer",
             self.requests_out.clone(),
+        );
+        registry.register(
+            "cluster_routing_differs",
+            "Registries a cluster peer routes otherwise than this replica (left out for those), by peer",
+            self.routing_differs.clone(),
         );
         registry.register(
             "cluster_handovers",

@@ -16,6 +16,7 @@
 //! - `destination` / `stripPrefix` map the local name to the upstream one;
 //!   Docker Hub gets `library/` in front of a one-segment name.
 
+pub mod fingerprint;
 mod glob;
 mod origin;
 mod peer_route;
@@ -306,6 +307,15 @@ impl Router {
             registries,
             remembered: quick_cache::sync::Cache::new(REMEMBERED_NAMES),
         })
+    }
+
+    /// Every registry's routing fingerprint, for the readiness probe.
+    pub fn fingerprints(&self) -> fingerprint::Fingerprints {
+        fingerprint::Fingerprints::new(
+            self.registries
+                .iter()
+                .map(|r| (r.name.clone(), fingerprint::of(&r.name, &r.config))),
+        )
     }
 
     pub fn registries(&self) -> &[Arc<Registry>] {

@@ -10,6 +10,7 @@
 //! failure in a row ([`Members::fail`]): no probe brings it back before
 //! then, so a peer that lies is not trusted again on its next good probe.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::RwLock;
 use std::time::Duration;
@@ -34,6 +35,9 @@ pub struct PeerState {
     pub failures: u32,
     /// Until when a good probe does not restore it.
     pub out_until: Option<Instant>,
+    /// The registries it routes differently from this replica (by its
+    /// last probe's fingerprints): it is out of the ring for those.
+    pub routes_differ: BTreeSet<String>,
 }
 
 impl PeerState {
@@ -44,6 +48,7 @@ impl PeerState {
             reason: None,
             failures: 0,
             out_until: None,
+            routes_differ: BTreeSet::new(),
         }
     }
 }
@@ -172,6 +177,32 @@ impl Members {
             .filter(|p| p.live)
             .map(|p| p.addr.clone())
             .collect()
+    }
+
+    /// The live peers that route `registry` as this replica does.
+    pub fn live_for(&self, registry: &str) -> Vec<String> {
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        peers
+            .iter()
+            .filter(|p| p.live && !p.routes_differ.contains(registry))
+            .map(|p| p.addr.clone())
+            .collect()
+    }
+
+    /// Records the registries `addr` routes differently (from its probe);
+    /// returns whether that changed.
+    pub fn set_routes_differ(&self, addr: &str, differ: BTreeSet<String>) -> bool {
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = peers.iter_mut().find(|p| p.addr == addr) else {
+            return false;
+        };
+        if p.routes_differ == differ {
+            return false;
+        }
+        p.routes_differ = differ;
+        drop(peers);
+        self.changed();
+        true
     }
 
     /// Every other peer with its state.

@@ -176,9 +176,10 @@ impl Coordinator {
             Entry::Vacant(e) => {
                 let mut flight = Flight::new(digest.clone(), repo.key(), repo.origin);
                 // A peer's request is fetched here, never passed on.
-                if !repo.origin.is_peer() {
-                    let cluster = self.cluster.as_ref();
-                    if let Some(peer) = cluster.and_then(|c| c.owner(OwnerKey::Blob(digest))) {
+                if let (false, Some(cluster), Some(target)) =
+                    (repo.origin.is_peer(), &self.cluster, repo.targets.first())
+                {
+                    if let Some(peer) = cluster.owner(OwnerKey::Blob { digest, target }) {
                         flight.fill_from(peer);
                     }
                 }

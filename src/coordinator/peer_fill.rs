@@ -166,7 +166,10 @@ pub(super) async fn successor(
         return None;
     }
     let next = cluster
-        .owner(OwnerKey::Blob(&flight.digest))
+        .owner(OwnerKey::Blob {
+            digest: &flight.digest,
+            target: ask.target,
+        })
         .filter(|n| n != gone)?;
     tracing::info!(digest = %flight.digest, gone, next = %next, from,
         "the blob's owner is gone; asking its next owner for the rest");

@@ -35,7 +35,18 @@ pub(super) async fn answer(app: &Arc<App>, path: &str, role: Role) -> Option<Res
                     .map(|e| format!("store not writable: {e}"))
             };
             Some(match why {
-                None => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+                // Peers compare their routing with this one's.
+                None => match &app.cluster {
+                    Some(c) => {
+                        let mut r = text(StatusCode::OK, "ready\n".into(), "text/plain");
+                        if let Ok(v) = http::HeaderValue::from_str(&c.routing().encode()) {
+                            r.headers_mut()
+                                .insert(crate::routing::fingerprint::HEADER, v);
+                        }
+                        r
+                    }
+                    None => text(StatusCode::OK, "ready\n".into(), "text/plain"),
+                },
                 Some(w) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("not ready: {w}\n"),

@@ -177,13 +177,21 @@ fn peers(app: &Arc<App>, h: &mut String) {
     );
     h.push_str("<table><tr><th>peer</th><th>state</th></tr>\n");
     for p in c.peers() {
-        let state = match (p.live, p.reason) {
+        let mut state = match (p.live, p.reason) {
             (true, _) => "<span class=\"ok\">ready</span>".to_string(),
             (false, why) => format!(
                 "<span class=\"bad\">left out: {}</span>",
                 escape(why.unwrap_or("not ready"))
             ),
         };
+        if !p.routes_differ.is_empty() {
+            let list: Vec<&str> = p.routes_differ.iter().map(String::as_str).collect();
+            let _ = write!(
+                state,
+                " <span class=\"bad\">routes otherwise (left out for): {}</span>",
+                escape(&list.join(", "))
+            );
+        }
         let _ = writeln!(
             h,
             "<tr><td><code>{}</code></td><td>{state}</td></tr>",

@@ -6,6 +6,7 @@
 use crate::support;
 
 mod death;
+mod routing;
 
 use std::net::SocketAddr;
 use std::time::Duration;
