@@ -108,14 +108,16 @@ impl App {
             // A peer may wait for its own upstream before it answers: as
             // long as an upstream request may take.
             let answer = config.timeouts.connect + config.timeouts.response_header;
-            Arc::new(crate::cluster::Cluster::new(
+            crate::cluster::Cluster::new(
                 c,
                 config.listen,
                 answer,
                 metrics.cluster.clone(),
                 router.fingerprints(),
-            ))
+            )
+            .map(Arc::new)
         });
+        let cluster = cluster.transpose()?;
         let coordinator = Coordinator::new(
             Arc::new(store),
             router,

@@ -25,12 +25,13 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
 use http_body_util::Empty;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::config::{ClusterConfig, PeerSource};
+use crate::config::{ClusterConfig, ConfigError, PeerSource};
 use crate::metrics::{ClusterMetrics, PeerLabels, PeerReasonLabels};
 use crate::oci::{Digest, RepoName, Tag};
 use crate::routing::fingerprint::{self, Fingerprints};
@@ -54,7 +55,9 @@ pub struct Cluster {
     config: ClusterConfig,
     listen: SocketAddr,
     members: membership::Members,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    /// `http` or `https` (behind `http.tls`, peers speak TLS).
+    scheme: &'static str,
     /// How long a peer may take to answer a blob request's headers (it may
     /// be waiting for its own upstream).
     answer_timeout: Duration,
@@ -133,25 +136,41 @@ impl Cluster {
         answer_timeout: Duration,
         metrics: ClusterMetrics,
         routing: Fingerprints,
-    ) -> Cluster {
+    ) -> Result<Cluster, ConfigError> {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(Cluster::client_tls(config)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let members = membership::Members::new(config.self_addr.clone());
         if let PeerSource::Static(list) = &config.peers {
             members.set_peers(list);
         }
-        Cluster {
+        Ok(Cluster {
             config: config.clone(),
             listen,
             members,
-            client: Client::builder(TokioExecutor::new()).build(http),
+            client: Client::builder(TokioExecutor::new()).build(https),
+            scheme: if config.https { "https" } else { "http" },
             answer_timeout,
             metrics,
             routing,
             bad_logged: Default::default(),
             replays: Default::default(),
-        }
+        })
+    }
+
+    /// How this replica speaks TLS to its peers: their certificates are
+    /// checked against the web's roots and `certDir`'s CAs, and `certDir`'s
+    /// client certificate is shown to a listener that asks for one.
+    pub fn client_tls(config: &ClusterConfig) -> Result<rustls::ClientConfig, ConfigError> {
+        let dir = config.cert_dir.as_deref();
+        crate::upstream::tls::client_config(true, dir)
+            .map_err(|e| ConfigError(format!("ferry.cluster.certDir: {e}")))
     }
 
     /// This replica's name among its peers, once known.
@@ -347,7 +366,7 @@ impl Cluster {
         headers: HeaderMap,
     ) -> Result<Response<Incoming>, PeerError> {
         let me = self.me().unwrap_or_else(|| self.listen.to_string());
-        let mut req = Request::get(format!("http://{peer}{path}"))
+        let mut req = Request::get(format!("{}://{peer}{path}", self.scheme))
             .body(Empty::new())
             .map_err(|e| PeerError::Unreachable {
                 peer: peer.into(),
@@ -488,7 +507,7 @@ impl Cluster {
     /// Whether `peer` answers `/readyz` with 200 in time (`None` if not),
     /// with the routing fingerprints it sent, if any.
     async fn probe(&self, peer: &str) -> Option<Option<Fingerprints>> {
-        let req = Request::get(format!("http://{peer}/readyz"))
+        let req = Request::get(format!("{}://{peer}/readyz", self.scheme))
             .body(Empty::new())
             .ok()?;
         let answer = tokio::time::timeout(PROBE_TIMEOUT, self.client.request(req)).await;
@@ -540,8 +559,13 @@ impl Cluster {
             PeerSource::Static(list) => format!("peers {}", list.join(", ")),
             PeerSource::Dns { name, port } => format!("peers from DNS {name} on port {port}"),
         };
+        let tls = match (config.https, &config.cert_dir) {
+            (false, _) => "plain HTTP".to_string(),
+            (true, None) => "HTTPS (the web's roots)".to_string(),
+            (true, Some(d)) => format!("HTTPS (CAs and client certificate from {})", d.display()),
+        };
         format!(
-            "cluster: {peers}; self {}; secret set; probe every {:?}, DNS every {:?}\n",
+            "cluster: {peers}; self {}; secret set; peers over {tls}; probe every {:?}, DNS every {:?}\n",
             config
                 .self_addr
                 .as_deref()

@@ -111,6 +111,8 @@ pub struct Config {
 pub struct ListenerTls {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// zot's `cacert`: clients must show a certificate from these CAs.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Keeping the store healthy and within its budget.
@@ -471,12 +473,32 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_behind_a_tls_listener_is_refused() {
-        let text = r#"{"http": {"tls": {"cert": "c.pem", "key": "k.pem"}},
-            "ferry": {"cluster": {"peers": ["a:1", "b:1"], "secretFile": "/nonexistent"}}}"#;
-        let file = FileConfig::parse(text).unwrap();
-        let e = Config::resolve(file, &Overrides::default()).unwrap_err().0;
-        assert!(e.contains("ferry.cluster with http.tls"), "{e}");
+    fn a_cluster_behind_a_tls_listener_speaks_https_to_its_peers() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "a secret of the cluster's own").unwrap();
+        let cluster = |tls: &str, cert_dir: &str| {
+            let text = format!(
+                r#"{{"http": {{{tls}}}, "ferry": {{"cluster": {{"peers": ["a:1", "b:1"],
+                "secretFile": {secret:?}{cert_dir}}}}}}}"#
+            );
+            let file = FileConfig::parse(&text).unwrap();
+            Config::resolve(file, &Overrides::default())
+        };
+        let tls = r#""tls": {"cert": "c.pem", "key": "k.pem", "cacert": "ca.pem"}"#;
+        let c = cluster(tls, r#", "certDir": "/etc/ferry/peers""#).unwrap();
+        let (cluster_tls, listener) = (c.cluster.unwrap(), c.tls.unwrap());
+        assert!(cluster_tls.https);
+        assert_eq!(
+            cluster_tls.cert_dir.as_deref(),
+            Some(Path::new("/etc/ferry/peers"))
+        );
+        assert_eq!(listener.client_ca.as_deref(), Some(Path::new("ca.pem")));
+        assert!(!cluster("", "").unwrap().cluster.unwrap().https);
+        let e = cluster("", r#", "certDir": "/etc/ferry/peers""#)
+            .unwrap_err()
+            .0;
+        assert!(e.contains("certDir is for peers that speak HTTPS"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 mod absent;
 mod answer;
+mod ask;
 mod fetch;
 mod fill;
 mod flight;

@@ -24,11 +24,11 @@
 //! | | [`http`] | the HTTP adapter: routing a path, `Range`/`If-Range` headers, rendering answers, the access log, health, metrics, status page; it decides nothing about where bytes come from |
 //! | service | [`app`] | the application state (the coordinator and the cluster side by side), manifests and tag freshness, tags from the owning peer, referrers, listings, who may read what, background tasks |
 //! | | [`access`] | client credentials: htpasswd users, static tokens, repository policies |
-//! | coordination | [`coordinator`] | what answers a blob request (`answer`), opening it (`open`), the in-flight map, the fetch task (`fetch`: which source) and the one fill every source goes through (`fill`, `transfer`, `spool`), readers, memberships, memory caches |
-//! | | [`routing`] | registries, `ns=`, path style, content prefixes, Docker Hub's `library/`; a request's [`routing::Origin`] (client or peer); fetch slots; how a peer request names a repository ([`routing::PeerRoute`]) |
+//! | coordination | [`coordinator`] | what answers a blob request (`answer`), opening it (`open`), the in-flight map, the fetch task (`fetch`: which source) and the one fill every source goes through (`fill`, `transfer`, `spool`), the owning peer and its successor when it dies (`peer_fill`, `ask`), readers, memberships, memory caches |
+//! | | [`routing`] | registries, `ns=`, path style, content prefixes, Docker Hub's `library/`; a request's [`routing::Origin`] (client or peer); fetch slots; how a peer request names a repository ([`routing::PeerRoute`]) and each registry's routing fingerprint ([`routing::fingerprint`]) |
 //! | | [`lifecycle`] | the store's index, size cap and LRU eviction, free space, scrub |
 //! | | [`metrics`] | the Prometheus registry and every metric family, typed labels ([`metrics::CacheStatus`]); the per-registry families (bytes, retries, resumes, latency, health) are collected at scrape time from [`upstream`]'s stats |
-//! | | [`cluster`] | replicas that share fetches: membership and probes, who owns a blob or a tag ([`cluster::OwnerKey`], rendezvous), signed peer requests built in one place |
+//! | | [`cluster`] | replicas that share fetches: membership and probes, who owns a blob or a tag ([`cluster::OwnerKey`], rendezvous), signed peer requests and answers built in one place, replays refused, peers over HTTPS behind `http.tls` |
 //! | storage | [`upstream`] | the registry client: pooled HTTP/1.1 + HTTP/2 over rustls, auth, retries, listings |
 //! | | [`store`] | the content-addressed filesystem store: only a [`store::VerifiedBlob`] is published; it alone lists and removes its files and tells one removal listener; the manifest record codec |
 //! | | [`shared`] | the bucket several replicas share (S3 or a directory): uploads while fetching, upkeep; [`shared::tiered::Tiered`], local-then-shared for small records |
@@ -42,7 +42,8 @@
 //!    open_blob (open): in memory / stored? ── yes ─▶ (belongs to <name>?) ─▶ BlobHandle::Memory / Stored
 //!    in flight? ─ yes ─▶ join: BlobHandle::InFlight ─▶ BlobStream::following
 //!    else ─▶ spawn fetch task (detached): fetch opens a source (store, bucket, owning
-//!              peer, upstream) ─▶ fill: room, transfer (pump, resume at the upstream)
+//!              peer, upstream) ─▶ fill: room, transfer (pump; a dead owner's successor,
+//!              or resume at the upstream)
 //!              └▶ spool writer thread: TempBlob::append (writes + hashes), Progress::Streaming
 //!              └▶ end: length check ─▶ TempBlob::verify ─▶ VerifiedBlob ─▶ publish ─▶ Done
 //!                 failure: temp deleted ─▶ Failed(reason) ─▶ readers abort

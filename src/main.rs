@@ -192,7 +192,11 @@ fn main() -> ExitCode {
 fn check_config(file: &std::path::Path, probe: bool) -> Result<String, String> {
     let config = Config::load(file, &Overrides::default()).map_err(|e| e.to_string())?;
     if let Some(tls) = &config.tls {
-        ferry::listener::CertStore::load(tls).map_err(|e| e.to_string())?;
+        let certs = ferry::listener::CertStore::load(tls).map_err(|e| e.to_string())?;
+        certs.acceptor().map_err(|e| e.to_string())?;
+    }
+    if let Some(cluster) = &config.cluster {
+        ferry::cluster::Cluster::client_tls(cluster).map_err(|e| e.to_string())?;
     }
     if let Some(access) = &config.access {
         ferry::access::Access::load(access).map_err(|e| e.to_string())?;

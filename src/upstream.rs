@@ -18,7 +18,7 @@ mod rate_floor;
 pub mod retry;
 mod send;
 mod stats;
-mod tls;
+pub mod tls;
 
 use std::time::Duration;
 

@@ -34,6 +34,10 @@ pub struct ClusterSection {
     pub probe_interval: Option<String>,
     /// How often `dns` is resolved again ("5s").
     pub dns_interval: Option<String>,
+    /// With `http.tls`: Docker's `certs.d` layout for talking to peers:
+    /// `*.crt` CAs their certificates are checked against, a `*.cert`
+    /// with its `*.key` shown to them (for a `cacert` listener).
+    pub cert_dir: Option<PathBuf>,
 }
 
 /// Where the peers come from.
@@ -52,11 +56,21 @@ pub struct ClusterConfig {
     pub secret: Secret,
     pub probe_interval: Duration,
     pub dns_interval: Duration,
+    /// Peers are asked over HTTPS (this replica's listener speaks TLS, and
+    /// so do theirs).
+    pub https: bool,
+    /// CAs and client certificate for peers (`certDir`), with `https`.
+    pub cert_dir: Option<PathBuf>,
 }
 
 impl ClusterSection {
-    /// Resolves the section; `env_secret` is `FERRY_CLUSTER_SECRET`.
-    pub fn resolve(&self, env_secret: Option<String>) -> Result<ClusterConfig, ConfigError> {
+    /// Resolves the section; `env_secret` is `FERRY_CLUSTER_SECRET`;
+    /// `https`: the listener speaks TLS (`http.tls`), so peers do too.
+    pub fn resolve(
+        &self,
+        env_secret: Option<String>,
+        https: bool,
+    ) -> Result<ClusterConfig, ConfigError> {
         let err = |m: String| ConfigError(format!("ferry.cluster: {m}"));
         let peers = match (&self.peers, &self.dns) {
             (Some(_), Some(_)) => return Err(err("give peers or dns, not both".into())),
@@ -102,7 +116,14 @@ impl ClusterSection {
             Some(s) => parse_duration(s).map_err(|e| err(format!("{key}: {e}"))),
             None => Ok(default),
         };
+        if self.cert_dir.is_some() && !https {
+            return Err(err(
+                "certDir is for peers that speak HTTPS: set http.tls (every replica's listener) or drop certDir".into(),
+            ));
+        }
         Ok(ClusterConfig {
+            https,
+            cert_dir: self.cert_dir.clone(),
             peers,
             self_addr: self.self_addr.clone(),
             secret: Secret::new(secret),
@@ -138,21 +159,22 @@ mod tests {
     #[test]
     fn a_cluster_needs_peers_and_a_secret() {
         let s = section(r#"{"peers": ["10.0.0.1:5000", "10.0.0.2:5000"]}"#);
-        let e = s.resolve(None).unwrap_err().0;
+        let e = s.resolve(None, false).unwrap_err().0;
         assert!(e.contains("secretFile") && e.contains(SECRET_ENV), "{e}");
-        let c = s.resolve(Some("0123456789abcdef".into())).unwrap();
+        let c = s.resolve(Some("0123456789abcdef".into()), false).unwrap();
         assert_eq!(
             c.peers,
             PeerSource::Static(vec!["10.0.0.1:5000".into(), "10.0.0.2:5000".into()])
         );
         assert!(!format!("{c:?}").contains("0123456789abcdef"));
-        let e = section("{}").resolve(Some("0123456789abcdef".into()));
+        let e = section("{}").resolve(Some("0123456789abcdef".into()), false);
         assert!(e.unwrap_err().0.contains("peers"));
-        let e = section(r#"{"peers": ["nohost"]}"#).resolve(Some("0123456789abcdef".into()));
+        let e = section(r#"{"peers": ["nohost"]}"#).resolve(Some("0123456789abcdef".into()), false);
         assert!(e.unwrap_err().0.contains("host:port"));
-        let e = section(r#"{"peers": ["a:1"]}"#).resolve(Some("short".into()));
+        let e = section(r#"{"peers": ["a:1"]}"#).resolve(Some("short".into()), false);
         assert!(e.unwrap_err().0.contains("16"));
-        let e = section(r#"{"dns": "ferry-peers"}"#).resolve(Some("0123456789abcdef".into()));
+        let e =
+            section(r#"{"dns": "ferry-peers"}"#).resolve(Some("0123456789abcdef".into()), false);
         assert!(e.unwrap_err().0.contains("port"));
     }
 
@@ -161,14 +183,14 @@ mod tests {
         let secret = || Some("0123456789abcdef".to_string());
         let ok = section(r#"{"peers": ["a:1", "b:1"], "self": "b:1"}"#);
         assert_eq!(
-            ok.resolve(secret()).unwrap().self_addr.as_deref(),
+            ok.resolve(secret(), false).unwrap().self_addr.as_deref(),
             Some("b:1")
         );
-        let e = section(r#"{"peers": ["a:1", "b:1"], "self": "c:1"}"#).resolve(secret());
+        let e = section(r#"{"peers": ["a:1", "b:1"], "self": "c:1"}"#).resolve(secret(), false);
         let e = e.unwrap_err().0;
         assert!(e.contains(r#"self "c:1" is not among peers"#), "{e}");
         // With peers from DNS, where this replica is found at run time.
         let dns = section(r#"{"dns": "ferry-peers", "port": 5000, "self": "c:5000"}"#);
-        assert!(dns.resolve(secret()).is_ok());
+        assert!(dns.resolve(secret(), false).is_ok());
     }
 }

@@ -37,6 +37,9 @@ pub struct HttpSection {
 pub struct TlsSection {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// zot's `cacert`: every client must show a certificate from these CAs
+    /// (mutual TLS).
+    pub cacert: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

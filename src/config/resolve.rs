@@ -54,9 +54,11 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         Some(TlsSection {
             cert: Some(cert),
             key: Some(key),
+            cacert,
         }) => Some(super::ListenerTls {
             cert: cert.clone(),
             key: key.clone(),
+            client_ca: cacert.clone(),
         }),
         Some(_) => return Err(err("http.tls needs both cert and key".into())),
     };
@@ -219,13 +221,9 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
             ),
         })
     };
+    // Behind an HTTPS listener, peers speak HTTPS to each other.
     let cluster = match &f.cluster {
-        Some(_) if tls.is_some() => {
-            return Err(err(
-                "ferry.cluster with http.tls: peers talk plain HTTP to each other's listener, which then speaks only TLS; this is not supported yet (terminate TLS in front of ferry, e.g. in the load balancer)".into(),
-            ))
-        }
-        Some(c) => Some(c.resolve(std::env::var(super::SECRET_ENV).ok())?),
+        Some(c) => Some(c.resolve(std::env::var(super::SECRET_ENV).ok(), tls.is_some())?),
         None => None,
     };
     let config = Config {

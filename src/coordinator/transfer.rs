@@ -258,7 +258,7 @@ async fn transfer(
                     target,
                     digest,
                 };
-                let next = super::peer_fill::successor(coordinator, flight, ask, &peer, received);
+                let next = super::ask::successor(coordinator, flight, ask, &peer, received);
                 if let Some((next, resp, already)) = next.await {
                     let whole = resp.status() == StatusCode::OK;
                     if !whole || content_length(resp.headers()) == size {

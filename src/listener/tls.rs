@@ -69,12 +69,31 @@ impl CertStore {
 
     /// A rustls acceptor that asks this store on every handshake; HTTP/2
     /// and HTTP/1.1 by ALPN.
+    /// With `cacert`, every client must show a certificate from its CAs.
     pub fn acceptor(self: &Arc<Self>) -> std::io::Result<tokio_rustls::TlsAcceptor> {
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| invalid(format!("http.tls: protocol versions: {e}")))?
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
+            .map_err(|e| invalid(format!("http.tls: protocol versions: {e}")))?;
+        let builder = match &self.files.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let bad = |e: String| invalid(format!("http.tls.cacert {}: {e}", path.display()));
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+                    roots
+                        .add(cert.map_err(|e| bad(e.to_string()))?)
+                        .map_err(|e| bad(e.to_string()))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .map_err(|e| bad(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }

@@ -7,6 +7,7 @@ use crate::support;
 
 mod death;
 mod routing;
+mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -36,6 +37,8 @@ fn cluster_config(peers: &[String], me: &str, probe: Duration) -> ClusterConfig 
         secret: Secret::new(SECRET),
         probe_interval: probe,
         dns_interval: Duration::from_secs(60),
+        https: false,
+        cert_dir: None,
     }
 }
 
@@ -433,6 +436,8 @@ async fn peers_from_dns_and_this_replica_found_among_them() {
         secret: Secret::new(SECRET),
         probe_interval: Duration::from_millis(100),
         dns_interval: Duration::from_millis(100),
+        https: false,
+        cert_dir: None,
     };
     let ferry = Ferry::start_with(&up.url(), move |cfg| {
         cfg.listen = addr;

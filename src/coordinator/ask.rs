@@ -1,0 +1,134 @@
+//! Asking the owner of a blob for it, and its successor when it died.
+//!
+//! An owner that dies (refused, reset, or left out of the ring by its
+//! probes), before its answer or during its transfer, is survived once
+//! ([`successor`]): the digest's next owner among the remaining peers has
+//! been receiving the same bytes from the dead one, goes on from the
+//! upstream itself from where it is, and this replica asks it for the rest
+//! from where *it* is, with a signed `Range`. So the one upstream download
+//! goes on once, not once per replica. When this replica is the next
+//! owner, or the next owner does not answer well, the rest comes from the
+//! upstream. Used by [`super::peer_fill`] (before the answer) and
+//! [`super::transfer`] (mid-transfer).
+
+use http::{Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::flight::Flight;
+use super::state::Coordinator;
+use crate::cluster::{BlobAsk, OwnerKey, PeerError};
+use crate::upstream::headers::{content_length, content_range_start, content_range_total};
+
+/// How asking one peer went.
+pub(super) enum Asked {
+    /// A signed answer to start (or go on) from.
+    Answered(Response<Incoming>),
+    /// The peer is alive but did not serve it: go upstream.
+    Elsewhere,
+    /// The peer is out of this replica's ring (refused, unreachable, left
+    /// out while asked): its successor may have the bytes.
+    Gone,
+}
+
+/// Asks `peer` for the blob from byte `from` on. A good answer is a signed
+/// `200` with a length this replica may take (from 0), or a `206` starting
+/// at `from`.
+pub(super) async fn ask_owner(
+    coordinator: &Coordinator,
+    flight: &Flight,
+    ask: BlobAsk<'_>,
+    peer: &str,
+    from: u64,
+) -> Asked {
+    let Some(cluster) = coordinator.cluster.as_ref() else {
+        return Asked::Elsewhere;
+    };
+    let digest = &flight.digest;
+    let metrics = &coordinator.metrics;
+    metrics.cluster.requests_out.inc();
+    let resp = match cluster
+        .get_blob(peer, ask, flight.origin.addr(), from)
+        .await
+    {
+        Ok(r) if r.status() == StatusCode::OK || r.status() == StatusCode::PARTIAL_CONTENT => r,
+        Ok(r) => {
+            tracing::info!(%digest, peer, status = r.status().as_u16(), "peer did not serve the blob; fetching upstream");
+            metrics.cluster.fell_back("status");
+            return Asked::Elsewhere;
+        }
+        Err(e) => {
+            tracing::warn!(%digest, error = %e, "peer did not answer");
+            let left = matches!(e, PeerError::LeftOut { .. });
+            metrics
+                .cluster
+                .fell_back(if left { "left_out" } else { "unreachable" });
+            return match cluster.is_live(peer) {
+                true => Asked::Elsewhere,
+                false => Asked::Gone,
+            };
+        }
+    };
+    let total = match resp.status() {
+        StatusCode::PARTIAL_CONTENT if content_range_start(resp.headers()) == Some(from) => {
+            content_range_total(resp.headers())
+        }
+        StatusCode::OK => content_length(resp.headers()),
+        _ => {
+            metrics.cluster.fell_back("status");
+            return Asked::Elsewhere;
+        }
+    };
+    match total {
+        Some(size) if size <= coordinator.max_blob_size => Asked::Answered(resp),
+        // More than any blob may have: a peer that lies about the length.
+        Some(_) => {
+            cluster.fail(peer, "length");
+            metrics.cluster.fell_back("status");
+            Asked::Elsewhere
+        }
+        // The owner is itself receiving it without a length (a chunked
+        // upstream): nothing wrong, but nothing to reserve room for.
+        None => {
+            metrics.cluster.fell_back("status");
+            Asked::Elsewhere
+        }
+    }
+}
+
+/// The blob from byte `from` on, from the next owner of its digest now
+/// that `gone` is out of this replica's ring: `(peer, answer, skip)`, where
+/// `skip` bytes of the answer are already written (a `200` from the
+/// start). `None` when `gone` is still in the ring (slow, not dead: the
+/// rest comes from the upstream), when this replica owns the digest now,
+/// or when the next owner does not answer well.
+pub(super) async fn successor(
+    coordinator: &Coordinator,
+    flight: &Flight,
+    ask: BlobAsk<'_>,
+    gone: &str,
+    from: u64,
+) -> Option<(String, Response<Incoming>, u64)> {
+    let cluster = coordinator.cluster.as_ref()?;
+    if cluster.is_live(gone) {
+        return None;
+    }
+    let next = cluster
+        .owner(OwnerKey::Blob {
+            digest: &flight.digest,
+            target: ask.target,
+        })
+        .filter(|n| n != gone)?;
+    tracing::info!(digest = %flight.digest, gone, next = %next, from,
+        "the blob's owner is gone; asking its next owner for the rest");
+    match ask_owner(coordinator, flight, ask, &next, from).await {
+        Asked::Answered(resp) => {
+            coordinator.metrics.cluster.handovers.inc();
+            let skip = match resp.status() {
+                StatusCode::OK => from,
+                _ => 0,
+            };
+            Some((next, resp, skip))
+        }
+        Asked::Elsewhere | Asked::Gone => None,
+    }
+}
