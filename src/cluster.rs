@@ -43,12 +43,6 @@ pub use signature::Signed;
 
 /// A peer that does not accept a connection this fast is taken as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// A readiness probe that takes longer counts as a failure. With the
-/// default `probeInterval` (1 s), a peer that freezes is out of the ring
-/// within 3 s, and every wait on it ends then ([`Cluster::left_out`]); a
-/// transfer from it a second later if it sends nothing more. (1.5 s made a
-/// busy replica on a loaded 2-core machine miss its probe.)
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 pub struct Cluster {
@@ -247,6 +241,11 @@ impl Cluster {
         };
         let value = signature::sign_answer(self.secret(), sig, status, answer);
         answer.insert(signature::ANSWER, value);
+    }
+
+    /// How long a peer may stay silent (`peerTimeout`).
+    pub fn peer_timeout(&self) -> Duration {
+        self.config.peer_timeout
     }
 
     /// Whether `peer` is in this replica's ring now.
@@ -510,7 +509,11 @@ impl Cluster {
         let req = Request::get(format!("{}://{peer}/readyz", self.scheme))
             .body(Empty::new())
             .ok()?;
-        let answer = tokio::time::timeout(PROBE_TIMEOUT, self.client.request(req)).await;
+        // A probe that takes longer than `peerTimeout` counts as a failure:
+        // a peer that freezes is out of the ring within `probeInterval` +
+        // `peerTimeout`, and every wait on it ends then (`left_out`).
+        let timeout = self.config.peer_timeout;
+        let answer = tokio::time::timeout(timeout, self.client.request(req)).await;
         match answer {
             Ok(Ok(r)) if r.status().is_success() => Some(
                 r.headers()
@@ -565,12 +568,13 @@ impl Cluster {
             (true, Some(d)) => format!("HTTPS (CAs and client certificate from {})", d.display()),
         };
         format!(
-            "cluster: {peers}; self {}; secret set; peers over {tls}; probe every {:?}, DNS every {:?}\n",
+            "cluster: {peers}; self {}; secret set; peers over {tls}; probe every {:?}, peer timeout {:?}, DNS every {:?}\n",
             config
                 .self_addr
                 .as_deref()
                 .unwrap_or("(found by listen address)"),
             config.probe_interval,
+            config.peer_timeout,
             config.dns_interval
         )
     }

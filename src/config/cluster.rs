@@ -16,6 +16,11 @@ use serde::Deserialize;
 
 use super::{parse_duration, ConfigError, Secret};
 
+/// The default `peerTimeout`: with the default `probeInterval` (1 s), a
+/// frozen owner costs its askers 3 s at most. (1.5 s made a busy replica on
+/// a loaded 2-core machine miss its probe.)
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The environment variable that may hold the peer secret.
 pub const SECRET_ENV: &str = "FERRY_CLUSTER_SECRET";
 
@@ -34,6 +39,10 @@ pub struct ClusterSection {
     pub probe_interval: Option<String>,
     /// How often `dns` is resolved again ("5s").
     pub dns_interval: Option<String>,
+    /// How long a peer may stay silent ("2s"): a readiness probe waits this
+    /// long, and a transfer from a peer that left the ring ends once it has
+    /// sent nothing for this long.
+    pub peer_timeout: Option<String>,
     /// With `http.tls`: Docker's `certs.d` layout for talking to peers:
     /// `*.crt` CAs their certificates are checked against, a `*.cert`
     /// with its `*.key` shown to them (for a `cacert` listener).
@@ -56,6 +65,10 @@ pub struct ClusterConfig {
     pub secret: Secret,
     pub probe_interval: Duration,
     pub dns_interval: Duration,
+    /// How long a peer may stay silent (`peerTimeout`): a frozen owner costs
+    /// its askers at most `probeInterval` + this, before its answer or in
+    /// the middle of its transfer.
+    pub peer_timeout: Duration,
     /// Peers are asked over HTTPS (this replica's listener speaks TLS, and
     /// so do theirs).
     pub https: bool,
@@ -133,6 +146,7 @@ impl ClusterSection {
                 Duration::from_secs(1),
             )?,
             dns_interval: dur("dnsInterval", &self.dns_interval, Duration::from_secs(5))?,
+            peer_timeout: dur("peerTimeout", &self.peer_timeout, PEER_TIMEOUT)?,
         })
     }
 }

@@ -15,7 +15,8 @@ ONCE, through the same URL (the balancer):
           read may be wrong: the client cannot tell which).
 
 The retry is not given up on a stall (there is no third attempt); it fails
-after 60 s without a byte. Prints one JSON object:
+after 60 s without a byte. It starts at once, or after CHAOS_RETRY_DELAY
+seconds (environment; default 0). Prints one JSON object:
 
   ok          the final bytes hash to DIGEST and were complete
   sha_ok      the final hash matched
@@ -26,12 +27,14 @@ after 60 s without a byte. Prints one JSON object:
               gap included (from the last byte before the error to the
               first byte of the retry)
   stall_ms    max(ttfb_ms, max_gap_ms)
-  retried     whether the retry was needed; errors: what went wrong
+  retried     whether the retry was needed; errors: what went wrong, with
+              the replica that answered (nginx's X-Ferry-Replica) if any
 Standard library only (http.client, hashlib, time).
 """
 import hashlib
 import http.client
 import json
+import os
 import sys
 import time
 import urllib.parse
@@ -39,6 +42,7 @@ import urllib.parse
 URL, DIGEST, GIVEUP = sys.argv[1], sys.argv[2], float(sys.argv[3])
 MODE = sys.argv[4] if len(sys.argv) > 4 else "range"
 RETRY_GIVEUP = 60.0
+RETRY_DELAY = float(os.environ.get("CHAOS_RETRY_DELAY", "0"))
 u = urllib.parse.urlsplit(URL)
 
 state = {
@@ -72,10 +76,12 @@ def attempt(start, giveup):
     """One GET from byte `start`; returns True when the body ended cleanly."""
     global wrong
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=giveup)
+    via = "?"
     try:
         headers = {"Range": f"bytes={start}-"} if start else {}
         conn.request("GET", u.path, headers=headers)
         resp = conn.getresponse()
+        via = resp.getheader("X-Ferry-Replica", "?")
         skip = 0
         if start and resp.status == 206:
             cr = resp.getheader("Content-Range", "")
@@ -105,7 +111,7 @@ def attempt(start, giveup):
         return True
     except (OSError, http.client.HTTPException, Failed) as e:
         kind = "stalled" if isinstance(e, TimeoutError) else type(e).__name__
-        errors.append(f"{kind} at byte {state['got']} (from {start}): {e}")
+        errors.append(f"{kind} at byte {state['got']} (from {start}, via {via}): {e}")
         return False
     finally:
         conn.close()
@@ -114,6 +120,7 @@ def attempt(start, giveup):
 ok = attempt(0, GIVEUP)
 retried = not ok
 if not ok:
+    time.sleep(RETRY_DELAY)
     if MODE == "scratch":
         state["hash"] = hashlib.sha256()
         state["got"] = 0

@@ -198,6 +198,8 @@ http {
             proxy_set_header Connection "";
             proxy_buffering off;
             proxy_read_timeout 600s;
+            # Which replica answered, for the clients' error notes.
+            add_header X-Ferry-Replica \$upstream_addr always;
         }
     }
 }
@@ -347,6 +349,43 @@ PY
     read -r CORRECT WRONG RETRIED STALL <<< "$(head -n 1 <<< "$out")"
     tail -n +2 <<< "$out" > "$WORK/$1-notes.txt"
 }
+# What the other replicas did after the owner got its signal at `since`
+# (epoch seconds), from their logs: one line per replica.
+timeline() { # since owner-addr digest owner-replica
+    python3 - "$1" "$2" "$3" "$4" "$WORK" <<'PY'
+import datetime, sys
+since, owner, digest, victim, work = float(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+events = [
+    ("cluster peer not ready; left out", owner, "probe left the owner out"),
+    ("cluster peer failed a fill", owner, "a failed fill left the owner out"),
+    ("peer transfer broke", digest, "transfer from the owner broke"),
+    ("asking its next owner", digest, "asked the next owner"),
+    ("peer did not answer", digest, "peer did not answer"),
+    ("blob fetched and stored", digest, "stored"),
+]
+for i in "123":
+    if i == victim:
+        continue
+    seen = []
+    for line in open(f"{work}/ferry-{i}.log", errors="replace"):
+        if not line.startswith("20"):
+            continue
+        try:
+            t = datetime.datetime.strptime(line[:26], "%Y-%m-%dT%H:%M:%S.%f")
+        except ValueError:
+            continue
+        t = t.replace(tzinfo=datetime.timezone.utc).timestamp() - since
+        if not -0.5 <= t <= 60:
+            continue
+        for text, key, what in events:
+            if text in line and key in line:
+                extra = ""
+                if "next=" in line:
+                    extra = " " + line.split("next=")[1].split()[0]
+                seen.append(f"+{t:.2f}s {what}{extra}")
+    print(f"    replica {i}: " + (", ".join(seen) or "nothing logged"))
+PY
+}
 ratio() { # bytes size
     awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'
 }
@@ -382,8 +421,9 @@ owner_chaos() { # case-label image signal
         sleep 0.05
     done
     kill "-$sig" "${RPID[$o]}"
-    local at=$(((last - before[$o]) * 100 / size))
-    echo "$NAME: $label: SIG$sig to replica $o (owner of $digest) at $at% of the blob"
+    local at=$(((last - before[$o]) * 100 / size)) since
+    since=$(date +%s.%N)
+    echo "$NAME: $label: SIG$sig to replica $o (owner of $digest) at $at% of the blob, $(date -u +%T.%3N) UTC"
     wait_clients
     LIVE=$(for i in 1 2 3; do [ "$i" = "$o" ] || echo "$i"; done | xargs)
     # shellcheck disable=SC2086
@@ -395,6 +435,7 @@ owner_chaos() { # case-label image signal
     summarize "$img"
     echo "$NAME: $label: clients correct $CORRECT/12, upstream $(ratio "$fetched" "$size")x the blob ($fetched bytes for $size), longest stall $STALL ms (retried $RETRIED, wrong images $WRONG, handovers $handovers)"
     cat "$WORK/$img-notes.txt"
+    timeline "$since" "$owner" "$digest" "$o"
     [ "$CORRECT" = 12 ] || misses="$misses clients correct $CORRECT/12;"
     [ "$WRONG" = 0 ] || misses="$misses $WRONG wrong images;"
     [ "$fetched" -le $((size * RATIO_MAX / 100)) ] || misses="$misses upstream $(ratio "$fetched" "$size")x > 1.15x;"
@@ -411,10 +452,19 @@ verdict "case 1 (SIGKILL of the owner)" "$MISSES"
 
 owner_chaos "case 2 (SIGSTOP of the owner)" stop STOP
 kill -CONT "${RPID[$VICTIM]}"
+# Not counted above: what the owner fetches once it runs again (its
+# download, deserted by its clients and peers, may go on as an orphan).
 frozen_at=${UP[$VICTIM]}
-sleep 2
-resumed=$(metric "$(port_of "$VICTIM")" ferry_upstream_bytes_total || echo "$frozen_at")
-echo "$NAME: case 2: after SIGCONT the owner fetched $((resumed - frozen_at)) more upstream bytes in 2 s (not counted above)"
+resumed=$frozen_at
+stable=0
+for _ in $(seq 1 30); do # until it brought nothing for 1 s
+    sleep 0.5
+    now=$(metric "$(port_of "$VICTIM")" ferry_upstream_bytes_total || echo "$resumed")
+    if [ "$now" = "$resumed" ]; then stable=$((stable + 1)); else stable=0; fi
+    resumed=$now
+    [ "$stable" -lt 2 ] || break
+done
+echo "$NAME: case 2: after SIGCONT the owner fetched $((resumed - frozen_at)) more upstream bytes ($(ratio "$((resumed - frozen_at))" "$(blob_size "$WORK/stop" "$(largest_blob "$WORK/stop")")")x the blob; not counted above)"
 verdict "case 2 (SIGSTOP of the owner)" "$MISSES"
 
 # ---------------------------------------------------------------- case 3

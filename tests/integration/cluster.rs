@@ -37,6 +37,7 @@ fn cluster_config(peers: &[String], me: &str, probe: Duration) -> ClusterConfig 
         secret: Secret::new(SECRET),
         probe_interval: probe,
         dns_interval: Duration::from_secs(60),
+        peer_timeout: ferry::config::PEER_TIMEOUT,
         https: false,
         cert_dir: None,
     }
@@ -436,6 +437,7 @@ async fn peers_from_dns_and_this_replica_found_among_them() {
         secret: Secret::new(SECRET),
         probe_interval: Duration::from_millis(100),
         dns_interval: Duration::from_millis(100),
+        peer_timeout: ferry::config::PEER_TIMEOUT,
         https: false,
         cert_dir: None,
     };
