@@ -25,6 +25,8 @@ pub(super) enum Asked {
     Answered(Response<Incoming>),
     /// The peer is alive but did not serve it: go upstream.
     Elsewhere,
+    /// The peer's signed 404: its upstream does not have the blob.
+    NotFound,
     /// The peer is out of this replica's ring (refused, unreachable, left
     /// out while asked): its successor may have the bytes.
     Gone,
@@ -51,6 +53,10 @@ pub(super) async fn ask_owner(
         .await
     {
         Ok(r) if r.status() == StatusCode::OK || r.status() == StatusCode::PARTIAL_CONTENT => r,
+        // Signed (`Cluster::get` takes no unsigned 404): the owner asked
+        // its upstream, which does not have it; asking again costs the
+        // upstream a second 404 for nothing.
+        Ok(r) if r.status() == StatusCode::NOT_FOUND => return Asked::NotFound,
         Ok(r) => {
             tracing::info!(%digest, peer, status = r.status().as_u16(), "peer did not serve the blob; fetching upstream");
             metrics.cluster.fell_back("status");
@@ -129,6 +135,6 @@ pub(super) async fn successor(
             };
             Some((next, resp, skip))
         }
-        Asked::Elsewhere | Asked::Gone => None,
+        Asked::Elsewhere | Asked::Gone | Asked::NotFound => None,
     }
 }

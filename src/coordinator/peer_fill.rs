@@ -24,6 +24,8 @@ use super::flight::{FetchFailure, Flight};
 use super::state::Coordinator;
 use crate::cluster::BlobAsk;
 use crate::routing::Resolved;
+use crate::upstream::UpstreamError;
+use http::StatusCode;
 
 /// The owner's answer, ready for [`fill::fill`]; `Ok(None)` when the
 /// caller should go upstream instead.
@@ -49,6 +51,20 @@ pub(super) async fn open<'a>(
     let (name, resp) = match ask_owner(coordinator, flight, ask, owner, 0).await {
         Asked::Answered(resp) => (owner.to_string(), resp),
         Asked::Elsewhere => return Ok(None),
+        // The owner's upstream said 404 for the only registry the blob may
+        // come from: that is the answer (with several candidates, the
+        // next ones are still asked).
+        Asked::NotFound if repo.targets.len() == 1 => {
+            let url = target
+                .registry
+                .upstream
+                .url(&target.blob_path(&flight.digest));
+            return Err(FetchFailure::Upstream(UpstreamError::Status {
+                url: format!("{url} (asked by peer {owner})"),
+                status: StatusCode::NOT_FOUND,
+            }));
+        }
+        Asked::NotFound => return Ok(None),
         Asked::Gone => match successor(coordinator, flight, ask, owner, 0).await {
             Some((next, resp, _)) => (next, resp),
             None => return Ok(None),

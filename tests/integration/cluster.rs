@@ -6,6 +6,7 @@
 use crate::support;
 
 mod death;
+mod not_found;
 mod routing;
 mod tls;
 
