@@ -26,6 +26,7 @@ mod membership;
 mod mirror;
 mod open;
 mod passthrough;
+mod peer_body;
 mod peer_fill;
 mod reader;
 mod spool;

@@ -137,11 +137,15 @@ fn verify_at(
 }
 
 /// The owner's signature of its answer: hex HMAC-SHA256 of the request's
-/// signature, the status, `Docker-Content-Digest`, `Content-Length` and
-/// `Content-Range`.
+/// signature, the status, `Docker-Content-Digest`, `Content-Length`,
+/// `Content-Range` and [`HAVE`].
 /// A replica takes nothing from a peer whose answer does not carry it:
 /// not a manifest, not a tag, not a 404, not a blob's length.
 pub const ANSWER: &str = "ferry-peer-answer";
+
+/// In the owner's answer to a peer's `HEAD` of a blob: how many of its
+/// bytes the owner has (stored, or received so far); signed with the rest.
+pub const HAVE: &str = "ferry-peer-have";
 
 fn answer_mac(secret: &[u8], request: &str, status: u16, headers: &HeaderMap) -> Hmac<Sha256> {
     let text = |name: &str| {
@@ -159,6 +163,7 @@ fn answer_mac(secret: &[u8], request: &str, status: u16, headers: &HeaderMap) ->
         &text("docker-content-digest"),
         &text("content-length"),
         &text("content-range"),
+        &text(HAVE),
     ] {
         m.update(part.as_bytes());
         m.update(b"\n");

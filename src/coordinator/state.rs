@@ -12,7 +12,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use http::{Method, StatusCode};
 
-use super::flight::Flight;
+use super::flight::{Flight, Progress};
 use super::{absent, hot, membership};
 use crate::clock::Clock;
 use crate::cluster::Cluster;
@@ -208,6 +208,26 @@ impl Coordinator {
     /// The in-flight fetch of `digest`, if there is one.
     pub fn flight(&self, digest: &Digest) -> Option<Arc<Flight>> {
         self.inflight.get(digest).map(|f| f.clone())
+    }
+
+    /// How many bytes of `digest` this replica has: a stored blob's all,
+    /// what a download in flight has received so far, else 0. A peer whose
+    /// transfer from this replica went silent asks (see
+    /// `Cluster::progress`).
+    pub async fn have(&self, digest: &Digest) -> u64 {
+        if let Some(flight) = self.flight(digest) {
+            return match flight.progress() {
+                Progress::Streaming { written, .. } => written,
+                Progress::Verified { size } | Progress::Done { size } => size,
+                Progress::Connecting | Progress::Failed(_) => 0,
+            };
+        }
+        let (store, d) = (self.store.clone(), digest.clone());
+        store::blocking(move || store.blob_len(&d))
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0)
     }
 
     /// True when the blob is in the local store or being fetched here.

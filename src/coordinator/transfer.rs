@@ -25,59 +25,18 @@ use prometheus_client::metrics::counter::Counter;
 use super::flight::{FetchFailure, Flight};
 use super::spool::Spool;
 use super::state::Coordinator;
-use crate::cluster::{BlobAsk, Cluster};
+use crate::cluster::BlobAsk;
 use crate::config::Timeouts;
 use crate::oci::{Digest, RepoName};
 use crate::routing::{FetchPermit, FetchSlots, Target};
 use crate::upstream::headers::{content_length, content_range_start};
 use crate::upstream::{error_chain, retry, RateFloor, UpstreamError};
 
-/// A body as the pump reads it: chunks, or why the body broke.
-type Chunks<'a> = futures::stream::BoxStream<'a, Result<Bytes, String>>;
+use super::peer_body::{self, Chunks, PeerSide};
 
 /// The data frames of an upstream body.
 fn chunks(body: Incoming) -> Chunks<'static> {
     body.into_data_stream().map_err(|e| error_chain(&e)).boxed()
-}
-
-/// `body`, ended as soon as `peer` has left the ring (a probe found it not
-/// ready) and has sent nothing for the cluster's `peerTimeout`: a frozen
-/// owner is silent that long by the time its probe fails, so the transfer
-/// goes on elsewhere at once instead of waiting out an idle timeout meant
-/// for upstreams; a busy one whose probe was merely slow keeps sending,
-/// and its transfer goes on.
-fn until_left_out<'a>(body: Chunks<'a>, cluster: &'a Cluster, peer: &'a str) -> Chunks<'a> {
-    let silence = cluster.peer_timeout();
-    let left = Box::pin(cluster.left_out(peer));
-    let last = tokio::time::Instant::now();
-    futures::stream::unfold(Some((body, left, false, last)), move |state| async move {
-        let (mut body, mut left, mut out, mut last) = state?;
-        loop {
-            if out {
-                let item = tokio::time::timeout_at(last + silence, body.next()).await;
-                return match item {
-                    Ok(item) => {
-                        last = tokio::time::Instant::now();
-                        item.map(|i| (i, Some((body, left, true, last))))
-                    }
-                    Err(_) => {
-                        let why =
-                            "the peer left the ring (its readiness probe failed) and sends nothing";
-                        Some((Err(why.to_string()), None))
-                    }
-                };
-            }
-            tokio::select! {
-                biased;
-                item = body.next() => {
-                    last = tokio::time::Instant::now();
-                    return item.map(|i| (i, Some((body, left, false, last))));
-                }
-                () = &mut left => out = true,
-            }
-        }
-    })
-    .boxed()
 }
 
 /// Where the first response of a transfer came from.
@@ -214,9 +173,22 @@ async fn transfer(
                 match &from_peer {
                     Some((peer, counted)) => {
                         let peer_url = format!("peer {peer} ({digest})");
-                        let body = match coordinator.cluster.as_deref() {
-                            Some(cluster) => until_left_out(body, cluster, peer),
-                            None => body,
+                        let body = match (coordinator.cluster.as_deref(), source) {
+                            (Some(cluster), Source::Peer { local, .. }) => {
+                                let side = PeerSide {
+                                    cluster,
+                                    peer,
+                                    ask: BlobAsk {
+                                        local,
+                                        target,
+                                        digest,
+                                    },
+                                    client: flight.origin.addr(),
+                                    start: *pos.received - *pos.skip,
+                                };
+                                peer_body::watched(body, side)
+                            }
+                            _ => body,
                         };
                         pump(body, &spool, &mut pos, &timeouts, &peer_url, counted, watch).await
                     }
@@ -573,98 +545,5 @@ impl Held {
         self.bytes = 0;
         let burst = std::mem::take(&mut self.frames);
         Ok(spool.send(burst).await?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{ClusterConfig, PeerSource, Secret};
-    use std::time::Duration;
-    use tokio::time::Instant;
-
-    const PEER: &str = "127.0.0.1:2";
-
-    fn cluster() -> Cluster {
-        let config = ClusterConfig {
-            peers: PeerSource::Static(vec!["127.0.0.1:1".into(), PEER.into()]),
-            self_addr: Some("127.0.0.1:1".into()),
-            secret: Secret::new("a secret of sixteen or more"),
-            probe_interval: Duration::from_secs(1),
-            dns_interval: Duration::from_secs(5),
-            peer_timeout: Duration::from_secs(2),
-            https: false,
-            cert_dir: None,
-        };
-        let listen = "127.0.0.1:1".parse().unwrap();
-        let answer = Duration::from_secs(30);
-        Cluster::new(
-            &config,
-            listen,
-            answer,
-            Default::default(),
-            Default::default(),
-        )
-        .unwrap()
-    }
-
-    /// A body that sends a byte at each of `at` (from now), then ends.
-    fn body_at(at: Vec<u64>) -> Chunks<'static> {
-        let start = Instant::now();
-        futures::stream::iter(at)
-            .then(move |ms| async move {
-                tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
-                Ok(Bytes::from_static(b"x"))
-            })
-            .boxed()
-    }
-
-    /// Reads `body` from `peer` while the peer leaves the ring after
-    /// `leaves_ms`; returns how many bytes came and when it ended (ms).
-    async fn read_while_leaving(
-        cluster: &Cluster,
-        body: Chunks<'_>,
-        leaves_ms: u64,
-    ) -> (usize, u64, bool) {
-        let start = Instant::now();
-        let mut body = until_left_out(body, cluster, PEER);
-        let leave = async {
-            tokio::time::sleep(Duration::from_millis(leaves_ms)).await;
-            cluster.fail(PEER, "test");
-        };
-        let read = async {
-            let mut n = 0;
-            while let Some(item) = body.next().await {
-                match item {
-                    Ok(b) => n += b.len(),
-                    Err(_) => return (n, false),
-                }
-            }
-            (n, true)
-        };
-        let ((n, clean), ()) = futures::future::join(read, leave).await;
-        (n, start.elapsed().as_millis() as u64, clean)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_peer_that_left_is_given_up_at_once_and_a_sending_one_is_not() {
-        let c = cluster();
-        // One byte, then silence; left out 3 s later (its probe failed):
-        // it has been silent longer than peerTimeout, so that is the end.
-        let (n, ended, clean) = read_while_leaving(&c, body_at(vec![0, 60_000]), 3_000).await;
-        assert_eq!((n, ended, clean), (1, 3_000, false));
-
-        // Left out half a second after its last byte: it gets the rest of
-        // peerTimeout to send another.
-        let c = cluster();
-        let (n, ended, clean) = read_while_leaving(&c, body_at(vec![0, 60_000]), 500).await;
-        assert_eq!((n, ended, clean), (1, 2_000, false));
-
-        // Still sending every 500 ms after it left (a busy owner whose probe
-        // was slow): its transfer goes on to the end.
-        let c = cluster();
-        let every = (0..10).map(|i| i * 500).collect();
-        let (n, ended, clean) = read_while_leaving(&c, body_at(every), 1_000).await;
-        assert_eq!((n, ended, clean), (10, 4_500, true));
     }
 }

@@ -28,6 +28,12 @@ pub async fn head(
     if let Some(size) = size {
         r = r.header(CONTENT_LENGTH, size);
     }
+    if name.origin.is_peer() {
+        // A peer whose transfer from here went silent asks how far this
+        // replica is (it may be waiting on its own upstream).
+        let have = coordinator.have(digest).await;
+        r = r.header(crate::cluster::signature::HAVE, have);
+    }
     Ok((r.body(response::empty()).expect("valid headers"), cache))
 }
 

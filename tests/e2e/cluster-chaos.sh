@@ -2,14 +2,16 @@
 # Chaos in a ferry cluster: three real `ferry serve` replicas
 # (`ferry.cluster`, probeInterval 500ms) behind nginx round-robin, CNCF
 # Distribution (Debian's docker-registry) as the upstream behind an nginx
-# throttle (32 MB/s per connection, so a 256 MiB layer takes ~8 s); all on
-# loopback. Each case prints one line: clients correct (n/n), upstream
-# bytes per blob (the summed ferry_upstream_bytes_total delta of the
-# replicas over the blob's size; a killed or frozen replica counts with its
-# last scraped value, taken just before the signal, so the ratio may read a
-# little under 1.000x), and the longest stall
-# a client saw (max of its time to first byte and its largest gap between
-# two received chunks, a retry's gap included).
+# throttle (`limit_rate 32m` per connection, so a 256 MiB layer takes ~8 s);
+# all on loopback. Each case prints one line: clients correct (n/n),
+# upstream bytes per blob (the summed ferry_upstream_bytes_total delta of
+# the replicas over the blob's size; a killed or frozen replica counts with
+# its last scraped value, taken just before the signal, so the ratio may
+# read a little under 1.000x), and the longest stall a client saw (max of
+# its time to first byte and its largest gap between two received chunks,
+# a retry's gap included); then what the other replicas logged after the
+# signal (when they left the owner out, where their transfer from it broke,
+# whom they asked next), as times after the signal.
 #
 #   1. SIGKILL of the digest's owner (rendezvous hashing, computed here as
 #      src/cluster/rendezvous.rs does) once it has 1/3 of a cold 256 MiB
@@ -20,13 +22,17 @@
 #      once the clients are done): the same targets.
 #   3. A lying peer (tests/e2e/lying-peer.py) listed among every replica's
 #      peers and holding the secret: it answers /readyz and signs its blob
-#      answers correctly, with one byte flipped. 12 clients of a cold 8 MiB
-#      layer the liar owns (among the four peers): all end with the right
-#      bytes, no client takes a wrong image (an answer that ends cleanly
-#      with bytes of another digest), every replica that asked the liar
-#      counts ferry_cluster_peer_failures_total{reason="lied"} >= 1, and a
-#      second cold layer the liar owns is then fetched without asking it
-#      (the liar's own log). The liar is removed afterwards (replicas
+#      answers correctly, 1.5 s after the request (as an owner that waits
+#      for its upstream: every replica asks it before any has caught the
+#      lie), with one byte flipped. 12 clients of a cold 8 MiB layer the
+#      liar owns (among the four peers): all end with the right bytes, no
+#      client takes a wrong image (an answer that ends cleanly with bytes
+#      of another digest), every replica that asked the liar counts
+#      ferry_cluster_peer_failures_total{reason="lied"} >= 1; then a second
+#      cold layer the liar owns, at once: all 12 right, and no replica that
+#      caught the liar asks it again (the liar's own log; a replica that
+#      never asked it has not caught it). Upstream bytes and stall are
+#      printed, not targets, here. The liar is removed afterwards (replicas
 #      restarted without it): it would own a quarter of what case 4 asks.
 #   4. A rolling config change: two registries (two docker-registry
 #      instances; a registry is identified by its URL's host:port) each hold
@@ -45,9 +51,10 @@
 # again. nginx stands in for a balancer with readiness checks (as a
 # Kubernetes Service has): open-source nginx has no active health checks,
 # and a frozen replica still accepts connections (the kernel does), so a
-# loop here probes each replica's /readyz every 200 ms and reloads nginx
+# loop here probes each replica's /readyz every 250 ms and reloads nginx
 # with `down` on the ones that fail; otherwise a retry would be sent back
-# to the frozen replica one time in three.
+# to the frozen replica one time in three. CHAOS_RETRY_DELAY=<s> (environment)
+# makes the clients pause that long before their retry (default: none).
 #
 # Usage: tests/e2e/cluster-chaos.sh [path/to/ferry]   (default: target/debug/ferry)
 # E2E_KEEP=1 keeps the work folder (logs: ferry-<i>.log, lying-peer.log,
@@ -227,7 +234,7 @@ lb_watch() {
             echo "$(date +%T.%N) down:[$now]" >> "$WORK/lb.log"
             down=$now
         fi
-        sleep 0.2
+        sleep 0.25
     done
 }
 
@@ -322,7 +329,10 @@ wait_clients() {
     local p
     for p in "${CPIDS[@]}"; do wait "$p" || true; done
 }
-summarize() { # tag → CORRECT WRONG RETRIED STALL; the clients' errors on stdout
+# Sets CORRECT WRONG RETRIED STALL from the clients' JSON; each client that
+# met an error gets a note in $WORK/<tag>-notes.txt, and the ones that did
+# not end right are printed.
+summarize() { # tag
     local out
     out=$(python3 - "$WORK" "$1" <<'PY'
 import json, sys
@@ -363,6 +373,8 @@ events = [
     ("asking its next owner", digest, "asked the next owner"),
     ("peer did not answer", digest, "peer did not answer"),
     ("blob fetched and stored", digest, "stored"),
+    ("peer sent bytes that are not the blob", digest, "caught the lie"),
+    ("peer did not serve the blob", digest, "its owner did not serve it"),
 ]
 for i in "123":
     if i == victim:
@@ -383,6 +395,10 @@ for i in "123":
                 extra = ""
                 if "next=" in line:
                     extra = " " + line.split("next=")[1].split()[0]
+                if " received=" in line:
+                    extra = f" at {int(line.split(' received=')[1].split()[0]) / 2**20:.1f} MiB"
+                if " status=" in line and "ferry::http" not in line:
+                    extra = " (" + line.split(" status=")[1].split()[0] + ")"
                 seen.append(f"+{t:.2f}s {what}{extra}")
     print(f"    replica {i}: " + (", ".join(seen) or "nothing logged"))
 PY
@@ -419,12 +435,12 @@ owner_chaos() { # case-label image signal
         last=$(metric "$(port_of "$o")" ferry_upstream_bytes_total)
         [ $((last - before[$o])) -ge $((size / 3)) ] && break
         clients_running || { wait_clients; fail "$label: the clients were done before the owner had 1/3 of the blob"; }
-        sleep 0.05
+        sleep 0.1
     done
     kill "-$sig" "${RPID[$o]}"
     local at=$(((last - before[$o]) * 100 / size)) since
     since=$(date +%s.%N)
-    echo "$NAME: $label: SIG$sig to replica $o (owner of $digest) at $at% of the blob, $(date -u +%T.%3N) UTC"
+    echo "$NAME: $label: SIG$sig to replica $o (owner of $digest) at $at% of the blob ($(((last - before[$o]) / MIB)) MiB), $(date -u +%T.%3N) UTC"
     wait_clients
     LIVE=$(for i in 1 2 3; do [ "$i" = "$o" ] || echo "$i"; done | xargs)
     # shellcheck disable=SC2086
@@ -435,7 +451,7 @@ owner_chaos() { # case-label image signal
     handovers=$(($(sum_metric ferry_cluster_handovers_total) - handovers))
     summarize "$img"
     echo "$NAME: $label: clients correct $CORRECT/12, upstream $(ratio "$fetched" "$size")x the blob ($fetched bytes for $size), longest stall $STALL ms (retried $RETRIED, wrong images $WRONG, handovers $handovers)"
-    cat "$WORK/$img-notes.txt"
+    grep "ok=False" "$WORK/$img-notes.txt" || true
     timeline "$since" "$owner" "$digest" "$o"
     [ "$CORRECT" = 12 ] || misses="$misses clients correct $CORRECT/12;"
     [ "$WRONG" = 0 ] || misses="$misses $WRONG wrong images;"
@@ -470,7 +486,7 @@ verdict "case 2 (SIGSTOP of the owner)" "$MISSES"
 # ---------------------------------------------------------------- case 3
 label="case 3 (a lying peer)"
 for i in 1 2 3; do stop_replica "$i"; done
-python3 tests/e2e/lying-peer.py "$LIAR_PORT" "$WORK/cluster.secret" "http://127.0.0.1:$REG1_PORT" "$WORK/lying-peer.log" \
+python3 tests/e2e/lying-peer.py "$LIAR_PORT" "$WORK/cluster.secret" "http://127.0.0.1:$REG1_PORT" "$WORK/lying-peer.log" 1.5 \
     > "$WORK/lying-peer.out" 2>&1 &
 PIDS+=("$!")
 wait_port "$LIAR_PORT" || fail "the lying peer did not start"
@@ -482,13 +498,15 @@ LIE_B=$(largest_blob "$WORK/lie-b")
 size_a=$(blob_size "$WORK/lie-a" "$LIE_A")
 LIVE="1 2 3"
 up=$(sum_metric ferry_upstream_bytes_total)
+since=$(date +%s.%N)
 start_clients lie-a "http://127.0.0.1:$L7_PORT/v2/e2e/lie-a/blobs/$LIE_A" "$LIE_A" scratch
 wait_clients
 a_done=$SECONDS
 fetched=$(($(sum_metric ferry_upstream_bytes_total) - up))
 summarize lie-a
 echo "$NAME: $label: clients correct $CORRECT/12, upstream $(ratio "$fetched" "$size_a")x the blob, longest stall $STALL ms (retried $RETRIED, wrong images $WRONG)"
-cat "$WORK/lie-a-notes.txt"
+grep "ok=False" "$WORK/lie-a-notes.txt" || true
+timeline "$since" "127.0.0.1:$LIAR_PORT" "$LIE_A" 0
 misses=""
 [ "$CORRECT" = 12 ] || misses="$misses clients correct $CORRECT/12;"
 [ "$WRONG" = 0 ] || misses="$misses $WRONG wrong images;"
@@ -502,18 +520,29 @@ for a in $askers; do
     [ "$n" -ge 1 ] || misses="$misses replica $i asked the liar but counts no lie;"
 done
 echo "$NAME: $label: asked the liar:$(for a in $askers; do echo -n " replica $(replica_of "$a")"; done); lied counts:$lied"
+for i in 1 2 3; do
+    case " $askers " in
+    *" 127.0.0.1:$(port_of "$i") "*) ;;
+    *) echo "$NAME: $label: replica $i never asked the liar (its fill started later, from a good peer or upstream): it has not caught it" ;;
+    esac
+done
 # The second layer the liar owns, at once (a failed fill leaves a peer
-# out for 5 s; then a good probe brings it back).
-asked_b=$(grep -cF "$LIE_B" "$WORK/lying-peer.log" || true)
+# out for 5 s; then a good probe brings it back). A replica that caught
+# the liar must not ask it; one that never asked it has no reason not to.
+lines_b=$(grep -cF "$LIE_B" "$WORK/lying-peer.log" || true)
 size_b=$(blob_size "$WORK/lie-b" "$LIE_B")
 start_clients lie-b "http://127.0.0.1:$L7_PORT/v2/e2e/lie-b/blobs/$LIE_B" "$LIE_B" scratch
 b_started=$SECONDS
 wait_clients
 summarize lie-b
-asked_b=$(($(grep -cF "$LIE_B" "$WORK/lying-peer.log" || true) - asked_b))
-echo "$NAME: $label: second layer $((size_b / MIB)) MiB owned by the liar, $((b_started - a_done)) s after the first: clients correct $CORRECT/12, longest stall $STALL ms (retried $RETRIED, wrong images $WRONG); the liar was asked $asked_b times"
-cat "$WORK/lie-b-notes.txt"
-[ "$asked_b" = 0 ] || misses="$misses the liar was asked $asked_b times for the second layer;"
+b_askers=$(grep -F "$LIE_B" "$WORK/lying-peer.log" | tail -n +$((lines_b + 1)) | grep -o 'from=[^ ]*' | sed 's/from=//' | xargs || true)
+echo "$NAME: $label: second layer $((size_b / MIB)) MiB owned by the liar, $((b_started - a_done)) s after the first: clients correct $CORRECT/12, longest stall $STALL ms (retried $RETRIED, wrong images $WRONG); the liar was asked $(echo $b_askers | wc -w) times$(for a in $b_askers; do echo -n ", by replica $(replica_of "$a")"; done)"
+grep "ok=False" "$WORK/lie-b-notes.txt" || true
+for a in $b_askers; do
+    case " $askers " in
+    *" $a "*) misses="$misses replica $(replica_of "$a") caught the liar and asked it again for the second layer;" ;;
+    esac
+done
 [ "$CORRECT" = 12 ] || misses="$misses second layer: clients correct $CORRECT/12;"
 [ "$WRONG" = 0 ] || misses="$misses second layer: $WRONG wrong images;"
 verdict "$label" "$misses"

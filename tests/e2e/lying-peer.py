@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A lying cluster peer, for tests/e2e/cluster-chaos.sh.
 
-Usage: lying-peer.py PORT SECRET_FILE REGISTRY_URL LOG
+Usage: lying-peer.py PORT SECRET_FILE REGISTRY_URL LOG [DELAY_S]
 
 Listed among every ferry replica's `ferry.cluster.peers` and holding the
 cluster's secret, it looks like a healthy replica: `GET /readyz` is 200.
@@ -12,7 +12,10 @@ the secret over "answer", the request's `ferry-peer-signature`, the
 status, `Docker-Content-Digest`, `Content-Length` and `Content-Range`,
 each followed by "\\n"), the right digest and length, a `206` for a
 `Range: bytes=<n>-`, and the real blob's bytes fetched from REGISTRY_URL,
-except one byte in the middle, flipped. Anything else (a tag, a HEAD) is
+except one byte in the middle, flipped. The answer comes DELAY_S seconds
+(default 0) after the request, as an owner's that first waits for its own
+upstream: replicas whose clients come a moment apart all ask before any
+of them has caught the lie. Anything else (a tag, a HEAD) is
 a 503 without a signature, which ferry takes as "go elsewhere".
 
 Every request is logged to LOG as one line:
@@ -24,6 +27,7 @@ import hmac
 import re
 import sys
 import threading
+import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -32,6 +36,7 @@ with open(sys.argv[2]) as f:
     SECRET = f.read().strip().encode()  # ferry trims the secret file
 REGISTRY = sys.argv[3].rstrip("/")
 LOG = open(sys.argv[4], "a", buffering=1)
+DELAY = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
 LOG_LOCK = threading.Lock()
 
 BLOB = re.compile(r"^/v2/(.+)/blobs/(sha256:[0-9a-f]{64})$")
@@ -105,6 +110,7 @@ class Handler(BaseHTTPRequestHandler):
             self.log()
             return self.plain(503, b"a liar does not serve this\n")
         name, digest = m.group(1), m.group(2)
+        time.sleep(DELAY)
         try:
             data = bytearray(real_blob(name, digest))
         except Exception as e:  # noqa: BLE001 - anything: not served

@@ -8,6 +8,7 @@ use crate::support;
 mod death;
 mod not_found;
 mod routing;
+mod silence;
 mod tls;
 
 use std::net::SocketAddr;
