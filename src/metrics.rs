@@ -306,6 +306,9 @@ pub struct ClusterMetrics {
     /// Fills whose owner died (before its answer or mid-transfer) that
     /// went on from the blob's next owner instead of the upstream.
     pub handovers: Counter,
+    /// Fills that took what they lacked from a replica ahead of them after
+    /// the owner died, before going on from the upstream.
+    pub catch_ups: Counter,
     /// Other peers answering their readiness probe now.
     pub peers_live: Gauge,
     /// Fills from a peer that failed, by peer and reason (`refused`,
@@ -348,6 +351,11 @@ impl ClusterMetrics {
             "cluster_routing_differs",
             "Registries a cluster peer routes otherwise than this replica (left out for those), by peer",
             self.routing_differs.clone(),
+        );
+        registry.register(
+            "cluster_catch_ups",
+            "Fills that took what they lacked from a replica ahead of them after their owner died",
+            self.catch_ups.clone(),
         );
         registry.register(
             "cluster_handovers",

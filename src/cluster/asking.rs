@@ -54,6 +54,18 @@ impl Cluster {
         client: IpAddr,
         from: u64,
     ) -> Result<Response<Incoming>, PeerError> {
+        self.get_blob_part(peer, blob, client, from, None).await
+    }
+
+    /// [`Cluster::get_blob`], bytes `from..=last` only when `last` is given.
+    pub async fn get_blob_part(
+        &self,
+        peer: &str,
+        blob: BlobAsk<'_>,
+        client: IpAddr,
+        from: u64,
+        last: Option<u64>,
+    ) -> Result<Response<Incoming>, PeerError> {
         let BlobAsk {
             local,
             target,
@@ -62,8 +74,9 @@ impl Cluster {
         let path = format!("/v2/{local}/blobs/{digest}");
         let route = target.peer_route();
         let mut headers = HeaderMap::new();
-        if from > 0 {
-            let range = http::HeaderValue::from_str(&format!("bytes={from}-"))
+        if from > 0 || last.is_some() {
+            let last = last.map(|l| l.to_string()).unwrap_or_default();
+            let range = http::HeaderValue::from_str(&format!("bytes={from}-{last}"))
                 .expect("a range is a header value");
             headers.insert(http::header::RANGE, range);
         }

@@ -201,6 +201,11 @@ impl Cluster {
         self.config.peer_timeout
     }
 
+    /// The peers in this replica's ring that route `registry` as it does.
+    pub fn live_for(&self, registry: &str) -> Vec<String> {
+        self.members.live_for(registry)
+    }
+
     /// Whether `peer` is in this replica's ring now.
     pub fn is_live(&self, peer: &str) -> bool {
         self.members.is_live(peer)

@@ -10,6 +10,12 @@
 //! owner, or the next owner does not answer well, the rest comes from the
 //! upstream. Used by [`super::peer_fill`] (before the answer) and
 //! [`super::transfer`] (mid-transfer).
+//!
+//! The next owner itself may be behind another surviving replica (the
+//! dead owner's readers do not all read at one pace): before it goes on
+//! from the upstream, it takes what it lacks of what the most advanced
+//! survivor has ([`catch_up`], a signed bounded range), so the upstream
+//! sends again only what the dead owner had and no survivor got.
 
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
@@ -137,4 +143,53 @@ pub(super) async fn successor(
         }
         Asked::Elsewhere | Asked::Gone | Asked::NotFound => None,
     }
+}
+
+/// A catch-up below this many bytes is not worth a request.
+const CATCH_UP_MIN: u64 = 1 << 20;
+
+/// What the most advanced live peer has of the blob beyond byte `from`,
+/// now that `gone` (its owner) died and this replica owns it: `(peer,
+/// answer, end)`, a signed `206` of bytes `from..end`, after which this
+/// replica goes on from the upstream. Peers are asked how far they are
+/// (signed `HEAD`s, at once, within `peerTimeout`); `None` when none is
+/// ahead by [`CATCH_UP_MIN`] or the one ahead does not answer well.
+pub(super) async fn catch_up(
+    coordinator: &Coordinator,
+    flight: &Flight,
+    ask: BlobAsk<'_>,
+    gone: &str,
+    from: u64,
+) -> Option<(String, Response<Incoming>, u64)> {
+    let cluster = coordinator.cluster.as_ref()?;
+    let mut peers = cluster.live_for(&ask.target.registry.name);
+    peers.retain(|p| p != gone);
+    let client = flight.origin.addr();
+    let asked = peers.iter().map(|p| cluster.progress(p, ask, client));
+    let answers = futures::future::join_all(asked).await;
+    let (peer, have) = peers
+        .into_iter()
+        .zip(answers)
+        .filter_map(|(p, a)| Some((p, a.ok()??)))
+        .max_by_key(|(_, have)| *have)?;
+    if have < from.saturating_add(CATCH_UP_MIN) {
+        return None;
+    }
+    let last = have - 1;
+    let digest = &flight.digest;
+    tracing::info!(%digest, gone, peer = %peer, from, to = have,
+        "the blob's owner is gone and this replica owns it; taking what another replica has before the upstream");
+    coordinator.metrics.cluster.requests_out.inc();
+    let resp = cluster
+        .get_blob_part(&peer, ask, client, from, Some(last))
+        .await
+        .ok()?;
+    let range = crate::upstream::headers::content_range(resp.headers());
+    if resp.status() != StatusCode::PARTIAL_CONTENT || range != Some((from, last)) {
+        tracing::info!(%digest, peer = %peer, status = resp.status().as_u16(),
+            "the replica ahead did not send the range; going on from the upstream");
+        return None;
+    }
+    coordinator.metrics.cluster.catch_ups.inc();
+    Some((peer, resp, have))
 }

@@ -149,6 +149,9 @@ async fn transfer(
     // it takes one of the registry's fetch slots too, so the registry's
     // bound holds (a fill slot never waits on another replica's slots).
     let mut upstream_permit: Option<FetchPermit> = None;
+    // Set while a bounded range from a replica ahead is read (its end).
+    let mut catching_up: Option<u64> = None;
+    let mut caught_up_once = false;
     let mut from_peer = match source {
         Source::Peer { name, counted, .. } => {
             trail.sent.push(name.to_string());
@@ -200,54 +203,15 @@ async fn transfer(
                 cause: "no response to resume from".into(),
             })),
         };
-        let (broken, too_slow) = match attempt {
-            Ok(()) | Err(Pump::WriterGone) => {
-                trail.finished = from_peer.is_some();
-                break Ok(());
-            }
-            Err(Pump::Deserted(why)) => {
-                tracing::info!(%digest, registry = %target.registry.name, received,
-                    "blob download cancelled: no client reads it and {why}");
-                break Err(FetchFailure::Deserted);
-            }
-            Err(Pump::Broken(e)) => (e, false),
-            Err(Pump::TooSlow(e)) => (e, true),
-        };
-        if let Some((peer, counted)) = from_peer.take() {
-            // The owner broke off, or is too slow: the rest comes from its
-            // successor if it died, else from the upstream, from where the
-            // transfer is, at once (no retry is spent: the upstream has
-            // not failed).
-            tracing::warn!(%digest, peer, received, error = %broken,
-                "peer transfer broke; continuing elsewhere");
-            let cluster = coordinator.cluster.as_deref();
-            match cluster.filter(|c| c.is_live(&peer)) {
-                Some(cluster) => {
-                    let reason = if too_slow { "slow" } else { "broken" };
-                    coordinator.metrics.cluster.fell_back("broken");
-                    cluster.fail(&peer, reason);
-                }
-                // Left out meanwhile (its probe failed): already counted.
-                None => coordinator.metrics.cluster.fell_back("left_out"),
-            }
-            if let (Source::Peer { local, .. }, true) = (source, trail.sent.len() < MAX_OWNERS) {
-                let ask = BlobAsk {
-                    local,
-                    target,
-                    digest,
-                };
-                let next = super::ask::successor(coordinator, flight, ask, &peer, received);
-                if let Some((next, resp, already)) = next.await {
-                    let whole = resp.status() == StatusCode::OK;
-                    if !whole || content_length(resp.headers()) == size {
-                        skip = already;
-                        response = Some(resp);
-                        trail.sent.push(next.clone());
-                        from_peer = Some((next, counted));
-                        continue;
-                    }
-                }
-            }
+        // A bounded range from a replica ahead (after the owner died) is
+        // in: the rest comes from the upstream.
+        let caught_up = matches!(attempt, Ok(()))
+            && catching_up == Some(received)
+            && size.is_some_and(|s| received < s);
+        if caught_up {
+            tracing::info!(%digest, received, "caught up with the replica ahead; continuing from the upstream");
+            from_peer = None;
+            catching_up = None;
             flight.left_peer();
             let queued = &coordinator.metrics.fetches_queued;
             let slots = &target.registry.fetch_slots;
@@ -256,20 +220,97 @@ async fn transfer(
                 () = flight.deserted() => break Err(FetchFailure::Deserted),
             };
         } else {
-            // A drip makes some progress on every attempt; it must not earn
-            // fresh retries with it.
-            if received > progress_mark && !too_slow {
-                failures = 0;
-                progress_mark = received;
+            let (broken, too_slow) = match attempt {
+                Ok(()) | Err(Pump::WriterGone) => {
+                    trail.finished = from_peer.is_some();
+                    break Ok(());
+                }
+                Err(Pump::Deserted(why)) => {
+                    tracing::info!(%digest, registry = %target.registry.name, received,
+                        "blob download cancelled: no client reads it and {why}");
+                    break Err(FetchFailure::Deserted);
+                }
+                Err(Pump::Broken(e)) => (e, false),
+                Err(Pump::TooSlow(e)) => (e, true),
+            };
+            if let Some((peer, counted)) = from_peer.take() {
+                // The owner broke off, or is too slow: the rest comes from its
+                // successor if it died, else from the upstream, from where the
+                // transfer is, at once (no retry is spent: the upstream has
+                // not failed).
+                tracing::warn!(%digest, peer, received, error = %broken,
+                    "peer transfer broke; continuing elsewhere");
+                let cluster = coordinator.cluster.as_deref();
+                match cluster.filter(|c| c.is_live(&peer)) {
+                    Some(cluster) => {
+                        let reason = if too_slow { "slow" } else { "broken" };
+                        coordinator.metrics.cluster.fell_back("broken");
+                        cluster.fail(&peer, reason);
+                    }
+                    // Left out meanwhile (its probe failed): already counted.
+                    None => coordinator.metrics.cluster.fell_back("left_out"),
+                }
+                if let (Source::Peer { local, .. }, true) = (source, trail.sent.len() < MAX_OWNERS)
+                {
+                    let ask = BlobAsk {
+                        local,
+                        target,
+                        digest,
+                    };
+                    let next = super::ask::successor(coordinator, flight, ask, &peer, received);
+                    if let Some((next, resp, already)) = next.await {
+                        let whole = resp.status() == StatusCode::OK;
+                        if !whole || content_length(resp.headers()) == size {
+                            skip = already;
+                            response = Some(resp);
+                            trail.sent.push(next.clone());
+                            from_peer = Some((next, counted));
+                            continue;
+                        }
+                    }
+                }
+                if let (Source::Peer { local, .. }, false) = (source, caught_up_once) {
+                    // This replica owns the blob now: first what it lacks
+                    // of what a replica ahead of it has, then the upstream.
+                    let ask = BlobAsk {
+                        local,
+                        target,
+                        digest,
+                    };
+                    let ahead = super::ask::catch_up(coordinator, flight, ask, &peer, received);
+                    if let Some((ahead, resp, end)) = ahead.await {
+                        caught_up_once = true;
+                        catching_up = Some(end);
+                        skip = 0;
+                        response = Some(resp);
+                        trail.sent.push(ahead.clone());
+                        from_peer = Some((ahead, counted));
+                        continue;
+                    }
+                }
+                flight.left_peer();
+                let queued = &coordinator.metrics.fetches_queued;
+                let slots = &target.registry.fetch_slots;
+                upstream_permit = tokio::select! {
+                    p = slots.acquire(flight.origin, queued) => Some(p),
+                    () = flight.deserted() => break Err(FetchFailure::Deserted),
+                };
+            } else {
+                // A drip makes some progress on every attempt; it must not earn
+                // fresh retries with it.
+                if received > progress_mark && !too_slow {
+                    failures = 0;
+                    progress_mark = received;
+                }
+                failures += 1;
+                if failures > policy.max_retries {
+                    break Err(FetchFailure::Upstream(broken));
+                }
+                tracing::info!(digest = %digest, registry = %target.registry.name, received, error = %broken,
+                    attempt = failures, "blob transfer broke; resuming");
+                upstream.stats().resumes.inc();
+                tokio::time::sleep(retry::backoff(&policy, failures - 1, cap)).await;
             }
-            failures += 1;
-            if failures > policy.max_retries {
-                break Err(FetchFailure::Upstream(broken));
-            }
-            tracing::info!(digest = %digest, registry = %target.registry.name, received, error = %broken,
-                attempt = failures, "blob transfer broke; resuming");
-            upstream.stats().resumes.inc();
-            tokio::time::sleep(retry::backoff(&policy, failures - 1, cap)).await;
         }
         match request(target, digest, received, etag.as_ref()).await {
             Ok(resp) if resp.status() == StatusCode::PARTIAL_CONTENT => {

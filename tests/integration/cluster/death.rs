@@ -141,3 +141,80 @@ async fn an_owner_killed_at_any_point_costs_the_upstream_about_one_blob() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_owner_takes_what_a_replica_ahead_has_before_the_upstream() {
+    // The owner (scripted) sent 3 MiB to replica C and 1 MiB to replica B
+    // (the next owner), then died for both: C's transfer breaks, B's goes
+    // silent while the owner claims to have it all. B takes 1..3 MiB from
+    // C, then the rest from the upstream; C takes the rest from B.
+    let up = FakeRegistry::start().await;
+    let size: usize = 8 << 20;
+    let (ahead, behind) = (3u64 << 20, 1u64 << 20);
+    let addrs = free_addrs(2);
+    let blob = Arc::new(std::sync::Mutex::new(Bytes::new()));
+    let b = blob.clone();
+    let c_addr = addrs[1].to_string();
+    let owner = RawUpstream::start(move |req| {
+        if req.path == "/readyz" {
+            let empty = RawBody::Bytes(Bytes::new());
+            return RawReply::new("200 OK", &[("Content-Length", "0".into())], empty);
+        }
+        let data = b.lock().unwrap().clone();
+        let mut headers = vec![
+            ("Content-Length", data.len().to_string()),
+            (ferry::cluster::signature::HAVE, data.len().to_string()),
+        ];
+        headers.push(signed_answer(req, 200, &headers));
+        let from_c = req.head.contains(&format!("ferry-peer: {c_addr}"));
+        let body = match (req.method.as_str(), from_c) {
+            ("HEAD", _) => RawBody::Bytes(Bytes::new()),
+            (_, true) => RawBody::Bytes(data.slice(..ahead as usize)),
+            (_, false) => RawBody::ThenHang(data.slice(..behind as usize)),
+        };
+        RawReply::new("200 OK", &headers, body)
+    })
+    .await;
+    let mut peers: Vec<String> = vec![owner.addr.to_string()];
+    peers.extend(addrs.iter().map(|a| a.to_string()));
+    // A blob the scripted owner owns, whose next owner is B (peers[1]).
+    let (d, data) = (5000..)
+        .map(|seed| blob_bytes(size, seed))
+        .map(|data| (sha256(&data), data))
+        .find(|(d, _)| {
+            let rank = rendezvous::rank(peers.iter().map(String::as_str), d.as_bytes());
+            rank[0] == peers[0] && rank[1] == peers[1]
+        })
+        .unwrap();
+    up.add_blob(data.clone());
+    *blob.lock().unwrap() = data;
+    let mut replicas = Vec::new();
+    for i in 1..3 {
+        let mut c = cluster_config(&peers, &peers[i], Duration::from_millis(100));
+        c.peer_timeout = Duration::from_millis(300);
+        let addr = addrs[i - 1];
+        replicas.push(
+            Ferry::start_with(&up.url(), move |cfg| {
+                cfg.listen = addr;
+                cfg.cluster = Some(c);
+            })
+            .await,
+        );
+    }
+    all_live(&replicas, 2).await;
+    let (b_replica, c_replica) = (&replicas[0], &replicas[1]);
+    let urls = [b_replica, c_replica].map(|r| r.url(&format!("/v2/x/blobs/{d}")));
+    let clients: Vec<_> = urls
+        .into_iter()
+        .map(|url| tokio::spawn(async move { get(&url).await }))
+        .collect();
+    for c in clients {
+        let w = within(c).await.unwrap();
+        assert_eq!(w.status, StatusCode::OK);
+        assert_eq!(sha256(&w.body), d);
+    }
+    assert_eq!(b_replica.app.metrics.cluster.catch_ups.get(), 1);
+    assert_eq!(c_replica.app.metrics.cluster.handovers.get(), 1);
+    // Only what no replica had came from the upstream.
+    assert_eq!(up.blob_bytes_sent(&d), size as u64 - ahead);
+}
