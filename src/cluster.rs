@@ -23,7 +23,7 @@ mod replay;
 pub mod signature;
 mod state;
 
-pub use asking::{BlobAsk, PeerError};
+pub use asking::{BlobAsk, PeerError, LIED_PATH};
 pub use key::OwnerKey;
 pub use membership::PeerState;
 pub use signature::Signed;

@@ -117,9 +117,16 @@ pub async fn handle<B>(
                 }
                 None => (Origin::Client(client), None),
             };
-            match dispatch(app, &req, head, &who, origin, &mut answer).await {
-                Ok(r) => r,
-                Err(e) => refusal(app, &e, head),
+            let lied = path.strip_prefix(crate::cluster::LIED_PATH);
+            match (&peer, lied) {
+                (Some(p), Some(digest)) => {
+                    let query = req.uri().query().unwrap_or("");
+                    peer_lied(app, &p.from, digest, query)
+                }
+                _ => match dispatch(app, &req, head, &who, origin, &mut answer).await {
+                    Ok(r) => r,
+                    Err(e) => refusal(app, &e, head),
+                },
             }
         }
     };
@@ -165,6 +172,32 @@ pub async fn handle<B>(
         "request"
     );
     count_served(response, &m.bytes_served)
+}
+
+/// `GET /ferry/peer/lied/<digest>?peer=<host:port>` from a signed peer:
+/// it caught that peer sending bytes that are not the blob. The liar is
+/// left out here too, and a fill of the blob from it ends now (see
+/// `Coordinator::peer_lied`). `204`; `400` for a bad digest.
+fn peer_lied(app: &Arc<App>, from: &str, raw: &str, query: &str) -> Response<Body> {
+    let parsed = raw.parse::<crate::oci::Digest>();
+    let (Ok(digest), Some(liar)) = (parsed, query_param(query, "peer")) else {
+        let why = "a lie report names a digest and a peer";
+        return refusal(
+            app,
+            &RegistryError::bad_request(ErrorCode::DigestInvalid, why),
+            false,
+        );
+    };
+    if let Some(cluster) = &app.cluster {
+        cluster.fail(&liar, "lied");
+    }
+    let dropped = app.coordinator.peer_lied(&liar, &digest);
+    tracing::warn!(from, liar = %liar, %digest, dropped_fill = dropped,
+        "a replica caught a peer sending bytes that are not the blob");
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(response::empty())
+        .expect("valid")
 }
 
 /// Bodies of up to this many bytes, known whole, count as served at once.

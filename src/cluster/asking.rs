@@ -14,6 +14,10 @@ use super::state::Cluster;
 use crate::oci::{Digest, RepoName, Tag};
 use crate::routing::{Origin, Target};
 
+/// A signed `GET <LIED_PATH><digest>?peer=<host:port>`: the sender caught
+/// that peer sending bytes that are not the blob.
+pub const LIED_PATH: &str = "/ferry/peer/lied/";
+
 /// A blob asked of a peer: `digest` as `local` names it, routed to
 /// `target`.
 #[derive(Debug, Clone, Copy)]
@@ -144,6 +148,25 @@ impl Cluster {
             .get(signature::HAVE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok()))
+    }
+
+    /// Tells every live peer (signed, within `peerTimeout`, answers not
+    /// awaited beyond that) that `liar` sent this replica bytes that are not
+    /// `digest`: each leaves it out and drops a fill of that blob from it
+    /// (see [`LIED_PATH`]).
+    pub async fn tell_lied(&self, liar: &str, digest: &Digest) {
+        let path = format!("{LIED_PATH}{digest}?peer={liar}");
+        let wait = self.config.peer_timeout;
+        let client = Origin::background().addr();
+        let peers = self.members.live();
+        let told = peers.iter().map(|p| {
+            let head = HeaderMap::new();
+            self.send(Method::GET, p, &path, "", client, head, wait)
+        });
+        let answers = futures::future::join_all(told).await;
+        let reached = answers.iter().filter(|a| a.is_ok()).count();
+        tracing::info!(liar, %digest, told = reached, of = peers.len(),
+            "told the other replicas that a peer lied about a blob");
     }
 
     /// Sends a signed `method path` for `repo` (see [`signature::REPO`]) on

@@ -154,6 +154,12 @@ pub(super) async fn fill(
                     cluster.fail(name, "lied");
                 }
             }
+            // One peer sent it all: it is the liar, and the other replicas
+            // filling from it are told, so their fills end now too.
+            if let (Some(cluster), [liar]) = (&coordinator.cluster, peers.sent_list()) {
+                let (cluster, liar, digest) = (cluster.clone(), liar.clone(), digest.clone());
+                tokio::spawn(async move { cluster.tell_lied(&liar, &digest).await });
+            }
         }
         (Err(e), Blame::Bucket) if is_bad_bytes(e) => {
             // Damaged in the bucket: delete it, so the next request

@@ -60,6 +60,11 @@ pub enum FetchFailure {
     /// Every reader left while other downloads waited for the registry's
     /// fetch slots: this one gave its slot up.
     Deserted,
+    /// Another replica caught `peer`, which this fill was receiving from,
+    /// sending bytes that are not the blob: the fill was dropped.
+    PeerLied {
+        peer: String,
+    },
 }
 
 impl std::fmt::Display for FetchFailure {
@@ -82,6 +87,10 @@ impl std::fmt::Display for FetchFailure {
             FetchFailure::NoRoom(e) => write!(f, "no room to cache: {e}"),
             FetchFailure::Unwritable(e) => write!(f, "the store cannot be written: {e}"),
             FetchFailure::Abandoned => write!(f, "the fetch ended without a result"),
+            FetchFailure::PeerLied { peer } => write!(
+                f,
+                "another replica caught peer {peer} sending bytes that are not the blob; nothing of it was stored"
+            ),
             FetchFailure::Deserted => write!(
                 f,
                 "every client left while other downloads waited for the registry's fetch slots; cancelled"
@@ -100,6 +109,7 @@ impl FetchFailure {
             FetchFailure::Store(_) | FetchFailure::Unwritable(_) => "store",
             FetchFailure::NoRoom(_) => "no_room",
             FetchFailure::Abandoned => "abandoned",
+            FetchFailure::PeerLied { .. } => "digest_mismatch",
             FetchFailure::Deserted => "deserted",
         }
     }
@@ -110,6 +120,7 @@ impl FetchFailure {
             FetchFailure::Upstream(e) => e.to_registry_error(ErrorCode::BlobUnknown),
             FetchFailure::DigestMismatch { .. }
             | FetchFailure::LengthMismatch { .. }
+            | FetchFailure::PeerLied { .. }
             | FetchFailure::Endless { .. } => RegistryError::new(
                 StatusCode::BAD_GATEWAY,
                 ErrorCode::DigestInvalid,
@@ -159,6 +170,9 @@ pub struct Flight {
     clients: std::sync::atomic::AtomicUsize,
     /// Woken when the last client leaves.
     left: tokio::sync::Notify,
+    /// Set when another replica caught the peer this fill receives from
+    /// lying (see [`Flight::poison`]).
+    poisoned: tokio::sync::watch::Sender<bool>,
 }
 
 /// Counts one client of a fetch for as long as it lives (see
@@ -201,6 +215,7 @@ impl Flight {
             started: std::time::Instant::now(),
             clients: Default::default(),
             left: tokio::sync::Notify::new(),
+            poisoned: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -238,6 +253,24 @@ impl Flight {
     /// Whether the bytes come from a peer now (not from the upstream).
     pub fn filling_from_peer(&self) -> bool {
         self.from_peer.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Another replica caught the peer this fill receives from lying: the
+    /// fill ends (its bytes from that peer are suspect) instead of running
+    /// to its own digest check, so a client that retries here starts a
+    /// fresh one.
+    pub(super) fn poison(&self) {
+        self.poisoned.send_replace(true);
+    }
+
+    pub(super) fn is_poisoned(&self) -> bool {
+        *self.poisoned.borrow()
+    }
+
+    /// Resolves once [`Flight::poison`] was called.
+    pub(super) async fn poisoned(&self) {
+        let mut rx = self.poisoned.subscribe();
+        let _ = rx.wait_for(|p| *p).await;
     }
 
     /// The fetch turned from the peer to the upstream.

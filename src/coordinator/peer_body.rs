@@ -1,4 +1,5 @@
-//! A blob body from a cluster peer, watched for silence.
+//! A blob body from a cluster peer, watched for silence, and the trail of
+//! peers a transfer took bytes from ([`PeerTrail`]).
 //!
 //! A peer is on the same network: its silence means something, where an
 //! upstream's may only be the internet. Once a peer's body has sent
@@ -23,6 +24,7 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use super::flight::Flight;
 use crate::cluster::{BlobAsk, Cluster};
 
 /// A body as the pump reads it: chunks, or why the body broke.
@@ -39,11 +41,43 @@ pub(super) struct PeerSide<'a> {
     pub client: IpAddr,
     /// The offset of the blob this body's first byte is.
     pub start: u64,
+    /// The fill the body goes to: poisoned when another replica caught
+    /// this peer lying about the blob, which ends the body at once.
+    pub flight: &'a Flight,
+}
+
+/// The peers whose bytes a transfer took, in order, and whether the last
+/// of them sent it to the end.
+#[derive(Debug, Default)]
+pub(super) struct PeerTrail {
+    pub(super) sent: Vec<String>,
+    pub(super) finished: bool,
+}
+
+impl PeerTrail {
+    /// Every peer that sent bytes of the transfer.
+    pub(super) fn sent(&self) -> impl Iterator<Item = &str> {
+        self.sent.iter().map(String::as_str)
+    }
+
+    /// Every peer that sent bytes of the transfer, as a list.
+    pub(super) fn sent_list(&self) -> &[String] {
+        &self.sent
+    }
+
+    /// The peer that sent the transfer's last byte, if one did.
+    pub(super) fn finished_by(&self) -> Option<&str> {
+        self.sent
+            .last()
+            .filter(|_| self.finished)
+            .map(String::as_str)
+    }
 }
 
 struct State<'a> {
     body: Chunks<'a>,
     left: futures::future::BoxFuture<'a, ()>,
+    poisoned: futures::future::BoxFuture<'a, ()>,
     out: bool,
     last: tokio::time::Instant,
     /// Bytes of the blob the peer has sent so far (from its start).
@@ -54,7 +88,8 @@ struct State<'a> {
 /// doc says.
 pub(super) fn watched<'a>(body: Chunks<'a>, side: PeerSide<'a>) -> Chunks<'a> {
     let check = move |sent| why_silent(side, sent);
-    watched_with(body, side.cluster, side.peer, side.start, check)
+    let poisoned = Box::pin(side.flight.poisoned());
+    watched_with(body, side.cluster, side.peer, side.start, check, poisoned)
 }
 
 /// [`watched`], asking `check` why a live peer that sent so many bytes
@@ -65,6 +100,7 @@ fn watched_with<'a, F, Fut>(
     peer: &'a str,
     start: u64,
     check: F,
+    poisoned: futures::future::BoxFuture<'a, ()>,
 ) -> Chunks<'a>
 where
     F: Fn(u64) -> Fut + Send + Sync + 'a,
@@ -74,6 +110,7 @@ where
     let state = State {
         body,
         left: Box::pin(cluster.left_out(peer)),
+        poisoned,
         out: false,
         last: tokio::time::Instant::now(),
         sent: start,
@@ -115,6 +152,10 @@ where
                     }
                 },
                 () = &mut s.left, if !s.out => s.out = true,
+                () = &mut s.poisoned => {
+                    let why = "another replica caught the peer sending bytes that are not the blob";
+                    return Some((Err(why.to_string()), None));
+                }
             }
         }
         }
@@ -201,7 +242,8 @@ mod tests {
     {
         let cluster = cluster();
         let start = Instant::now();
-        let mut body = watched_with(body_at(at), &cluster, PEER, 0, check);
+        let never = Box::pin(std::future::pending());
+        let mut body = watched_with(body_at(at), &cluster, PEER, 0, check, never);
         let leave = async {
             if let Some(ms) = leaves_ms {
                 tokio::time::sleep(Duration::from_millis(ms)).await;

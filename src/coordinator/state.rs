@@ -210,6 +210,21 @@ impl Coordinator {
         self.inflight.get(digest).map(|f| f.clone())
     }
 
+    /// Another replica caught `peer` sending bytes that are not `digest`:
+    /// a fill of it here from that peer ends now, instead of at its own
+    /// digest check, so a client that retries here (a balancer spreads
+    /// retries over the replicas) starts a fresh fill rather than joining
+    /// the doomed one. True when there was such a fill.
+    pub fn peer_lied(&self, peer: &str, digest: &Digest) -> bool {
+        match self.flight(digest) {
+            Some(f) if f.filling_from_peer() && f.via_peer.as_deref() == Some(peer) => {
+                f.poison();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// How many bytes of `digest` this replica has: a stored blob's all,
     /// what a download in flight has received so far, else 0. A peer whose
     /// transfer from this replica went silent asks (see

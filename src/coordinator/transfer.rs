@@ -32,6 +32,7 @@ use crate::routing::{FetchPermit, FetchSlots, Target};
 use crate::upstream::headers::{content_length, content_range_start};
 use crate::upstream::{error_chain, retry, RateFloor, UpstreamError};
 
+pub(super) use super::peer_body::PeerTrail;
 use super::peer_body::{self, Chunks, PeerSide};
 
 /// The data frames of an upstream body.
@@ -52,29 +53,6 @@ pub(super) enum Source<'a> {
         local: &'a RepoName,
         counted: &'a Counter,
     },
-}
-
-/// The peers whose bytes a transfer took, in order, and whether the last
-/// of them sent it to the end.
-#[derive(Debug, Default)]
-pub(super) struct PeerTrail {
-    sent: Vec<String>,
-    finished: bool,
-}
-
-impl PeerTrail {
-    /// Every peer that sent bytes of the transfer.
-    pub(super) fn sent(&self) -> impl Iterator<Item = &str> {
-        self.sent.iter().map(String::as_str)
-    }
-
-    /// The peer that sent the transfer's last byte, if one did.
-    pub(super) fn finished_by(&self) -> Option<&str> {
-        self.sent
-            .last()
-            .filter(|_| self.finished)
-            .map(String::as_str)
-    }
 }
 
 /// A fill takes bytes from at most this many owners of a digest: the
@@ -188,6 +166,7 @@ async fn transfer(
                                     },
                                     client: flight.origin.addr(),
                                     start: *pos.received - *pos.skip,
+                                    flight,
                                 };
                                 peer_body::watched(body, side)
                             }
@@ -233,6 +212,12 @@ async fn transfer(
                 Err(Pump::Broken(e)) => (e, false),
                 Err(Pump::TooSlow(e)) => (e, true),
             };
+            if let Some(peer) = from_peer.as_ref().filter(|_| flight.is_poisoned()) {
+                // Its bytes so far are suspect: nothing of this fill is kept.
+                break Err(FetchFailure::PeerLied {
+                    peer: peer.0.clone(),
+                });
+            }
             if let Some((peer, counted)) = from_peer.take() {
                 // The owner broke off, or is too slow: the rest comes from its
                 // successor if it died, else from the upstream, from where the

@@ -6,6 +6,7 @@
 use crate::support;
 
 mod death;
+mod lies;
 mod not_found;
 mod routing;
 mod silence;
