@@ -155,10 +155,13 @@ pub(super) async fn fill(
                 }
             }
             // One peer sent it all: it is the liar, and the other replicas
-            // filling from it are told, so their fills end now too.
+            // filling from it are told before this replica's own clients
+            // learn of the failure (and retry, perhaps on one of them), so
+            // their fills end now too. A slow peer does not hold the
+            // clients for long.
             if let (Some(cluster), [liar]) = (&coordinator.cluster, peers.sent_list()) {
-                let (cluster, liar, digest) = (cluster.clone(), liar.clone(), digest.clone());
-                tokio::spawn(async move { cluster.tell_lied(&liar, &digest).await });
+                let told = cluster.tell_lied(liar, digest);
+                let _ = tokio::time::timeout(TELL_LIED_WITHIN, told).await;
             }
         }
         (Err(e), Blame::Bucket) if is_bad_bytes(e) => {
@@ -176,6 +179,10 @@ pub(super) async fn fill(
     }
     result
 }
+
+/// How long a fill that caught a liar waits for the other replicas to be
+/// told before it fails its own clients.
+const TELL_LIED_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Who sent the bytes of a fill, and so what is done when they are not
 /// the blob.
