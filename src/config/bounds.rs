@@ -118,6 +118,7 @@ pub(super) fn check(c: &Config) -> Result<(), ConfigError> {
     if let Some(cl) = &c.cluster {
         duration("cluster.probeInterval", cl.probe_interval, 100 * MS, HOUR)?;
         duration("cluster.dnsInterval", cl.dns_interval, 100 * MS, DAY)?;
+        duration("cluster.peerTimeout", cl.peer_timeout, 100 * MS, HOUR)?;
     }
     let lc = &c.lifecycle;
     duration("evictionInterval", lc.eviction_interval, 10 * MS, DAY)?;
