@@ -80,6 +80,7 @@ pub async fn handle<B>(
     let mut answer = Answer::default();
     // A cluster peer's signed request skips client identification; it is
     // let past access control for blobs and manifests only (see `dispatch`).
+    let mut replayed = false;
     let peer = app.cluster.as_ref().and_then(|c| {
         let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
         match c.check(req.method(), path_and_query, req.headers()) {
@@ -88,7 +89,10 @@ pub async fn handle<B>(
             PeerCheck::Refused(why) => {
                 match why {
                     Refusal::BadSignature => app.metrics.cluster.bad_signatures.inc(),
-                    Refusal::Replayed => app.metrics.cluster.replayed.inc(),
+                    Refusal::Replayed => {
+                        replayed = true;
+                        app.metrics.cluster.replayed.inc()
+                    }
                 };
                 c.refused(req.headers(), why);
                 None
@@ -100,6 +104,18 @@ pub async fn handle<B>(
         None => app.identify(req.headers()).await,
     };
     let response = match identified {
+        // A replay is refused outright rather than served as an anonymous
+        // client's: a replica whose request was raced in first by a
+        // replay (or arrived after the memory was full) then goes
+        // elsewhere instead of taking an unsigned answer for a lie.
+        _ if replayed => {
+            let why = "this signed peer request was taken before (a replay); sign a new one";
+            refusal(
+                app,
+                &RegistryError::new(StatusCode::CONFLICT, ErrorCode::Denied, why),
+                head,
+            )
+        }
         Err(e) => refusal(app, &e, head),
         Ok(who) => {
             answer.user = match (&who, &peer) {

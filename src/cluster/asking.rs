@@ -143,6 +143,11 @@ impl Cluster {
         let resp = self
             .send(Method::HEAD, peer, &path, &route, client, head, wait)
             .await?;
+        // Only a 200 is signed for sure (`send` passes other statuses
+        // unchecked): nothing else says how far the peer is.
+        if resp.status() != http::StatusCode::OK {
+            return Ok(None);
+        }
         Ok(resp
             .headers()
             .get(signature::HAVE)
@@ -164,7 +169,10 @@ impl Cluster {
             self.send(Method::GET, p, &path, "", client, head, wait)
         });
         let answers = futures::future::join_all(told).await;
-        let reached = answers.iter().filter(|a| a.is_ok()).count();
+        let reached = answers
+            .iter()
+            .filter(|a| matches!(a, Ok(r) if r.status() == http::StatusCode::NO_CONTENT))
+            .count();
         tracing::info!(liar, %digest, told = reached, of = peers.len(),
             "told the other replicas that a peer lied about a blob");
     }

@@ -41,7 +41,8 @@ impl Cluster {
                 }
                 // A peer that sent no fingerprints (an older ferry) is taken
                 // as routing alike.
-                if let Some(Some(theirs)) = answer {
+                if let Some(theirs) = answer {
+                    let theirs = theirs.unwrap_or_else(|| self.routing.clone());
                     self.compare_routing(&p.addr, &theirs);
                 }
             }

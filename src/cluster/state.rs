@@ -159,8 +159,10 @@ impl Cluster {
             peer: peer.to_string(),
             reason,
         };
-        self.metrics.peer_failures.get_or_create(&labels).inc();
+        // Only peers of the list are counted: a lie report names any
+        // `host:port` it likes.
         if let Some(out) = self.members.fail(peer, reason) {
+            self.metrics.peer_failures.get_or_create(&labels).inc();
             tracing::warn!(
                 peer,
                 reason,
@@ -254,7 +256,7 @@ impl Cluster {
             Refusal::BadSignature => tracing::warn!(from, not_logged = last.1 - 1,
                 "a peer request's signature did not check out (another secret? clocks more than 60 s apart?); answered as an anonymous client's"),
             Refusal::Replayed => tracing::warn!(from, not_logged = last.1 - 1,
-                "a signed peer request was sent again (replayed? someone captures the cluster's traffic); answered as an anonymous client's"),
+                "a signed peer request was sent again (replayed? someone captures the cluster's traffic); refused"),
         }
         *last = (Some(now), 0);
     }

@@ -130,6 +130,18 @@ pub(super) async fn successor(
             target: ask.target,
         })
         .filter(|n| n != gone)?;
+    // The next owner goes on with the one download only if it was receiving
+    // it too; one that has nothing would start another from byte 0 (and
+    // keep this replica waiting for it to get here): then this replica
+    // goes on from the upstream itself.
+    if from > 0 {
+        let progress = cluster.progress(&next, ask, flight.origin.addr()).await;
+        if !matches!(progress, Ok(Some(have)) if have > 0) {
+            tracing::info!(digest = %flight.digest, gone, next = %next,
+                "the blob's next owner was not receiving it; going on from the upstream");
+            return None;
+        }
+    }
     tracing::info!(digest = %flight.digest, gone, next = %next, from,
         "the blob's owner is gone; asking its next owner for the rest");
     match ask_owner(coordinator, flight, ask, &next, from).await {
@@ -162,6 +174,14 @@ pub(super) async fn catch_up(
     from: u64,
 ) -> Option<(String, Response<Incoming>, u64)> {
     let cluster = coordinator.cluster.as_ref()?;
+    let key = OwnerKey::Blob {
+        digest: &flight.digest,
+        target: ask.target,
+    };
+    if cluster.owner(key).is_some() {
+        // Another replica owns it now: it goes on with the download.
+        return None;
+    }
     let mut peers = cluster.live_for(&ask.target.registry.name);
     peers.retain(|p| p != gone);
     let client = flight.origin.addr();

@@ -154,12 +154,17 @@ pub(super) async fn fill(
                     cluster.fail(name, "lied");
                 }
             }
-            // One peer sent it all: it is the liar, and the other replicas
+            // One peer sent it all (to the end, no upstream bytes between):
+            // it is the liar, and the other replicas
             // filling from it are told before this replica's own clients
             // learn of the failure (and retry, perhaps on one of them), so
             // their fills end now too. A slow peer does not hold the
             // clients for long.
-            if let (Some(cluster), [liar]) = (&coordinator.cluster, peers.sent_list()) {
+            let sole = match peers.sent_list() {
+                [liar] if peers.finished_by() == Some(liar.as_str()) => Some(liar),
+                _ => None,
+            };
+            if let (Some(cluster), Some(liar)) = (&coordinator.cluster, sole) {
                 let told = cluster.tell_lied(liar, digest);
                 let _ = tokio::time::timeout(TELL_LIED_WITHIN, told).await;
             }

@@ -82,6 +82,8 @@ struct State<'a> {
     last: tokio::time::Instant,
     /// Bytes of the blob the peer has sent so far (from its start).
     sent: u64,
+    /// Asked once already during this silence, it had more than it sent.
+    suspect: bool,
 }
 
 /// `body` from `side.peer`, ended when the peer goes silent as the module
@@ -114,6 +116,7 @@ where
         out: false,
         last: tokio::time::Instant::now(),
         sent: start,
+        suspect: false,
     };
     let check = std::sync::Arc::new(check);
     futures::stream::unfold(Some(state), move |state| {
@@ -128,6 +131,7 @@ where
                     Ok(Some(Ok(chunk))) => {
                         s.last = tokio::time::Instant::now();
                         s.sent += chunk.len() as u64;
+                        s.suspect = false;
                         return Some((Ok(chunk), Some(s)));
                     }
                     Ok(other) => return other.map(|i| (i, Some(s))),
@@ -136,14 +140,25 @@ where
                         return Some((Err(why.to_string()), None));
                     }
                     Err(_) => {
-                        let verdict = tokio::select! {
+                        let (why, left) = tokio::select! {
                             biased;
-                            () = &mut s.left => Some("the peer went silent and left the ring".to_string()),
-                            why = check(s.sent) => why,
+                            () = &mut s.left => (Some("the peer went silent and left the ring".to_string()), true),
+                            why = check(s.sent) => (why, false),
                         };
-                        match verdict {
+                        match why {
                             // Waiting on its own upstream: wait on with it.
-                            None => s.last = tokio::time::Instant::now(),
+                            None => {
+                                s.suspect = false;
+                                s.last = tokio::time::Instant::now();
+                            }
+                            // It has more than it sent: bytes may be on
+                            // their way (it wrote them just now). Another
+                            // `peerTimeout` of silence, asked again, and the
+                            // same answer: it holds them back.
+                            Some(_) if !left && !s.suspect => {
+                                s.suspect = true;
+                                s.last = tokio::time::Instant::now();
+                            }
                             Some(why) => {
                                 cluster.fail(peer, "silent");
                                 return Some((Err(why), None));
@@ -308,10 +323,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_live_peer_that_holds_back_what_it_has_is_left_out() {
+        // Asked at 2 s and again at 4 s, it has more than it sent: out.
         let holds_back = |sent| async move { Some(format!("has more than {sent}")) };
         assert_eq!(
             read(vec![0, 60_000], None, holds_back).await,
-            read_as(1, 2_000, false, false)
+            read_as(1, 4_000, false, false)
+        );
+        // Its bytes were on their way when it was first asked: it goes on.
+        let on_their_way = |sent| async move { Some(format!("has more than {sent}")) };
+        assert_eq!(
+            read(vec![0, 3_000, 3_100], None, on_their_way).await,
+            read_as(3, 3_100, true, true)
         );
     }
 

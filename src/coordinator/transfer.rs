@@ -29,7 +29,7 @@ use crate::cluster::BlobAsk;
 use crate::config::Timeouts;
 use crate::oci::{Digest, RepoName};
 use crate::routing::{FetchPermit, FetchSlots, Target};
-use crate::upstream::headers::{content_length, content_range_start};
+use crate::upstream::headers::{content_length, content_range_start, content_range_total};
 use crate::upstream::{error_chain, retry, RateFloor, UpstreamError};
 
 pub(super) use super::peer_body::PeerTrail;
@@ -138,6 +138,7 @@ async fn transfer(
         Source::Upstream => None,
     };
     let network: Result<(), FetchFailure> = loop {
+        let before = received;
         let attempt = match response.take() {
             Some(resp) => {
                 let mut pos = Position {
@@ -182,6 +183,11 @@ async fn transfer(
                 cause: "no response to resume from".into(),
             })),
         };
+        // A peer that sent nothing of this body is not in the trail: it
+        // is blamed for nothing the others sent.
+        if from_peer.is_some() && received == before && skip == 0 {
+            trail.sent.pop();
+        }
         // A bounded range from a replica ahead (after the owner died) is
         // in: the rest comes from the upstream.
         let caught_up = matches!(attempt, Ok(()))
@@ -219,6 +225,7 @@ async fn transfer(
                 });
             }
             if let Some((peer, counted)) = from_peer.take() {
+                catching_up = None;
                 // The owner broke off, or is too slow: the rest comes from its
                 // successor if it died, else from the upstream, from where the
                 // transfer is, at once (no retry is spent: the upstream has
@@ -235,8 +242,9 @@ async fn transfer(
                     // Left out meanwhile (its probe failed): already counted.
                     None => coordinator.metrics.cluster.fell_back("left_out"),
                 }
-                if let (Source::Peer { local, .. }, true) = (source, trail.sent.len() < MAX_OWNERS)
-                {
+                // A slow owner is alive: its successor is fed by it too.
+                let handover = !too_slow && trail.sent.len() < MAX_OWNERS;
+                if let (Source::Peer { local, .. }, true) = (source, handover) {
                     let ask = BlobAsk {
                         local,
                         target,
@@ -244,8 +252,12 @@ async fn transfer(
                     };
                     let next = super::ask::successor(coordinator, flight, ask, &peer, received);
                     if let Some((next, resp, already)) = next.await {
-                        let whole = resp.status() == StatusCode::OK;
-                        if !whole || content_length(resp.headers()) == size {
+                        // The same blob: its whole length, as announced first.
+                        let same = match resp.status() {
+                            StatusCode::OK => content_length(resp.headers()) == size,
+                            _ => content_range_total(resp.headers()) == size,
+                        };
+                        if same {
                             skip = already;
                             response = Some(resp);
                             trail.sent.push(next.clone());
@@ -263,7 +275,10 @@ async fn transfer(
                         digest,
                     };
                     let ahead = super::ask::catch_up(coordinator, flight, ask, &peer, received);
-                    if let Some((ahead, resp, end)) = ahead.await {
+                    let ahead = ahead
+                        .await
+                        .filter(|(_, r, _)| content_range_total(r.headers()) == size);
+                    if let Some((ahead, resp, end)) = ahead {
                         caught_up_once = true;
                         catching_up = Some(end);
                         skip = 0;

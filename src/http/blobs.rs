@@ -23,16 +23,22 @@ pub async fn head(
     name: &Resolved,
     digest: &Digest,
 ) -> Result<Answered, RegistryError> {
+    if name.origin.is_peer() {
+        // A peer's HEAD asks how far this replica is with the blob (its
+        // transfer from here went silent, or its owner died): answered from
+        // what this replica holds, never by asking anyone else (an owner
+        // slow because its upstream is slow must answer at once).
+        let have = coordinator.have(digest).await;
+        let r = unverified()
+            .status(StatusCode::OK)
+            .header(crate::cluster::signature::HAVE, have);
+        let cache = crate::metrics::CacheStatus::Joined;
+        return Ok((r.body(response::empty()).expect("valid headers"), cache));
+    }
     let (size, cache) = coordinator.blob_size(name, digest).await?;
     let mut r = base(digest).status(StatusCode::OK);
     if let Some(size) = size {
         r = r.header(CONTENT_LENGTH, size);
-    }
-    if name.origin.is_peer() {
-        // A peer whose transfer from here went silent asks how far this
-        // replica is (it may be waiting on its own upstream).
-        let have = coordinator.have(digest).await;
-        r = r.header(crate::cluster::signature::HAVE, have);
     }
     Ok((r.body(response::empty()).expect("valid headers"), cache))
 }

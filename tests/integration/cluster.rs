@@ -419,10 +419,11 @@ async fn the_peer_path_gives_an_outsider_or_a_replay_no_more_than_a_client() {
     let w = within(request(Method::GET, &url, &h)).await;
     assert_eq!(w.status, StatusCode::OK);
     assert_eq!(sha256(&w.body), d);
-    // The same signed request captured and sent again: an anonymous
-    // client's, counted as a replay.
+    // The same signed request captured and sent again: refused (409), and
+    // counted as a replay.
     let again = within(request(Method::GET, &url, &h)).await;
-    assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_ne!(sha256(&again.body), d, "a replay got the blob");
     assert_eq!(ferry.app.metrics.cluster.replayed.get(), 1);
     assert_eq!(ferry.app.metrics.cluster.bad_signatures.get(), 2);
 }

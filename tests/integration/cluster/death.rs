@@ -218,3 +218,67 @@ async fn the_next_owner_takes_what_a_replica_ahead_has_before_the_upstream() {
     // Only what no replica had came from the upstream.
     assert_eq!(up.blob_bytes_sent(&d), size as u64 - ahead);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_owner_that_was_not_receiving_the_blob_is_not_handed_it() {
+    // Only replica R's clients wanted the blob: its next owner B has none
+    // of it when the owner dies. R goes on from the upstream itself
+    // instead of making B start a second download from byte 0.
+    let up = FakeRegistry::start().await;
+    let size: usize = 4 << 20;
+    let sent = 1u64 << 20;
+    let blob = Arc::new(std::sync::Mutex::new(Bytes::new()));
+    let b = blob.clone();
+    let owner = RawUpstream::start(move |req| {
+        if req.path == "/readyz" {
+            let empty = RawBody::Bytes(Bytes::new());
+            return RawReply::new("200 OK", &[("Content-Length", "0".into())], empty);
+        }
+        let data = b.lock().unwrap().clone();
+        let mut headers = vec![("Content-Length", data.len().to_string())];
+        headers.push(signed_answer(req, 200, &headers));
+        // 1 MiB, then the connection closes: it died.
+        RawReply::new(
+            "200 OK",
+            &headers,
+            RawBody::Bytes(data.slice(..sent as usize)),
+        )
+    })
+    .await;
+    let addrs = free_addrs(2);
+    let mut peers = vec![owner.addr.to_string()];
+    peers.extend(addrs.iter().map(|a| a.to_string()));
+    // Owned by the scripted owner; next owner B (peers[2]), asked by R.
+    let (d, data) = (9000..)
+        .map(|seed| blob_bytes(size, seed))
+        .map(|data| (sha256(&data), data))
+        .find(|(d, _)| {
+            let rank = rendezvous::rank(peers.iter().map(String::as_str), d.as_bytes());
+            rank[0] == peers[0] && rank[1] == peers[2]
+        })
+        .unwrap();
+    up.add_blob(data.clone());
+    *blob.lock().unwrap() = data;
+    let mut replicas = Vec::new();
+    for i in 1..3 {
+        let c = cluster_config(&peers, &peers[i], Duration::from_millis(100));
+        let addr = addrs[i - 1];
+        replicas.push(
+            Ferry::start_with(&up.url(), move |cfg| {
+                cfg.listen = addr;
+                cfg.cluster = Some(c);
+            })
+            .await,
+        );
+    }
+    all_live(&replicas, 2).await;
+    let (r, next) = (&replicas[0], &replicas[1]);
+    let w = within(get(&r.url(&format!("/v2/x/blobs/{d}")))).await;
+    assert_eq!(w.status, StatusCode::OK);
+    assert_eq!(sha256(&w.body), d);
+    assert_eq!(up.blob_gets(&d), 1, "one upstream download, R's");
+    assert_eq!(up.blob_bytes_sent(&d), size as u64 - sent);
+    assert_eq!(r.app.metrics.cluster.handovers.get(), 0);
+    next.settle().await;
+    assert!(!next.has_blob(&d), "the next owner did not download it");
+}
