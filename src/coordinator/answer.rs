@@ -73,7 +73,10 @@ const PRESIGNED_FOR: std::time::Duration = std::time::Duration::from_secs(15 * 6
 
 impl Coordinator {
     /// Decides what answers a `GET` of `digest` under `repo` with `range`
-    /// (already checked against `If-Range`), and opens it.
+    /// (already checked against `If-Range`), and opens it. A download this
+    /// request joined that failed before its first byte because a cluster
+    /// peer lied about the blob is joined (or started) once more: the liar
+    /// is out by then, and the client never sees the first one.
     pub async fn get_blob(
         self: &Arc<Self>,
         repo: &Resolved,
@@ -81,6 +84,25 @@ impl Coordinator {
         range: Option<ByteRange>,
         policy: RangePolicy,
     ) -> Result<(BlobAnswer, CacheStatus), RegistryError> {
+        match self.get_blob_once(repo, digest, range, policy).await {
+            Err(Failed(_, Some(lost))) => {
+                // Not joined again: the failed download leaves the map now.
+                self.finish(&lost);
+                self.get_blob_once(repo, digest, range, policy)
+                    .await
+                    .map_err(|f| f.0)
+            }
+            other => other.map_err(|f| f.0),
+        }
+    }
+
+    async fn get_blob_once(
+        self: &Arc<Self>,
+        repo: &Resolved,
+        digest: &Digest,
+        range: Option<ByteRange>,
+        policy: RangePolicy,
+    ) -> Result<(BlobAnswer, CacheStatus), Failed> {
         // A peer asks for the rest of a blob whose owner died: it is served
         // as it arrives (the peer verifies the whole), never passed through
         // (that would be a second upstream download).
@@ -124,7 +146,9 @@ impl Coordinator {
         let flight = handle.flight().cloned();
         let answer = match wanted {
             RangeRequest::Full => {
-                let stream = first_bytes(handle.stream(0, None), flight.as_ref()).await?;
+                let stream = first_bytes(handle.stream(0, None), flight.as_ref())
+                    .await
+                    .map_err(|e| Failed::after(e, flight.as_ref()))?;
                 BlobAnswer::Whole {
                     body: BlobBody::Stream(stream),
                     size,
@@ -158,7 +182,11 @@ impl Coordinator {
                     (handle.stream(start, Some(last + 1)), verified)
                 };
                 BlobAnswer::Part {
-                    body: BlobBody::Stream(first_bytes(stream, flight.as_ref()).await?),
+                    body: BlobBody::Stream(
+                        first_bytes(stream, flight.as_ref())
+                            .await
+                            .map_err(|e| Failed::after(e, flight.as_ref()))?,
+                    ),
                     start,
                     last,
                     size: size.expect("ranges need a size"),
@@ -258,6 +286,24 @@ impl Coordinator {
 /// client is a clean error status (the fetch's own), not a connection
 /// reset before the response head. Other streams go as they are. A fetch
 /// that fails later still ends the body in an error, never cleanly.
+/// Why a `GET` of a blob failed, and the download it joined when that is
+/// worth one more try (it failed before this request's first byte because
+/// a peer lied).
+struct Failed(RegistryError, Option<Arc<Flight>>);
+
+impl From<RegistryError> for Failed {
+    fn from(e: RegistryError) -> Failed {
+        Failed(e, None)
+    }
+}
+
+impl Failed {
+    fn after(e: RegistryError, flight: Option<&Arc<Flight>>) -> Failed {
+        let lost = flight.filter(|f| f.lost_to_a_peer_lie()).cloned();
+        Failed(e, lost)
+    }
+}
+
 async fn first_bytes(
     mut stream: BlobStream,
     flight: Option<&Arc<Flight>>,

@@ -263,6 +263,21 @@ impl Flight {
         self.poisoned.send_replace(true);
     }
 
+    /// Whether this download failed because a peer it came from sent bytes
+    /// that are not the blob (caught here or by another replica).
+    pub(super) fn lost_to_a_peer_lie(&self) -> bool {
+        match self.progress() {
+            Progress::Failed(f) => match &*f {
+                FetchFailure::PeerLied { .. } => true,
+                FetchFailure::DigestMismatch { .. }
+                | FetchFailure::LengthMismatch { .. }
+                | FetchFailure::Endless { .. } => self.via_peer.is_some(),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     pub(super) fn is_poisoned(&self) -> bool {
         *self.poisoned.borrow()
     }

@@ -167,6 +167,9 @@ impl Coordinator {
         repo: &Resolved,
         digest: &Digest,
     ) -> (Arc<Flight>, bool, flight::ClientGuard) {
+        // A download poisoned by a lie report is dying: it is not joined
+        // (its bytes came from the liar), a fresh one takes its place.
+        self.inflight.remove_if(digest, |_, f| f.is_poisoned());
         match self.inflight.entry(digest.clone()) {
             Entry::Occupied(e) => {
                 let flight = e.get().clone();
