@@ -131,12 +131,14 @@ pub(super) async fn successor(
         })
         .filter(|n| n != gone)?;
     // The next owner goes on with the one download only if it was receiving
-    // it too; one that has nothing would start another from byte 0 (and
+    // it too (it may not have a byte yet: the owner died early, or its bytes
+    // to it are a moment behind); one that neither holds nor receives it
+    // would start another download from byte 0 (and
     // keep this replica waiting for it to get here): then this replica
     // goes on from the upstream itself.
     if from > 0 {
         let progress = cluster.progress(&next, ask, flight.origin.addr()).await;
-        if !matches!(progress, Ok(Some(have)) if have > 0) {
+        if !matches!(progress, Ok(Some(_))) {
             tracing::info!(digest = %flight.digest, gone, next = %next,
                 "the blob's next owner was not receiving it; going on from the upstream");
             return None;

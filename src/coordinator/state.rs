@@ -226,15 +226,17 @@ impl Coordinator {
     }
 
     /// How many bytes of `digest` this replica has: a stored blob's all,
-    /// what a download in flight has received so far, else 0. A peer whose
-    /// transfer from this replica went silent asks (see
-    /// `Cluster::progress`).
-    pub async fn have(&self, digest: &Digest) -> u64 {
+    /// what a download in flight has received so far (0 before its first
+    /// byte); `None` when it neither holds nor receives it. A peer whose
+    /// transfer from this replica went silent asks, and so does one whose
+    /// owner died (see `Cluster::progress`).
+    pub async fn have(&self, digest: &Digest) -> Option<u64> {
         if let Some(flight) = self.flight(digest) {
             return match flight.progress() {
-                Progress::Streaming { written, .. } => written,
-                Progress::Verified { size } | Progress::Done { size } => size,
-                Progress::Connecting | Progress::Failed(_) => 0,
+                Progress::Streaming { written, .. } => Some(written),
+                Progress::Verified { size } | Progress::Done { size } => Some(size),
+                Progress::Connecting => Some(0),
+                Progress::Failed(_) => None,
             };
         }
         let (store, d) = (self.store.clone(), digest.clone());
@@ -242,7 +244,6 @@ impl Coordinator {
             .await
             .ok()
             .flatten()
-            .unwrap_or(0)
     }
 
     /// True when the blob is in the local store or being fetched here.

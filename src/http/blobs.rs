@@ -28,10 +28,10 @@ pub async fn head(
         // transfer from here went silent, or its owner died): answered from
         // what this replica holds, never by asking anyone else (an owner
         // slow because its upstream is slow must answer at once).
-        let have = coordinator.have(digest).await;
-        let r = unverified()
-            .status(StatusCode::OK)
-            .header(crate::cluster::signature::HAVE, have);
+        let mut r = unverified().status(StatusCode::OK);
+        if let Some(have) = coordinator.have(digest).await {
+            r = r.header(crate::cluster::signature::HAVE, have);
+        }
         let cache = crate::metrics::CacheStatus::Joined;
         return Ok((r.body(response::empty()).expect("valid headers"), cache));
     }
