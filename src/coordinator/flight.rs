@@ -157,6 +157,10 @@ pub struct Flight {
     /// Bytes are coming (or about to come) from `via_peer`; cleared when
     /// the fetch turns to the upstream instead.
     from_peer: std::sync::atomic::AtomicBool,
+    /// The peer the bytes come from now: `via_peer` at first, its
+    /// successor (or the replica ahead) after it died; `None` once they
+    /// come from the upstream.
+    source: std::sync::Mutex<Option<String>>,
     progress: watch::Sender<Progress>,
     file: OnceLock<Arc<File>>,
     /// The file mapped for reading, once its size is known (shared by
@@ -208,6 +212,7 @@ impl Flight {
             origin,
             via_peer: None,
             from_peer: Default::default(),
+            source: Default::default(),
             progress: watch::Sender::new(Progress::Connecting),
             file: OnceLock::new(),
             mapped: OnceLock::new(),
@@ -246,8 +251,26 @@ impl Flight {
 
     /// Marks this fetch as filled from `peer` (set before it starts).
     pub(super) fn fill_from(&mut self, peer: String) {
+        *self.source.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(peer.clone());
         self.via_peer = Some(peer);
         *self.from_peer.get_mut() = true;
+    }
+
+    /// The bytes come from `peer` now (a dead owner's successor, or a
+    /// replica ahead of this one).
+    pub(super) fn now_from(&self, peer: &str) {
+        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = Some(peer.to_string());
+    }
+
+    /// The peer the bytes come from now, if they come from one.
+    pub fn source(&self) -> Option<String> {
+        if !self.filling_from_peer() {
+            return None;
+        }
+        self.source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether the bytes come from a peer now (not from the upstream).

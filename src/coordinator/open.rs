@@ -100,13 +100,12 @@ impl Coordinator {
             // peer may wait: a replica only asks a peer that ranks above
             // itself, so waits form no circle, and a peer whose owner died
             // asks this replica, its successor, for the rest.
-            let waits_on_asker = match (repo.origin.peer(), &flight.via_peer) {
-                (Some(asker), Some(owner)) => {
-                    flight.filling_from_peer() && PeerId::of(owner) == asker
-                }
+            let source = flight.source();
+            let waits_on_asker = match (repo.origin.peer(), &source) {
+                (Some(asker), Some(source)) => PeerId::of(source) == asker,
                 _ => false,
             };
-            if let (true, Some(owner)) = (waits_on_asker, &flight.via_peer) {
+            if let (true, Some(owner)) = (waits_on_asker, &source) {
                 return Err(RegistryError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     ErrorCode::Unavailable,

@@ -66,7 +66,10 @@ pub(super) async fn open<'a>(
         }
         Asked::NotFound => return Ok(None),
         Asked::Gone => match successor(coordinator, flight, ask, owner, 0).await {
-            Some((next, resp, _)) => (next, resp),
+            Some((next, resp, _)) => {
+                flight.now_from(&next);
+                (next, resp)
+            }
             None => return Ok(None),
         },
     };

@@ -217,7 +217,7 @@ impl Coordinator {
     /// the doomed one. True when there was such a fill.
     pub fn peer_lied(&self, peer: &str, digest: &Digest) -> bool {
         match self.flight(digest) {
-            Some(f) if f.filling_from_peer() && f.via_peer.as_deref() == Some(peer) => {
+            Some(f) if f.source().as_deref() == Some(peer) => {
                 f.poison();
                 true
             }

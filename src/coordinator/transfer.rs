@@ -261,6 +261,7 @@ async fn transfer(
                             skip = already;
                             response = Some(resp);
                             trail.sent.push(next.clone());
+                            flight.now_from(&next);
                             from_peer = Some((next, counted));
                             continue;
                         }
@@ -284,6 +285,7 @@ async fn transfer(
                         skip = 0;
                         response = Some(resp);
                         trail.sent.push(ahead.clone());
+                        flight.now_from(&ahead);
                         from_peer = Some((ahead, counted));
                         continue;
                     }
