@@ -155,10 +155,15 @@ impl Coordinator {
                 }
             }
             RangeRequest::Partial { start, last }
-                if !policy.verified && is_far(&handle, start, policy.far) =>
+                if !policy.verified
+                    && is_far(&handle, start, policy.far)
+                    && last - start < policy.far =>
             {
-                // Far beyond the download: its own upstream request, not
-                // cached and not verified.
+                // Far beyond the download, and short (a footer, a chunk):
+                // its own upstream request, not cached and not verified. A
+                // long one (a client resuming a download far ahead of this
+                // replica's) waits for the download instead: passing it
+                // through would fetch the rest of the blob twice.
                 let passed = self.fetch_range(repo, digest, start, last).await?;
                 let part = BlobAnswer::Part {
                     body: BlobBody::Passed(Box::new(passed)),

@@ -397,3 +397,46 @@ async fn a_far_range_is_passed_through_while_the_download_goes_on() {
     let whole = within(get(&url)).await;
     assert_eq!(sha256(&whole.body), d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_far_resume_of_most_of_a_blob_waits_for_the_download() {
+    // A client resuming far ahead of this replica's download (its replica
+    // died mid-pull, the balancer sent it here): the rest is longer than
+    // farRangeDistance, so it follows the one download instead of fetching
+    // the rest of the blob a second time.
+    let up = FakeRegistry::start().await;
+    let gate = Gate::new();
+    let size = 8 << 20;
+    let data = blob_bytes(size, 39);
+    let d = up.add_blob_with(data.clone(), Fault::PauseAt(1 << 20, gate.clone()));
+    let ferry = Ferry::start_with(&up.url(), |c| c.far_range_distance = 1 << 20).await;
+    let url = ferry.url(&format!("/v2/x/blobs/{d}"));
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { get(&url).await }
+    });
+    gate.reached().await;
+    let from = 4 << 20;
+    let resume = tokio::spawn({
+        let url = url.clone();
+        async move { request(Method::GET, &url, &[("range", &format!("bytes={from}-"))]).await }
+    });
+    // It waits on the download held at 1 MiB: nothing else reached the
+    // upstream meanwhile.
+    until(|| {
+        ferry
+            .app
+            .coordinator
+            .flight(&d.parse().unwrap())
+            .is_some_and(|f| f.readers() >= 2)
+    })
+    .await;
+    assert_eq!(up.blob_gets(&d), 1);
+    gate.open();
+    let resume = within(resume).await.unwrap();
+    assert_eq!(resume.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&resume.body[..], &data[from..]);
+    assert_eq!(sha256(&within(first).await.unwrap().body), d);
+    assert_eq!(up.blob_gets(&d), 1, "the rest was not fetched twice");
+    assert_eq!(ferry.upstream_bytes(), size as u64);
+}
