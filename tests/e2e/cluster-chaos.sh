@@ -41,6 +41,33 @@
 #      blobs it names, pulled through each replica directly, before and
 #      (three rounds) after: each answer must be the image that replica's
 #      own config routes to; wrong images: 0.
+#   5. A forger without the secret: the replicas get client access control
+#      (`http.accessControl`: e2e/secret/** readable by the user of a
+#      `ferry.accessTokens` token only, e2e/public/** by anonymous clients)
+#      and registry 1 only; registry 1 holds e2e/secret/app:v1 (its 1 MiB
+#      layer L is the protected blob) and e2e/public/app:v1. The forger
+#      (tests/e2e/lying-peer.py --forge-tag, holding ANOTHER secret) is
+#      listed among every replica's peers, answers /readyz, and owns (its
+#      port and L are picked so) the tag key of e2e/public/app:v1 and L's
+#      digest. To every GET of that tag it answers 200 with a manifest that
+#      lists L as its layer (right media type, Docker-Content-Digest,
+#      Content-Length), to every GET of L L's real bytes, each signed with
+#      its own secret. An anonymous client (curl) GETs the manifest of
+#      e2e/public/app:v1 through each replica (cold: each asks the forger),
+#      then, once the forger is back in every ring, GETs L under
+#      e2e/public/app (cold: each asks the forger for L); then an
+#      authenticated client reads e2e/secret/app:v1 and L through each
+#      replica (the setup works: 3/3, and L is now stored everywhere,
+#      linked to e2e/secret/app), and the anonymous client does both again,
+#      warm. Targets: protected blobs readable (an anonymous 2xx with L's
+#      bytes under e2e/public/app) 0, every such GET refused (401, 403 or
+#      404), forged manifests served 0 (every manifest is the upstream's
+#      real one), anonymous GETs of L under e2e/secret/app 401, and every
+#      replica the forger sent a forged answer (its log) counts
+#      ferry_cluster_peer_failures_total{peer=<forger>,reason="unsigned"}
+#      >= 1 (a replica that never asked it is reported as such); at least
+#      one replica asked it for the tag. Last, so nothing after it needs
+#      the forger or access control removed.
 #
 # The clients (tests/e2e/chaos-client.py) hash as they read and retry ONCE
 # after an error: in cases 1 and 2 with `Range: bytes=<n>-` from where they
@@ -58,7 +85,7 @@
 #
 # Usage: tests/e2e/cluster-chaos.sh [path/to/ferry]   (default: target/debug/ferry)
 # E2E_KEEP=1 keeps the work folder (logs: ferry-<i>.log, lying-peer.log,
-# lb.log, <case>-<i>.json for every client).
+# forger.log, lb.log, <case>-<i>.json for every client).
 # Needs: nginx, docker-registry, skopeo, curl, python3.
 set -euo pipefail
 
@@ -114,8 +141,9 @@ blob_size() { # oci-dir digest
 # The peer that owns `key` among `peers`: rendezvous hashing exactly as
 # src/cluster/rendezvous.rs (weight = first 8 bytes, big-endian, of
 # SHA-256(peer || 0 || key); the highest weight wins, then the higher name)
-# with a blob's key its digest (src/cluster/key.rs).
-owner_of() { # digest peer...
+# with a blob's key its digest, a tag's `tag <registry> <name>:<tag>`
+# (src/cluster/key.rs).
+owner_of() { # key peer...
     python3 - "$@" <<'PY'
 import hashlib, sys
 key, peers = sys.argv[1].encode(), sys.argv[2:]
@@ -148,10 +176,53 @@ for img in lie-a lie-b; do
 done
 python3 tests/e2e/make-image.py "$WORK/same-r1" v1 1 > /dev/null
 python3 tests/e2e/make-image.py "$WORK/same-r2" v1 1 > /dev/null
+# Case 5: a forger's port that makes it the owner (among the three
+# replicas and itself) of the tag e2e/public/app:v1 at registry 1 (a
+# tag's key: `tag <registry host:port> <upstream name>:<tag>`,
+# src/cluster/key.rs), and a protected layer it owns too (so a cold fill of
+# that layer asks it as well).
+TAG_KEY="tag 127.0.0.1:$THROTTLE_PORT e2e/public/app:v1"
+# (free_port again and again gives the port it just freed: random free
+# ports are tried here, skipping the ones already handed out.)
+FORGER_PORT=$(python3 - "$TAG_KEY" "${PORTS[@]}" $THROTTLE_PORT $L7_PORT $LIAR_PORT $REG1_PORT $REG2_PORT <<'PY'
+import hashlib, random, socket, sys
+key, replicas, taken = sys.argv[1].encode(), sys.argv[2:5], set(sys.argv[2:])
+def weight(p):
+    return int.from_bytes(hashlib.sha256(p.encode() + b"\0" + key).digest()[:8], "big")
+for _ in range(1000):
+    port = random.randint(20000, 32000)  # below the ephemeral range
+    if str(port) in taken:
+        continue
+    me = f"127.0.0.1:{port}"
+    peers = [f"127.0.0.1:{r}" for r in replicas] + [me]
+    if max(peers, key=lambda p: (weight(p), p)) != me:
+        continue
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    print(port)
+    break
+PY
+)
+[ -n "$FORGER_PORT" ] || fail "no free port makes the forger own the tag"
+FORGER="127.0.0.1:$FORGER_PORT"
+FORGE_FOUR=("127.0.0.1:${PORTS[0]}" "127.0.0.1:${PORTS[1]}" "127.0.0.1:${PORTS[2]}" "$FORGER")
+[ "$(owner_of "$TAG_KEY" "${FORGE_FOUR[@]}")" = "$FORGER" ] || fail "the forger's port does not own the tag"
+for try in $(seq 1 40); do
+    rm -rf "$WORK/secret"
+    python3 tests/e2e/make-image.py "$WORK/secret" v1 1 > /dev/null
+    [ "$(owner_of "$(largest_blob "$WORK/secret")" "${FORGE_FOUR[@]}")" = "$FORGER" ] && break
+    [ "$try" -lt 40 ] || fail "no protected layer owned by the forger in 40 tries"
+done
+python3 tests/e2e/make-image.py "$WORK/public" v1 1 > /dev/null
 for p in "${make_pids[@]}"; do wait "$p" || fail "make-image failed"; done
 for img in kill stop lie-a lie-b; do push "$WORK/$img" "$REG1_PORT" "$img"; done
 push "$WORK/same-r1" "$REG1_PORT" same
 push "$WORK/same-r2" "$REG2_PORT" same
+push "$WORK/secret" "$REG1_PORT" secret/app
+push "$WORK/public" "$REG1_PORT" public/app
 
 # ---------------------------------------------------------------- nginx
 # The round-robin upstream is an include that the readiness loop rewrites.
@@ -240,15 +311,15 @@ lb_watch() {
 
 # ---------------------------------------------------------------- replicas
 head -c 32 /dev/urandom | base64 > "$WORK/cluster.secret"
-write_config() { # replica peers-json registries-json
+write_config() { # replica peers-json registries-json [http-members ferry-members]
     local port
     port=$(port_of "$1")
     cat > "$WORK/ferry-$1.json" <<JSON
 {
-  "http": {"address": "127.0.0.1", "port": "$port"},
+  "http": {"address": "127.0.0.1", "port": "$port"${4:+, $4}},
   "storage": {"rootDirectory": "$WORK/ferry-$1"},
   "extensions": {"sync": {"enable": true, "registries": $3}},
-  "ferry": {"cluster": {"peers": $2, "self": "127.0.0.1:$port",
+  "ferry": {${5:+$5, }"cluster": {"peers": $2, "self": "127.0.0.1:$port",
     "secretFile": "$WORK/cluster.secret", "probeInterval": "500ms"}}
 }
 JSON
@@ -648,6 +719,135 @@ echo "$NAME: $label: answers correct $((total - wrong))/$total, upstream $(ratio
 cat "$WORK/same-notes.txt"
 misses=""
 [ "$wrong" = 0 ] || misses="$misses $wrong wrong images;"
+verdict "$label" "$misses"
+
+# ---------------------------------------------------------------- case 5
+label="case 5 (a forger without the secret)"
+head -c 32 /dev/urandom | base64 > "$WORK/forger.secret" # not the cluster's
+L=$(largest_blob "$WORK/secret")
+L_SIZE=$(blob_size "$WORK/secret" "$L")
+python3 tests/e2e/lying-peer.py "$FORGER_PORT" "$WORK/forger.secret" "http://127.0.0.1:$REG1_PORT" "$WORK/forger.log" \
+    --forge-tag e2e/public/app:v1 --layer "e2e/secret/app@$L" > "$WORK/forger.out" 2>&1 &
+PIDS+=("$!")
+wait_port "$FORGER_PORT" || fail "the forger did not start: $(cat "$WORK/forger.out")"
+FORGED=$(awk '$1 == "forged" {print $2}' "$WORK/forger.out")
+grep -q "^forged sha256:[0-9a-f]* layer $L $L_SIZE\$" "$WORK/forger.out" || fail "$label: the forger's manifest: $(cat "$WORK/forger.out")"
+REAL=sha256:$(curl -fsS -H "Accept: $ACCEPT" "http://127.0.0.1:$REG1_PORT/v2/e2e/public/app/manifests/v1" | sha256sum | cut -d' ' -f1)
+[ "$FORGED" != "$REAL" ] || fail "$label: the forged manifest is the real one"
+TOKEN=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+AC_HTTP='"accessControl": {"repositories": {
+    "e2e/secret/**": {"policies": [{"users": ["ci"], "actions": ["read"]}]},
+    "e2e/public/**": {"anonymousPolicy": ["read"]}}}'
+AC_FERRY="\"accessTokens\": [{\"user\": \"ci\", \"token\": \"$TOKEN\"}]"
+WITH_FORGER="[${THREE#[}"
+WITH_FORGER="${WITH_FORGER%]},\"$FORGER\"]"
+ONLY_R1="[{\"urls\": [\"$R1\"], \"onDemand\": true}]"
+for i in 1 2 3; do stop_replica "$i"; done
+for i in 1 2 3; do write_config "$i" "$WITH_FORGER" "$ONLY_R1" "$AC_HTTP" "$AC_FERRY"; done
+for i in 1 2 3; do start_replica "$i"; done
+wait_live 3 1 2 3
+echo "$NAME: $label: the forger ($FORGER, another secret) owns $TAG_KEY and the protected layer $L ($L_SIZE bytes) of e2e/secret/app; its manifest $FORGED lists that layer (the real one: $REAL)"
+# One GET through replica i, as a client without credentials unless curl
+# arguments say otherwise. Prints: status sha256-of-body.
+get() { # replica path [curl args...]
+    local port code
+    port=$(port_of "$1")
+    local path=$2
+    shift 2
+    : > "$WORK/body"
+    code=$(curl -s -m 20 -o "$WORK/body" -w '%{http_code}' "$@" "http://127.0.0.1:$port$path") || code=000
+    echo "$code sha256:$(sha256sum < "$WORK/body" | cut -d' ' -f1)"
+}
+: > "$WORK/forge-notes.txt"
+manifests=0 forged_served=0 wrong_manifests=0 anon=0 readable=0 refused=0 statuses=""
+manifest_round() { # round
+    local i code got
+    for i in 1 2 3; do
+        read -r code got <<< "$(get "$i" /v2/e2e/public/app/manifests/v1 -H "Accept: $ACCEPT")"
+        manifests=$((manifests + 1))
+        if [ "$got" = "$FORGED" ]; then
+            forged_served=$((forged_served + 1))
+            echo "    $1: replica $i served the FORGED manifest ($code)" >> "$WORK/forge-notes.txt"
+        elif [ "$code" != 200 ] || [ "$got" != "$REAL" ]; then
+            wrong_manifests=$((wrong_manifests + 1))
+            echo "    $1: replica $i answered $code with $got, not the real manifest" >> "$WORK/forge-notes.txt"
+        fi
+    done
+}
+blob_round() { # round
+    local i code got
+    for i in 1 2 3; do
+        read -r code got <<< "$(get "$i" "/v2/e2e/public/app/blobs/$L")"
+        anon=$((anon + 1))
+        statuses="$statuses $code"
+        case "$code" in
+        401 | 403 | 404) refused=$((refused + 1)) ;;
+        *) echo "    $1: replica $i answered $code to an anonymous GET of the protected layer under e2e/public/app" >> "$WORK/forge-notes.txt" ;;
+        esac
+        if [ "${code:0:1}" = 2 ] && [ "$got" = "$L" ]; then
+            readable=$((readable + 1))
+            echo "    $1: replica $i SENT THE PROTECTED LAYER to an anonymous client under e2e/public/app" >> "$WORK/forge-notes.txt"
+        fi
+    done
+}
+# Cold: every replica asks the tag's owner, the forger (each then leaves
+# it out for 5 s); once it is back in every ring, the cold layer, which
+# the forger owns too; then the layer is read by an authenticated client
+# (so every replica holds it, linked to e2e/secret/app), and everything
+# again, warm.
+manifest_round cold
+t=$(date +%s.%N)
+# ferry_cluster_peers_live is set at each probe (every 500 ms): a second
+# on, it shows the forger out where a replica left it out, until it is
+# back (5 s after the failure).
+sleep 1
+wait_live 3 1 2 3
+back=$(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+blob_round cold
+auth_ok=0 anon_secret=0 anon_secret_codes=""
+for i in 1 2 3; do
+    read -r code got <<< "$(get "$i" /v2/e2e/secret/app/manifests/v1 -H "Accept: $ACCEPT" -H "Authorization: Bearer $TOKEN")"
+    [ "$code" = 200 ] || echo "    setup: replica $i answered $code to the authenticated manifest of e2e/secret/app:v1" >> "$WORK/forge-notes.txt"
+    read -r code got <<< "$(get "$i" "/v2/e2e/secret/app/blobs/$L" -H "Authorization: Bearer $TOKEN")"
+    if [ "$code" = 200 ] && [ "$got" = "$L" ]; then
+        auth_ok=$((auth_ok + 1))
+    else
+        echo "    setup: replica $i answered $code ($got) to the authenticated GET of the layer under e2e/secret/app" >> "$WORK/forge-notes.txt"
+    fi
+    read -r code got <<< "$(get "$i" "/v2/e2e/secret/app/blobs/$L")"
+    anon_secret_codes="$anon_secret_codes $code"
+    [ "$code" != 401 ] || anon_secret=$((anon_secret + 1))
+done
+manifest_round warm
+blob_round warm
+codes=$(for c in $statuses; do echo "$c"; done | sort | uniq -c | awk '{printf "%s%s x%s", (NR > 1 ? ", " : ""), $2, $1}')
+echo "$NAME: $label: protected blobs readable $readable, forged manifests served $forged_served, other wrong manifests $wrong_manifests (of $manifests), anonymous GETs of the layer under e2e/public/app refused $refused/$anon ($codes), authenticated GETs of it under e2e/secret/app $auth_ok/3, anonymous ones refused $anon_secret/3 (401s); the forger was back in every ring ${back}s after the cold manifests"
+cat "$WORK/forge-notes.txt"
+misses=""
+[ "$readable" = 0 ] || misses="$misses $readable protected blobs readable;"
+[ "$refused" = "$anon" ] || misses="$misses $((anon - refused)) anonymous GETs of the protected layer not refused;"
+[ "$forged_served" = 0 ] || misses="$misses $forged_served forged manifests served;"
+[ "$wrong_manifests" = 0 ] || misses="$misses $wrong_manifests answers not the real manifest;"
+[ "$auth_ok" = 3 ] || misses="$misses setup: the authenticated client read the layer through $auth_ok/3 replicas;"
+[ "$anon_secret" = 3 ] || misses="$misses setup: anonymous GETs under e2e/secret/app answered$anon_secret_codes, not 401;"
+# Whom the forger answered (its log), and what each replica counted.
+asked="" tag_askers=0
+for i in 1 2 3; do
+    a="127.0.0.1:$(port_of "$i")"
+    nt=$(grep -F " from=$a " "$WORK/forger.log" | grep -c ' forged=manifest' || true)
+    nb=$(grep -F " from=$a " "$WORK/forger.log" | grep -c ' forged=blob' || true)
+    n=$(curl -fsS -m 3 "http://127.0.0.1:$(port_of "$i")/metrics" | awk -v p="peer=\"$FORGER\"" \
+        'index($0, "ferry_cluster_peer_failures_total{") == 1 && index($0, p) && index($0, "reason=\"unsigned\"") {t += $NF} END {printf "%d", t}')
+    [ "$nt" = 0 ] || tag_askers=$((tag_askers + 1))
+    if [ $((nt + nb)) = 0 ]; then
+        asked="$asked replica $i: never asked it (unsigned $n);"
+    else
+        asked="$asked replica $i: got $nt forged manifests and $nb forged blobs, counts unsigned $n;"
+        [ "$n" -ge 1 ] || misses="$misses replica $i took forged answers but counts none unsigned;"
+    fi
+done
+echo "$NAME: $label: forged answers sent and ferry_cluster_peer_failures_total{peer=\"$FORGER\",reason=\"unsigned\"}:${asked%;}"
+[ "$tag_askers" -ge 1 ] || misses="$misses nobody asked the forger for the tag it owns (nothing was tested);"
 verdict "$label" "$misses"
 
 echo "$NAME: took ${SECONDS}s"
