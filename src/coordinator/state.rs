@@ -215,11 +215,22 @@ impl Coordinator {
     /// digest check, so a client that retries here (a balancer spreads
     /// retries over the replicas) starts a fresh fill rather than joining
     /// the doomed one. True when there was such a fill.
+    ///
+    /// A fill still waiting for the liar's answer takes none of its bytes:
+    /// it is not dropped (the liar leaving the ring ends that wait, and
+    /// the fill goes to the blob's next owner as for any peer that left).
     pub fn peer_lied(&self, peer: &str, digest: &Digest) -> bool {
         match self.flight(digest) {
             Some(f) if f.source().as_deref() == Some(peer) => {
-                f.poison();
-                true
+                // Its answer was taken: the bytes that follow are the liar's.
+                let has_bytes = matches!(
+                    f.progress(),
+                    Progress::Streaming { .. } | Progress::Verified { .. }
+                );
+                if has_bytes {
+                    f.poison();
+                }
+                has_bytes
             }
             _ => false,
         }
