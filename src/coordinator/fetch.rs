@@ -176,7 +176,9 @@ async fn open_upstream<'a>(
         .first(|t| async move {
             // A download still queued that every client left is dropped
             // before it costs an upstream request.
-            let Some(permit) = fill::slot(coordinator, flight, &t.registry.fetch_slots).await
+            let Some(permit) = flight
+                .slot(&t.registry.fetch_slots, &coordinator.metrics.fetches_queued)
+                .await
             else {
                 return Ok(None);
             };

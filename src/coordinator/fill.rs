@@ -10,9 +10,9 @@
 //! that sent bytes that are not the blob. A new source (the fan-out relay)
 //! is one more variant here, not a fourth copy of this envelope.
 //!
-//! [`slot`] is the other shared step: the registry's fetch slot that an
-//! upstream download (and today a peer fill) holds, given up when every
-//! client left while it was still queued.
+//! The other shared step, waiting for a slot, is [`Flight::slot`] (the
+//! transfer takes one itself when a peer's bytes give way to the
+//! upstream's).
 
 use std::sync::Arc;
 
@@ -26,7 +26,7 @@ use super::state::Coordinator;
 use super::transfer::{self, Source};
 use crate::lifecycle::{Reservation, Space};
 use crate::oci::RepoName;
-use crate::routing::{FetchPermit, FetchSlots, Resolved, Target};
+use crate::routing::{FetchPermit, Resolved, Target};
 use crate::upstream::headers::content_length;
 
 /// A source that answered, ready to be moved into the spool.
@@ -206,21 +206,6 @@ fn is_bad_bytes(e: &FetchFailure) -> bool {
             | FetchFailure::LengthMismatch { .. }
             | FetchFailure::Endless { .. }
     )
-}
-
-/// One of `slots` (a registry's fetch slots, or the cluster's fill slots)
-/// for `flight`, or `None` when every client left while the download was
-/// still queued (it is then dropped before it costs a request).
-pub(super) async fn slot(
-    coordinator: &Coordinator,
-    flight: &Flight,
-    slots: &Arc<FetchSlots>,
-) -> Option<FetchPermit> {
-    let queued = &coordinator.metrics.fetches_queued;
-    tokio::select! {
-        p = slots.acquire(flight.origin, queued) => Some(p),
-        () = flight.deserted() => None,
-    }
 }
 
 /// Whether the store can take a fill at all: not after a failed write

@@ -317,6 +317,21 @@ impl Flight {
             .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// One of `slots` (a registry's fetch slots, or its peer fill slots)
+    /// for this download, counted in `queued` while it waits, or `None`
+    /// when every client left first (it is then dropped before it costs a
+    /// request).
+    pub(super) async fn slot(
+        &self,
+        slots: &std::sync::Arc<crate::routing::FetchSlots>,
+        queued: &prometheus_client::metrics::gauge::Gauge,
+    ) -> Option<crate::routing::FetchPermit> {
+        tokio::select! {
+            p = slots.acquire(self.origin, queued) => Some(p),
+            () = self.deserted() => None,
+        }
+    }
+
     /// Clients reading this fetch now.
     pub fn clients(&self) -> usize {
         self.clients.load(std::sync::atomic::Ordering::SeqCst)

@@ -19,7 +19,7 @@
 //! were no cluster.
 
 use super::ask::{ask_owner, successor, Asked};
-use super::fill::{self, Opened};
+use super::fill::Opened;
 use super::flight::{FetchFailure, Flight};
 use super::state::Coordinator;
 use crate::cluster::BlobAsk;
@@ -40,7 +40,13 @@ pub(super) async fn open<'a>(
     };
     // Fill slots, never the registry's fetch slots: the owner may need
     // those for the upstream fetch this fill waits on.
-    let Some(permit) = fill::slot(coordinator, flight, &target.registry.fill_slots).await else {
+    let Some(permit) = flight
+        .slot(
+            &target.registry.fill_slots,
+            &coordinator.metrics.fetches_queued,
+        )
+        .await
+    else {
         return Err(FetchFailure::Deserted);
     };
     let ask = BlobAsk {

@@ -199,11 +199,10 @@ async fn transfer(
             catching_up = None;
             flight.left_peer();
             let queued = &coordinator.metrics.fetches_queued;
-            let slots = &target.registry.fetch_slots;
-            upstream_permit = tokio::select! {
-                p = slots.acquire(flight.origin, queued) => Some(p),
-                () = flight.deserted() => break Err(FetchFailure::Deserted),
-            };
+            match flight.slot(&target.registry.fetch_slots, queued).await {
+                Some(p) => upstream_permit = Some(p),
+                None => break Err(FetchFailure::Deserted),
+            }
         } else {
             let (broken, too_slow) = match attempt {
                 Ok(()) | Err(Pump::WriterGone) => {
@@ -292,11 +291,10 @@ async fn transfer(
                 }
                 flight.left_peer();
                 let queued = &coordinator.metrics.fetches_queued;
-                let slots = &target.registry.fetch_slots;
-                upstream_permit = tokio::select! {
-                    p = slots.acquire(flight.origin, queued) => Some(p),
-                    () = flight.deserted() => break Err(FetchFailure::Deserted),
-                };
+                match flight.slot(&target.registry.fetch_slots, queued).await {
+                    Some(p) => upstream_permit = Some(p),
+                    None => break Err(FetchFailure::Deserted),
+                }
             } else {
                 // A drip makes some progress on every attempt; it must not earn
                 // fresh retries with it.
