@@ -177,6 +177,9 @@ pub struct Flight {
     /// Set when another replica caught the peer this fill receives from
     /// lying (see [`Flight::poison`]).
     poisoned: tokio::sync::watch::Sender<bool>,
+    /// The peer requests following this fetch, which its upstream read
+    /// keeps up with (see `pace.rs`).
+    pub(super) pace: super::pace::Pace,
 }
 
 /// Counts one client of a fetch for as long as it lives (see
@@ -184,6 +187,8 @@ pub struct Flight {
 #[derive(Debug)]
 pub struct ClientGuard {
     flight: Arc<Flight>,
+    /// The client is another replica (a signed peer request).
+    pub(super) peer: bool,
 }
 
 impl Drop for ClientGuard {
@@ -221,6 +226,7 @@ impl Flight {
             clients: Default::default(),
             left: tokio::sync::Notify::new(),
             poisoned: tokio::sync::watch::Sender::new(false),
+            pace: Default::default(),
         }
     }
 
@@ -240,12 +246,14 @@ impl Flight {
 
     /// Counts a client of this fetch until the guard drops. Clients are
     /// the requests (and prefetches) reading it; the shared-tier upload is
-    /// not one: a download only it reads is deserted.
-    pub(super) fn client(self: &Arc<Self>) -> ClientGuard {
+    /// not one: a download only it reads is deserted. A `peer` client's
+    /// stream also paces the fetch's upstream read (see `pace.rs`).
+    pub(super) fn client(self: &Arc<Self>, peer: bool) -> ClientGuard {
         self.clients
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         ClientGuard {
             flight: self.clone(),
+            peer,
         }
     }
 

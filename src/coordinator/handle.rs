@@ -86,7 +86,12 @@ impl BlobHandle {
                 file,
                 client,
                 ..
-            } => BlobStream::following_with(flight, file, start, end, true).holding(client),
+            } => {
+                let tail = client.peer.then(|| flight.pace.tail(start));
+                BlobStream::following_with(flight, file, start, end, true)
+                    .holding(client)
+                    .reporting_to(tail)
+            }
             other => other.stream(start, end),
         }
     }
@@ -121,7 +126,12 @@ impl BlobHandle {
                 file,
                 client,
                 ..
-            } => BlobStream::following(flight, file, start, end).holding(client),
+            } => {
+                let tail = client.peer.then(|| flight.pace.tail(start));
+                BlobStream::following(flight, file, start, end)
+                    .holding(client)
+                    .reporting_to(tail)
+            }
         }
     }
 }

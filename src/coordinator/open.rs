@@ -172,7 +172,7 @@ impl Coordinator {
         match self.inflight.entry(digest.clone()) {
             Entry::Occupied(e) => {
                 let flight = e.get().clone();
-                let client = flight.client();
+                let client = flight.client(repo.origin.is_peer());
                 (flight, true, client)
             }
             Entry::Vacant(e) => {
@@ -186,7 +186,7 @@ impl Coordinator {
                     }
                 }
                 let flight = Arc::new(flight);
-                let client = flight.client();
+                let client = flight.client(repo.origin.is_peer());
                 e.insert(flight.clone());
                 tracing::debug!(%digest, repo = %repo.local, "starting upstream fetch");
                 tokio::spawn(fetch::run(self.clone(), flight.clone(), repo.clone()));

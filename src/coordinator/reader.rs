@@ -154,6 +154,19 @@ impl BlobStream {
         BlobStream { inner, _holding }
     }
 
+    /// Reports each chunk to `tail` (a peer following a download) as it
+    /// is handed over; the tail leaves with the stream.
+    pub(super) fn reporting_to(self, tail: Option<super::pace::Tail>) -> BlobStream {
+        let Some(tail) = tail else { return self };
+        let BlobStream { inner, _holding } = self;
+        let inner = Box::pin(inner.inspect(move |chunk| {
+            if let Ok(b) = chunk {
+                tail.advance(b.len() as u64);
+            }
+        }));
+        BlobStream { inner, _holding }
+    }
+
     /// Keeps `value` alive as long as the stream.
     pub fn holding(mut self, value: impl std::any::Any + Send + Sync) -> BlobStream {
         self._holding = Some(Box::new(value));

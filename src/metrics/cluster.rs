@@ -1,7 +1,10 @@
 //! The cluster's metrics: bytes from peers beside upstream bytes, peer
 //! requests each way, fills that went elsewhere and why, peers that
-//! failed or route otherwise, and the live peers. Labels are peers
+//! failed or route otherwise, downloads held for the peers they feed,
+//! and the live peers. Labels are peers
 //! (`host:port`, a handful per cluster) and fixed reasons.
+
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -60,6 +63,14 @@ pub struct ClusterMetrics {
     /// Registries a peer routes otherwise than this replica (its routing
     /// fingerprint differs), by peer: it is out of the ring for those.
     pub routing_differs: Family<PeerLabels, Gauge>,
+    /// Upstream downloads waiting now for the peers they feed to come
+    /// within their lead (see `coordinator/pace.rs`).
+    pub downloads_held: Gauge,
+    /// Seconds upstream downloads spent waiting for the peers they feed.
+    pub held_for_peers: Counter<f64, AtomicU64>,
+    /// Peers a download stopped waiting for: they did not come within half
+    /// its lead within `peerTimeout`.
+    pub peers_let_go: Counter,
 }
 
 impl ClusterMetrics {
@@ -108,6 +119,21 @@ impl ClusterMetrics {
             "cluster_fallbacks",
             "Fills from a peer that went to the upstream instead, by reason",
             self.fallbacks.clone(),
+        );
+        registry.register(
+            "cluster_downloads_held",
+            "Upstream downloads waiting now for the peers they feed to come within their lead",
+            self.downloads_held.clone(),
+        );
+        registry.register(
+            "cluster_held_for_peers_seconds",
+            "Time upstream downloads waited for the peers they feed to come within their lead",
+            self.held_for_peers.clone(),
+        );
+        registry.register(
+            "cluster_peers_let_go",
+            "Peers an upstream download stopped waiting for (not within half its lead within peerTimeout)",
+            self.peers_let_go.clone(),
         );
         registry.register(
             "cluster_peers_live",

@@ -347,6 +347,10 @@ metric() { # port name-prefix [substring] → the sum of its lines
     curl -fsS -m 3 "http://127.0.0.1:$1/metrics" \
         | awk -v m="$2" -v s="${3:-}" 'index($0, m) == 1 && index($0, s) > 0 {t += $NF} END {printf "%d", t}'
 }
+held_ms() { # port → ms its upstream downloads waited for the peers they feed
+    curl -fsS -m 3 "http://127.0.0.1:$1/metrics" \
+        | awk 'index($0, "ferry_cluster_held_for_peers_seconds_total") == 1 {t += $NF} END {printf "%d", t * 1000}'
+}
 wait_live() { # expected-live-peers [replica...]
     local want=$1 i
     shift
@@ -501,6 +505,8 @@ owner_chaos() { # case-label image signal
     declare -A before=()
     for i in 1 2 3; do before[$i]=${UP[$i]}; done
     handovers=$(sum_metric ferry_cluster_handovers_total)
+    local held
+    held=$(held_ms "$(port_of "$o")")
     start_clients "$img" "http://127.0.0.1:$L7_PORT/v2/e2e/$img/blobs/$digest" "$digest" range
     while :; do
         last=$(metric "$(port_of "$o")" ferry_upstream_bytes_total)
@@ -508,10 +514,11 @@ owner_chaos() { # case-label image signal
         clients_running || { wait_clients; fail "$label: the clients were done before the owner had 1/3 of the blob"; }
         sleep 0.1
     done
+    held=$(($(held_ms "$(port_of "$o")") - held))
     kill "-$sig" "${RPID[$o]}"
     local at=$(((last - before[$o]) * 100 / size)) since
     since=$(date +%s.%N)
-    echo "$NAME: $label: SIG$sig to replica $o (owner of $digest) at $at% of the blob ($(((last - before[$o]) / MIB)) MiB), $(date -u +%T.%3N) UTC"
+    echo "$NAME: $label: SIG$sig to replica $o (owner of $digest) at $at% of the blob ($(((last - before[$o]) / MIB)) MiB; it had waited $held ms in all for its peers to come within its lead), $(date -u +%T.%3N) UTC"
     wait_clients
     LIVE=$(for i in 1 2 3; do [ "$i" = "$o" ] || echo "$i"; done | xargs)
     # shellcheck disable=SC2086

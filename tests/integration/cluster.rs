@@ -6,6 +6,7 @@
 use crate::support;
 
 mod death;
+mod lead;
 mod lengths;
 mod lies;
 mod not_found;
