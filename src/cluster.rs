@@ -12,7 +12,8 @@
 //! `state`), signs and checks peer requests and answers ([`signature`],
 //! `replay`), asks peers (`asking`), and keeps the membership fresh
 //! ([`Cluster::run`] in `probing`: DNS, readiness probes, routing
-//! fingerprints).
+//! fingerprints). A replica feeding `fanout` peers a blob points further
+//! askers to one of them ([`tree`]).
 
 mod asking;
 mod key;
@@ -22,6 +23,7 @@ pub mod rendezvous;
 mod replay;
 pub mod signature;
 mod state;
+pub mod tree;
 
 pub use asking::{BlobAsk, PeerError, LIED_PATH};
 pub use key::OwnerKey;

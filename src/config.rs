@@ -29,7 +29,7 @@ pub use access::{
     parse_proxies, AccessConfig, AccessControlSection, AccessToken, ListenerConfig, Policy,
     RepositoryPolicy,
 };
-pub use cluster::{ClusterConfig, ClusterSection, PeerSource, PEER_TIMEOUT, SECRET_ENV};
+pub use cluster::{ClusterConfig, ClusterSection, PeerSource, FANOUT, PEER_TIMEOUT, SECRET_ENV};
 pub use credentials::{read_credentials_file, Credentials, Secret};
 pub use describe::settings;
 pub use file::FileConfig;

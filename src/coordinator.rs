@@ -34,6 +34,7 @@ mod reader;
 mod spool;
 mod state;
 mod transfer;
+mod tree;
 
 pub use answer::{BlobAnswer, BlobBody, RangePolicy};
 pub use flight::{FetchFailure, Flight, Progress};

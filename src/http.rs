@@ -129,7 +129,8 @@ pub async fn handle<B>(
                     // Fair between the clients the peers serve.
                     let client = p.client.parse().unwrap_or(client);
                     let from = PeerId::of(&p.from);
-                    (Origin::Peer { client, from }, Some(p.repo.as_str()))
+                    let hops = crate::cluster::tree::decode(req.headers());
+                    (Origin::Peer { client, from, hops }, Some(p.repo.as_str()))
                 }
                 None => (Origin::Client(client), None),
             };

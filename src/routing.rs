@@ -33,7 +33,7 @@ use crate::upstream::{worse, Bounded, Bounds, CountedBody, PassedBody, Upstream,
 
 use http::{HeaderMap, Method, Response};
 use hyper::body::Incoming;
-pub use origin::{Origin, PeerId};
+pub use origin::{Hops, Origin, PeerId, MAX_HOPS};
 pub use peer_route::PeerRoute;
 pub use slots::{FetchPermit, FetchSlots};
 

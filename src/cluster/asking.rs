@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use super::signature;
 use super::state::Cluster;
 use crate::oci::{Digest, RepoName, Tag};
-use crate::routing::{Origin, Target};
+use crate::routing::{Hops, Origin, Target};
 
 /// A signed `GET <LIED_PATH><digest>?peer=<host:port>`: the sender caught
 /// that peer sending bytes that are not the blob.
@@ -49,16 +49,19 @@ pub enum PeerError {
 
 impl Cluster {
     /// Asks `peer` for the blob `digest` of `local` (routed to `target`)
-    /// on behalf of `client`, from byte `from` on (a `Range` when not 0);
-    /// returns its answer's head.
+    /// on behalf of `client`, from byte `from` on (a `Range` when not 0),
+    /// standing at `hops` in the blob's fan-out tree; returns its answer's
+    /// head.
     pub async fn get_blob(
         &self,
         peer: &str,
         blob: BlobAsk<'_>,
         client: IpAddr,
         from: u64,
+        hops: Hops,
     ) -> Result<Response<Incoming>, PeerError> {
-        self.get_blob_part(peer, blob, client, from, None).await
+        self.get_blob_part(peer, blob, client, (from, None), hops)
+            .await
     }
 
     /// [`Cluster::get_blob`], bytes `from..=last` only when `last` is given.
@@ -67,8 +70,8 @@ impl Cluster {
         peer: &str,
         blob: BlobAsk<'_>,
         client: IpAddr,
-        from: u64,
-        last: Option<u64>,
+        (from, last): (u64, Option<u64>),
+        hops: Hops,
     ) -> Result<Response<Incoming>, PeerError> {
         let BlobAsk {
             local,
@@ -83,6 +86,9 @@ impl Cluster {
             let range = http::HeaderValue::from_str(&format!("bytes={from}-{last}"))
                 .expect("a range is a header value");
             headers.insert(http::header::RANGE, range);
+        }
+        if let Some(h) = super::tree::encode(hops) {
+            headers.insert(super::tree::HOPS, h);
         }
         self.get(peer, &path, &route, client, headers).await
     }

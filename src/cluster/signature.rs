@@ -138,7 +138,7 @@ fn verify_at(
 
 /// The owner's signature of its answer: hex HMAC-SHA256 of the request's
 /// signature, the status, `Docker-Content-Digest`, `Content-Length`,
-/// `Content-Range` and [`HAVE`].
+/// `Content-Range`, [`HAVE`] and [`super::tree::RELAY`].
 /// A replica takes nothing from a peer whose answer does not carry it:
 /// not a manifest, not a tag, not a 404, not a blob's length.
 pub const ANSWER: &str = "ferry-peer-answer";
@@ -164,6 +164,7 @@ fn answer_mac(secret: &[u8], request: &str, status: u16, headers: &HeaderMap) ->
         &text("content-length"),
         &text("content-range"),
         &text(HAVE),
+        &text(super::tree::RELAY),
     ] {
         m.update(part.as_bytes());
         m.update(b"\n");

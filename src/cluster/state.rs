@@ -198,6 +198,11 @@ impl Cluster {
         answer.insert(signature::ANSWER, value);
     }
 
+    /// How many peers this replica sends one blob to at a time (`fanout`).
+    pub fn fanout(&self) -> usize {
+        self.config.fanout
+    }
+
     /// How long a peer may stay silent (`peerTimeout`).
     pub fn peer_timeout(&self) -> Duration {
         self.config.peer_timeout

@@ -119,6 +119,7 @@ pub(super) fn check(c: &Config) -> Result<(), ConfigError> {
         duration("cluster.probeInterval", cl.probe_interval, 100 * MS, HOUR)?;
         duration("cluster.dnsInterval", cl.dns_interval, 100 * MS, DAY)?;
         duration("cluster.peerTimeout", cl.peer_timeout, 100 * MS, HOUR)?;
+        count("cluster.fanout", cl.fanout as u64, 1, 1024)?;
     }
     let lc = &c.lifecycle;
     duration("evictionInterval", lc.eviction_interval, 10 * MS, DAY)?;

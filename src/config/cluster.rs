@@ -21,6 +21,10 @@ use super::{parse_duration, ConfigError, Secret};
 /// a loaded 2-core machine miss its probe.)
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The default `fanout`: how many peers one replica sends a blob to at a
+/// time before it points further askers to one of them.
+pub const FANOUT: usize = 4;
+
 /// The environment variable that may hold the peer secret.
 pub const SECRET_ENV: &str = "FERRY_CLUSTER_SECRET";
 
@@ -43,6 +47,9 @@ pub struct ClusterSection {
     /// long, and a transfer from a peer that left the ring ends once it has
     /// sent nothing for this long.
     pub peer_timeout: Option<String>,
+    /// How many peers one replica sends a blob to at a time (4); further
+    /// askers are pointed to one of those, which relays it.
+    pub fanout: Option<usize>,
     /// With `http.tls`: Docker's `certs.d` layout for talking to peers:
     /// `*.crt` CAs their certificates are checked against, a `*.cert`
     /// with its `*.key` shown to them (for a `cacert` listener).
@@ -69,6 +76,8 @@ pub struct ClusterConfig {
     /// its askers at most `probeInterval` + this, before its answer or in
     /// the middle of its transfer.
     pub peer_timeout: Duration,
+    /// How many peers one replica sends a blob to at a time (`fanout`).
+    pub fanout: usize,
     /// Peers are asked over HTTPS (this replica's listener speaks TLS, and
     /// so do theirs).
     pub https: bool,
@@ -147,6 +156,7 @@ impl ClusterSection {
             )?,
             dns_interval: dur("dnsInterval", &self.dns_interval, Duration::from_secs(5))?,
             peer_timeout: dur("peerTimeout", &self.peer_timeout, PEER_TIMEOUT)?,
+            fanout: self.fanout.unwrap_or(FANOUT),
         })
     }
 }

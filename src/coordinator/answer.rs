@@ -19,9 +19,11 @@ use http::{Method, StatusCode};
 
 use super::flight::{Flight, Progress};
 use super::handle::BlobHandle;
+use super::pace::Tail;
 use super::passthrough;
 use super::reader::BlobStream;
 use super::state::Coordinator;
+use super::tree::Placed;
 use crate::metrics::CacheStatus;
 use crate::oci::{ByteRange, Digest, ErrorCode, RangeRequest, RegistryError};
 use crate::routing::Resolved;
@@ -66,6 +68,12 @@ pub enum BlobAnswer {
     },
     /// The range lies outside the blob's `size` bytes (`416`).
     Unsatisfiable { size: u64 },
+    /// To a peer: ask the relay `to` instead (a signed `307`; this replica
+    /// sends the blob to `fanout` peers already, see `tree.rs`).
+    Relay { to: String },
+    /// To a peer pointed here: this replica neither holds nor receives the
+    /// blob, and does not fetch it for a relay request (a signed `421`).
+    NotHere,
 }
 
 /// How long a presigned URL handed to a client stays valid.
@@ -84,7 +92,13 @@ impl Coordinator {
         range: Option<ByteRange>,
         policy: RangePolicy,
     ) -> Result<(BlobAnswer, CacheStatus), RegistryError> {
-        match self.get_blob_once(repo, digest, range, policy).await {
+        let tail = match self.place(repo, digest).await {
+            Placed::Relay { to } => return Ok((BlobAnswer::Relay { to }, CacheStatus::Joined)),
+            Placed::NotHere => return Ok((BlobAnswer::NotHere, CacheStatus::Joined)),
+            Placed::Child(tail) => Some(tail),
+            Placed::Client => None,
+        };
+        let answered = match self.get_blob_once(repo, digest, range, policy).await {
             Err(Failed(_, Some(lost))) => {
                 // Not joined again: the failed download leaves the map now.
                 self.finish(&lost);
@@ -93,6 +107,10 @@ impl Coordinator {
                     .map_err(|f| f.0)
             }
             other => other.map_err(|f| f.0),
+        };
+        match tail {
+            Some(tail) => answered.map(|(answer, cache)| (sent_to(tail, answer), cache)),
+            None => answered,
         }
     }
 
@@ -354,5 +372,38 @@ fn is_far(handle: &BlobHandle, start: u64, distance: u64) -> bool {
             _ => false,
         },
         _ => false,
+    }
+}
+
+/// `answer` to a peer's request, its bytes reported to `tail` (the peer's
+/// place among the blob's children: its position paces the download, see
+/// `pace.rs`, and others may be pointed to it). An answer without a stream
+/// drops the tail: the peer is no child.
+pub(super) fn sent_to(tail: Tail, answer: BlobAnswer) -> BlobAnswer {
+    match answer {
+        BlobAnswer::Whole {
+            body: BlobBody::Stream(s),
+            size,
+        } => BlobAnswer::Whole {
+            body: BlobBody::Stream(s.reporting_to(Some(tail))),
+            size,
+        },
+        BlobAnswer::Part {
+            body: BlobBody::Stream(s),
+            start,
+            last,
+            size,
+            verified,
+        } => {
+            tail.starts_at(start);
+            BlobAnswer::Part {
+                body: BlobBody::Stream(s.reporting_to(Some(tail))),
+                start,
+                last,
+                size,
+                verified,
+            }
+        }
+        other => other,
     }
 }

@@ -22,13 +22,26 @@ use hyper::body::Incoming;
 
 use super::flight::Flight;
 use super::state::Coordinator;
-use crate::cluster::{BlobAsk, OwnerKey, PeerError};
+use crate::cluster::{tree, BlobAsk, OwnerKey, PeerError};
+use crate::routing::{Hops, PeerId};
+
+/// A request to be served where it arrives, never pointed on.
+fn direct() -> Hops {
+    Hops {
+        direct: true,
+        ..Hops::default()
+    }
+}
 use crate::upstream::headers::{content_length, content_range_start, content_range_total};
 
 /// How asking one peer went.
 pub(super) enum Asked {
-    /// A signed answer to start (or go on) from.
-    Answered(Response<Incoming>),
+    /// A signed answer to start (or go on) from, and the peer that gave it:
+    /// the one asked, or a relay it pointed to.
+    Answered {
+        from: String,
+        resp: Response<Incoming>,
+    },
     /// The peer is alive but did not serve it: go upstream.
     Elsewhere,
     /// The peer's signed 404: its upstream does not have the blob.
@@ -38,35 +51,97 @@ pub(super) enum Asked {
     Gone,
 }
 
-/// Asks `peer` for the blob from byte `from` on. A good answer is a signed
-/// `200` with a length this replica may take (from 0), or a `206` starting
-/// at `from`.
+/// How asking one replica of the tree went.
+enum Reply {
+    Asked(Asked),
+    /// A signed `307`: ask this relay instead.
+    Pointed(String),
+}
+
+/// Asks `owner` for the blob from byte `from` on, following its pointers
+/// to relays (see `tree.rs`): at most [`tree::MAX_DEPTH`] of them; a relay
+/// that fails or does not have it sends this replica back to the owner,
+/// which then serves it itself. A good answer is a signed `200` with a
+/// length this replica may take (from 0), or a `206` starting at `from`.
 pub(super) async fn ask_owner(
     coordinator: &Coordinator,
     flight: &Flight,
     ask: BlobAsk<'_>,
-    peer: &str,
+    owner: &str,
     from: u64,
 ) -> Asked {
     let Some(cluster) = coordinator.cluster.as_ref() else {
         return Asked::Elsewhere;
     };
+    let me = cluster.me();
+    let mut peer = owner.to_string();
+    let mut hops = Hops::default();
+    loop {
+        let reply = ask_one(coordinator, flight, ask, &peer, from, hops).await;
+        let relay_failed = peer != owner && !matches!(reply, Reply::Asked(Asked::Answered { .. }));
+        match reply {
+            Reply::Pointed(to)
+                if tree::may_point_on(hops)
+                    && Some(&to) != me.as_ref()
+                    && to != peer
+                    && cluster.is_live(&to) =>
+            {
+                hops = hops.through(PeerId::of(&peer));
+                peer = to;
+                coordinator.metrics.cluster.relayed.inc();
+            }
+            // The relay did not serve it (or pointed on too far): the owner
+            // serves it itself.
+            _ if relay_failed && !hops.direct => {
+                tracing::info!(digest = %flight.digest, relay = %peer, owner,
+                    "the relay did not serve the blob; asking its owner directly");
+                peer = owner.to_string();
+                hops.direct = true;
+            }
+            Reply::Pointed(_) => {
+                coordinator.metrics.cluster.fell_back("status");
+                return Asked::Elsewhere;
+            }
+            Reply::Asked(asked) => return asked,
+        }
+    }
+}
+
+/// Asks one replica of the tree (the owner or a relay) for the blob.
+async fn ask_one(
+    coordinator: &Coordinator,
+    flight: &Flight,
+    ask: BlobAsk<'_>,
+    peer: &str,
+    from: u64,
+    hops: Hops,
+) -> Reply {
+    let Some(cluster) = coordinator.cluster.as_ref() else {
+        return Reply::Asked(Asked::Elsewhere);
+    };
     let digest = &flight.digest;
     let metrics = &coordinator.metrics;
     metrics.cluster.requests_out.inc();
     let resp = match cluster
-        .get_blob(peer, ask, flight.origin.addr(), from)
+        .get_blob(peer, ask, flight.origin.addr(), from, hops)
         .await
     {
         Ok(r) if r.status() == StatusCode::OK || r.status() == StatusCode::PARTIAL_CONTENT => r,
+        Ok(r) if r.status() == StatusCode::TEMPORARY_REDIRECT => {
+            let relay = r.headers().get(tree::RELAY).and_then(|v| v.to_str().ok());
+            return match relay {
+                Some(to) => Reply::Pointed(to.to_string()),
+                None => Reply::Asked(Asked::Elsewhere),
+            };
+        }
         // Signed (`Cluster::get` takes no unsigned 404): the owner asked
         // its upstream, which does not have it; asking again costs the
         // upstream a second 404 for nothing.
-        Ok(r) if r.status() == StatusCode::NOT_FOUND => return Asked::NotFound,
+        Ok(r) if r.status() == StatusCode::NOT_FOUND => return Reply::Asked(Asked::NotFound),
         Ok(r) => {
             tracing::info!(%digest, peer, status = r.status().as_u16(), "peer did not serve the blob; fetching upstream");
             metrics.cluster.fell_back("status");
-            return Asked::Elsewhere;
+            return Reply::Asked(Asked::Elsewhere);
         }
         Err(e) => {
             tracing::warn!(%digest, error = %e, "peer did not answer");
@@ -74,10 +149,10 @@ pub(super) async fn ask_owner(
             metrics
                 .cluster
                 .fell_back(if left { "left_out" } else { "unreachable" });
-            return match cluster.is_live(peer) {
+            return Reply::Asked(match cluster.is_live(peer) {
                 true => Asked::Elsewhere,
                 false => Asked::Gone,
-            };
+            });
         }
     };
     let total = match resp.status() {
@@ -87,11 +162,14 @@ pub(super) async fn ask_owner(
         StatusCode::OK => content_length(resp.headers()),
         _ => {
             metrics.cluster.fell_back("status");
-            return Asked::Elsewhere;
+            return Reply::Asked(Asked::Elsewhere);
         }
     };
-    match total {
-        Some(size) if size <= coordinator.max_blob_size => Asked::Answered(resp),
+    Reply::Asked(match total {
+        Some(size) if size <= coordinator.max_blob_size => Asked::Answered {
+            from: peer.to_string(),
+            resp,
+        },
         // More than any blob may have: a peer that lies about the length.
         Some(_) => {
             cluster.fail(peer, "length");
@@ -104,7 +182,7 @@ pub(super) async fn ask_owner(
             metrics.cluster.fell_back("status");
             Asked::Elsewhere
         }
-    }
+    })
 }
 
 /// The blob from byte `from` on, from the next owner of its digest now
@@ -147,13 +225,13 @@ pub(super) async fn successor(
     tracing::info!(digest = %flight.digest, gone, next = %next, from,
         "the blob's owner is gone; asking its next owner for the rest");
     match ask_owner(coordinator, flight, ask, &next, from).await {
-        Asked::Answered(resp) => {
+        Asked::Answered { from: peer, resp } => {
             coordinator.metrics.cluster.handovers.inc();
             let skip = match resp.status() {
                 StatusCode::OK => from,
                 _ => 0,
             };
-            Some((next, resp, skip))
+            Some((peer, resp, skip))
         }
         Asked::Elsewhere | Asked::Gone | Asked::NotFound => None,
     }
@@ -203,7 +281,7 @@ pub(super) async fn catch_up(
         "the blob's owner is gone and this replica owns it; taking what another replica has before the upstream");
     coordinator.metrics.cluster.requests_out.inc();
     let resp = cluster
-        .get_blob_part(&peer, ask, client, from, Some(last))
+        .get_blob_part(&peer, ask, client, (from, Some(last)), direct())
         .await
         .ok()?;
     let range = crate::upstream::headers::content_range(resp.headers());

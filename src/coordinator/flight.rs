@@ -177,8 +177,9 @@ pub struct Flight {
     /// Set when another replica caught the peer this fill receives from
     /// lying (see [`Flight::poison`]).
     poisoned: tokio::sync::watch::Sender<bool>,
-    /// The peer requests following this fetch, which its upstream read
-    /// keeps up with (see `pace.rs`).
+    /// The peers this blob is being sent to, which its upstream read
+    /// keeps up with (see `pace.rs`; the coordinator's, shared with every
+    /// peer stream of the digest).
     pub(super) pace: super::pace::Pace,
 }
 
@@ -187,8 +188,6 @@ pub struct Flight {
 #[derive(Debug)]
 pub struct ClientGuard {
     flight: Arc<Flight>,
-    /// The client is another replica (a signed peer request).
-    pub(super) peer: bool,
 }
 
 impl Drop for ClientGuard {
@@ -246,14 +245,12 @@ impl Flight {
 
     /// Counts a client of this fetch until the guard drops. Clients are
     /// the requests (and prefetches) reading it; the shared-tier upload is
-    /// not one: a download only it reads is deserted. A `peer` client's
-    /// stream also paces the fetch's upstream read (see `pace.rs`).
-    pub(super) fn client(self: &Arc<Self>, peer: bool) -> ClientGuard {
+    /// not one: a download only it reads is deserted.
+    pub(super) fn client(self: &Arc<Self>) -> ClientGuard {
         self.clients
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         ClientGuard {
             flight: self.clone(),
-            peer,
         }
     }
 
@@ -279,6 +276,11 @@ impl Flight {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The peers this blob is being sent to now (as the owner or a relay).
+    pub fn peers_sent_to(&self) -> usize {
+        self.pace.children()
     }
 
     /// Whether the bytes come from a peer now (not from the upstream).

@@ -86,12 +86,7 @@ impl BlobHandle {
                 file,
                 client,
                 ..
-            } => {
-                let tail = client.peer.then(|| flight.pace.tail(start));
-                BlobStream::following_with(flight, file, start, end, true)
-                    .holding(client)
-                    .reporting_to(tail)
-            }
+            } => BlobStream::following_with(flight, file, start, end, true).holding(client),
             other => other.stream(start, end),
         }
     }
@@ -126,12 +121,7 @@ impl BlobHandle {
                 file,
                 client,
                 ..
-            } => {
-                let tail = client.peer.then(|| flight.pace.tail(start));
-                BlobStream::following(flight, file, start, end)
-                    .holding(client)
-                    .reporting_to(tail)
-            }
+            } => BlobStream::following(flight, file, start, end).holding(client),
         }
     }
 }

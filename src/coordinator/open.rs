@@ -172,11 +172,12 @@ impl Coordinator {
         match self.inflight.entry(digest.clone()) {
             Entry::Occupied(e) => {
                 let flight = e.get().clone();
-                let client = flight.client(repo.origin.is_peer());
+                let client = flight.client();
                 (flight, true, client)
             }
             Entry::Vacant(e) => {
                 let mut flight = Flight::new(digest.clone(), repo.key(), repo.origin);
+                flight.pace = self.paces.of(digest);
                 // A peer's request is fetched here, never passed on.
                 if let (false, Some(cluster), Some(target)) =
                     (repo.origin.is_peer(), &self.cluster, repo.targets.first())
@@ -186,7 +187,7 @@ impl Coordinator {
                     }
                 }
                 let flight = Arc::new(flight);
-                let client = flight.client(repo.origin.is_peer());
+                let client = flight.client();
                 e.insert(flight.clone());
                 tracing::debug!(%digest, repo = %repo.local, "starting upstream fetch");
                 tokio::spawn(fetch::run(self.clone(), flight.clone(), repo.clone()));

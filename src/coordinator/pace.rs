@@ -17,16 +17,22 @@
 //! by this download), so no peer can slow a download for longer than that.
 //! A download nobody follows from a peer is never held.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use dashmap::DashMap;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
 use crate::metrics::ClusterMetrics;
+use crate::oci::Digest;
+use crate::routing::PeerId;
 
-/// The peers following one download, and the download's wait for them.
-#[derive(Debug, Default)]
+/// The peers one blob is being sent to, and its download's wait for them.
+/// A handle: clones share the same peers.
+#[derive(Debug, Default, Clone)]
 pub struct Pace {
     inner: Arc<Inner>,
 }
@@ -37,14 +43,91 @@ struct Inner {
     /// Woken when a tail moves or leaves while the download waits.
     moved: Notify,
     waiting: AtomicBool,
+    /// The registry this pace is listed in, left when the last handle and
+    /// tail are gone.
+    listed: Option<(Weak<Listing>, Digest)>,
+}
+
+type Listing = DashMap<Digest, Weak<Inner>>;
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some((listing, digest)) = &self.listed {
+            if let Some(listing) = listing.upgrade() {
+                listing.remove_if(digest, |_, w| w.strong_count() == 0);
+            }
+        }
+    }
+}
+
+/// The [`Pace`] of every blob this replica is sending to peers (or
+/// downloading), by digest: a blob's download and every peer stream of it,
+/// stored or in flight, share one.
+#[derive(Debug, Default)]
+pub struct Paces {
+    listing: Arc<Listing>,
+}
+
+impl Paces {
+    /// The pace of `digest`, made when there is none.
+    pub fn of(&self, digest: &Digest) -> Pace {
+        if let Some(inner) = self.listing.get(digest).and_then(|w| w.upgrade()) {
+            return Pace { inner };
+        }
+        let entry = self.listing.entry(digest.clone());
+        let mut entry = match entry {
+            dashmap::mapref::entry::Entry::Occupied(e) => e,
+            dashmap::mapref::entry::Entry::Vacant(e) => {
+                let inner = self.fresh(digest);
+                e.insert(Arc::downgrade(&inner));
+                return Pace { inner };
+            }
+        };
+        match entry.get().upgrade() {
+            Some(inner) => Pace { inner },
+            None => {
+                let inner = self.fresh(digest);
+                entry.insert(Arc::downgrade(&inner));
+                Pace { inner }
+            }
+        }
+    }
+
+    /// The pace of `digest` if it has one now.
+    #[cfg(test)]
+    fn get(&self, digest: &Digest) -> Option<Pace> {
+        let inner = self.listing.get(digest)?.upgrade()?;
+        Some(Pace { inner })
+    }
+
+    fn fresh(&self, digest: &Digest) -> Arc<Inner> {
+        Arc::new(Inner {
+            tails: Default::default(),
+            moved: Notify::new(),
+            waiting: AtomicBool::new(false),
+            listed: Some((Arc::downgrade(&self.listing), digest.clone())),
+        })
+    }
 }
 
 #[derive(Debug)]
 struct TailState {
+    /// The replica it is sent to.
+    peer: PeerId,
     /// The blob offset of the next byte this peer is sent.
     pos: AtomicU64,
     /// Not waited for any more (it did not keep up when waited for).
     let_go: AtomicBool,
+    /// Askers pointed to this peer as their relay.
+    pointed: AtomicU32,
+}
+
+/// Where peer streams are counted: the bytes sent to peers and the
+/// streams open now.
+#[derive(Debug, Clone, Default)]
+pub struct Counted {
+    pub bytes: Counter,
+    pub streams: Gauge,
 }
 
 /// One peer request following a download: its position, reported as its
@@ -53,20 +136,65 @@ struct TailState {
 pub struct Tail {
     inner: Arc<Inner>,
     state: Arc<TailState>,
+    counted: Counted,
 }
 
 impl Pace {
-    /// A peer request that will be sent the blob from `start`.
-    pub fn tail(&self, start: u64) -> Tail {
+    /// A peer request of `peer` that will be sent the blob from `start`;
+    /// its bytes are counted in `counted`.
+    pub fn tail(&self, start: u64, peer: PeerId, counted: Counted) -> Tail {
+        let mut tails = self.lock();
+        self.push(&mut tails, start, peer, counted)
+    }
+
+    /// [`Pace::tail`] from byte 0, if the blob is sent to fewer than
+    /// `fanout` peers now (checked and counted at once).
+    pub fn child_within(&self, fanout: usize, peer: PeerId, counted: Counted) -> Option<Tail> {
+        let mut tails = self.lock();
+        (tails.len() < fanout).then(|| self.push(&mut tails, 0, peer, counted))
+    }
+
+    fn push(
+        &self,
+        tails: &mut Vec<Arc<TailState>>,
+        start: u64,
+        peer: PeerId,
+        counted: Counted,
+    ) -> Tail {
         let state = Arc::new(TailState {
+            peer,
             pos: AtomicU64::new(start),
             let_go: AtomicBool::new(false),
+            pointed: AtomicU32::new(0),
         });
-        self.lock().push(state.clone());
+        tails.push(state.clone());
+        counted.streams.inc();
         Tail {
             inner: self.inner.clone(),
             state,
+            counted,
         }
+    }
+
+    /// Peers the blob is being sent to now.
+    pub fn children(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The peer to point one more asker to: among the peers the blob is
+    /// sent to, one that `eligible` accepts, pointed to the fewest times,
+    /// then furthest ahead. Counts the pointer.
+    pub fn pick(&self, eligible: impl Fn(PeerId) -> bool) -> Option<PeerId> {
+        let tails = self.lock();
+        let best = tails
+            .iter()
+            .filter(|t| !t.let_go.load(Ordering::Relaxed) && eligible(t.peer))
+            .min_by_key(|t| {
+                let pointed = t.pointed.load(Ordering::Relaxed);
+                (pointed, u64::MAX - t.pos.load(Ordering::Relaxed))
+            })?;
+        best.pointed.fetch_add(1, Ordering::Relaxed);
+        Some(best.peer)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<TailState>>> {
@@ -116,13 +244,22 @@ impl Inner {
 impl Tail {
     /// `n` more bytes were handed to this peer's connection.
     pub fn advance(&self, n: u64) {
+        self.counted.bytes.inc_by(n);
         self.state.pos.fetch_add(n, Ordering::Relaxed);
         self.inner.wake();
     }
 }
 
+impl Tail {
+    /// The stream starts at byte `start` of the blob (a range).
+    pub fn starts_at(&self, start: u64) {
+        self.state.pos.store(start, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Tail {
     fn drop(&mut self) {
+        self.counted.streams.dec();
         self.inner.lock().retain(|t| !Arc::ptr_eq(t, &self.state));
         self.inner.wake();
     }
@@ -213,6 +350,10 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
+    fn peer() -> PeerId {
+        PeerId::of("10.0.0.7:5000")
+    }
+
     fn pacing<'a>(pace: &'a Pace, metrics: &'a ClusterMetrics) -> Pacing<'a> {
         Pacing {
             pace,
@@ -227,15 +368,15 @@ mod tests {
         let (pace, metrics) = (Pace::default(), ClusterMetrics::default());
         assert_eq!(pacing(&pace, &metrics).hold(1 << 40).await, Held::NotAhead);
         // A peer that left is no longer followed either.
-        drop(pace.tail(0));
+        drop(pace.tail(0, peer(), Counted::default()));
         assert_eq!(pacing(&pace, &metrics).hold(1 << 40).await, Held::NotAhead);
     }
 
     #[tokio::test(start_paused = true)]
     async fn only_the_most_advanced_peer_sets_the_pace() {
         let (pace, metrics) = (Pace::default(), ClusterMetrics::default());
-        let _slow = pace.tail(0);
-        let fast = pace.tail(0);
+        let _slow = pace.tail(0, peer(), Counted::default());
+        let fast = pace.tail(0, peer(), Counted::default());
         fast.advance(100 * MIB);
         let p = pacing(&pace, &metrics);
         assert!(!p.ahead(108 * MIB), "8 MiB ahead of the fastest: within");
@@ -245,7 +386,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_download_too_far_ahead_waits_until_its_peer_is_within_half_the_lead() {
         let (pace, metrics) = (Pace::default(), ClusterMetrics::default());
-        let tail = pace.tail(0);
+        let tail = pace.tail(0, peer(), Counted::default());
         let metrics = Arc::new(metrics);
         let (p2, m2) = (Arc::new(pace), metrics.clone());
         let waiter = {
@@ -266,7 +407,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_does_not_catch_up_within_the_bound_is_let_go() {
         let (pace, metrics) = (Pace::default(), ClusterMetrics::default());
-        let _stuck = pace.tail(MIB);
+        let _stuck = pace.tail(MIB, peer(), Counted::default());
         let p = pacing(&pace, &metrics);
         let started = tokio::time::Instant::now();
         assert_eq!(p.hold(20 * MIB).await, Held::LetGo(1));
@@ -275,7 +416,7 @@ mod tests {
         // Never waited for again: the download reads on at once.
         assert_eq!(p.hold(200 * MIB).await, Held::NotAhead);
         // A new peer is followed again.
-        let _new = pace.tail(150 * MIB);
+        let _new = pace.tail(150 * MIB, peer(), Counted::default());
         assert!(p.ahead(200 * MIB));
     }
 
@@ -285,7 +426,7 @@ mod tests {
             Arc::new(Pace::default()),
             Arc::new(ClusterMetrics::default()),
         );
-        let tail = pace.tail(0);
+        let tail = pace.tail(0, peer(), Counted::default());
         let waiter = {
             let (p2, m2) = (pace.clone(), metrics.clone());
             tokio::spawn(async move { pacing(&p2, &m2).hold(20 * MIB).await })
@@ -293,6 +434,40 @@ mod tests {
         until_held(&metrics).await;
         drop(tail);
         assert_eq!(waiter.await.unwrap(), Held::CaughtUp);
+    }
+
+    #[test]
+    fn a_blob_is_listed_while_its_download_or_a_peer_stream_holds_its_pace() {
+        let paces = Paces::default();
+        let d = Digest::sha256_of(b"x");
+        let download = paces.of(&d);
+        let tail = paces.of(&d).tail(0, peer(), Counted::default());
+        assert_eq!(paces.get(&d).unwrap().children(), 1, "one pace per blob");
+        drop(download);
+        assert!(paces.get(&d).is_some(), "the peer stream holds it");
+        drop(tail);
+        assert!(paces.get(&d).is_none());
+        assert!(paces.listing.is_empty(), "nothing left behind");
+        // Listed again when asked again.
+        let again = paces.of(&d);
+        assert!(paces.get(&d).is_some());
+        drop(again);
+        assert!(paces.listing.is_empty());
+    }
+
+    #[test]
+    fn the_relay_pointed_to_is_the_least_pointed_then_the_furthest_ahead() {
+        let pace = Pace::default();
+        let (a, b, c) = (PeerId::of("a:1"), PeerId::of("b:1"), PeerId::of("c:1"));
+        let ta = pace.tail(0, a, Counted::default());
+        let _tb = pace.tail(0, b, Counted::default());
+        let _tc = pace.tail(0, c, Counted::default());
+        ta.advance(10);
+        assert_eq!(pace.pick(|_| true), Some(a), "furthest ahead");
+        assert_ne!(pace.pick(|_| true), Some(a), "pointed to once already");
+        assert_eq!(pace.pick(|p| p == c), Some(c), "only the eligible");
+        assert_eq!(pace.pick(|_| false), None);
+        assert_eq!(pace.children(), 3);
     }
 
     #[test]

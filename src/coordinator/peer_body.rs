@@ -212,6 +212,7 @@ mod tests {
             probe_interval: Duration::from_secs(1),
             dns_interval: Duration::from_secs(5),
             peer_timeout: Duration::from_secs(2),
+            fanout: 4,
             https: false,
             cert_dir: None,
         };

@@ -55,7 +55,12 @@ pub(super) async fn open<'a>(
         digest: &flight.digest,
     };
     let (name, resp) = match ask_owner(coordinator, flight, ask, owner, 0).await {
-        Asked::Answered(resp) => (owner.to_string(), resp),
+        Asked::Answered { from, resp } => {
+            if from != owner {
+                flight.now_from(&from);
+            }
+            (from, resp)
+        }
         Asked::Elsewhere => return Ok(None),
         // The owner's upstream said 404 for the only registry the blob may
         // come from: that is the answer (with several candidates, the

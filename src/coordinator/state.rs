@@ -46,6 +46,8 @@ pub struct Coordinator {
     pub(super) shared: Option<Arc<crate::shared::Shared>>,
     /// The replicas that share fetches, if configured.
     pub(super) cluster: Option<Arc<Cluster>>,
+    /// The peers each blob is being sent to (see `pace.rs`, `tree.rs`).
+    pub(super) paces: super::pace::Paces,
 }
 
 /// How fetches behave, from the config.
@@ -103,6 +105,7 @@ impl Coordinator {
             absent: absent::Absent::new(absent_ttl),
             max_blob_size,
             hot,
+            paces: Default::default(),
         })
     }
 

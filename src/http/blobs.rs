@@ -85,6 +85,16 @@ pub async fn get(
             .header(CONTENT_RANGE, format!("bytes */{size}"))
             .header(CONTENT_LENGTH, 0)
             .body(response::empty()),
+        // Peers only (signed with the rest of the answer).
+        BlobAnswer::Relay { to } => unverified()
+            .status(StatusCode::TEMPORARY_REDIRECT)
+            .header(crate::cluster::tree::RELAY, to)
+            .header(CONTENT_LENGTH, 0)
+            .body(response::empty()),
+        BlobAnswer::NotHere => unverified()
+            .status(StatusCode::MISDIRECTED_REQUEST)
+            .header(CONTENT_LENGTH, 0)
+            .body(response::empty()),
     };
     Ok((response.expect("valid headers"), cache))
 }

@@ -122,7 +122,7 @@ fn downloads(app: &Arc<App>, h: &mut String) {
         return;
     }
     h.push_str(
-        "<table><tr><th>blob</th><th>repository</th><th>progress</th><th></th><th>rate, ETA</th><th>clients</th><th>from</th><th>running</th></tr>\n",
+        "<table><tr><th>blob</th><th>repository</th><th>progress</th><th></th><th>rate, ETA</th><th>clients</th><th>from</th><th>sent to</th><th>running</th></tr>\n",
     );
     for f in flights {
         let (done, total, state) = match f.progress() {
@@ -144,17 +144,23 @@ fn downloads(app: &Arc<App>, h: &mut String) {
         };
         let _ = writeln!(
             h,
-            "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{} of {} ({state})</td><td><div class=\"bar\"><i style=\"width:{width}%\"></i></div></td><td>{}/s{eta}</td><td>{}</td><td>{}</td><td>{:.1} s</td></tr>",
+            "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{} of {} ({state})</td><td><div class=\"bar\"><i style=\"width:{width}%\"></i></div></td><td>{}/s{eta}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1} s</td></tr>",
             escape(&short(&f.digest.to_string())),
             escape(&f.repo),
             size(done),
             total.map_or("?".to_string(), size),
             size(rate as u64),
             f.readers(),
-            escape(&match &f.via_peer {
-                Some(p) => format!("peer {p}"),
-                None => "upstream".to_string(),
+            escape(&match (f.source(), &f.via_peer) {
+                (Some(s), Some(owner)) if s == *owner => format!("owner {s}"),
+                (Some(s), _) => format!("relay {s}"),
+                (None, _) => "upstream".to_string(),
             }),
+            match f.peers_sent_to() {
+                0 => String::new(),
+                1 => "1 peer".to_string(),
+                n => format!("{n} peers"),
+            },
             f.started.elapsed().as_secs_f64(),
         );
     }

@@ -71,6 +71,15 @@ pub struct ClusterMetrics {
     /// Peers a download stopped waiting for: they did not come within half
     /// its lead within `peerTimeout`.
     pub peers_let_go: Counter,
+    /// Blob bytes sent to peers (as owner or relay).
+    pub peer_bytes_sent: Counter,
+    /// Blob streams to peers open now.
+    pub peer_streams: Gauge,
+    /// Peer requests this replica pointed to a relay (it sent the blob to
+    /// `fanout` peers already).
+    pub pointed: Counter,
+    /// Fills this replica took from a relay it was pointed to.
+    pub relayed: Counter,
 }
 
 impl ClusterMetrics {
@@ -134,6 +143,26 @@ impl ClusterMetrics {
             "cluster_peers_let_go",
             "Peers an upstream download stopped waiting for (not within half its lead within peerTimeout)",
             self.peers_let_go.clone(),
+        );
+        registry.register(
+            "cluster_peer_bytes_sent",
+            "Blob bytes sent to cluster peers (as the owner or a relay)",
+            self.peer_bytes_sent.clone(),
+        );
+        registry.register(
+            "cluster_peer_streams",
+            "Blob streams to cluster peers open now (as the owner or a relay)",
+            self.peer_streams.clone(),
+        );
+        registry.register(
+            "cluster_pointed",
+            "Peer requests pointed to a relay (the blob was sent to fanout peers already)",
+            self.pointed.clone(),
+        );
+        registry.register(
+            "cluster_relayed",
+            "Fills taken from a relay this replica was pointed to",
+            self.relayed.clone(),
         );
         registry.register(
             "cluster_peers_live",

@@ -13,6 +13,7 @@ mod not_found;
 mod routing;
 mod silence;
 mod tls;
+mod tree;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -43,6 +44,7 @@ fn cluster_config(peers: &[String], me: &str, probe: Duration) -> ClusterConfig 
         probe_interval: probe,
         dns_interval: Duration::from_secs(60),
         peer_timeout: ferry::config::PEER_TIMEOUT,
+        fanout: ferry::config::FANOUT,
         https: false,
         cert_dir: None,
     }
@@ -449,6 +451,7 @@ async fn peers_from_dns_and_this_replica_found_among_them() {
         probe_interval: Duration::from_millis(100),
         dns_interval: Duration::from_millis(100),
         peer_timeout: ferry::config::PEER_TIMEOUT,
+        fanout: ferry::config::FANOUT,
         https: false,
         cert_dir: None,
     };

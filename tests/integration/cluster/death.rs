@@ -10,14 +10,18 @@ use std::sync::Arc;
 /// A replica in its own runtime on its own thread, so that it can die as
 /// a killed process does: every task and socket dropped at once, mid-write,
 /// with no graceful shutdown.
-struct Doomed {
-    app: Arc<ferry::App>,
+pub(super) struct Doomed {
+    pub(super) app: Arc<ferry::App>,
     kill: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Doomed {
-    async fn start(upstream: String, addr: SocketAddr, cluster: ClusterConfig) -> Doomed {
+    pub(super) async fn start(
+        upstream: String,
+        addr: SocketAddr,
+        cluster: ClusterConfig,
+    ) -> Doomed {
         let (ready, started) = tokio::sync::oneshot::channel();
         let (kill, killed) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -42,7 +46,7 @@ impl Doomed {
         }
     }
 
-    async fn kill(mut self) {
+    pub(super) async fn kill(mut self) {
         let _ = self.kill.take().unwrap().send(());
         let thread = self.thread.take().unwrap();
         tokio::task::spawn_blocking(move || thread.join().unwrap())
@@ -204,10 +208,14 @@ async fn the_next_owner_takes_what_a_replica_ahead_has_before_the_upstream() {
     all_live(&replicas, 2).await;
     let (b_replica, c_replica) = (&replicas[0], &replicas[1]);
     let urls = [b_replica, c_replica].map(|r| r.url(&format!("/v2/x/blobs/{d}")));
-    let clients: Vec<_> = urls
-        .into_iter()
-        .map(|url| tokio::spawn(async move { get(&url).await }))
-        .collect();
+    // B first, so that it is receiving the blob when C's transfer breaks
+    // and C looks for the next owner (one that is not receiving it is not
+    // handed the blob).
+    let mut clients = Vec::new();
+    for url in urls {
+        clients.push(tokio::spawn(async move { get(&url).await }));
+        until(|| b_replica.app.metrics.cluster.peer_bytes.get() == behind).await;
+    }
     for c in clients {
         let w = within(c).await.unwrap();
         assert_eq!(w.status, StatusCode::OK);
