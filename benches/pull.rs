@@ -20,6 +20,10 @@
 //!    and without `ferry.cluster`: first byte, total, upstream bytes, and
 //!    the bytes replicas received from peers (the owner's egress); the
 //!    direct column is 16 clients straight at the upstream.
+//! 10. the fleet (`support/fleet.rs`): 24 cold clients over 12 replicas
+//!     with the fan-out tree and without it (the owner sends N-1 copies),
+//!     beside 3 replicas, and the tree with a relay killed: the most one
+//!     replica sends to peers, upstream bytes, first byte and total.
 //!
 //! Knobs (environment): `FERRY_BENCH_SIZE_MIB` (1024),
 //! `FERRY_BENCH_RATE_MBPS` (128, per connection), `FERRY_BENCH_CLIENTS`
@@ -39,6 +43,9 @@ mod harness;
 
 #[path = "support/cluster.rs"]
 mod cluster;
+
+#[path = "support/fleet.rs"]
+mod fleet;
 
 use std::time::Duration;
 
@@ -198,6 +205,9 @@ async fn main() {
     if opts.runs(9) {
         scenario_cluster(&bench, &mut table).await;
     }
+    if opts.runs(10) {
+        fleet::scenario_fleet(&bench, &mut table).await;
+    }
     table.finish(&opts);
 }
 
@@ -223,7 +233,8 @@ async fn scenario_cluster(bench: &Bench, table: &mut Table) {
         (false, "3 replicas, no cluster"),
         (true, "3 replicas, cluster"),
     ] {
-        let replicas = cluster::start_replicas(&bench.upstream.url(), 3, clustered).await;
+        let fanout = clustered.then_some(ferry::config::FANOUT);
+        let replicas = cluster::start_replicas(&bench.upstream.url(), 3, fanout).await;
         let digest = bench.new_blob();
         let urls: Vec<String> = (0..CLIENTS)
             .map(|i| replicas[i % replicas.len()].blob_url(&digest))
@@ -249,7 +260,7 @@ async fn scenario_cluster(bench: &Bench, table: &mut Table) {
     }
 }
 
-fn record(table: &mut Table, t: &Target, label: &str, pulls: &[Pull]) {
+pub(crate) fn record(table: &mut Table, t: &Target, label: &str, pulls: &[Pull]) {
     let fb: Vec<f64> = pulls.iter().map(|p| ms(p.first_byte)).collect();
     let tot: Vec<f64> = pulls.iter().map(|p| p.total.as_secs_f64()).collect();
     let n = pulls.len();

@@ -1,14 +1,16 @@
-//! The cluster scenario's parts: three ferry children on loopback, with or
-//! without `ferry.cluster`, and clients spread over them as a round-robin
-//! balancer would spread them.
+//! The cluster scenarios' parts: ferry children on loopback, with or
+//! without `ferry.cluster` (and its `fanout`), and clients spread over them
+//! as a round-robin balancer would spread them.
 
 use std::time::Duration;
 
 use super::harness::{free_addr, launch, Mirror};
 
-/// `n` ferry replicas of `upstream`; with `clustered`, one cluster whose
-/// members all see each other before this returns.
-pub async fn start_replicas(upstream: &str, n: usize, clustered: bool) -> Vec<Mirror> {
+/// `n` ferry replicas of `upstream`; with a `fanout`, one cluster of that
+/// `ferry.cluster.fanout` whose members all see each other before this
+/// returns.
+pub async fn start_replicas(upstream: &str, n: usize, fanout: Option<usize>) -> Vec<Mirror> {
+    let clustered = fanout.is_some();
     let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
     let mut replicas = Vec::new();
     for addr in &addrs {
@@ -23,7 +25,8 @@ pub async fn start_replicas(upstream: &str, n: usize, clustered: bool) -> Vec<Mi
         });
         if clustered {
             config["ferry"] = serde_json::json!({"cluster": {
-                "peers": addrs, "self": addr, "secretFile": secret, "probeInterval": "200ms"
+                "peers": addrs, "self": addr, "secretFile": secret, "probeInterval": "200ms",
+                "fanout": fanout
             }});
         }
         let file = dir.path().join("ferry.json");
@@ -33,7 +36,7 @@ pub async fn start_replicas(upstream: &str, n: usize, clustered: bool) -> Vec<Mi
     }
     if clustered {
         for r in &replicas {
-            for _ in 0..200 {
+            for _ in 0..800 {
                 if metric(r, "ferry_cluster_peers_live").await == (n - 1) as u64 {
                     break;
                 }

@@ -282,14 +282,15 @@ impl Cluster {
             (true, Some(d)) => format!("HTTPS (CAs and client certificate from {})", d.display()),
         };
         format!(
-            "cluster: {peers}; self {}; secret set; peers over {tls}; probe every {:?}, peer timeout {:?}, DNS every {:?}\n",
+            "cluster: {peers}; self {}; secret set; peers over {tls}; probe every {:?}, peer timeout {:?}, DNS every {:?}; a blob sent to at most {} peers at a time\n",
             config
                 .self_addr
                 .as_deref()
                 .unwrap_or("(found by listen address)"),
             config.probe_interval,
             config.peer_timeout,
-            config.dns_interval
+            config.dns_interval,
+            config.fanout
         )
     }
 }

@@ -78,7 +78,10 @@ pub(super) async fn ask_owner(
     let mut hops = Hops::default();
     loop {
         let reply = ask_one(coordinator, flight, ask, &peer, from, hops).await;
+        // A relay that did not serve it, or a pointer to one this replica
+        // cannot use (left out here, or itself): the owner serves it.
         let relay_failed = peer != owner && !matches!(reply, Reply::Asked(Asked::Answered { .. }));
+        let unusable = matches!(reply, Reply::Pointed(_));
         match reply {
             Reply::Pointed(to)
                 if tree::may_point_on(hops)
@@ -90,11 +93,9 @@ pub(super) async fn ask_owner(
                 peer = to;
                 coordinator.metrics.cluster.relayed.inc();
             }
-            // The relay did not serve it (or pointed on too far): the owner
-            // serves it itself.
-            _ if relay_failed && !hops.direct => {
+            _ if (relay_failed || unusable) && !hops.direct => {
                 tracing::info!(digest = %flight.digest, relay = %peer, owner,
-                    "the relay did not serve the blob; asking its owner directly");
+                    "the relay did not serve the blob, or cannot be asked; asking its owner directly");
                 peer = owner.to_string();
                 hops.direct = true;
             }
