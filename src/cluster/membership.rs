@@ -38,6 +38,8 @@ pub struct PeerState {
     /// The registries it routes differently from this replica (by its
     /// last probe's fingerprints): it is out of the ring for those.
     pub routes_differ: BTreeSet<String>,
+    /// Its zone, as its last probe said (`ferry.cluster.zone`).
+    pub zone: Option<String>,
 }
 
 impl PeerState {
@@ -49,6 +51,7 @@ impl PeerState {
             failures: 0,
             out_until: None,
             routes_differ: BTreeSet::new(),
+            zone: None,
         }
     }
 }
@@ -203,6 +206,20 @@ impl Members {
         drop(peers);
         self.changed();
         true
+    }
+
+    /// Records the zone `addr` sent with its readiness.
+    pub fn set_zone(&self, addr: &str, zone: Option<String>) {
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = peers.iter_mut().find(|p| p.addr == addr) {
+            p.zone = zone;
+        }
+    }
+
+    /// The zone of `addr`, as it last said.
+    pub fn zone_of(&self, addr: &str) -> Option<String> {
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        peers.iter().find(|p| p.addr == addr)?.zone.clone()
     }
 
     /// Every other peer with its state.

@@ -41,9 +41,10 @@ impl Cluster {
                 }
                 // A peer that sent no fingerprints (an older ferry) is taken
                 // as routing alike.
-                if let Some(theirs) = answer {
+                if let Some((theirs, zone)) = answer {
                     let theirs = theirs.unwrap_or_else(|| self.routing.clone());
                     self.compare_routing(&p.addr, &theirs);
+                    self.members.set_zone(&p.addr, zone);
                 }
             }
             live.set(self.members.live().len() as i64);
@@ -83,8 +84,8 @@ impl Cluster {
     }
 
     /// Whether `peer` answers `/readyz` with 200 in time (`None` if not),
-    /// with the routing fingerprints it sent, if any.
-    async fn probe(&self, peer: &str) -> Option<Option<Fingerprints>> {
+    /// with the routing fingerprints and the zone it sent, if any.
+    async fn probe(&self, peer: &str) -> Option<(Option<Fingerprints>, Option<String>)> {
         let req = Request::get(format!("{}://{peer}/readyz", self.scheme))
             .body(Empty::new())
             .ok()?;
@@ -94,12 +95,12 @@ impl Cluster {
         let timeout = self.config.peer_timeout;
         let answer = tokio::time::timeout(timeout, self.client.request(req)).await;
         match answer {
-            Ok(Ok(r)) if r.status().is_success() => Some(
-                r.headers()
-                    .get(fingerprint::HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(Fingerprints::decode),
-            ),
+            Ok(Ok(r)) if r.status().is_success() => {
+                let header = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok());
+                let routing = header(fingerprint::HEADER).and_then(Fingerprints::decode);
+                let zone = header(super::tree::ZONE).map(str::to_string);
+                Some((routing, zone))
+            }
             _ => None,
         }
     }

@@ -198,6 +198,27 @@ impl Cluster {
         answer.insert(signature::ANSWER, value);
     }
 
+    /// This replica's zone (`zone`), if it has one.
+    pub fn zone(&self) -> Option<&str> {
+        self.config.zone.as_deref()
+    }
+
+    /// The zone `peer` said it is in, if any.
+    pub fn zone_of(&self, peer: &str) -> Option<String> {
+        self.members.zone_of(peer)
+    }
+
+    /// The zone of the peer `id` (see [`crate::routing::PeerId`]), if it
+    /// said one.
+    pub fn zone_of_id(&self, id: crate::routing::PeerId) -> Option<String> {
+        let peer = self
+            .members
+            .peers()
+            .into_iter()
+            .find(|p| crate::routing::PeerId::of(&p.addr) == id)?;
+        peer.zone
+    }
+
     /// How many peers this replica sends one blob to at a time (`fanout`).
     pub fn fanout(&self) -> usize {
         self.config.fanout
@@ -282,7 +303,7 @@ impl Cluster {
             (true, Some(d)) => format!("HTTPS (CAs and client certificate from {})", d.display()),
         };
         format!(
-            "cluster: {peers}; self {}; secret set; peers over {tls}; probe every {:?}, peer timeout {:?}, DNS every {:?}; a blob sent to at most {} peers at a time\n",
+            "cluster: {peers}; self {}; secret set; peers over {tls}; probe every {:?}, peer timeout {:?}, DNS every {:?}; a blob sent to at most {} peers at a time{}\n",
             config
                 .self_addr
                 .as_deref()
@@ -290,7 +311,11 @@ impl Cluster {
             config.probe_interval,
             config.peer_timeout,
             config.dns_interval,
-            config.fanout
+            config.fanout,
+            match &config.zone {
+                Some(z) => format!("; zone {z}"),
+                None => String::new(),
+            }
         )
     }
 }

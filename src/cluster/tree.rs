@@ -23,6 +23,10 @@ pub const HOPS: &str = "ferry-peer-hops";
 /// instead. Signed with the rest of the answer.
 pub const RELAY: &str = "ferry-peer-relay";
 
+/// In a replica's `/readyz` answer: its zone (`ferry.cluster.zone`); a
+/// blob's tree prefers relays in the asker's zone.
+pub const ZONE: &str = "ferry-zone";
+
 /// A request is pointed on at most this many times: a tree of `fanout`
 /// 4 holds 4^8 = 65,536 replicas below the owner.
 pub const MAX_DEPTH: u8 = MAX_HOPS as u8;

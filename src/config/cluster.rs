@@ -50,6 +50,9 @@ pub struct ClusterSection {
     /// How many peers one replica sends a blob to at a time (4); further
     /// askers are pointed to one of those, which relays it.
     pub fanout: Option<usize>,
+    /// This replica's zone (rack, availability zone): a blob's tree
+    /// prefers relays in the asker's zone.
+    pub zone: Option<String>,
     /// With `http.tls`: Docker's `certs.d` layout for talking to peers:
     /// `*.crt` CAs their certificates are checked against, a `*.cert`
     /// with its `*.key` shown to them (for a `cacert` listener).
@@ -78,6 +81,8 @@ pub struct ClusterConfig {
     pub peer_timeout: Duration,
     /// How many peers one replica sends a blob to at a time (`fanout`).
     pub fanout: usize,
+    /// This replica's zone (`zone`), sent to peers with its readiness.
+    pub zone: Option<String>,
     /// Peers are asked over HTTPS (this replica's listener speaks TLS, and
     /// so do theirs).
     pub https: bool,
@@ -157,8 +162,22 @@ impl ClusterSection {
             dns_interval: dur("dnsInterval", &self.dns_interval, Duration::from_secs(5))?,
             peer_timeout: dur("peerTimeout", &self.peer_timeout, PEER_TIMEOUT)?,
             fanout: self.fanout.unwrap_or(FANOUT),
+            zone: match &self.zone {
+                Some(z) => Some(check_zone(z).map_err(|m| err(format!("zone {z:?}: {m}")))?),
+                None => None,
+            },
         })
     }
+}
+
+/// A zone name: 1 to 63 letters, digits, `.`, `_` and `-` (what
+/// Kubernetes' topology labels hold).
+fn check_zone(z: &str) -> Result<String, String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if z.is_empty() || z.len() > 63 || !z.chars().all(ok) {
+        return Err("expected 1 to 63 letters, digits, '.', '_' or '-'".into());
+    }
+    Ok(z.to_string())
 }
 
 /// `host:port` with a port.
@@ -216,5 +235,21 @@ mod tests {
         // With peers from DNS, where this replica is found at run time.
         let dns = section(r#"{"dns": "ferry-peers", "port": 5000, "self": "c:5000"}"#);
         assert!(dns.resolve(secret(), false).is_ok());
+    }
+
+    #[test]
+    fn a_fanout_defaults_and_a_zone_is_a_label() {
+        let secret = || Some("0123456789abcdef".to_string());
+        let c = section(r#"{"peers": ["a:1"]}"#).resolve(secret(), false);
+        let c = c.unwrap();
+        assert_eq!((c.fanout, c.zone), (FANOUT, None));
+        let c = section(r#"{"peers": ["a:1"], "fanout": 2, "zone": "eu-west-1a"}"#);
+        let c = c.resolve(secret(), false).unwrap();
+        assert_eq!((c.fanout, c.zone.as_deref()), (2, Some("eu-west-1a")));
+        for bad in ["", "a b", "zone/1", &"z".repeat(64)] {
+            let json = serde_json::json!({"peers": ["a:1"], "zone": bad}).to_string();
+            let e = section(&json).resolve(secret(), false).unwrap_err().0;
+            assert!(e.contains("zone"), "{bad:?}: {e}");
+        }
     }
 }

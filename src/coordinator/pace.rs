@@ -182,16 +182,25 @@ impl Pace {
     }
 
     /// The peer to point one more asker to: among the peers the blob is
-    /// sent to, one that `eligible` accepts, pointed to the fewest times,
-    /// then furthest ahead. Counts the pointer.
-    pub fn pick(&self, eligible: impl Fn(PeerId) -> bool) -> Option<PeerId> {
+    /// sent to, one that `eligible` accepts; one that `near` accepts (the
+    /// asker's zone) before any other, then the one pointed to the fewest
+    /// times, then the one furthest ahead. Counts the pointer.
+    pub fn pick(
+        &self,
+        eligible: impl Fn(PeerId) -> bool,
+        near: impl Fn(PeerId) -> bool,
+    ) -> Option<PeerId> {
         let tails = self.lock();
         let best = tails
             .iter()
             .filter(|t| !t.let_go.load(Ordering::Relaxed) && eligible(t.peer))
             .min_by_key(|t| {
                 let pointed = t.pointed.load(Ordering::Relaxed);
-                (pointed, u64::MAX - t.pos.load(Ordering::Relaxed))
+                (
+                    !near(t.peer),
+                    pointed,
+                    u64::MAX - t.pos.load(Ordering::Relaxed),
+                )
             })?;
         best.pointed.fetch_add(1, Ordering::Relaxed);
         Some(best.peer)
@@ -463,11 +472,21 @@ mod tests {
         let _tb = pace.tail(0, b, Counted::default());
         let _tc = pace.tail(0, c, Counted::default());
         ta.advance(10);
-        assert_eq!(pace.pick(|_| true), Some(a), "furthest ahead");
-        assert_ne!(pace.pick(|_| true), Some(a), "pointed to once already");
-        assert_eq!(pace.pick(|p| p == c), Some(c), "only the eligible");
-        assert_eq!(pace.pick(|_| false), None);
+        assert_eq!(pace.pick(|_| true, |_| false), Some(a), "furthest ahead");
+        assert_ne!(
+            pace.pick(|_| true, |_| false),
+            Some(a),
+            "pointed to once already"
+        );
+        assert_eq!(
+            pace.pick(|p| p == c, |_| false),
+            Some(c),
+            "only the eligible"
+        );
+        assert_eq!(pace.pick(|_| false, |_| true), None);
         assert_eq!(pace.children(), 3);
+        // One in the asker's zone goes first, however often pointed to.
+        assert_eq!(pace.pick(|_| true, |p| p == a), Some(a));
     }
 
     #[test]

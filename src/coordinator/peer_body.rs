@@ -213,6 +213,7 @@ mod tests {
             dns_interval: Duration::from_secs(5),
             peer_timeout: Duration::from_secs(2),
             fanout: 4,
+            zone: None,
             https: false,
             cert_dir: None,
         };

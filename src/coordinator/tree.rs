@@ -78,8 +78,18 @@ impl Coordinator {
         };
         let eligible =
             |p: PeerId| p != from && !hops.passed(p) && live.iter().any(|(id, _)| *id == p);
+        // Relays in the asker's zone first (`ferry.cluster.zone`).
+        let zone = cluster.zone_of_id(from);
+        let near: Vec<PeerId> = match &zone {
+            Some(z) => live
+                .iter()
+                .filter(|(_, name)| cluster.zone_of(name).as_ref() == Some(z))
+                .map(|(id, _)| *id)
+                .collect(),
+            None => Vec::new(),
+        };
         let to = pace
-            .pick(eligible)
+            .pick(eligible, |p| near.contains(&p))
             .and_then(|chosen| live.into_iter().find(|(id, _)| *id == chosen));
         match to {
             Some((_, to)) => {

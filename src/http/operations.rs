@@ -43,6 +43,10 @@ pub(super) async fn answer(app: &Arc<App>, path: &str, role: Role) -> Option<Res
                             r.headers_mut()
                                 .insert(crate::routing::fingerprint::HEADER, v);
                         }
+                        if let Some(v) = c.zone().and_then(|z| http::HeaderValue::from_str(z).ok())
+                        {
+                            r.headers_mut().insert(crate::cluster::tree::ZONE, v);
+                        }
                         r
                     }
                     None => text(StatusCode::OK, "ready\n".into(), "text/plain"),

@@ -175,13 +175,15 @@ fn peers(app: &Arc<App>, h: &mut String) {
     let m = &app.metrics.cluster;
     let _ = writeln!(
         h,
-        "<h2>Cluster peers</h2>\n<p class=\"sub\">this replica: <code>{}</code> · {} from peers · {} peer requests answered, {} sent</p>",
+        "<h2>Cluster peers</h2>\n<p class=\"sub\">this replica: <code>{}</code>{} · {} from peers, {} to peers · {} peer requests answered, {} sent</p>",
         escape(c.me().as_deref().unwrap_or("not among the peers")),
+        c.zone().map(|z| format!(" in zone {}", escape(z))).unwrap_or_default(),
         size(m.peer_bytes.get()),
+        size(m.peer_bytes_sent.get()),
         m.requests_in.get(),
         m.requests_out.get(),
     );
-    h.push_str("<table><tr><th>peer</th><th>state</th></tr>\n");
+    h.push_str("<table><tr><th>peer</th><th>zone</th><th>state</th></tr>\n");
     for p in c.peers() {
         let mut state = match (p.live, p.reason) {
             (true, _) => "<span class=\"ok\">ready</span>".to_string(),
@@ -200,8 +202,9 @@ fn peers(app: &Arc<App>, h: &mut String) {
         }
         let _ = writeln!(
             h,
-            "<tr><td><code>{}</code></td><td>{state}</td></tr>",
-            escape(&p.addr)
+            "<tr><td><code>{}</code></td><td>{}</td><td>{state}</td></tr>",
+            escape(&p.addr),
+            escape(p.zone.as_deref().unwrap_or("")),
         );
     }
     h.push_str("</table>\n");

@@ -45,6 +45,7 @@ fn cluster_config(peers: &[String], me: &str, probe: Duration) -> ClusterConfig 
         dns_interval: Duration::from_secs(60),
         peer_timeout: ferry::config::PEER_TIMEOUT,
         fanout: ferry::config::FANOUT,
+        zone: None,
         https: false,
         cert_dir: None,
     }
@@ -149,7 +150,7 @@ async fn one_cold_blob_is_fetched_upstream_once_for_the_whole_cluster() {
     assert!(page.contains("Cluster peers"), "{page}");
     for r in &replicas[1..] {
         let row = format!(
-            "<tr><td><code>{}</code></td><td><span class=\"ok\">ready",
+            "<tr><td><code>{}</code></td><td></td><td><span class=\"ok\">ready",
             r.addr
         );
         assert!(page.contains(&row), "no ready row for {}", r.addr);
@@ -452,6 +453,7 @@ async fn peers_from_dns_and_this_replica_found_among_them() {
         dns_interval: Duration::from_millis(100),
         peer_timeout: ferry::config::PEER_TIMEOUT,
         fanout: ferry::config::FANOUT,
+        zone: None,
         https: false,
         cert_dir: None,
     };

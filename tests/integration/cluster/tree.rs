@@ -15,6 +15,15 @@ const AT: u64 = 1 << 20;
 /// `n` replicas with `fanout`, and a cold blob owned by the first, whose
 /// upstream download pauses at [`AT`] bytes until the gate opens.
 async fn tree_of(n: usize, fanout: usize) -> (FakeRegistry, Vec<Ferry>, String, Gate) {
+    tree_in_zones(n, fanout, &[]).await
+}
+
+/// [`tree_of`], replica `i` in `zones[i]` (none past the list's end).
+async fn tree_in_zones(
+    n: usize,
+    fanout: usize,
+    zones: &[&str],
+) -> (FakeRegistry, Vec<Ferry>, String, Gate) {
     let up = FakeRegistry::start().await;
     let addrs = free_addrs(n);
     let peers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
@@ -29,6 +38,7 @@ async fn tree_of(n: usize, fanout: usize) -> (FakeRegistry, Vec<Ferry>, String, 
     for (i, addr) in addrs.iter().copied().enumerate() {
         let mut c = cluster_config(&peers, &peers[i], Duration::from_millis(100));
         c.fanout = fanout;
+        c.zone = zones.get(i).map(|z| z.to_string());
         replicas.push(
             Ferry::start_with(&up.url(), move |cfg| {
                 cfg.listen = addr;
@@ -258,4 +268,36 @@ async fn the_children_of_a_relay_that_dies_go_on_from_the_owner() {
     // there on, from the owner: no byte twice. (What the owner counts as
     // sent includes what it handed the dead relay's connection.)
     assert_eq!(child.app.metrics.cluster.peer_bytes.get(), size);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asker_is_pointed_to_a_relay_in_its_own_zone_first() {
+    // The owner feeds two peers: replica 1 (zone a) first, then replica 2
+    // (zone b), both with the first MiB. Replica 3 (zone b) is pointed to
+    // replica 2, though replica 1 comes first otherwise.
+    let zones = ["a", "a", "b", "b"];
+    let (_up, replicas, d, gate) = tree_in_zones(4, 2, &zones).await;
+    let all = apps(&replicas);
+    let mut clients = Vec::new();
+    for (k, r) in replicas[1..3].iter().enumerate() {
+        let url = r.url(&format!("/v2/x/blobs/{d}"));
+        clients.push(tokio::spawn(async move { get(&url).await }));
+        until(|| streams(&all) == k as i64 + 1).await;
+        until(|| r.app.metrics.cluster.peer_bytes.get() == AT).await;
+    }
+    let url = replicas[3].url(&format!("/v2/x/blobs/{d}"));
+    clients.push(tokio::spawn(async move { get(&url).await }));
+    until(|| streams(&all) == 3).await;
+    let streams_of = |i: usize| replicas[i].app.metrics.cluster.peer_streams.get();
+    assert_eq!(
+        (streams_of(1), streams_of(2)),
+        (0, 1),
+        "replica 3 went to replica 2"
+    );
+    gate.open();
+    for c in clients {
+        let w = within(c).await.unwrap();
+        assert_eq!(sha256(&w.body), d);
+    }
+    assert_eq!(replicas[3].app.metrics.cluster.relayed.get(), 1);
 }
