@@ -149,9 +149,18 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             match check_config(&file, probe) {
-                Ok(out) => {
+                Ok((out, failed)) => {
                     // A closed pipe (`| head`) is not an error worth a panic.
                     let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+                    // A failed probe fails the check, so it can gate a
+                    // deployment.
+                    if failed > 0 {
+                        eprintln!(
+                            "ferry: {}: {failed} upstream probe(s) failed",
+                            file.display()
+                        );
+                        return ExitCode::FAILURE;
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -187,9 +196,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// What `ferry check-config` prints, or the first thing `serve` would
-/// refuse: the same loading, the same TLS, htpasswd and certDir checks.
-fn check_config(file: &std::path::Path, probe: bool) -> Result<String, String> {
+/// What `ferry check-config` prints and how many upstream probes failed,
+/// or the first thing `serve` would refuse: the same loading, the same
+/// TLS, htpasswd, certDir and store checks.
+fn check_config(file: &std::path::Path, probe: bool) -> Result<(String, usize), String> {
     let config = Config::load(file, &Overrides::default()).map_err(|e| e.to_string())?;
     if let Some(tls) = &config.tls {
         let certs = ferry::listener::CertStore::load(tls).map_err(|e| e.to_string())?;
@@ -201,6 +211,7 @@ fn check_config(file: &std::path::Path, probe: bool) -> Result<String, String> {
     if let Some(access) = &config.access {
         ferry::access::Access::load(access).map_err(|e| e.to_string())?;
     }
+    ferry::store::check_root(&config.storage_root).map_err(|e| e.to_string())?;
     let router = ferry::routing::Router::new(&config).map_err(|e| e.to_string())?;
     let mut out = format!(
         "{}: valid\nlisten   {}\nstorage  {}\n",
@@ -220,17 +231,22 @@ fn check_config(file: &std::path::Path, probe: bool) -> Result<String, String> {
     out.push_str(&router.describe());
     out.push('\n');
     out.push_str(&ferry::config::client_snippets(&config));
+    let mut failed = 0;
     if probe {
         out.push('\n');
-        out.push_str(&runtime().block_on(probe_upstreams(&router)));
+        let (probed, failures) = runtime().block_on(probe_upstreams(&router));
+        out.push_str(&probed);
+        failed = failures;
     }
-    Ok(out)
+    Ok((out, failed))
 }
 
 /// `GET /v2/` at every URL of every registry, as ferry would send it
-/// (credentials, tokens, TLS and certDir included): what answered.
-async fn probe_upstreams(router: &ferry::routing::Router) -> String {
+/// (credentials, tokens, TLS and certDir included): what answered, and how
+/// many did not answer as a registry does (200, or 401 with a challenge).
+async fn probe_upstreams(router: &ferry::routing::Router) -> (String, usize) {
     let mut out = String::from("probe\n");
+    let mut failed = 0;
     for r in router.registries() {
         for url in &r.config.urls {
             let one = ferry::upstream::Upstream::for_registry(
@@ -243,12 +259,19 @@ async fn probe_upstreams(router: &ferry::routing::Router) -> String {
                 Default::default(),
             );
             let line = match one {
-                Err(e) => format!("cannot build a client: {e}"),
+                Err(e) => {
+                    failed += 1;
+                    format!("cannot build a client: {e}")
+                }
                 Ok(up) => {
                     let started = std::time::Instant::now();
                     let asked = up.request_now(http::Method::GET, "/v2/", http::HeaderMap::new());
                     match tokio::time::timeout(std::time::Duration::from_secs(15), asked).await {
                         Ok(Ok(resp)) => {
+                            let status = resp.status();
+                            if !(status.is_success() || status == http::StatusCode::UNAUTHORIZED) {
+                                failed += 1;
+                            }
                             let challenge = resp
                                 .headers()
                                 .get(http::header::WWW_AUTHENTICATE)
@@ -261,8 +284,14 @@ async fn probe_upstreams(router: &ferry::routing::Router) -> String {
                                 started.elapsed().as_millis()
                             )
                         }
-                        Ok(Err(e)) => format!("no answer: {e}"),
-                        Err(_) => "no answer within 15 s".to_string(),
+                        Ok(Err(e)) => {
+                            failed += 1;
+                            format!("no answer: {e}")
+                        }
+                        Err(_) => {
+                            failed += 1;
+                            "no answer within 15 s".to_string()
+                        }
                     }
                 }
             };
@@ -272,7 +301,7 @@ async fn probe_upstreams(router: &ferry::routing::Router) -> String {
             ));
         }
     }
-    out
+    (out, failed)
 }
 
 /// Loads the config and starts logging, or says why not (exit code 2).

@@ -15,7 +15,7 @@ mod removals;
 mod temp;
 
 pub use contents::{Entry, Kind};
-pub use fs::{FsStore, RecoveryReport, TagRecord};
+pub use fs::{check_root, FsStore, RecoveryReport, TagRecord};
 pub use temp::{Mismatch, TempBlob, VerifiedBlob};
 
 /// Runs a blocking store operation off the async runtime.

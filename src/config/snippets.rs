@@ -43,11 +43,17 @@ pub fn client_snippets(c: &Config) -> String {
             // podman refuses a port inside a path component.
             (None, false, true) => None,
         };
+        // Podman falls back to the registry itself when ferry is down: a
+        // plain-HTTP registry needs `insecure` on its own entry too.
+        let plain_upstream = !docker_hub
+            && r.mirror_of.is_none()
+            && r.urls[0].scheme() == Some(&http::uri::Scheme::HTTP);
         match mirror {
             Some(m) => {
                 let _ = writeln!(
                     out,
-                    "  podman: /etc/containers/registries.conf\n    [[registry]]\n    prefix = \"{name}\"\n    location = \"{name}\"\n    [[registry.mirror]]\n    location = \"{m}\"{}",
+                    "  podman: /etc/containers/registries.conf\n    [[registry]]\n    prefix = \"{name}\"\n    location = \"{name}\"{}\n    [[registry.mirror]]\n    location = \"{m}\"{}",
+                    if plain_upstream { "\n    insecure = true" } else { "" },
                     if insecure { "\n    insecure = true" } else { "" }
                 );
             }
@@ -101,6 +107,21 @@ mod tests {
             1,
             "Docker mirrors Docker Hub only"
         );
+    }
+
+    #[test]
+    fn a_plain_http_registry_is_insecure_for_podmans_fallback_too() {
+        let text = r#"{"http": {"address": "127.0.0.1", "port": "5000"},
+            "extensions": {"sync": {"registries": [
+              {"urls": ["http://registry.local"]},
+              {"urls": ["https://ghcr.io"]}
+            ]}}}"#;
+        let c = Config::resolve(FileConfig::parse(text).unwrap(), &Overrides::default()).unwrap();
+        let s = client_snippets(&c);
+        let entry = "[[registry]]\n    prefix = \"registry.local\"\n    location = \"registry.local\"\n    insecure = true\n    [[registry.mirror]]\n    location = \"127.0.0.1:5000/registry.local\"\n    insecure = true";
+        assert!(s.contains(entry), "{s}");
+        let https = "location = \"ghcr.io\"\n    [[registry.mirror]]";
+        assert!(s.contains(https), "an HTTPS registry stays secure: {s}");
     }
 
     #[test]

@@ -61,6 +61,34 @@ pub struct TagRecord {
 /// The store's directories (see docs/internals.md for what each holds).
 const STORE_DIRS: [&str; 4] = ["blobs", "manifests", "repositories", "tmp"];
 
+/// Whether [`FsStore::open`] could create and write the store at `root`,
+/// without creating it: `root` is a directory this process can write in,
+/// or the nearest directory above it that exists is one it can create a
+/// directory in (tried with a directory made and removed at once).
+/// `ferry check-config` refuses what `serve` would refuse.
+pub fn check_root(root: &std::path::Path) -> io::Result<()> {
+    let mut at = root;
+    let existing = loop {
+        match fs::metadata(at) {
+            Ok(m) if m.is_dir() => break at,
+            Ok(_) => {
+                let e = io::Error::new(io::ErrorKind::AlreadyExists, "not a directory");
+                return Err(annotate(e, "cannot create store directory", at));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match at.parent() {
+                Some(up) if !up.as_os_str().is_empty() => at = up,
+                _ => break std::path::Path::new("."),
+            },
+            Err(e) => return Err(annotate(e, "cannot read", at)),
+        }
+    };
+    let probe = existing.join(format!(".ferry-check-{}", std::process::id()));
+    fs::create_dir(&probe)
+        .map_err(|e| annotate(e, "cannot create store directory", &root.join("blobs")))?;
+    let _ = fs::remove_dir(&probe);
+    Ok(())
+}
+
 impl FsStore {
     /// Opens (creating) the store at `root`, removes what a crashed run left
     /// in `tmp/`, and checks that every directory can be written: a store

@@ -38,6 +38,35 @@ fn tls_files_that_do_not_exist_are_refused_as_serve_refuses_them() {
 }
 
 #[test]
+fn a_store_serve_could_not_create_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "proc.json",
+        r#"{"storage": {"rootDirectory": "/proc/ferry"}}"#,
+    );
+    let (code, _, err) = check(&[&f]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cannot create store directory /proc/ferry"),
+        "{err}"
+    );
+    // One that can be created is fine, and is not created by the check.
+    let fresh = dir.path().join("a/b/store");
+    let text = format!(
+        r#"{{"storage": {{"rootDirectory": "{}"}}}}"#,
+        fresh.display()
+    );
+    let f = write(&dir, "fresh.json", &text);
+    let (code, _, err) = check(&[&f]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !dir.path().join("a").exists(),
+        "the check created the store"
+    );
+}
+
+#[test]
 fn a_missing_htpasswd_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let f = write(
@@ -111,7 +140,9 @@ async fn probe_says_what_answered_and_snippets_are_printed() {
     let (code, out, err) = tokio::task::spawn_blocking(move || check(&["--probe", &f]))
         .await
         .unwrap();
-    assert_eq!(code, 0, "{err}");
+    // One URL did not answer: the check fails, so it can gate a rollout.
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("1 upstream probe(s) failed"), "{err}");
     let probe = out
         .split("probe\n")
         .nth(1)
@@ -126,6 +157,16 @@ async fn probe_says_what_answered_and_snippets_are_printed() {
     );
     assert!(out.contains("client snippets"), "{out}");
     assert!(out.contains("hosts.toml"), "{out}");
+    // Every URL answering as a registry does: it passes.
+    let text = format!(
+        r#"{{"extensions": {{"sync": {{"registries": [{{"urls": ["{}"]}}]}}}}}}"#,
+        up.url()
+    );
+    let f = write(&dir, "good.json", &text);
+    let (code, _, err) = tokio::task::spawn_blocking(move || check(&["--probe", &f]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
 }
 
 #[test]
