@@ -1,6 +1,7 @@
 //! The effective settings as `ferry check-config` prints them: every
-//! duration and size as ferry understood it, with its unit, and `(default)`
-//! beside each value that is the built-in one, so an operator can confirm
+//! duration and size as ferry understood it, with its unit, and
+//! `(= default)` beside each value equal to the built-in one (written in
+//! the file or not: the label compares values), so an operator can confirm
 //! that `"5 min"` or `"10GB"` means what was meant.
 
 use std::fmt::Write as _;
@@ -21,7 +22,11 @@ pub fn settings(c: &Config) -> String {
     let d = Config::defaults(&Overrides::default()).expect("the defaults resolve");
     let mut out = String::from("settings\n");
     let mut line = |key: &str, value: String, default: String| {
-        let mark = if value == default { "  (default)" } else { "" };
+        let mark = if value == default {
+            "  (= default)"
+        } else {
+            ""
+        };
         let _ = writeln!(out, "  {key:32} {value}{mark}");
     };
     let (t, dt) = (&c.timeouts, &d.timeouts);
@@ -188,9 +193,30 @@ mod tests {
                 .to_string()
         };
         assert!(find("ferry.maxSize").contains("9.3 GiB"), "{s}");
-        assert!(!find("ferry.maxSize").contains("(default)"));
+        assert!(!find("ferry.maxSize").contains("(= default)"));
         assert!(find("ferry.connectTimeout").contains("1m 30s"), "{s}");
         assert!(find("registries[0].tagTTL").contains("5m"), "{s}");
-        assert!(find("ferry.idleReadTimeout").ends_with("(default)"), "{s}");
+        assert!(
+            find("ferry.idleReadTimeout").ends_with("(= default)"),
+            "{s}"
+        );
+        // Written in the file and equal to the built-in value: the label
+        // says so, not that the file's value was ignored.
+        assert!(
+            find("registries[0].tagTTL").ends_with("5m  (= default)"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn durations_are_read_as_the_docs_say() {
+        use super::super::parse_duration;
+        let secs = |s: &str| parse_duration(s).unwrap().as_secs();
+        assert_eq!(secs("1h30m"), 5400);
+        assert_eq!(secs("5 minutes"), 300);
+        assert_eq!(secs("1 week"), 7 * 86400);
+        assert_eq!(secs("2h 30min"), 9000);
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5").is_err(), "a unit is required");
     }
 }

@@ -106,7 +106,7 @@ fn config_flag_empty_and_repeated_registries_plain_http_and_units() {
     assert!(line("ferry.maxSize").contains("9.3 GiB"));
     assert!(line("ferry.connectTimeout").contains("1m 30s"));
     assert!(line("registries[0].tagTTL").contains("5m"));
-    assert!(line("ferry.idleReadTimeout").ends_with("(default)"));
+    assert!(line("ferry.idleReadTimeout").ends_with("(= default)"));
 
     let e = write(
         &dir,
