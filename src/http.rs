@@ -188,7 +188,12 @@ pub async fn handle<B>(
         agent = user_agent(req.headers()),
         "request"
     );
-    count_served(response, &m.bytes_served)
+    // Content only: an error's JSON or a redirect is not a byte the cache
+    // served (the status page's "saved" is served less fetched).
+    match response.status().is_success() {
+        true => count_served(response, &m.bytes_served),
+        false => response,
+    }
 }
 
 /// `GET /ferry/peer/lied/<digest>?peer=<host:port>` from a signed peer:

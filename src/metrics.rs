@@ -167,7 +167,8 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub cache: Family<CacheLabels, Counter>,
-    /// Response body bytes announced (Content-Length) to clients.
+    /// Body bytes of successful (2xx) answers, as they are sent to clients
+    /// (error bodies and redirects are not content served).
     pub bytes_served: Counter,
     pub in_flight: Gauge,
     pub stale_served: Counter,
@@ -338,7 +339,7 @@ impl Default for Metrics {
         );
         registry.register(
             "served_bytes",
-            "Response body bytes sent to clients",
+            "Body bytes of successful (2xx) answers sent to clients",
             m.bytes_served.clone(),
         );
         registry.register(

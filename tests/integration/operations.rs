@@ -96,6 +96,35 @@ async fn served_bytes_count_what_was_sent_not_what_was_announced() {
     assert_eq!(ferry.app.metrics.bytes_served.get(), size as u64);
 }
 
+/// An error's body is not content served: a ferry whose upstream is down
+/// showed error JSON as bytes served and "saved".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_answers_are_not_counted_as_served_or_saved() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let ferry = Ferry::start_with(&format!("http://{closed}"), |cfg| {
+        for r in &mut cfg.registries {
+            r.retry.max_retries = 0;
+        }
+    })
+    .await;
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    for path in [
+        format!("/v2/x/blobs/{digest}"),
+        "/v2/x/manifests/latest".to_string(),
+        "/v2/x/../y/tags/list".to_string(),
+    ] {
+        let w = within(get(&ferry.url(&path))).await;
+        assert!(!w.status.is_success(), "{path}: {}", w.status);
+        assert!(!w.body.is_empty(), "{path}: an error with a body");
+    }
+    assert_eq!(ferry.app.metrics.bytes_served.get(), 0);
+    let page = String::from_utf8(within(get(&ferry.url("/"))).await.body.to_vec()).unwrap();
+    assert!(page.contains("(saved 0 B)"), "{page}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_metrics_count_bytes_retries_resumes_and_mismatches_by_registry() {
     let up = FakeRegistry::start().await;
