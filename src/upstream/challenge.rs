@@ -73,8 +73,10 @@ impl Upstream {
             {
                 let realm = challenge.param("realm").unwrap_or_default();
                 if !self.realm_allowed(realm) {
-                    tracing::warn!(registry = %base, realm,
-                        "token realm is on a host outside the registry's domain; refused (allow it with tokenRealms)");
+                    if let Some(unlogged) = self.stats().may_log_auth() {
+                        tracing::warn!(registry = %base, realm, not_logged = unlogged,
+                            "token realm is on a host outside the registry's domain; refused (allow it with tokenRealms)");
+                    }
                     return Err(UpstreamError::Auth {
                         url: url.to_string(),
                         cause: format!("token realm {realm} is not trusted for this registry"),
@@ -162,7 +164,13 @@ impl Upstream {
         let realm = challenge.param("realm")?;
         let realm_uri: Uri = realm.parse().ok()?;
         if !matches!(realm_uri.scheme_str(), Some("http" | "https")) {
-            tracing::warn!(realm, "token realm is not an http(s) URL; not asking it");
+            if let Some(unlogged) = self.stats().may_log_auth() {
+                tracing::warn!(
+                    realm,
+                    not_logged = unlogged,
+                    "token realm is not an http(s) URL; not asking it"
+                );
+            }
             return None;
         }
         let mut query = Vec::new();
@@ -189,7 +197,9 @@ impl Upstream {
         {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %e, "token request failed");
+                if let Some(unlogged) = self.stats().may_log_auth() {
+                    tracing::warn!(error = %e, not_logged = unlogged, "token request failed");
+                }
                 *failure = Some(UpstreamError::Auth {
                     url: url.to_string(),
                     cause: e.to_string(),
@@ -205,12 +215,15 @@ impl Upstream {
             return None;
         }
         if resp.status() != StatusCode::OK {
-            tracing::warn!(
-                realm,
-                status = resp.status().as_u16(),
-                with_credentials = basic.is_some(),
-                "token realm refused"
-            );
+            if let Some(unlogged) = self.stats().may_log_auth() {
+                tracing::warn!(
+                    realm,
+                    status = resp.status().as_u16(),
+                    with_credentials = basic.is_some(),
+                    not_logged = unlogged,
+                    "token realm refused"
+                );
+            }
             return None;
         }
         let body = self
@@ -219,7 +232,13 @@ impl Upstream {
             .ok()?;
         let parsed = auth::parse_token_response(&body);
         if parsed.is_none() {
-            tracing::warn!(realm, "token realm answered without a token");
+            if let Some(unlogged) = self.stats().may_log_auth() {
+                tracing::warn!(
+                    realm,
+                    not_logged = unlogged,
+                    "token realm answered without a token"
+                );
+            }
         }
         parsed
     }

@@ -35,11 +35,40 @@ pub struct UpstreamStats {
     /// 500), 0 while it fails; 1 before the first attempt.
     pub up: Gauge,
     health: Mutex<Health>,
-    /// When a failure was last logged (ms since the Unix epoch), and the
-    /// failures not logged since: an outage is a line every few seconds,
-    /// not a flood.
+    /// Fetch failures: an outage is a line every few seconds, not a flood.
+    failures: LogLimit,
+    /// Authentication trouble (a realm refused or failing): an upstream
+    /// that answers every request so cannot flood the log either.
+    auth: LogLimit,
+}
+
+/// When a kind of line was last logged (ms since the Unix epoch), and how
+/// many were not logged since: at most one line per [`LOG_EVERY`].
+#[derive(Debug, Default)]
+struct LogLimit {
     logged_at: AtomicU64,
     unlogged: AtomicU64,
+}
+
+impl LogLimit {
+    /// `Some(n)` when a line may be logged now, with the `n` not logged
+    /// since the last one.
+    fn may_log(&self) -> Option<u64> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.logged_at.load(Ordering::SeqCst);
+        if now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64
+            && self
+                .logged_at
+                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            return Some(self.unlogged.swap(0, Ordering::SeqCst));
+        }
+        self.unlogged.fetch_add(1, Ordering::SeqCst);
+        None
+    }
 }
 
 /// The registry's recent record, for the status page.
@@ -66,8 +95,8 @@ impl Default for UpstreamStats {
                 g
             },
             health: Mutex::new(Health::default()),
-            logged_at: AtomicU64::new(0),
-            unlogged: AtomicU64::new(0),
+            failures: LogLimit::default(),
+            auth: LogLimit::default(),
         }
     }
 }
@@ -94,20 +123,14 @@ impl UpstreamStats {
     /// [`LOG_EVERY`] per registry); `Some(n)` with the failures not logged
     /// since the last line.
     pub fn may_log_failure(&self) -> Option<u64> {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let last = self.logged_at.load(Ordering::SeqCst);
-        if now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64
-            && self
-                .logged_at
-                .compare_exchange(last, now, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        {
-            return Some(self.unlogged.swap(0, Ordering::SeqCst));
-        }
-        self.unlogged.fetch_add(1, Ordering::SeqCst);
-        None
+        self.failures.may_log()
+    }
+
+    /// Whether an authentication warning (a token realm refused, failing,
+    /// or answering without a token) may be logged now; as
+    /// [`UpstreamStats::may_log_failure`], counted apart.
+    pub fn may_log_auth(&self) -> Option<u64> {
+        self.auth.may_log()
     }
 
     pub fn health(&self) -> Health {

@@ -1,7 +1,8 @@
 //! Upstream trouble is visible: an unreachable upstream gives a WARN line
 //! naming the registry, the repository and the cause, failure counters by
 //! registry and kind (manifests too), and `ferry_upstream_up` 0; the
-//! access log names the client's user agent.
+//! access log names the client's user agent; a hostile upstream cannot
+//! make ferry log a WARN per request.
 //!
 //! Its own test binary: it installs a global log subscriber to read what
 //! ferry logs.
@@ -124,6 +125,24 @@ async fn scenario() {
     );
     assert!(warn.contains("repo=app"), "{warn}");
     assert!(warn.to_lowercase().contains("connect"), "the cause: {warn}");
+
+    // An upstream whose every answer names a token realm on another host:
+    // each request is refused, and the WARN is a line per few seconds,
+    // not one per request.
+    let up = FakeRegistry::start().await;
+    up.require_bearer("t0k3n");
+    up.set_realm("http://elsewhere.invalid/token");
+    let hostile = Ferry::start(&up.url()).await;
+    for i in 0..20 {
+        let w = within(get(&hostile.url(&format!("/v2/app{i}/manifests/latest")))).await;
+        assert!(!w.status.is_success(), "{}", w.status);
+    }
+    let log = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let refused = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("token realm is on a host outside"))
+        .count();
+    assert_eq!(refused, 1, "one WARN for 20 refusals:\n{log}");
 }
 
 /// Spins until this thread has used at least `ticks` clock ticks of CPU
