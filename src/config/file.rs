@@ -204,7 +204,62 @@ impl FileConfig {
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let message = e.inner().to_string();
-            super::ConfigError(super::plain_words::explain(text, &path, &message))
+            super::ConfigError(super::plain_words::explain(text, &path, &message, homes_of))
         })
     }
+}
+
+/// Where else `key` is a key: each section that has it, as a dotted path
+/// (`[]` for a list's items). The sections' keys come from their own
+/// types (what serde lists for an unknown key), so this never goes stale.
+fn homes_of(key: &str) -> Vec<String> {
+    use super::access::{AccessControlSection, AuthSection, HtpasswdSection, Policy};
+    use super::storage_driver::StorageDriverSection;
+    use super::ClusterSection;
+    let sections: [(&str, Vec<String>); 15] = [
+        ("", keys_of::<FileConfig>()),
+        ("http", keys_of::<HttpSection>()),
+        ("http.tls", keys_of::<TlsSection>()),
+        ("http.auth", keys_of::<AuthSection>()),
+        ("http.auth.htpasswd", keys_of::<HtpasswdSection>()),
+        ("http.accessControl", keys_of::<AccessControlSection>()),
+        (
+            "http.accessControl.repositories.<glob>.policies[]",
+            keys_of::<Policy>(),
+        ),
+        ("storage", keys_of::<StorageSection>()),
+        ("storage.storageDriver", keys_of::<StorageDriverSection>()),
+        ("log", keys_of::<LogSection>()),
+        ("extensions.scrub", keys_of::<ScrubSection>()),
+        ("extensions.sync", keys_of::<SyncSection>()),
+        ("extensions.sync.registries[]", keys_of::<RegistrySection>()),
+        ("ferry", keys_of::<FerrySection>()),
+        ("ferry.cluster", keys_of::<ClusterSection>()),
+    ];
+    sections
+        .iter()
+        .filter(|(_, keys)| keys.iter().any(|k| k == key))
+        .map(|(path, _)| match *path {
+            "" => key.to_string(),
+            p => format!("{p}.{key}"),
+        })
+        .collect()
+}
+
+/// The keys of the section type `T`: serde names them when it meets one
+/// that is not among them.
+fn keys_of<T: serde::de::DeserializeOwned>() -> Vec<String> {
+    let Err(e) = serde_json::from_str::<T>(r#"{"\u0000": 0}"#) else {
+        return Vec::new();
+    };
+    let message = e.to_string();
+    let Some((_, rest)) = message.split_once("expected ") else {
+        return Vec::new();
+    };
+    let rest = rest.split(" at line").next().unwrap_or(rest);
+    rest.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
 }

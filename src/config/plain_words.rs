@@ -4,8 +4,14 @@
 //! file that is not JSON at all (zot's YAML) is named as such.
 
 /// Rewrites serde's `message` about the value at `path` (dotted, "." for
-/// the whole file) of the config `text`.
-pub fn explain(text: &str, path: &str, message: &str) -> String {
+/// the whole file) of the config `text`; `homes_of` says where else a key
+/// is one (each section's dotted path).
+pub fn explain(
+    text: &str,
+    path: &str,
+    message: &str,
+    homes_of: impl Fn(&str) -> Vec<String>,
+) -> String {
     let first = text.trim_start().chars().next();
     if path == "." && first.is_some_and(|c| c != '{') {
         return format!(
@@ -61,62 +67,6 @@ pub fn explain(text: &str, path: &str, message: &str) -> String {
         }
     }
     at(message.to_string())
-}
-
-/// Where else `key` is a key: each section that has it, as a dotted path
-/// (`[]` for a list's items). The sections' keys come from their own
-/// types (what serde lists for an unknown key), so this never goes stale.
-fn homes_of(key: &str) -> Vec<String> {
-    use super::access::{AccessControlSection, AuthSection, HtpasswdSection, Policy};
-    use super::file::*;
-    use super::storage_driver::StorageDriverSection;
-    use super::ClusterSection;
-    let sections: [(&str, Vec<String>); 15] = [
-        ("", keys_of::<FileConfig>()),
-        ("http", keys_of::<HttpSection>()),
-        ("http.tls", keys_of::<TlsSection>()),
-        ("http.auth", keys_of::<AuthSection>()),
-        ("http.auth.htpasswd", keys_of::<HtpasswdSection>()),
-        ("http.accessControl", keys_of::<AccessControlSection>()),
-        (
-            "http.accessControl.repositories.<glob>.policies[]",
-            keys_of::<Policy>(),
-        ),
-        ("storage", keys_of::<StorageSection>()),
-        ("storage.storageDriver", keys_of::<StorageDriverSection>()),
-        ("log", keys_of::<LogSection>()),
-        ("extensions.scrub", keys_of::<ScrubSection>()),
-        ("extensions.sync", keys_of::<SyncSection>()),
-        ("extensions.sync.registries[]", keys_of::<RegistrySection>()),
-        ("ferry", keys_of::<FerrySection>()),
-        ("ferry.cluster", keys_of::<ClusterSection>()),
-    ];
-    sections
-        .iter()
-        .filter(|(_, keys)| keys.iter().any(|k| k == key))
-        .map(|(path, _)| match *path {
-            "" => key.to_string(),
-            p => format!("{p}.{key}"),
-        })
-        .collect()
-}
-
-/// The keys of the section type `T`: serde names them when it meets one
-/// that is not among them.
-fn keys_of<T: serde::de::DeserializeOwned>() -> Vec<String> {
-    let Err(e) = serde_json::from_str::<T>(r#"{"\u0000": 0}"#) else {
-        return Vec::new();
-    };
-    let message = e.to_string();
-    let Some((_, rest)) = message.split_once("expected ") else {
-        return Vec::new();
-    };
-    let rest = rest.split(" at line").next().unwrap_or(rest);
-    rest.split('`')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_string)
-        .collect()
 }
 
 /// An example value for a key, by the kind its name says it holds.
