@@ -92,7 +92,11 @@ impl Access {
     /// Identifies the client from its `Authorization` header. Wrong
     /// credentials are refused (after `failDelay`), never downgraded to
     /// anonymous.
-    pub async fn identify(&self, headers: &HeaderMap) -> Result<Identity, Denied> {
+    pub async fn identify(
+        &self,
+        headers: &HeaderMap,
+        client: std::net::IpAddr,
+    ) -> Result<Identity, Denied> {
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
             return Ok(Identity::Anonymous);
         };
@@ -100,7 +104,11 @@ impl Access {
             Some(Credentials::Bearer(token)) => self.token_user(&token),
             Some(Credentials::Basic(user, password)) => match self.token_user(&password) {
                 Some(u) => Some(u),
-                None => match self.logins.check(&self.htpasswd, &user, &password).await {
+                None => match self
+                    .logins
+                    .check(&self.htpasswd, client, &user, &password)
+                    .await
+                {
                     Login::Valid => Some(user),
                     Login::Wrong => None,
                     Login::Busy => return Err(Denied::Busy),

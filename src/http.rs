@@ -69,7 +69,7 @@ pub async fn handle<B>(
     let head = method == Method::HEAD;
     let client = client_addr(peer, req.headers(), &app.config.listener.trusted_proxies);
     if path == "/" && role == Role::Main {
-        return match app.may_see_status(req.headers()).await {
+        return match app.may_see_status(req.headers(), client).await {
             Ok(()) => status_page::render(app),
             Err(e) => refusal(app, &e, head),
         };
@@ -101,7 +101,7 @@ pub async fn handle<B>(
     });
     let identified = match &peer {
         Some(_) => Ok(Identity::Anonymous),
-        None => app.identify(req.headers()).await,
+        None => app.identify(req.headers(), client).await,
     };
     let response = match identified {
         // A replay is refused outright rather than served as an anonymous

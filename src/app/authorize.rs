@@ -17,10 +17,14 @@ use crate::routing::Resolved;
 
 impl App {
     /// Who sent the request (anonymous when access control is off).
-    pub async fn identify(&self, headers: &http::HeaderMap) -> Result<Identity, RegistryError> {
+    pub async fn identify(
+        &self,
+        headers: &http::HeaderMap,
+        client: std::net::IpAddr,
+    ) -> Result<Identity, RegistryError> {
         match &self.access {
             None => Ok(Identity::Anonymous),
-            Some(a) => a.identify(headers).await.map_err(|d| {
+            Some(a) => a.identify(headers, client).await.map_err(|d| {
                 self.metrics.access_denied.inc();
                 denied(d, "the credentials are not valid")
             }),
@@ -29,11 +33,15 @@ impl App {
 
     /// The status page names repositories' digests and upstream errors:
     /// with access control on, only `adminPolicy` users see it.
-    pub async fn may_see_status(&self, headers: &http::HeaderMap) -> Result<(), RegistryError> {
+    pub async fn may_see_status(
+        &self,
+        headers: &http::HeaderMap,
+        client: std::net::IpAddr,
+    ) -> Result<(), RegistryError> {
         let Some(a) = &self.access else {
             return Ok(());
         };
-        let who = self.identify(headers).await?;
+        let who = self.identify(headers, client).await?;
         let refusal = match who {
             Identity::User(u) if a.is_admin(&u) => return Ok(()),
             Identity::User(_) => Denied::Forbidden,
