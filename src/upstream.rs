@@ -8,6 +8,7 @@
 //! headers never pass through here: the front decides what to forward.
 
 mod auth;
+pub mod budget;
 mod challenge;
 mod counted;
 mod error;
@@ -270,7 +271,17 @@ impl Upstream {
         slotted: bool,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let (method, headers) = (&method, &headers);
+        let budget = &self.stats.budget;
+        let limited = |wait| UpstreamError::RateLimited {
+            url: join(&self.urls[0], path).to_string(),
+            wait,
+        };
         let (result, retries) = retry::with_retries(&self.retry, self.retry_cap, |_| async move {
+            // A registry that answered 429 is not asked again before its
+            // cool-down ends: that would spend its budget on a refusal.
+            if let Some(wait) = budget.cooling() {
+                return retry::Round::Done(Err(limited(wait)));
+            }
             let _slot = if slotted {
                 match tokio::time::timeout(self.limits.wait, self.slots.clone().acquire_owned())
                     .await
@@ -291,6 +302,14 @@ impl Upstream {
             for base in &self.urls {
                 let asked = std::time::Instant::now();
                 let answer = self.request_at(base, method.clone(), path, headers.clone()).await;
+                if let Ok(resp) = &answer {
+                    budget.read(&base.to_string(), resp.headers());
+                    if resp.status() == http::StatusCode::TOO_MANY_REQUESTS {
+                        let wait = retry::retry_after(resp.headers())
+                            .unwrap_or(budget::DEFAULT_COOL_DOWN);
+                        budget.cool_down(wait);
+                    }
+                }
                 match &answer {
                     Ok(resp) if resp.status().is_server_error() => self
                         .stats
@@ -299,6 +318,14 @@ impl Upstream {
                     Err(e) => self.stats.failed(e.to_string()),
                 }
                 match answer {
+                    // A 429 is retried only if its cool-down fits the wait a
+                    // client can be made to bear (`maxRetryWait`).
+                    Ok(resp) if resp.status() == http::StatusCode::TOO_MANY_REQUESTS => {
+                        let wait = budget.cooling().unwrap_or_default();
+                        retry_after = retry_after.max(Some(wait));
+                        last = Some(Err(limited(wait)));
+                        break;
+                    }
                     Ok(resp) if retry::is_retryable(resp.status()) => {
                         tracing::debug!(url = %base, status = resp.status().as_u16(), "upstream answered a retryable status");
                         retry_after = retry_after.max(retry::retry_after(resp.headers()));

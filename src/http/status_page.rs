@@ -211,7 +211,7 @@ fn peers(app: &Arc<App>, h: &mut String) {
 }
 
 fn upstreams(app: &Arc<App>, h: &mut String) {
-    h.push_str("<h2>Upstream registries</h2>\n<table><tr><th>registry</th><th>state</th><th>last answer</th><th>last error</th><th>fetched</th><th>retries</th></tr>\n");
+    h.push_str("<h2>Upstream registries</h2>\n<table><tr><th>registry</th><th>state</th><th>last answer</th><th>last error</th><th>fetched</th><th>retries</th><th>pull budget</th></tr>\n");
     for r in app.coordinator.router().registries() {
         let s = r.upstream.stats();
         let health = s.health();
@@ -224,9 +224,35 @@ fn upstreams(app: &Arc<App>, h: &mut String) {
             Some((at, e)) => format!("{} ago: {}", ago(*at), escape(e)),
             None => "none".to_string(),
         };
+        let b = &s.budget;
+        let mut budget = match b.left() {
+            Some(left) => {
+                let window = match b.window.get() {
+                    0 => String::new(),
+                    w => format!(
+                        " per {}",
+                        humantime::format_duration(std::time::Duration::from_secs(w as u64))
+                    ),
+                };
+                let low = left.saturating_mul(10) < b.limit.get().max(0) as u64;
+                let class = if low { "bad" } else { "ok" };
+                format!(
+                    "<span class=\"{class}\">{left} of {}{window} left</span>",
+                    b.limit.get()
+                )
+            }
+            None => "<span class=\"none\">not stated</span>".to_string(),
+        };
+        if let Some(wait) = b.cooling() {
+            let _ = write!(
+                budget,
+                " <span class=\"bad\">429: not asked for {} s</span>",
+                wait.as_secs().max(1)
+            );
+        }
         let _ = writeln!(
             h,
-            "<tr><td><code>{}</code></td><td>{state}</td><td>{}</td><td>{last_error}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><code>{}</code></td><td>{state}</td><td>{}</td><td>{last_error}</td><td>{}</td><td>{}</td><td>{budget}</td></tr>",
             escape(&r.name),
             health.last_ok.map_or("never".to_string(), |t| format!("{} ago", ago(t))),
             size(s.bytes.get()),

@@ -61,6 +61,12 @@ pub enum UpstreamError {
         url: String,
         cause: String,
     },
+    /// The registry answered `429`, now or within its cool-down (see
+    /// `budget.rs`): nothing is sent to it for `wait` more.
+    RateLimited {
+        url: String,
+        wait: std::time::Duration,
+    },
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -93,11 +99,21 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Auth { url, cause } => {
                 write!(f, "token server {url} failed: {cause}")
             }
+            UpstreamError::RateLimited { url, wait } => write!(
+                f,
+                "upstream {url} answered 429 Too Many Requests; ferry asks it again in {} s",
+                seconds(*wait)
+            ),
         }
     }
 }
 
 impl std::error::Error for UpstreamError {}
+
+/// Whole seconds, rounded up (at least 1): a `Retry-After`.
+fn seconds(d: std::time::Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
+}
 
 /// Of two failures at different registries, the one to report: anything
 /// says more than "not found here".
@@ -170,6 +186,12 @@ impl UpstreamError {
                 RegistryError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, msg)
                     .retry_after(BUSY_RETRY_AFTER)
             }
+            UpstreamError::RateLimited { wait, .. } => RegistryError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
+                msg,
+            )
+            .retry_after(seconds(*wait)),
             _ => RegistryError::new(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, msg),
         }
     }

@@ -40,6 +40,8 @@ pub struct UpstreamStats {
     /// Authentication trouble (a realm refused or failing): an upstream
     /// that answers every request so cannot flood the log either.
     auth: LogLimit,
+    /// Its pull budget as it last said, and its cool-down after a 429.
+    pub budget: super::budget::Budget,
 }
 
 /// When a kind of line was last logged (ms since the Unix epoch), and how
@@ -97,6 +99,7 @@ impl Default for UpstreamStats {
             health: Mutex::new(Health::default()),
             failures: LogLimit::default(),
             auth: LogLimit::default(),
+            budget: Default::default(),
         }
     }
 }
@@ -187,6 +190,40 @@ impl Collector for RegistryCollector {
             let kind = pick(first).metric_type();
             let mut family = encoder.encode_descriptor(name, help, None, kind)?;
             for (registry, stats) in &self.registries {
+                let labels = [("registry", registry.as_str())];
+                pick(stats).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        // The pull budget, of the registries that state one.
+        let budget: [(&str, &str, Pick); 3] = [
+            (
+                "upstream_ratelimit_limit",
+                "Pulls the upstream registry's window allows (its ratelimit-limit)",
+                |s| &s.budget.limit,
+            ),
+            (
+                "upstream_ratelimit_remaining",
+                "Pulls left in the upstream registry's window (its ratelimit-remaining)",
+                |s| &s.budget.remaining,
+            ),
+            (
+                "upstream_ratelimit_window_seconds",
+                "The upstream registry's rate-limit window",
+                |s| &s.budget.window,
+            ),
+        ];
+        let stating: Vec<_> = self
+            .registries
+            .iter()
+            .filter(|(_, s)| s.budget.known())
+            .collect();
+        if stating.is_empty() {
+            return Ok(());
+        }
+        for (name, help, pick) in budget {
+            let kind = pick(&stating[0].1).metric_type();
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for (registry, stats) in &stating {
                 let labels = [("registry", registry.as_str())];
                 pick(stats).encode(family.encode_family(&labels)?)?;
             }

@@ -14,6 +14,7 @@ mod support;
 mod access;
 mod auth;
 mod blobs;
+mod budget;
 mod check_config;
 mod cluster;
 mod crash;

@@ -151,6 +151,8 @@ struct State {
     authorizations: Vec<String>,
     /// The next requests get this status (count, status, Retry-After).
     fail_next: Option<(usize, StatusCode, Option<u64>)>,
+    /// Headers added to every answer (e.g. a rate-limit budget).
+    extra_headers: Vec<(String, String)>,
     /// `Range` headers of blob GETs, in order.
     ranges: Vec<String>,
     /// Manifest requests wait for this gate.
@@ -462,6 +464,14 @@ impl FakeRegistry {
     }
 
     /// The next `n` requests are answered with `status` (and Retry-After).
+    /// Adds these headers to every answer from now on.
+    pub fn set_extra_headers(&self, headers: &[(&str, &str)]) {
+        self.state.lock().unwrap().extra_headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
     pub fn fail_next(&self, n: usize, status: StatusCode, retry_after: Option<u64>) {
         self.state.lock().unwrap().fail_next = Some((n, status, retry_after));
     }
@@ -590,6 +600,20 @@ fn authorization(req: &Request<Incoming>) -> String {
 }
 
 async fn handle(
+    req: Request<Incoming>,
+    state: Arc<Mutex<State>>,
+    sent: Arc<AtomicU64>,
+) -> Response<Body> {
+    let extra = state.lock().unwrap().extra_headers.clone();
+    let mut resp = answer(req, state, sent).await;
+    for (k, v) in extra {
+        let name = http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        resp.headers_mut().insert(name, v.parse().unwrap());
+    }
+    resp
+}
+
+async fn answer(
     req: Request<Incoming>,
     state: Arc<Mutex<State>>,
     sent: Arc<AtomicU64>,
