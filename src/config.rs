@@ -93,6 +93,10 @@ pub struct Config {
     /// A `Range` on a blob in flight that starts this far beyond the bytes
     /// fetched so far is passed through to the upstream on its own.
     pub far_range_distance: u64,
+    /// Pulls of an upstream's stated budget that prefetch and sync leave
+    /// for clients (`ferry.rateLimitReserve`): they stop when a registry
+    /// has no more than this left.
+    pub rate_limit_reserve: u64,
     /// Size cap, eviction, free space and scrub.
     pub lifecycle: LifecycleConfig,
     pub log_level: Option<String>,

@@ -64,6 +64,14 @@ pub enum PrefetchError {
     },
     #[error("blob {digest}: {cause}")]
     Blob { digest: Digest, cause: String },
+    /// The registry's stated pull budget is down to the reserve left for
+    /// clients (`ferry.rateLimitReserve`): nothing more is spent on it.
+    #[error("registry {registry} has {left} pulls left of its budget, and ferry.rateLimitReserve keeps {reserve} for clients; stopped")]
+    Budget {
+        registry: String,
+        left: u64,
+        reserve: u64,
+    },
 }
 
 /// Splits `[host/]name[:tag|@digest]` into a name and a reference.
@@ -111,6 +119,8 @@ pub async fn prefetch_with(
     let mut pending = vec![reference];
     let mut blobs: Vec<Digest> = Vec::new();
     while let Some(r) = pending.pop() {
+        // A manifest GET is what a registry counts as a pull.
+        within_budget(app, &repo)?;
         let m = app
             .manifest(&repo, &r)
             .await
@@ -141,6 +151,24 @@ pub async fn prefetch_with(
         }
     }
     Ok(report)
+}
+
+/// Refuses to spend more of a registry's stated pull budget than leaves
+/// `ferry.rateLimitReserve` for clients (a registry that states none is
+/// not limited here).
+fn within_budget(app: &App, repo: &crate::routing::Resolved) -> Result<(), PrefetchError> {
+    let reserve = app.config.rate_limit_reserve;
+    for target in &repo.targets {
+        let budget = &target.registry.upstream.stats().budget;
+        if let Some(left) = budget.left().filter(|left| *left <= reserve) {
+            return Err(PrefetchError::Budget {
+                registry: target.registry.name.clone(),
+                left,
+                reserve,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Reads a blob through the coordinator to its end; `None` when it was

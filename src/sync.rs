@@ -89,6 +89,11 @@ pub async fn sync_once(app: &Arc<App>, registry: &Arc<Registry>) -> SyncReport {
                     report.images += 1;
                     tracing::debug!(%image, blobs = r.blobs, bytes = r.bytes_fetched, "synced");
                 }
+                Err(e @ crate::prefetch::PrefetchError::Budget { .. }) => {
+                    report.failures += 1;
+                    tracing::warn!(%image, error = %e, "periodic sync: stopping this pass");
+                    return report;
+                }
                 Err(e) => {
                     report.failures += 1;
                     tracing::warn!(%image, error = %e, "periodic sync: image failed");

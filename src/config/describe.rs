@@ -94,6 +94,11 @@ pub fn settings(c: &Config) -> String {
     );
     line("ferry.absentTTL", dur(c.absent_ttl), dur(d.absent_ttl));
     line(
+        "ferry.rateLimitReserve",
+        format!("{} pulls", c.rate_limit_reserve),
+        format!("{} pulls", d.rate_limit_reserve),
+    );
+    line(
         "ferry.farRangeDistance",
         size(c.far_range_distance),
         size(d.far_range_distance),

@@ -157,6 +157,9 @@ pub struct FerrySection {
     pub request_queue_timeout: Option<String>,
     pub max_retry_wait: Option<String>,
     pub far_range_distance: Option<u64>,
+    /// Pulls of an upstream's stated budget that prefetch and sync leave
+    /// for clients.
+    pub rate_limit_reserve: Option<u64>,
     /// Hold a range of a blob still downloading until the blob is verified.
     pub verified_ranges: Option<bool>,
     /// Size cap of the store, e.g. "200GiB".

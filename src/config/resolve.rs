@@ -17,6 +17,10 @@ use super::{
 /// gave up on a few layers to come back and find them still coming.
 const DEFAULT_ORPHANED_BYTES: u64 = 4 << 30;
 
+/// Pulls of a stated budget prefetch and sync leave for clients by default
+/// (a tenth of Docker Hub's anonymous 100 per 6 h).
+const RATE_LIMIT_RESERVE: u64 = 10;
+
 pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigError> {
     let mut warnings = Vec::new();
     let err = |m: String| ConfigError(m);
@@ -278,6 +282,7 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         )?,
         max_blob_size: bytes("maxBlobSize", &f.max_blob_size)?.unwrap_or(64 << 30),
         far_range_distance: f.far_range_distance.unwrap_or(16 << 20),
+        rate_limit_reserve: f.rate_limit_reserve.unwrap_or(RATE_LIMIT_RESERVE),
         verified_ranges: f.verified_ranges.unwrap_or(false),
         lifecycle,
         log_level: file.log.and_then(|l| l.level),

@@ -111,3 +111,70 @@ async fn a_429_whose_wait_fits_the_clients_is_retried_once_it_ends() {
         "the 429 and one retry after it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_stops_at_the_reserve_it_leaves_for_clients() {
+    let up = FakeRegistry::start().await;
+    let layer = up.add_blob(blob_bytes(5000, 11));
+    let config = bytes::Bytes::from_static(br#"{"architecture":"amd64","os":"linux"}"#);
+    let config_len = config.len();
+    let cd = up.add_blob(config);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{config_len}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer}","size":5000}}]}}"#
+    );
+    let media = "application/vnd.oci.image.manifest.v1+json";
+    up.add_manifest("team/app", Some("v1"), media, manifest.clone().into());
+    up.add_manifest("team/app", Some("v2"), media, manifest.into());
+    let ferry = Ferry::start(&up.url()).await;
+    // The registry said it has 10 pulls left (the default reserve).
+    up.set_extra_headers(&[
+        ("ratelimit-limit", "100;w=21600"),
+        ("ratelimit-remaining", "10;w=21600"),
+    ]);
+    let w = within(get(&ferry.url(&format!("/v2/team/app/blobs/{layer}")))).await;
+    assert_eq!(w.status, StatusCode::OK);
+    let manifests = || up.hits("GET", "/v2/team/app/manifests/v1");
+    let e = ferry::prefetch::prefetch(&ferry.app, "team/app:v1", &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ferry::prefetch::PrefetchError::Budget {
+                left: 10,
+                reserve: 10,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("rateLimitReserve"), "{e}");
+    assert_eq!(manifests(), 0, "a pull spent past the reserve");
+    // With more left, it goes ahead; a client's own pull is never held back.
+    up.set_extra_headers(&[
+        ("ratelimit-limit", "100;w=21600"),
+        ("ratelimit-remaining", "11;w=21600"),
+    ]);
+    within(get(&ferry.url(&format!("/v2/team/app/blobs/{cd}")))).await;
+    let report = ferry::prefetch::prefetch(&ferry.app, "team/app:v1", &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.manifests, 1);
+    up.set_extra_headers(&[
+        ("ratelimit-limit", "100;w=21600"),
+        ("ratelimit-remaining", "0;w=21600"),
+    ]);
+    let other = up.add_blob(blob_bytes(100, 12));
+    within(get(&ferry.url(&format!("/v2/team/app/blobs/{other}")))).await;
+    let left = &ferry.app.coordinator.router().registries()[0]
+        .upstream
+        .stats()
+        .budget;
+    assert_eq!(left.left(), Some(0));
+    let w = within(get(&ferry.url("/v2/team/app/manifests/v2"))).await;
+    assert_eq!(
+        w.status,
+        StatusCode::OK,
+        "clients are not limited by the reserve"
+    );
+}
