@@ -24,6 +24,7 @@ mod hot;
 mod mapping;
 mod membership;
 mod mirror;
+mod multipart;
 mod open;
 mod pace;
 mod passthrough;

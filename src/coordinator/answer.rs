@@ -68,6 +68,13 @@ pub enum BlobAnswer {
     },
     /// The range lies outside the blob's `size` bytes (`416`).
     Unsatisfiable { size: u64 },
+    /// Several ranges (`206 multipart/byteranges`, see `multipart.rs`):
+    /// `length` bytes in all, parts separated by `boundary`.
+    Parts {
+        body: BlobStream,
+        length: u64,
+        boundary: String,
+    },
     /// To a peer: ask the relay `to` instead (a signed `307`; this replica
     /// sends the blob to `fanout` peers already, see `tree.rs`).
     Relay { to: String },
@@ -112,6 +119,60 @@ impl Coordinator {
             Some(tail) => answered.map(|(answer, cache)| (sent_to(tail, answer), cache)),
             None => answered,
         }
+    }
+
+    /// Answers a `GET` of `digest` with several ranges (`set`, already
+    /// checked against `If-Range`): a multipart `206` of the parts, a
+    /// plain `206` when they coalesce into one, `416` when none lies inside
+    /// the blob, and the whole blob (`200`) when its size is unknown or it
+    /// is served uncached. A client's request only: a peer asks for one
+    /// range at most.
+    pub async fn get_blob_parts(
+        self: &Arc<Self>,
+        repo: &Resolved,
+        digest: &Digest,
+        set: &crate::oci::RangeSet,
+        policy: RangePolicy,
+    ) -> Result<(BlobAnswer, CacheStatus), RegistryError> {
+        let handle = self.open_blob(repo, digest).await?;
+        let cache = handle.cache_status();
+        let size = handle.size();
+        let whole = |handle: BlobHandle| BlobAnswer::Whole {
+            body: BlobBody::Stream(handle.stream(0, None)),
+            size,
+        };
+        let (Some(size), false) = (size, matches!(handle, BlobHandle::Uncached { .. })) else {
+            return Ok((whole(handle), cache));
+        };
+        let answer = match set.resolve(size) {
+            crate::oci::Parts::Unsatisfiable => BlobAnswer::Unsatisfiable { size },
+            crate::oci::Parts::One { start, last } => {
+                let (body, verified) = if policy.verified {
+                    (handle.stream_verified(start, Some(last + 1)), true)
+                } else {
+                    let verified = handle.is_verified();
+                    (handle.stream(start, Some(last + 1)), verified)
+                };
+                BlobAnswer::Part {
+                    body: BlobBody::Stream(body),
+                    start,
+                    last,
+                    size,
+                    verified,
+                }
+            }
+            crate::oci::Parts::Many(parts) => {
+                // Not uncached (answered whole above): a body always.
+                let m = super::multipart::body(handle, &parts, size, policy.verified)
+                    .ok_or_else(|| super::flight::FetchFailure::Abandoned.to_registry_error())?;
+                BlobAnswer::Parts {
+                    body: m.body,
+                    length: m.length,
+                    boundary: m.boundary,
+                }
+            }
+        };
+        Ok((answer, cache))
     }
 
     async fn get_blob_once(

@@ -51,7 +51,15 @@ pub async fn get(
     ranges: RangePolicy,
 ) -> Result<Answered, RegistryError> {
     let range = range::requested(headers, digest);
-    let (answer, cache) = coordinator.get_blob(name, digest, range, ranges).await?;
+    let set = range::requested_set(headers, digest).filter(|_| !name.origin.is_peer());
+    let (answer, cache) = match set {
+        Some(set) => {
+            coordinator
+                .get_blob_parts(name, digest, &set, ranges)
+                .await?
+        }
+        None => coordinator.get_blob(name, digest, range, ranges).await?,
+    };
     let response = match answer {
         BlobAnswer::Redirect { url } => base(digest)
             .status(StatusCode::TEMPORARY_REDIRECT)
@@ -85,6 +93,21 @@ pub async fn get(
             .header(CONTENT_RANGE, format!("bytes */{size}"))
             .header(CONTENT_LENGTH, 0)
             .body(response::empty()),
+        BlobAnswer::Parts {
+            body,
+            length,
+            boundary,
+        } => Response::builder()
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(
+                CONTENT_TYPE,
+                format!("multipart/byteranges; boundary={boundary}"),
+            )
+            .header(ACCEPT_RANGES, "bytes")
+            .header(response::API_VERSION_HEADER, "registry/2.0")
+            .header(http::header::ETAG, range::etag(digest))
+            .header(CONTENT_LENGTH, length)
+            .body(response::stream(body)),
         // Peers only (signed with the rest of the answer).
         BlobAnswer::Relay { to } => unverified()
             .status(StatusCode::TEMPORARY_REDIRECT)

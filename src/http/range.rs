@@ -3,7 +3,8 @@
 //! [`crate::oci::ByteRange`].
 //!
 //! Several `Range` headers and malformed ones are ignored, as RFC 9110
-//! allows: the client then gets the whole blob with a 200. A blob's entity tag is its digest (`"sha256:..."`, strong), so an
+//! allows: the client then gets the whole blob with a 200. One header with
+//! several ranges is a [`RangeSet`] (a multipart answer). A blob's entity tag is its digest (`"sha256:..."`, strong), so an
 //! `If-Range` naming it keeps the range, and any other `If-Range` (another
 //! tag, a weak one, a date: ferry sends no `Last-Modified`) asks for the
 //! whole blob.
@@ -11,12 +12,18 @@
 use http::header::{IF_RANGE, RANGE};
 use http::HeaderMap;
 
-use crate::oci::{ByteRange, Digest};
+use crate::oci::{ByteRange, Digest, RangeSet};
 
 /// The range to honour for a blob request, if any (see the module comment
 /// for when one is ignored).
 pub fn requested(headers: &HeaderMap, digest: &Digest) -> Option<ByteRange> {
     ByteRange::parse(header(headers, digest)?)
+}
+
+/// Several ranges to honour for a blob request, if that is what was asked
+/// (`If-Range` and several headers as for one).
+pub fn requested_set(headers: &HeaderMap, digest: &Digest) -> Option<RangeSet> {
+    RangeSet::parse(header(headers, digest)?)
 }
 
 /// The `Range` header's value, unless ignored.

@@ -17,4 +17,4 @@ pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::{ErrorCode, RegistryError};
 pub use media::{default_manifest_accept, is_manifest_media_type, sniff_manifest_media_type};
 pub use name::{NameError, Reference, ReferenceError, RepoName, Tag, MAX_NAME_LEN};
-pub use range::{resolve as resolve_range, ByteRange, RangeRequest};
+pub use range::{resolve as resolve_range, ByteRange, Parts, RangeRequest, RangeSet};

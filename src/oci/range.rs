@@ -3,8 +3,10 @@
 //! as RFC 9110 says. Pure, so the coordinator decides with it and the fuzz
 //! target and property tests hold it against a model.
 //!
-//! Multiple ranges and malformed values are ignored, as RFC 9110 allows: the
-//! client then gets the whole blob with a 200.
+//! Several ranges in one header are a [`RangeSet`]: resolved, sorted, and
+//! coalesced where they overlap or touch, and bounded ([`MAX_PARTS`]) by
+//! merging the closest ones. Malformed values are ignored, as RFC 9110
+//! allows: the client then gets the whole blob with a 200.
 
 /// What a `Range` header asks for, once the blob's size is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +35,10 @@ fn parse(header: &str) -> Option<Spec> {
     if spec.contains(',') {
         return None;
     }
+    parse_one(spec)
+}
+
+fn parse_one(spec: &str) -> Option<Spec> {
     let (a, b) = spec.split_once('-')?;
     let num = |s: &str| -> Option<u64> {
         let s = s.trim();
@@ -62,6 +68,86 @@ impl ByteRange {
     /// This range held against a blob of `size` bytes.
     pub fn resolve(self, size: u64) -> RangeRequest {
         resolve_spec(self.0, size)
+    }
+}
+
+/// A multipart answer has at most this many parts: more ranges are merged
+/// with their nearest neighbours (sending the bytes between them).
+pub const MAX_PARTS: usize = 64;
+
+/// A header with more ranges than this is ignored (the whole blob).
+const MAX_SPECS: usize = 4096;
+
+/// Several `bytes=` ranges in one header (`bytes=0-9,20-29,-5`), as
+/// podman's partial pulls send them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeSet(Vec<Spec>);
+
+/// A [`RangeSet`] held against a blob's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parts {
+    /// What is left after coalescing is one range: a plain `206`.
+    One { start: u64, last: u64 },
+    /// Sorted, disjoint, not touching, at most [`MAX_PARTS`]: a
+    /// `multipart/byteranges` answer.
+    Many(Vec<(u64, u64)>),
+    /// No range lies inside the blob: 416.
+    Unsatisfiable,
+}
+
+impl RangeSet {
+    /// A `Range` value with two ranges or more; `None` for a single one
+    /// (see [`ByteRange`]) and for anything malformed.
+    pub fn parse(header: &str) -> Option<RangeSet> {
+        let specs = header.trim().strip_prefix("bytes=")?;
+        if !specs.contains(',') {
+            return None;
+        }
+        let specs: Option<Vec<Spec>> = specs
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(parse_one)
+            .collect();
+        let specs = specs?;
+        (specs.len() >= 2 && specs.len() <= MAX_SPECS).then_some(RangeSet(specs))
+    }
+
+    /// The ranges held against a blob of `size` bytes: those outside it
+    /// dropped, the rest sorted and coalesced, at most [`MAX_PARTS`].
+    pub fn resolve(&self, size: u64) -> Parts {
+        let mut parts: Vec<(u64, u64)> = self
+            .0
+            .iter()
+            .filter_map(|s| match resolve_spec(*s, size) {
+                RangeRequest::Partial { start, last } => Some((start, last)),
+                _ => None,
+            })
+            .collect();
+        parts.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(parts.len());
+        for (start, last) in parts {
+            match merged.last_mut() {
+                Some(prev) if start <= prev.1.saturating_add(1) => prev.1 = prev.1.max(last),
+                _ => merged.push((start, last)),
+            }
+        }
+        while merged.len() > MAX_PARTS {
+            // The two neighbours with the smallest gap between them.
+            let i = (0..merged.len() - 1)
+                .min_by_key(|&i| merged[i + 1].0 - merged[i].1)
+                .expect("more than one part");
+            merged[i].1 = merged[i + 1].1;
+            merged.remove(i + 1);
+        }
+        match merged.as_slice() {
+            [] => Parts::Unsatisfiable,
+            [(start, last)] => Parts::One {
+                start: *start,
+                last: *last,
+            },
+            _ => Parts::Many(merged),
+        }
     }
 }
 
@@ -140,5 +226,46 @@ mod tests {
         }
         assert_eq!(resolve(Some("bytes=0-1"), None), Full);
         assert_eq!(resolve(None, Some(5)), Full);
+    }
+
+    #[test]
+    fn several_ranges_are_sorted_coalesced_and_bounded() {
+        let set = |h: &str| RangeSet::parse(h).unwrap();
+        assert_eq!(
+            RangeSet::parse("bytes=0-9"),
+            None,
+            "one range is a ByteRange"
+        );
+        assert_eq!(RangeSet::parse("bytes=0-9,x"), None, "malformed: ignored");
+        assert_eq!(RangeSet::parse("items=0-9,20-29"), None);
+        assert_eq!(
+            set("bytes=20-29, 0-9,-5").resolve(100),
+            Parts::Many(vec![(0, 9), (20, 29), (95, 99)])
+        );
+        // Overlapping and touching ranges become one.
+        assert_eq!(
+            set("bytes=0-9,5-14,15-19").resolve(100),
+            Parts::One { start: 0, last: 19 }
+        );
+        // Ranges outside the blob are dropped; none inside is a 416.
+        assert_eq!(
+            set("bytes=0-9,200-300").resolve(100),
+            Parts::One { start: 0, last: 9 }
+        );
+        assert_eq!(set("bytes=200-300,400-").resolve(100), Parts::Unsatisfiable);
+        // More than MAX_PARTS: the closest neighbours merge first, and
+        // every byte asked for is still sent.
+        let many: Vec<String> = (0..200u64)
+            .map(|i| format!("{}-{}", i * 100, i * 100 + 9 + (i % 7)))
+            .collect();
+        let Parts::Many(parts) = set(&format!("bytes={}", many.join(","))).resolve(1 << 20) else {
+            panic!("parts");
+        };
+        assert_eq!(parts.len(), MAX_PARTS);
+        for i in 0..200u64 {
+            let (a, b) = (i * 100, i * 100 + 9 + (i % 7));
+            assert!(parts.iter().any(|&(s, l)| s <= a && b <= l), "{a}-{b}");
+        }
+        assert!(parts.windows(2).all(|w| w[0].1 + 1 < w[1].0));
     }
 }

@@ -5,7 +5,9 @@
 #
 #   1. push two test images (real gzip tar layer + a multi-megabyte random
 #      layer): a single-platform one and a two-platform one (an OCI index);
-#   2. pull both through ferry (cold) and check every blob's digest;
+#   2. pull both through ferry (cold) and check every blob's digest; then
+#      ask for three ranges of a layer in one GET (curl -r a-b,c-d,-n):
+#      a 206 multipart/byteranges whose parts are exactly those bytes;
 #   3. stop the registry, wait past ferry's tag TTL (1s here), pull both
 #      again by tag (warm, upstream down: stale tags) and check again;
 #   4. check every blob in ferry's store against its digest;
@@ -63,6 +65,30 @@ check_dir "$WORK/pull-cold" 3
 pull e2e/multi:v1 "$WORK/multi-cold" --all || fail "cold multi-platform pull through ferry"
 check_dir "$WORK/multi-cold" 6
 ok "cold pulls through ferry: 3 + 6 blobs (two platforms), digests verified"
+
+# 1b. Several ranges in one request, as podman's partial pulls ask: curl
+# gets a 206 multipart/byteranges whose parts are exactly those bytes.
+LAYER=$(ls -S "$WORK/pull-cold" | grep -E '^[0-9a-f]{64}$' | head -n 1)
+curl -fsS -D "$WORK/ranges.head" -o "$WORK/ranges.body" -r 0-99,1000-1099,-50 \
+    "http://127.0.0.1:$FERRY_PORT/v2/e2e/app/blobs/sha256:$LAYER" || fail "multi-range GET"
+python3 - "$WORK/ranges.head" "$WORK/ranges.body" "$WORK/pull-cold/$LAYER" <<'PY' || fail "multi-range answer"
+import re, sys
+head, body, blob = open(sys.argv[1]).read(), open(sys.argv[2], "rb").read(), open(sys.argv[3], "rb").read()
+assert head.startswith("HTTP/1.1 206"), head
+boundary = re.search(r"(?i)content-type: multipart/byteranges; boundary=(\S+)", head).group(1)
+parts = body.split(b"\r\n--" + boundary.encode())
+assert parts[-1] == b"--\r\n", parts[-1][:40]
+size = len(blob)
+want = [(0, 99), (1000, 1099), (size - 50, size - 1)]
+got = []
+for p in parts[1:-1]:
+    h, data = p.split(b"\r\n\r\n", 1)
+    a, b = map(int, re.search(rb"Content-Range: bytes (\d+)-(\d+)/", h).groups())
+    assert data == blob[a:b + 1], (a, b)
+    got.append((a, b))
+assert got == want, got
+PY
+ok "several ranges in one GET (curl -r 0-99,1000-1099,-50): 206 multipart/byteranges, 3 parts byte-exact"
 
 # 2. Warm pulls by tag with the upstream stopped and the tag TTL passed.
 kill "$REG_PID"; wait "$REG_PID" 2>/dev/null || true

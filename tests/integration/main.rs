@@ -27,6 +27,7 @@ mod input;
 mod lifecycle;
 mod listener;
 mod manifests;
+mod multirange;
 mod operations;
 mod prefetch;
 mod properties;
