@@ -147,12 +147,7 @@ impl Coordinator {
         let answer = match set.resolve(size) {
             crate::oci::Parts::Unsatisfiable => BlobAnswer::Unsatisfiable { size },
             crate::oci::Parts::One { start, last } => {
-                let (body, verified) = if policy.verified {
-                    (handle.stream_verified(start, Some(last + 1)), true)
-                } else {
-                    let verified = handle.is_verified();
-                    (handle.stream(start, Some(last + 1)), verified)
-                };
+                let (body, verified) = part(handle, start, last, policy);
                 BlobAnswer::Part {
                     body: BlobBody::Stream(body),
                     start,
@@ -259,12 +254,7 @@ impl Coordinator {
                 // pullers and parallel range downloads verify what they
                 // assemble), so it asserts no digest; with verifiedRanges it
                 // waits for the digest.
-                let (stream, verified) = if policy.verified {
-                    (handle.stream_verified(start, Some(last + 1)), true)
-                } else {
-                    let verified = handle.is_verified();
-                    (handle.stream(start, Some(last + 1)), verified)
-                };
+                let (stream, verified) = part(handle, start, last, policy);
                 BlobAnswer::Part {
                     body: BlobBody::Stream(
                         first_bytes(stream, flight.as_ref())
@@ -373,6 +363,18 @@ impl Coordinator {
 /// Why a `GET` of a blob failed, and the download it joined when that is
 /// worth one more try (it failed before this request's first byte because
 /// a peer lied).
+/// Bytes `start..=last` of `handle`, and whether they may assert the
+/// digest: with `verifiedRanges` the range ends cleanly only once the blob
+/// was verified; else it is served as it arrives, verified or not.
+fn part(handle: BlobHandle, start: u64, last: u64, policy: RangePolicy) -> (BlobStream, bool) {
+    if policy.verified {
+        (handle.stream_verified(start, Some(last + 1)), true)
+    } else {
+        let verified = handle.is_verified();
+        (handle.stream(start, Some(last + 1)), verified)
+    }
+}
+
 struct Failed(RegistryError, Option<Arc<Flight>>);
 
 impl From<RegistryError> for Failed {
