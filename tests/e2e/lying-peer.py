@@ -10,8 +10,9 @@ A blob `GET /v2/<name>/blobs/<digest>` (a replica asking the digest's
 owner) is answered with a correctly signed answer (`ferry-peer-answer`,
 as src/cluster/signature.rs `answer_mac` computes it: HMAC-SHA256 with
 the secret over "answer", the request's `ferry-peer-signature`, the
-status, `Docker-Content-Digest`, `Content-Length`, `Content-Range` and
-`ferry-peer-have` (empty here), each followed by "\\n"), the right digest and length, a `206` for a
+status, `Docker-Content-Digest`, `Content-Length`, `Content-Range`,
+`ferry-peer-have` and `ferry-peer-relay` (both empty here), each followed
+by "\\n"), the right digest and length, a `206` for a
 `Range: bytes=<n>-`, and the real blob's bytes fetched from REGISTRY_URL,
 except one byte in the middle, flipped. The answer comes DELAY_S seconds
 (default 0) after the request, as an owner's that first waits for its own
@@ -183,7 +184,7 @@ class Handler(BaseHTTPRequestHandler):
             return False
         # Signed as an owner signs its answer, with the forger's secret.
         answer = mac(["answer", self.headers.get("ferry-peer-signature", ""), str(status),
-                      answered, str(len(payload)), content_range, ""])
+                      answered, str(len(payload)), content_range, "", ""])
         self.log(f" status={status} length={len(payload)} forged={what}")
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -229,7 +230,7 @@ class Handler(BaseHTTPRequestHandler):
             content_range = f"bytes {start}-{size - 1}/{size}"
         length = size - start
         answer = mac(["answer", self.headers.get("ferry-peer-signature", ""), str(status),
-                      digest, str(length), content_range, ""])
+                      digest, str(length), content_range, "", ""])
         self.log(f" status={status} length={length}")
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
