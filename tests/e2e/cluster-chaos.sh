@@ -78,7 +78,7 @@
 # again. nginx stands in for a balancer with readiness checks (as a
 # Kubernetes Service has): open-source nginx has no active health checks,
 # and a frozen replica still accepts connections (the kernel does), so a
-# loop here probes each replica's /readyz every 250 ms and reloads nginx
+# loop here probes each replica's /readyz every 100 ms and reloads nginx
 # with `down` on the ones that fail; otherwise a retry would be sent back
 # to the frozen replica one time in three. CHAOS_RETRY_DELAY=<s> (environment)
 # makes the clients pause that long before their retry (default: none).
@@ -288,15 +288,23 @@ wait_port "$L7_PORT" || fail "nginx did not listen"
 wait_port "$THROTTLE_PORT" || fail "nginx did not listen on its throttle port"
 
 # The balancer's readiness checks: a replica whose /readyz does not answer
-# 200 within 0.5 s is `down` in nginx until it does again (never all).
+# 200 within 0.5 s is `down` in nginx until it does again (never all). The
+# three are probed at once, so a frozen one is seen within ~0.6 s even on
+# a loaded machine (probed one after another, a cycle took up to 1.5 s
+# there, and a client's retry 2 s after its replica froze could still be
+# sent back to it: a 4.6 s stall in one CI run).
 lb_watch() {
     set +e
-    local down="" now i code
+    local down="" now i
     while :; do
         now=""
         for i in 1 2 3; do
-            code=$(curl -s -o /dev/null -m 0.5 -w '%{http_code}' "http://127.0.0.1:$(port_of "$i")/readyz")
-            [ "$code" = 200 ] || now="$now $i"
+            curl -s -o /dev/null -m 0.5 -w '%{http_code}' \
+                "http://127.0.0.1:$(port_of "$i")/readyz" > "$WORK/ready-$i" &
+        done
+        wait
+        for i in 1 2 3; do
+            [ "$(cat "$WORK/ready-$i")" = 200 ] || now="$now $i"
         done
         [ "$(echo $now | wc -w)" -ge 3 ] && now=""
         if [ "$now" != "$down" ]; then
@@ -305,7 +313,7 @@ lb_watch() {
             echo "$(date +%T.%N) down:[$now]" >> "$WORK/lb.log"
             down=$now
         fi
-        sleep 0.25
+        sleep 0.1
     done
 }
 
