@@ -303,7 +303,7 @@ impl Upstream {
                 let asked = std::time::Instant::now();
                 let answer = self.request_at(base, method.clone(), path, headers.clone()).await;
                 if let Ok(resp) = &answer {
-                    budget.read(&base.to_string(), resp.headers());
+                    budget.read(base, resp.headers());
                     if resp.status() == http::StatusCode::TOO_MANY_REQUESTS {
                         let wait = retry::retry_after(resp.headers())
                             .unwrap_or(budget::DEFAULT_COOL_DOWN);

@@ -42,7 +42,7 @@ pub struct Budget {
 
 impl Budget {
     /// Takes the budget headers of an answer of `registry`, if any.
-    pub fn read(&self, registry: &str, headers: &HeaderMap) {
+    pub fn read(&self, registry: &dyn std::fmt::Display, headers: &HeaderMap) {
         let field = |name: &str| {
             headers
                 .get(name)
@@ -65,7 +65,7 @@ impl Budget {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-");
             tracing::warn!(
-                registry,
+                %registry,
                 remaining,
                 limit,
                 window_s = window.unwrap_or(0),
@@ -124,22 +124,22 @@ mod tests {
     #[test]
     fn docker_hubs_headers_are_read_and_others_ignored() {
         let b = Budget::default();
-        b.read("r", &HeaderMap::new());
+        b.read(&"r", &HeaderMap::new());
         assert!(!b.known() && b.left().is_none());
         let mut h = HeaderMap::new();
         h.insert("ratelimit-limit", "100;w=21600".parse().unwrap());
         h.insert("ratelimit-remaining", "76;w=21600".parse().unwrap());
-        b.read("r", &h);
+        b.read(&"r", &h);
         assert_eq!(
             (b.limit.get(), b.remaining.get(), b.window.get()),
             (100, 76, 21600)
         );
         assert_eq!(b.left(), Some(76));
         h.insert("ratelimit-remaining", "5".parse().unwrap());
-        b.read("r", &h);
+        b.read(&"r", &h);
         assert_eq!(b.left(), Some(5));
         h.insert("ratelimit-remaining", "lots".parse().unwrap());
-        b.read("r", &h);
+        b.read(&"r", &h);
         assert_eq!(b.left(), Some(5), "a malformed answer changes nothing");
     }
 
