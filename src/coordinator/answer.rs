@@ -99,7 +99,8 @@ impl Coordinator {
         range: Option<ByteRange>,
         policy: RangePolicy,
     ) -> Result<(BlobAnswer, CacheStatus), RegistryError> {
-        let tail = match self.place(repo, digest).await {
+        let start = range.and_then(ByteRange::first_byte).unwrap_or(0);
+        let tail = match self.place(repo, digest, start).await {
             Placed::Relay { to } => return Ok((BlobAnswer::Relay { to }, CacheStatus::Joined)),
             Placed::NotHere => return Ok((BlobAnswer::NotHere, CacheStatus::Joined)),
             Placed::Child(tail) => Some(tail),

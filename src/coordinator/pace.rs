@@ -147,11 +147,17 @@ impl Pace {
         self.push(&mut tails, start, peer, counted)
     }
 
-    /// [`Pace::tail`] from byte 0, if the blob is sent to fewer than
-    /// `fanout` peers now (checked and counted at once).
-    pub fn child_within(&self, fanout: usize, peer: PeerId, counted: Counted) -> Option<Tail> {
+    /// [`Pace::tail`], if the blob is sent to fewer than `fanout` peers
+    /// now (checked and counted at once).
+    pub fn child_within(
+        &self,
+        fanout: usize,
+        start: u64,
+        peer: PeerId,
+        counted: Counted,
+    ) -> Option<Tail> {
         let mut tails = self.lock();
-        (tails.len() < fanout).then(|| self.push(&mut tails, 0, peer, counted))
+        (tails.len() < fanout).then(|| self.push(&mut tails, start, peer, counted))
     }
 
     fn push(
@@ -260,9 +266,12 @@ impl Tail {
 }
 
 impl Tail {
-    /// The stream starts at byte `start` of the blob (a range).
+    /// The stream starts at byte `start` of the blob (a range whose start
+    /// was not known when the peer was placed: a suffix). Wakes a download
+    /// held for this peer: it may be there already.
     pub fn starts_at(&self, start: u64) {
         self.state.pos.store(start, Ordering::Relaxed);
+        self.inner.wake();
     }
 }
 
@@ -443,6 +452,26 @@ mod tests {
         until_held(&metrics).await;
         drop(tail);
         assert_eq!(waiter.await.unwrap(), Held::CaughtUp);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_ends_when_its_peer_turns_out_to_start_where_the_download_is() {
+        // A suffix range is placed before its start is known.
+        let (pace, metrics) = (
+            Arc::new(Pace::default()),
+            Arc::new(ClusterMetrics::default()),
+        );
+        let tail = pace.tail(0, peer(), Counted::default());
+        let waiter = {
+            let (p2, m2) = (pace.clone(), metrics.clone());
+            tokio::spawn(async move { pacing(&p2, &m2).hold(20 * MIB).await })
+        };
+        until_held(&metrics).await;
+        let started = tokio::time::Instant::now();
+        tail.starts_at(20 * MIB);
+        assert_eq!(waiter.await.unwrap(), Held::CaughtUp);
+        assert_eq!(started.elapsed(), Duration::ZERO, "not after peerTimeout");
+        assert_eq!(metrics.peers_let_go.get(), 0);
     }
 
     #[test]

@@ -47,8 +47,11 @@ impl Coordinator {
     /// [`Placed::Relay`] to one of them; [`Placed::NotHere`] when
     /// it was pointed here and this replica neither holds nor receives the
     /// blob. A request that may not be pointed on, or that no child may
-    /// relay, is a child all the same.
-    pub(super) async fn place(&self, repo: &Resolved, digest: &Digest) -> Placed {
+    /// relay, is a child all the same. A child's place in the blob's pace
+    /// starts at `start`, the first byte it asked for: a download must
+    /// not wait for a peer at byte 0 that asked for bytes from where the
+    /// download is (it would wait for itself until `peerTimeout`).
+    pub(super) async fn place(&self, repo: &Resolved, digest: &Digest, start: u64) -> Placed {
         let (Origin::Peer { from, hops, .. }, Some(cluster)) = (repo.origin, &self.cluster) else {
             return Placed::Client;
         };
@@ -61,9 +64,9 @@ impl Coordinator {
         };
         let pace = self.paces.of(digest);
         if !tree::may_point_on(hops) {
-            return Placed::Child(pace.tail(0, from, counted));
+            return Placed::Child(pace.tail(start, from, counted));
         }
-        if let Some(tail) = pace.child_within(cluster.fanout(), from, counted.clone()) {
+        if let Some(tail) = pace.child_within(cluster.fanout(), start, from, counted.clone()) {
             return Placed::Child(tail);
         }
         // A relay must route the blob's registry as this replica does and
@@ -97,7 +100,7 @@ impl Coordinator {
                 tracing::debug!(%digest, relay = %to, depth = hops.depth, "pointing a peer to a relay");
                 Placed::Relay { to }
             }
-            None => Placed::Child(pace.tail(0, from, counted)),
+            None => Placed::Child(pace.tail(start, from, counted)),
         }
     }
 }

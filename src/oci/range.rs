@@ -69,6 +69,15 @@ impl ByteRange {
     pub fn resolve(self, size: u64) -> RangeRequest {
         resolve_spec(self.0, size)
     }
+
+    /// The first byte asked for, when it is known without the blob's size
+    /// (`bytes=N-` and `bytes=N-M`; not a suffix).
+    pub fn first_byte(self) -> Option<u64> {
+        match self.0 {
+            Spec::FromTo(start, _) | Spec::From(start) => Some(start),
+            Spec::Suffix(_) => None,
+        }
+    }
 }
 
 /// A multipart answer has at most this many parts: more ranges are merged

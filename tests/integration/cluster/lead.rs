@@ -84,3 +84,45 @@ async fn a_peer_that_falls_behind_for_longer_than_the_peer_timeout_is_let_go() {
     assert!(m.held_for_peers.get() >= 0.1, "it waited peerTimeout first");
     assert_eq!(m.downloads_held.get(), 0);
 }
+
+/// A peer asking for the blob from beyond the lead (a replica that was
+/// ahead of this one when their owner went away resumes from its own
+/// position) is where it asked from, not at byte 0: the download reads up
+/// to that byte and on, rather than wait for the peer to catch up from 0 —
+/// which it never can, its first byte being the one the download waits to
+/// read. Before, it waited `peerTimeout` (2 s in the chaos test; an hour
+/// here), then let the peer go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_resuming_beyond_the_lead_does_not_hold_the_download() {
+    let up = FakeRegistry::start().await;
+    let blob = blob_bytes(64 << 20, 978);
+    let d = up.add_blob(blob.clone());
+    let addr = free_addrs(1)[0];
+    let peers = vec![addr.to_string(), "127.0.0.1:9".to_string()];
+    let mut c = cluster_config(&peers, &peers[0], Duration::from_secs(60));
+    c.peer_timeout = Duration::from_secs(3600);
+    let owner = Ferry::start_with(&up.url(), move |cfg| {
+        cfg.listen = addr;
+        cfg.cluster = Some(c);
+    })
+    .await;
+    let path = format!("/v2/x/blobs/{d}");
+    let route = format!("{} x", up.url().trim_start_matches("http://"));
+    let signed = ferry::cluster::signature::sign(SECRET.as_bytes(), &peer_request(&path, &route));
+    let from = 12 * MIB as usize; // the lead of 64 MiB is 4 MiB
+    let range = format!("bytes={from}-");
+    let mut h: Vec<(&str, &str)> = signed
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+        .collect();
+    h.push(("range", &range));
+    let resp = within(send(Method::GET, &owner.url(&path), &h)).await;
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let mut body = resp.into_body();
+    let read = within(read_at_least(&mut body, blob.len() - from)).await;
+    assert_eq!(read, blob[from..]);
+    let m = &owner.app.metrics.cluster;
+    assert_eq!(m.peers_let_go.get(), 0, "the peer was not let go");
+    owner.settle().await;
+    assert!(owner.has_blob(&d));
+}
