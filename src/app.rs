@@ -16,6 +16,8 @@ mod error;
 mod from_peer;
 pub mod listing;
 pub mod manifests;
+pub mod prefetch;
+pub mod prewarm;
 pub mod referrers;
 pub mod tags;
 pub mod tasks;
@@ -59,6 +61,8 @@ pub struct App {
     pub access: Option<Access>,
     /// The store's repository list, walked once for concurrent requests.
     catalog: catalog::Catalog,
+    /// Prewarm jobs (`/ferry/v1/prewarm`), the last few.
+    pub prewarms: prewarm::Prewarms,
 }
 
 /// What tests may swap: the clock, and the free-space probe.
@@ -142,6 +146,7 @@ impl App {
             revalidations: DashMap::new(),
             access,
             catalog: Default::default(),
+            prewarms: Default::default(),
         }))
     }
 

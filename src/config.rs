@@ -26,14 +26,14 @@ use std::time::Duration;
 use http::Uri;
 
 pub use access::{
-    parse_proxies, AccessConfig, AccessControlSection, AccessToken, ListenerConfig, Policy,
-    RepositoryPolicy,
+    parse_proxies, AccessConfig, AccessControlSection, AccessToken, AdminTokens, ListenerConfig,
+    Policy, RepositoryPolicy,
 };
 pub use cluster::{ClusterConfig, ClusterSection, PeerSource, FANOUT, PEER_TIMEOUT, SECRET_ENV};
 pub use credentials::{read_credentials_file, Credentials, Secret};
 pub use describe::settings;
 pub use file::FileConfig;
-pub use snippets::client_snippets;
+pub use snippets::{client_snippets, containerd_host, ContainerdHost};
 pub use storage_driver::{S3Settings, SharedStorage};
 
 /// Docker Hub's host names; any of them names the same registry.
@@ -102,6 +102,8 @@ pub struct Config {
     pub log_level: Option<String>,
     /// Keys that were accepted but have no effect yet, for start-up logs.
     pub warnings: Vec<String>,
+    /// Who may use the operations API (`/ferry/v1/prewarm`).
+    pub admin_tokens: AdminTokens,
     /// Connection limits, header limits, trusted proxies, metrics address.
     pub listener: ListenerConfig,
     /// Client access control; `None` lets every client read.

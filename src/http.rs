@@ -14,6 +14,7 @@ mod forwarded;
 mod listing;
 mod manifests;
 mod operations;
+mod prewarm;
 mod range;
 mod referrers;
 mod response;
@@ -56,12 +57,11 @@ pub enum Role {
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Answers one request from `peer` and writes its access-log line.
-pub async fn handle<B>(
-    app: &Arc<App>,
-    req: Request<B>,
-    peer: IpAddr,
-    role: Role,
-) -> Response<Body> {
+pub async fn handle<B>(app: &Arc<App>, req: Request<B>, peer: IpAddr, role: Role) -> Response<Body>
+where
+    B: hyper::body::Body<Data = bytes::Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let started = Instant::now();
     let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
     let method = req.method().clone();
@@ -73,6 +73,32 @@ pub async fn handle<B>(
             Ok(()) => status_page::render(app),
             Err(e) => refusal(app, &e, head),
         };
+    }
+    if path.starts_with(prewarm::PREFIX) {
+        let agent = user_agent(req.headers()).to_string();
+        if let Some(r) = prewarm::answer(app, req).await {
+            tracing::info!(
+                request_id = id,
+                %client,
+                user = if r.status().is_client_error() { "-" } else { "admin" },
+                %method,
+                path = %path,
+                status = r.status().as_u16(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                agent,
+                "request"
+            );
+            return r;
+        }
+        return refusal(
+            app,
+            &RegistryError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NameUnknown,
+                "no such path",
+            ),
+            head,
+        );
     }
     if let Some(r) = operations::answer(app, &path, role).await {
         return r;

@@ -19,10 +19,11 @@
 //! | layer | module | owns |
 //! | --- | --- | --- |
 //! | wiring | [`server`] | `ferry serve`: app + listener + background tasks, started and stopped together |
-//! | | [`sync`], [`prefetch`] | periodic `pollInterval` sync and `ferry prefetch`, on top of the service |
+//! | | [`sync`] | periodic `pollInterval` sync, on top of the service |
+//! | | [`node`] | `ferry configure containerd`: a node's `certs.d` written from ferry's routing, and containerd's config checked |
 //! | transport | [`listener`] | listeners, connection limits, header limits, TLS, shutdown; calls a [`listener::Handler`] |
-//! | | [`http`] | the HTTP adapter: routing a path, `Range`/`If-Range` headers, rendering answers, the access log, health, metrics, status page; it decides nothing about where bytes come from |
-//! | service | [`app`] | the application state (the coordinator and the cluster side by side), manifests and tag freshness, tags from the owning peer, referrers, listings, who may read what, background tasks |
+//! | | [`http`] | the HTTP adapter: routing a path, `Range`/`If-Range` headers, rendering answers, the access log, health, metrics, status page, the operations API (`/ferry/v1/prewarm`, admin tokens); it decides nothing about where bytes come from |
+//! | service | [`app`] | the application state (the coordinator and the cluster side by side), manifests and tag freshness, tags from the owning peer, referrers, listings, who may read what, background tasks, [`prefetch`] (an image's blobs ahead of time) and prewarm jobs (`app::prewarm`) |
 //! | | [`access`] | client credentials: htpasswd users, static tokens, repository policies |
 //! | coordination | [`coordinator`] | what answers a blob request (`answer`), opening it (`open`), the in-flight map, the fetch task (`fetch`: which source) and the one fill every source goes through (`fill`, `transfer`, `pump`, `spool`), the owning peer and its successor when it dies (`peer_fill`, `ask`), an upstream download kept within its lead of the peers it feeds (`pace`), readers, memberships, memory caches |
 //! | | [`routing`] | registries, `ns=`, path style, content prefixes, Docker Hub's `library/`; a request's [`routing::Origin`] (client or peer); fetch slots; how a peer request names a repository ([`routing::PeerRoute`]) and each registry's routing fingerprint ([`routing::fingerprint`]) |
@@ -50,6 +51,10 @@
 //!    ─▶ BlobAnswer::Whole / Part / Unsatisfiable ─▶ http::blobs renders it
 //! ```
 //!
+//! The `ferry` binary's subcommands other than `serve` (`check-config`,
+//! `configure`, `prewarm`) are command lines around this library, in
+//! `src/commands/`.
+//!
 //! docs/internals.md has the store layout and the invariants in full.
 
 pub mod access;
@@ -62,8 +67,9 @@ pub mod http;
 pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
+pub mod node;
 pub mod oci;
-pub mod prefetch;
+pub use app::prefetch;
 pub mod routing;
 pub mod server;
 pub mod shared;

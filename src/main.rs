@@ -15,6 +15,8 @@ use ferry::config::{Config, Overrides};
 use ferry::Server;
 use tracing_subscriber::EnvFilter;
 
+mod commands;
+
 const DEFAULT_CONFIG: &str = "config.example.json";
 
 /// `--log-format json`.
@@ -89,6 +91,27 @@ enum Command {
     /// Validate a config file as `serve` would load it (its TLS files,
     /// htpasswd and certDir included) and print every effective setting
     /// and the routing table.
+    /// Warm images on a running ferry (its operations API): waits until
+    /// every blob is stored; exit 0 only then.
+    Prewarm {
+        /// The ferry to ask: http(s)://host:port (its main or metrics listener).
+        #[arg(long)]
+        server: String,
+        /// A token of ferry.adminTokens [default: $FERRY_ADMIN_TOKEN].
+        #[arg(long)]
+        token: Option<String>,
+        /// Only these platforms of a multi-platform image (os/arch[/variant]); repeatable.
+        #[arg(long = "platform")]
+        platforms: Vec<String>,
+        /// Images: [registry-host/]name[:tag|@digest].
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Wire a node's container runtime to this ferry.
+    Configure {
+        #[command(subcommand)]
+        runtime: Runtime,
+    },
     CheckConfig {
         /// Config file to check.
         file: Option<PathBuf>,
@@ -98,6 +121,39 @@ enum Command {
         /// Also ask each upstream URL's `/v2/` and say what answered.
         #[arg(long)]
         probe: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum Runtime {
+    /// Write containerd's hosts.toml (certs.d) for every registry the
+    /// config routes, keeping each registry as `server` (the fallback when
+    /// ferry is down). Idempotent; prints what it changed.
+    Containerd {
+        /// Config file (as for serve): its registries are written.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// containerd's hosts directory (its `config_path`).
+        #[arg(long, default_value = "/etc/containerd/certs.d")]
+        hosts_dir: PathBuf,
+        /// Where this node reaches ferry: http(s)://host:port.
+        #[arg(long)]
+        mirror: String,
+        /// A CA file for an https:// mirror with a private CA.
+        #[arg(long)]
+        mirror_ca: Option<PathBuf>,
+        /// Also write `_default`: every other registry through ferry too.
+        #[arg(long)]
+        default: bool,
+        /// Replace hosts.toml files ferry did not write.
+        #[arg(long)]
+        force: bool,
+        /// Print what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// containerd's config.toml: check that it reads the hosts directory.
+        #[arg(long)]
+        containerd_config: Option<PathBuf>,
     },
 }
 
@@ -139,6 +195,42 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
+        Command::Prewarm {
+            server,
+            token,
+            platforms,
+            images,
+        } => runtime().block_on(commands::prewarm::run(commands::prewarm::Args {
+            server,
+            token,
+            platforms,
+            images,
+        })),
+        Command::Configure {
+            runtime:
+                Runtime::Containerd {
+                    config,
+                    hosts_dir,
+                    mirror,
+                    mirror_ca,
+                    default,
+                    force,
+                    dry_run,
+                    containerd_config,
+                },
+        } => commands::configure::containerd(
+            commands::configure::Args {
+                config,
+                hosts_dir,
+                mirror,
+                mirror_ca,
+                default,
+                force,
+                dry_run,
+                containerd_config,
+            },
+            |path| load(path, &Overrides::default()).map_err(|e| e.to_string()),
+        ),
         Command::CheckConfig {
             file,
             config,
@@ -148,7 +240,7 @@ fn main() -> ExitCode {
                 eprintln!("ferry: check-config needs a config file: ferry check-config FILE");
                 return ExitCode::from(2);
             };
-            match check_config(&file, probe) {
+            match commands::check::check_config(&file, probe) {
                 Ok((out, failed)) => {
                     // A closed pipe (`| head`) is not an error worth a panic.
                     let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
@@ -194,114 +286,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// What `ferry check-config` prints and how many upstream probes failed,
-/// or the first thing `serve` would refuse: the same loading, the same
-/// TLS, htpasswd, certDir and store checks.
-fn check_config(file: &std::path::Path, probe: bool) -> Result<(String, usize), String> {
-    let config = Config::load(file, &Overrides::default()).map_err(|e| e.to_string())?;
-    if let Some(tls) = &config.tls {
-        let certs = ferry::listener::CertStore::load(tls).map_err(|e| e.to_string())?;
-        certs.acceptor().map_err(|e| e.to_string())?;
-    }
-    if let Some(cluster) = &config.cluster {
-        ferry::cluster::Cluster::client_tls(cluster).map_err(|e| e.to_string())?;
-    }
-    if let Some(access) = &config.access {
-        ferry::access::Access::load(access).map_err(|e| e.to_string())?;
-    }
-    ferry::store::check_root(&config.storage_root).map_err(|e| e.to_string())?;
-    let router = ferry::routing::Router::new(&config).map_err(|e| e.to_string())?;
-    let mut out = format!(
-        "{}: valid\nlisten   {}\nstorage  {}\n",
-        file.display(),
-        config.listen,
-        config.storage_root.display()
-    );
-    for w in &config.warnings {
-        out.push_str(&format!("warning  {w}\n"));
-    }
-    if let Some(c) = &config.cluster {
-        out.push_str(&ferry::cluster::Cluster::describe(c));
-    }
-    out.push('\n');
-    out.push_str(&ferry::config::settings(&config));
-    out.push('\n');
-    out.push_str(&router.describe());
-    out.push('\n');
-    out.push_str(&ferry::config::client_snippets(&config));
-    let mut failed = 0;
-    if probe {
-        out.push('\n');
-        let (probed, failures) = runtime().block_on(probe_upstreams(&router));
-        out.push_str(&probed);
-        failed = failures;
-    }
-    Ok((out, failed))
-}
-
-/// `GET /v2/` at every URL of every registry, as ferry would send it
-/// (credentials, tokens, TLS and certDir included): what answered, and how
-/// many did not answer as a registry does (200, or 401 with a challenge).
-async fn probe_upstreams(router: &ferry::routing::Router) -> (String, usize) {
-    let mut out = String::from("probe\n");
-    let mut failed = 0;
-    for r in router.registries() {
-        for url in &r.config.urls {
-            let one = ferry::upstream::Upstream::for_registry(
-                &ferry::config::RegistryConfig {
-                    urls: vec![url.clone()],
-                    ..r.config.clone()
-                },
-                Default::default(),
-                std::time::Duration::ZERO,
-                Default::default(),
-            );
-            let line = match one {
-                Err(e) => {
-                    failed += 1;
-                    format!("cannot build a client: {e}")
-                }
-                Ok(up) => {
-                    let started = std::time::Instant::now();
-                    let asked = up.request_now(http::Method::GET, "/v2/", http::HeaderMap::new());
-                    match tokio::time::timeout(std::time::Duration::from_secs(15), asked).await {
-                        Ok(Ok(resp)) => {
-                            let status = resp.status();
-                            if !(status.is_success() || status == http::StatusCode::UNAUTHORIZED) {
-                                failed += 1;
-                            }
-                            let challenge = resp
-                                .headers()
-                                .get(http::header::WWW_AUTHENTICATE)
-                                .and_then(|v| v.to_str().ok())
-                                .map(|c| format!(", asks for {c}"))
-                                .unwrap_or_default();
-                            format!(
-                                "{} in {} ms{challenge}",
-                                resp.status(),
-                                started.elapsed().as_millis()
-                            )
-                        }
-                        Ok(Err(e)) => {
-                            failed += 1;
-                            format!("no answer: {e}")
-                        }
-                        Err(_) => {
-                            failed += 1;
-                            "no answer within 15 s".to_string()
-                        }
-                    }
-                }
-            };
-            out.push_str(&format!(
-                "  {} GET /v2/: {line}\n",
-                url.to_string().trim_end_matches('/')
-            ));
-        }
-    }
-    (out, failed)
 }
 
 /// Loads the config and starts logging, or says why not (exit code 2).
@@ -455,7 +439,7 @@ async fn prefetch(config: Config, images: Vec<String>, parallel: usize) -> ExitC
             use ferry::prefetch::Event;
             let short = |d: &ferry::oci::Digest| d.hex()[..12].to_string();
             match e {
-                Event::Planned { blobs } => {
+                Event::Planned { blobs, .. } => {
                     if let Some(o) = &overall {
                         o.inc_length(blobs as u64);
                     }

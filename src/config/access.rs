@@ -17,7 +17,61 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Secret;
+use super::{ConfigError, Secret};
+
+/// Bearer tokens that may use the operations API (`ferry.adminTokens`,
+/// `ferry.adminTokensFile`); compared in constant time. None configured:
+/// the API is refused to everyone.
+#[derive(Clone, Debug, Default)]
+pub struct AdminTokens(Vec<Secret>);
+
+impl AdminTokens {
+    /// The tokens of the list and of the file (one per line, `#` comments).
+    pub fn resolve(
+        list: Option<Vec<Secret>>,
+        file: Option<&std::path::Path>,
+    ) -> Result<AdminTokens, ConfigError> {
+        let mut tokens = list.unwrap_or_default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!(
+                    "cannot read ferry.adminTokensFile {}: {e}",
+                    path.display()
+                ))
+            })?;
+            tokens.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(Secret::new),
+            );
+        }
+        if let Some(short) = tokens.iter().position(|t| t.expose().len() < 16) {
+            return Err(ConfigError(format!(
+                "ferry.adminTokens: token {} is shorter than 16 characters (it guards prewarm, which spends upstream budget and disk)",
+                short + 1
+            )));
+        }
+        Ok(AdminTokens(tokens))
+    }
+
+    /// True when `presented` is one of the tokens.
+    pub fn allows(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        // Every token is compared, so the time says nothing of which matched.
+        self.0.iter().fold(false, |hit, t| {
+            hit | bool::from(t.expose().as_bytes().ct_eq(presented.as_bytes()))
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// zot's `http.auth`.
 #[derive(Debug, Default, Deserialize)]

@@ -99,6 +99,14 @@ pub fn settings(c: &Config) -> String {
         format!("{} pulls", d.rate_limit_reserve),
     );
     line(
+        "ferry.adminTokens",
+        match c.admin_tokens.len() {
+            0 => "none (the operations API is off)".to_string(),
+            n => format!("{n} (prewarm allowed with one)"),
+        },
+        "none (the operations API is off)".to_string(),
+    );
+    line(
         "ferry.farRangeDistance",
         size(c.far_range_distance),
         size(d.far_range_distance),

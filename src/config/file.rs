@@ -177,6 +177,10 @@ pub struct FerrySection {
     pub scrub_quarantine: Option<bool>,
     /// Static bearer tokens for client access control.
     pub access_tokens: Option<Vec<super::access::AccessToken>>,
+    /// Bearer tokens for the operations API (`/ferry/v1/prewarm`).
+    pub admin_tokens: Option<Vec<super::Secret>>,
+    /// A file of admin tokens, one per line.
+    pub admin_tokens_file: Option<std::path::PathBuf>,
     pub max_connections: Option<usize>,
     /// Requests at once on one HTTP/2 connection.
     pub max_concurrent_streams: Option<u32>,

@@ -72,7 +72,7 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         None => super::registries::registries_from(file.extensions.as_ref(), &mut warnings)?,
     };
 
-    let f = file.ferry.unwrap_or_default();
+    let mut f = file.ferry.unwrap_or_default();
     let dur = |key: &str, v: &Option<String>, default| -> Result<_, ConfigError> {
         match v {
             None => Ok(default),
@@ -202,6 +202,8 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         Some(h) => (h.auth, h.access_control),
         None => (None, None),
     };
+    let admin_tokens =
+        super::access::AdminTokens::resolve(f.admin_tokens.take(), f.admin_tokens_file.as_deref())?;
     let tokens = f.access_tokens.unwrap_or_default();
     let htpasswd = auth
         .as_ref()
@@ -289,6 +291,7 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         warnings,
         listener,
         access,
+        admin_tokens,
         cluster,
     };
     super::bounds::check(&config)?;

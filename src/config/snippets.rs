@@ -5,7 +5,33 @@
 
 use std::fmt::Write as _;
 
-use super::{Config, DOCKER_HUB_HOSTS};
+use super::{Config, RegistryConfig, DOCKER_HUB_HOSTS};
+
+/// How containerd names a registry ferry routes: the `certs.d` directory
+/// (`docker.io` for Docker Hub) and the registry itself as `server`, which
+/// containerd falls back to when ferry is down or answers 404.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerdHost {
+    pub name: String,
+    pub server: String,
+}
+
+/// [`ContainerdHost`] of `r`.
+pub fn containerd_host(r: &RegistryConfig) -> ContainerdHost {
+    let host = r.client_name();
+    let docker_hub = DOCKER_HUB_HOSTS.contains(&host.as_str());
+    let server = match (docker_hub, &r.mirror_of) {
+        (true, _) => "https://registry-1.docker.io".to_string(),
+        (false, Some(name)) => format!("https://{name}"),
+        (false, None) => r.urls[0].to_string().trim_end_matches('/').to_string(),
+    };
+    let name = if docker_hub {
+        "docker.io".to_string()
+    } else {
+        host
+    };
+    ContainerdHost { name, server }
+}
 
 /// The snippets for every registry of `c`.
 pub fn client_snippets(c: &Config) -> String {
@@ -20,20 +46,11 @@ pub fn client_snippets(c: &Config) -> String {
     for (i, r) in c.registries.iter().enumerate() {
         let host = r.client_name();
         let docker_hub = DOCKER_HUB_HOSTS.contains(&host.as_str());
-        let name = if docker_hub {
-            "docker.io".to_string()
-        } else {
-            host.clone()
-        };
+        let ContainerdHost { name, server } = containerd_host(r);
         let _ = writeln!(out, "registry {i} ({name})");
         let _ = writeln!(
             out,
-            "  containerd: /etc/containerd/certs.d/{name}/hosts.toml\n    server = \"{}\"\n    [host.\"{scheme}://{ferry}\"]\n      capabilities = [\"pull\", \"resolve\"]",
-            match (docker_hub, &r.mirror_of) {
-                (true, _) => "https://registry-1.docker.io".to_string(),
-                (false, Some(name)) => format!("https://{name}"),
-                (false, None) => r.urls[0].to_string().trim_end_matches('/').to_string(),
-            }
+            "  containerd: /etc/containerd/certs.d/{name}/hosts.toml\n    server = \"{server}\"\n    [host.\"{scheme}://{ferry}\"]\n      capabilities = [\"pull\", \"resolve\"]"
         );
         let destination = r.content.iter().find_map(|c| c.destination.clone());
         let mirror = match (&destination, docker_hub, host.contains(':')) {

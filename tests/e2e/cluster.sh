@@ -11,7 +11,10 @@
 #      blob → 1.00x;
 #   3. no balancer: skopeo pulls one image from each replica at the same
 #      moment → upstream bytes 1.00x the image's blobs, and each replica
-#      stores every blob it served.
+#      stores every blob it served;
+#   4. `ferry prewarm` of an image on one replica (refused without the
+#      admin token) → the upstream saw each blob once, and a skopeo pull
+#      from each replica afterwards asks the upstream for none of them.
 #
 # Usage: tests/e2e/cluster.sh [path/to/ferry]   (default: target/debug/ferry)
 # Needs: nginx with its stream module (libnginx-mod-stream), docker-registry,
@@ -40,9 +43,11 @@ for img in rr l4; do
     skopeo --insecure-policy copy --quiet --dest-tls-verify=false \
         "oci:$WORK/$img:v1" "docker://127.0.0.1:$REG_PORT/e2e/$img:v1" || fail "push $img"
 done
-python3 tests/e2e/make-image.py "$WORK/app" v1 48
-skopeo --insecure-policy copy --quiet --dest-tls-verify=false \
-    "oci:$WORK/app:v1" "docker://127.0.0.1:$REG_PORT/e2e/app:v1" || fail "push app"
+for img in app warm; do
+    python3 tests/e2e/make-image.py "$WORK/$img" v1 48
+    skopeo --insecure-policy copy --quiet --dest-tls-verify=false \
+        "oci:$WORK/$img:v1" "docker://127.0.0.1:$REG_PORT/e2e/$img:v1" || fail "push $img"
+done
 largest_blob() { # oci-dir
     echo "sha256:$(ls -S "$1/blobs/sha256" | head -n 1)"
 }
@@ -59,6 +64,8 @@ for i in 1 2 3; do PORTS+=("$(free_port)"); done
 PEERS=$(printf '"127.0.0.1:%s",' "${PORTS[@]}")
 PEERS="[${PEERS%,}]"
 head -c 32 /dev/urandom | base64 > "$WORK/cluster.secret"
+ADMIN_TOKEN=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
+echo "$ADMIN_TOKEN" > "$WORK/admin.tokens"
 for i in 1 2 3; do
     port=${PORTS[$((i - 1))]}
     cat > "$WORK/ferry-$i.json" <<JSON
@@ -68,7 +75,8 @@ for i in 1 2 3; do
   "extensions": {"sync": {"enable": true, "registries": [
     {"urls": ["http://127.0.0.1:$THROTTLE_PORT"], "onDemand": true}
   ]}},
-  "ferry": {"cluster": {"peers": $PEERS, "self": "127.0.0.1:$port",
+  "ferry": {"adminTokensFile": "$WORK/admin.tokens",
+    "cluster": {"peers": $PEERS, "self": "127.0.0.1:$port",
     "secretFile": "$WORK/cluster.secret", "probeInterval": "500ms"}}
 }
 JSON
@@ -117,9 +125,10 @@ http {
     scgi_temp_path $WORK/nginx-tmp;
     upstream round_robin {
 $servers    }
-    # The upstream registry, throttled.
+    # The upstream registry, throttled; what it was asked is logged.
     server {
         listen 127.0.0.1:$THROTTLE_PORT;
+        access_log $WORK/upstream-access.log;
         location / {
             proxy_pass http://127.0.0.1:$REG_PORT;
             proxy_http_version 1.1;
@@ -207,5 +216,48 @@ for i in 1 2 3; do
     done
 done
 ok "no balancer: three skopeo pulls at once, one upstream fetch per blob ($ratio x), every replica stores what it served"
+
+# 4. ferry prewarm, then a pull from each replica.
+upstream_gets() { # digest → GETs of it the upstream answered
+    grep -c "\"GET /v2/e2e/warm/blobs/$1 HTTP" "$WORK/upstream-access.log" || true
+}
+# Its layers and config, but not what it shares with e2e/app (the same
+# config), which is stored already.
+WARM_BLOBS=()
+warm_all=0
+for f in "$WORK"/warm/blobs/sha256/*; do
+    grep -q "$(basename "$f")" "$WORK/warm/index.json" && continue
+    warm_all=$((warm_all + 1))
+    [ -e "$WORK/app/blobs/sha256/$(basename "$f")" ] && continue
+    WARM_BLOBS+=("sha256:$(basename "$f")")
+done
+[ "${#WARM_BLOBS[@]}" -ge 2 ] || fail "e2e/warm has ${#WARM_BLOBS[@]} blobs of its own"
+
+code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{"images": ["e2e/warm:v1"]}' \
+    "http://127.0.0.1:${PORTS[0]}/ferry/v1/prewarm")
+[ "$code" = 401 ] || fail "prewarm without a token: $code, not 401"
+if "$FERRY" prewarm --server "http://127.0.0.1:${PORTS[0]}" --token "not-the-admin-token-0000" e2e/warm:v1 \
+    > "$WORK/prewarm-refused.txt" 2>&1; then
+    fail "ferry prewarm with a wrong token succeeded"
+fi
+grep -q "401" "$WORK/prewarm-refused.txt" || fail "ferry prewarm with a wrong token: $(cat "$WORK/prewarm-refused.txt")"
+for b in "${WARM_BLOBS[@]}"; do
+    [ "$(upstream_gets "$b")" = 0 ] || fail "the upstream was asked for $b before the prewarm"
+done
+FERRY_ADMIN_TOKEN=$ADMIN_TOKEN "$FERRY" prewarm --server "http://127.0.0.1:${PORTS[1]}" e2e/warm:v1 \
+    > "$WORK/prewarm.txt" 2> "$WORK/prewarm.err" || fail "ferry prewarm: $(cat "$WORK/prewarm.txt" "$WORK/prewarm.err")"
+grep -q ": done: $warm_all of $warm_all blobs" "$WORK/prewarm.txt" || fail "ferry prewarm: $(cat "$WORK/prewarm.txt")"
+for b in "${WARM_BLOBS[@]}"; do
+    [ "$(upstream_gets "$b")" = 1 ] || fail "the prewarm asked the upstream for $b $(upstream_gets "$b") times"
+done
+for i in 1 2 3; do
+    skopeo --insecure-policy copy --quiet --src-tls-verify=false \
+        "docker://127.0.0.1:${PORTS[$((i - 1))]}/e2e/warm:v1" "dir:$WORK/warm-$i" || fail "skopeo through replica $i after the prewarm"
+    check_dir "$WORK/warm-$i" 3
+done
+for b in "${WARM_BLOBS[@]}"; do
+    [ "$(upstream_gets "$b")" = 1 ] || fail "after the prewarm, clients' pulls asked the upstream for $b"
+done
+ok "prewarm: refused without the admin token; $(head -n 1 "$WORK/prewarm.txt"); the upstream saw each of its ${#WARM_BLOBS[@]} blobs once, and a pull from each replica afterwards asked it for none"
 
 finish

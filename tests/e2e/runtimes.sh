@@ -209,6 +209,59 @@ containerd_lines() {
     report containerd-ns "$got (ns=$REG2_ADDR, unpacked, check complete)"
 }
 
+# --- ferry configure containerd ----------------------------------------------
+
+# A hosts directory written only by `ferry configure containerd` from
+# ferry's own config (a file someone else wrote in it stays as it is):
+# --dry-run writes nothing, a second run changes nothing, and containerd
+# pulls the second registry's new image through ferry with it (and from
+# the registry itself once ferry is stopped: fallback_line).
+CONFIGURED=$WORK/certs.d-configured
+configure_line() {
+    [ -n "${MAIN_CTR:-}" ] || { blocked configure "containerd is not installed"; return; }
+    local snapshot before want got
+    # A registry ferry does not route, configured by someone else.
+    mkdir -p "$CONFIGURED/quay.io"
+    printf 'server = "https://quay.io"\n' > "$CONFIGURED/quay.io/hosts.toml"
+    snapshot() { (cd "$CONFIGURED" && find . -type f | sort | xargs sha256sum); }
+    before=$(snapshot)
+    local configure=("$FERRY" configure containerd --config "$WORK/ferry.json" --hosts-dir "$CONFIGURED" --mirror "http://$FERRY_ADDR")
+    "${configure[@]}" --dry-run > "$WORK/configure-dry.txt" || fail "configure --dry-run: $(cat "$WORK/configure-dry.txt")"
+    [ "$(snapshot)" = "$before" ] || fail "configure --dry-run changed the hosts directory"
+    grep -q "^would create .*/$REG2_ADDR/hosts.toml" "$WORK/configure-dry.txt" || fail "configure --dry-run: $(cat "$WORK/configure-dry.txt")"
+    "${configure[@]}" > "$WORK/configure-1.txt" || fail "configure: $(cat "$WORK/configure-1.txt")"
+    [ "$(cat "$CONFIGURED/quay.io/hosts.toml")" = 'server = "https://quay.io"' ] || fail "configure changed a file it did not write"
+    grep -q "^server = \"http://$REG2_ADDR\"" "$CONFIGURED/$REG2_ADDR/hosts.toml" || fail "configure: no server line: $(cat "$CONFIGURED/$REG2_ADDR/hosts.toml")"
+    before=$(snapshot)
+    "${configure[@]}" > "$WORK/configure-2.txt" || fail "configure (again): $(cat "$WORK/configure-2.txt")"
+    [ "$(snapshot)" = "$before" ] || fail "a second configure changed the hosts directory"
+    grep -q "nothing to change" "$WORK/configure-2.txt" || fail "configure (again): $(cat "$WORK/configure-2.txt")"
+    # containerd's own default config does not read certs.d: told which
+    # lines to add (exit 1); with them added, it does (exit 0).
+    containerd config default > "$WORK/containerd-default.toml"
+    if "${configure[@]}" --containerd-config "$WORK/containerd-default.toml" > "$WORK/configure-check.txt"; then
+        fail "configure accepted containerd's default config (config_path = \"\")"
+    fi
+    grep -q "config_path = \"$CONFIGURED\"" "$WORK/configure-check.txt" || fail "configure --containerd-config: $(cat "$WORK/configure-check.txt")"
+    sed -i "s|config_path = \"\"|config_path = \"$CONFIGURED\"|" "$WORK/containerd-default.toml"
+    "${configure[@]}" --containerd-config "$WORK/containerd-default.toml" > "$WORK/configure-check.txt" \
+        || fail "configure --containerd-config with config_path set: $(cat "$WORK/configure-check.txt")"
+    # A new image, pulled with nothing but these files.
+    python3 tests/e2e/make-image.py "$WORK/img-configured" v1 2 > /dev/null
+    push "$WORK/img-configured" team/configured:1 "$REG2_PORT"
+    rm -rf "$WORK/img-configured"
+    want=$(upstream_config "$REG2_ADDR/team/configured:1")
+    local hosts=$HOSTS_DIR
+    CTR=("${MAIN_CTR[@]}")
+    HOSTS_DIR=$CONFIGURED
+    ctr_pull "$REG2_ADDR/team/configured:1"
+    HOSTS_DIR=$hosts
+    got=$(ctr_config "$REG2_ADDR/team/configured:1")
+    same configure "$want" "$got"
+    through_ferry configure 'containerd/' team/configured "$want" "$REG2_ADDR"
+    report configure "$got (hosts.toml only from ferry configure containerd; --dry-run and a second run changed nothing; containerd's default config told the line to add)"
+}
+
 # --- Docker Engine -----------------------------------------------------------
 
 docker_line() {
@@ -294,6 +347,18 @@ JSON
     # 2. ferry stopped: connections refused.
     if curl -fsS -o /dev/null "http://$FERRY_ADDR/v2/" 2> /dev/null; then fail "ferry still answers"; fi
     pull_around team/ferry-down:1 "ferry down"
+    if [ -d "$CONFIGURED/$REG2_ADDR" ]; then
+        # The hosts ferry configure wrote keep the registry as server.
+        python3 tests/e2e/make-image.py "$WORK/img-down" v1 1 > /dev/null
+        push "$WORK/img-down" team/down-configured:1 "$REG2_PORT"
+        rm -rf "$WORK/img-down"
+        CTR=("${MAIN_CTR[@]}")
+        HOSTS_DIR=$CONFIGURED
+        ctr_pull "$REG2_ADDR/team/down-configured:1"
+        same "configure (ferry down)" "$(upstream_config "$REG2_ADDR/team/down-configured:1")" \
+            "$(ctr_config "$REG2_ADDR/team/down-configured:1")"
+        AROUND="$AROUND and containerd with ferry configure's hosts"
+    fi
     printf '%-14s %s\n' fallback "ferry answering 503 (its upstream cut off): $cut_off pulled from the registry itself; ferry stopped: $AROUND pulled from the registry itself"
 }
 
@@ -301,6 +366,7 @@ skopeo_line
 podman_line
 buildah_line
 containerd_lines
+configure_line
 stargz_line
 docker_line
 

@@ -30,6 +30,7 @@ mod manifests;
 mod multirange;
 mod operations;
 mod prefetch;
+mod prewarm;
 mod properties;
 mod replicas;
 mod routing;

@@ -22,8 +22,9 @@ pub const DEFAULT_PARALLEL: usize = 4;
 /// What happened to one blob, for progress displays.
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// The image's manifests were read: this many distinct blobs to go.
-    Planned { blobs: usize },
+    /// The image's manifests were read: this many distinct blobs to go,
+    /// `bytes` in all (as their descriptors say).
+    Planned { blobs: usize, bytes: u64 },
     /// A blob download started; `size` when the upstream said.
     Started { digest: Digest, size: Option<u64> },
     /// `bytes` more arrived.
@@ -109,6 +110,92 @@ pub async fn prefetch_with(
     parallel: usize,
     on_event: &(dyn Fn(Event) + Sync),
 ) -> Result<Report, PrefetchError> {
+    let options = Options {
+        parallel,
+        platforms: Vec::new(),
+    };
+    prefetch_for(app, image, &options, on_event).await
+}
+
+/// How a prefetch runs.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Blobs fetched at once (at least 1).
+    pub parallel: usize,
+    /// `os/architecture[/variant]`: an index's manifests for other
+    /// platforms are skipped. Empty: every platform.
+    pub platforms: Vec<String>,
+}
+
+/// True when `platform` (`os/arch[/variant]`) is well formed.
+pub fn valid_platform(platform: &str) -> bool {
+    let parts: Vec<&str> = platform.split('/').collect();
+    (2..=3).contains(&parts.len())
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'.')
+        })
+}
+
+/// The manifests an index lists for `platforms` (all when empty).
+fn manifests_for(bytes: &[u8], platforms: &[String]) -> Vec<Digest> {
+    let refs = references(bytes);
+    if platforms.is_empty() || refs.manifests.is_empty() {
+        return refs.manifests;
+    }
+    let doc: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    let wanted = |m: &serde_json::Value| {
+        let p = &m["platform"];
+        let (os, arch) = (
+            p["os"].as_str().unwrap_or(""),
+            p["architecture"].as_str().unwrap_or(""),
+        );
+        let variant = p["variant"].as_str();
+        platforms.iter().any(|want| {
+            let mut w = want.split('/');
+            w.next() == Some(os)
+                && w.next() == Some(arch)
+                && w.next().is_none_or(|v| Some(v) == variant)
+        })
+    };
+    let manifests = doc["manifests"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter(|m| wanted(m))
+                .filter_map(|m| m["digest"].as_str()?.parse::<Digest>().ok())
+                .filter(|d| refs.manifests.contains(d))
+                .collect()
+        })
+        .unwrap_or_default();
+    manifests
+}
+
+/// The size each of a manifest's config, layers and blobs states.
+fn sizes(bytes: &[u8]) -> Vec<(Digest, u64)> {
+    let doc: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    let sized = |v: &serde_json::Value| {
+        Some((
+            v["digest"].as_str()?.parse::<Digest>().ok()?,
+            v["size"].as_u64()?,
+        ))
+    };
+    let mut out: Vec<(Digest, u64)> = sized(&doc["config"]).into_iter().collect();
+    for key in ["layers", "blobs"] {
+        out.extend(doc[key].as_array().into_iter().flatten().filter_map(sized));
+    }
+    out
+}
+
+/// As [`prefetch`], with `options`.
+pub async fn prefetch_for(
+    app: &Arc<App>,
+    image: &str,
+    options: &Options,
+    on_event: &(dyn Fn(Event) + Sync),
+) -> Result<Report, PrefetchError> {
+    let parallel = options.parallel;
     let (name, reference) = parse_image(image)?;
     let repo = app
         .coordinator
@@ -118,6 +205,7 @@ pub async fn prefetch_with(
     let mut report = Report::default();
     let mut pending = vec![reference];
     let mut blobs: Vec<Digest> = Vec::new();
+    let mut bytes = 0u64;
     while let Some(r) = pending.pop() {
         // A manifest GET is what a registry counts as a pull.
         within_budget(app, &repo)?;
@@ -131,14 +219,23 @@ pub async fn prefetch_with(
         report.manifests += 1;
         // The server's own parser: foreign layers (`urls`) are skipped.
         let refs = references(&m.bytes);
-        pending.extend(refs.manifests.into_iter().map(Reference::Digest));
+        pending.extend(
+            manifests_for(&m.bytes, &options.platforms)
+                .into_iter()
+                .map(Reference::Digest),
+        );
+        let sized = sizes(&m.bytes);
         for d in refs.blobs {
             if !blobs.contains(&d) {
+                bytes += sized.iter().find(|(s, _)| *s == d).map_or(0, |(_, n)| *n);
                 blobs.push(d);
             }
         }
     }
-    on_event(Event::Planned { blobs: blobs.len() });
+    on_event(Event::Planned {
+        blobs: blobs.len(),
+        bytes,
+    });
     let repo = &repo;
     let mut fetches = futures::stream::iter(blobs)
         .map(|digest| async move { fetch_blob(app, repo, &digest, on_event).await })

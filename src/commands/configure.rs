@@ -1,0 +1,111 @@
+//! `ferry configure containerd`: writes containerd's `hosts.toml` for
+//! every registry ferry's config routes (see `ferry::node::containerd`)
+//! and prints each file's fate; `--dry-run` prints what it would do and
+//! writes nothing. With `--containerd-config`, checks that containerd
+//! reads the directory and says which lines to add when it does not.
+//!
+//! Exit codes: 0 when the hosts are written (or would be) and containerd
+//! reads them (or was not asked about); 1 when containerd's config does
+//! not read them; 2 for bad arguments, an unreadable config or a write
+//! that failed.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use ferry::config::Config;
+use ferry::node::{containerd, containerd_config};
+
+/// What `ferry configure containerd` was asked.
+pub struct Args {
+    pub config: Option<PathBuf>,
+    pub hosts_dir: PathBuf,
+    pub mirror: String,
+    pub mirror_ca: Option<PathBuf>,
+    pub default: bool,
+    pub force: bool,
+    pub dry_run: bool,
+    pub containerd_config: Option<PathBuf>,
+}
+
+pub fn containerd(
+    mut args: Args,
+    load: impl Fn(Option<&Path>) -> Result<Config, String>,
+) -> ExitCode {
+    // containerd's config_path is absolute; so is what is said about it.
+    if let Ok(abs) = std::path::absolute(&args.hosts_dir) {
+        args.hosts_dir = abs;
+    }
+    let config = match load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mirror = match containerd::Mirror::parse(&args.mirror, args.mirror_ca) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let files = containerd::hosts_files(&config, &mirror, args.default);
+    if files.is_empty() {
+        eprintln!("ferry: the config routes no registry: nothing to write");
+        return ExitCode::from(2);
+    }
+    let changes = match containerd::plan(&args.hosts_dir, &files, args.force) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry: cannot read the hosts directory: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if !args.dry_run {
+        if let Err(e) = containerd::apply(&changes) {
+            eprintln!("ferry: cannot write {e}");
+            return ExitCode::from(2);
+        }
+    }
+    for c in &changes {
+        println!("{}", c.describe(args.dry_run));
+    }
+    let written = changes.iter().filter(|c| c.writes()).count();
+    println!(
+        "{} {written} of {} files in {}{}",
+        if args.dry_run { "would write" } else { "wrote" },
+        files.len(),
+        args.hosts_dir.display(),
+        if written == 0 {
+            ": nothing to change"
+        } else {
+            ""
+        }
+    );
+    let Some(file) = args.containerd_config else {
+        return ExitCode::SUCCESS;
+    };
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("ferry: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match containerd_config::check(&text, &args.hosts_dir) {
+        Ok(findings) => {
+            for f in &findings {
+                println!("{}", f.describe(&file));
+            }
+            if findings.iter().any(|f| f.blocks()) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("ferry: {}: {e}", file.display());
+            ExitCode::from(2)
+        }
+    }
+}
