@@ -16,6 +16,7 @@ mod error;
 mod from_peer;
 pub mod listing;
 pub mod manifests;
+pub mod pins;
 pub mod prefetch;
 pub mod prewarm;
 pub mod referrers;

@@ -13,6 +13,7 @@ mod cluster;
 mod credentials;
 mod describe;
 mod file;
+mod pins;
 mod plain_words;
 mod registries;
 mod resolve;
@@ -33,6 +34,7 @@ pub use cluster::{ClusterConfig, ClusterSection, PeerSource, FANOUT, PEER_TIMEOU
 pub use credentials::{read_credentials_file, Credentials, Secret};
 pub use describe::settings;
 pub use file::FileConfig;
+pub use pins::{Pin, PinTarget};
 pub use snippets::{client_snippets, containerd_host, ContainerdHost};
 pub use storage_driver::{S3Settings, SharedStorage};
 
@@ -139,6 +141,8 @@ pub struct LifecycleConfig {
     /// How often the shared tier's cap and leftover uploads are checked
     /// (`ferry.sharedCheckInterval`).
     pub shared_check_interval: Duration,
+    /// `ferry.pin`: images eviction never removes.
+    pub pins: Vec<Pin>,
 }
 
 /// A periodic re-hash of the store.

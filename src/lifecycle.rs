@@ -4,10 +4,12 @@
 //! periodic scrub. Start-up recovery (temp files) lives in the store.
 //!
 //! The pieces are small and separately tested: [`eviction::plan`] is a pure
-//! function, [`Index`] is memory only, [`scrub`] is blocking file work.
+//! function, [`Index`] is memory only, [`Pinned`] is what `ferry.pin`
+//! keeps, [`scrub`] is blocking file work.
 
 pub mod eviction;
 mod index;
+mod pinned;
 pub mod scrub;
 mod space;
 
@@ -22,6 +24,7 @@ use crate::oci::Digest;
 use crate::store::FsStore;
 
 pub use index::Index;
+pub use pinned::{PinState, Pinned};
 pub use scrub::{ScrubOptions, ScrubReport};
 pub use space::{Reservation, Space, SpaceProbe};
 
@@ -48,6 +51,8 @@ pub struct Lifecycle {
     metrics: Arc<Metrics>,
     /// Wakes the eviction task after a publish took the store over its cap.
     pub pressure: tokio::sync::Notify,
+    /// The blobs of `ferry.pin`'s images: never evicted.
+    pub pinned: Pinned,
 }
 
 impl Lifecycle {
@@ -68,6 +73,7 @@ impl Lifecycle {
             readers: DashMap::new(),
             metrics,
             pressure: tokio::sync::Notify::new(),
+            pinned: Pinned::default(),
         })
     }
 
@@ -115,7 +121,7 @@ impl Lifecycle {
             .map(|c| (c.digest.clone(), c.size))
             .collect();
         let victims = eviction::plan(&candidates, limits, now_ms, |d| {
-            in_flight(d) || self.is_read(d)
+            in_flight(d) || self.is_read(d) || self.pinned.contains(d)
         });
         let mut report = EvictionReport::default();
         // The store tells its listener (this index, the memory cache).

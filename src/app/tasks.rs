@@ -1,6 +1,7 @@
 //! The background tasks: eviction (every `evictionInterval`, and at once
 //! when a publish takes the store over its cap), scrub (every
-//! `extensions.scrub.interval`, the shared tier too) and, with a shared
+//! `extensions.scrub.interval`, the shared tier too), the pins (at start,
+//! then every shortest `tagTTL`: see `pins.rs`) and, with a shared
 //! tier, its size cap and leftover uploads (every `sharedCheckInterval`).
 //! Local file work runs on the blocking pool. The server's wiring starts
 //! them and aborts them at shutdown.
@@ -25,6 +26,16 @@ pub fn spawn(app: &Arc<App>) -> Vec<tokio::task::JoinHandle<()>> {
                     _ = lc.pressure.notified() => {}
                 }
                 evict_now(&app).await;
+            }
+        }));
+    }
+    if !app.config.lifecycle.pins.is_empty() {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let every = super::pins::interval(&app.config);
+            loop {
+                app.refresh_pins().await;
+                tokio::time::sleep(every).await;
             }
         }));
     }

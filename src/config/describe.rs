@@ -99,6 +99,22 @@ pub fn settings(c: &Config) -> String {
         format!("{} pulls", d.rate_limit_reserve),
     );
     line(
+        "ferry.pin",
+        match (c.lifecycle.pins.len(), c.lifecycle.max_size) {
+            (0, _) => "none".to_string(),
+            (n, Some(max)) => format!(
+                "{n} ({}); kept out of eviction, so they count against maxSize {}: the status page shows their size",
+                c.lifecycle.pins.iter().map(|p| p.image.as_str()).collect::<Vec<_>>().join(", "),
+                size(max)
+            ),
+            (n, None) => format!(
+                "{n} ({}); no maxSize, so nothing is evicted anyway",
+                c.lifecycle.pins.iter().map(|p| p.image.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        },
+        "none".to_string(),
+    );
+    line(
         "ferry.adminTokens",
         match c.admin_tokens.len() {
             0 => "none (the operations API is off)".to_string(),

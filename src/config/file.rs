@@ -179,6 +179,8 @@ pub struct FerrySection {
     pub access_tokens: Option<Vec<super::access::AccessToken>>,
     /// Bearer tokens for the operations API (`/ferry/v1/prewarm`).
     pub admin_tokens: Option<Vec<super::Secret>>,
+    /// Images eviction never removes (`repo:tag`, tag globs, `repo@digest`).
+    pub pin: Option<Vec<String>>,
     /// A file of admin tokens, one per line.
     pub admin_tokens_file: Option<std::path::PathBuf>,
     pub max_connections: Option<usize>,

@@ -155,6 +155,13 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         )?,
         scrub,
         shared_max_size: bytes("sharedMaxSize", &f.shared_max_size)?,
+        pins: f
+            .pin
+            .take()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| super::Pin::parse(p).map_err(err))
+            .collect::<Result<_, _>>()?,
         shared_check_interval: dur(
             "sharedCheckInterval",
             &f.shared_check_interval,

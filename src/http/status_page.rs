@@ -107,10 +107,59 @@ th {{ background: #eef1f6; }} code {{ font-size: .85rem; }}
         );
     }
     downloads(app, &mut h);
+    pins(app, &mut h);
     upstreams(app, &mut h);
     peers(app, &mut h);
     h.push_str("</body></html>\n");
     h
+}
+
+/// `ferry.pin`: each pin, what it covers and its size (never evicted).
+fn pins(app: &Arc<App>, h: &mut String) {
+    let pins = app.coordinator.lifecycle().pinned.snapshot();
+    if app.config.lifecycle.pins.is_empty() {
+        return;
+    }
+    let total: u64 = pins.iter().map(|(_, p)| p.bytes).sum();
+    let _ = writeln!(
+        h,
+        "<h2>Pinned images ({}, {})</h2>\n<table><tr><th>pin</th><th>covers</th><th>blobs</th><th>size</th><th>last refresh</th></tr>",
+        app.config.lifecycle.pins.len(),
+        size(total)
+    );
+    for pin in &app.config.lifecycle.pins {
+        let state = pins
+            .iter()
+            .find(|(name, _)| *name == pin.image)
+            .map(|(_, p)| p);
+        let (covers, blobs, bytes, refresh) = match state {
+            None => (
+                "-".to_string(),
+                0,
+                0,
+                "<span class=\"none\">not resolved yet</span>".to_string(),
+            ),
+            Some(p) => (
+                escape(&p.references.join(", ")),
+                p.blobs.len(),
+                p.bytes,
+                match &p.error {
+                    Some(e) => format!(
+                        "<span class=\"bad\">{}</span> (keeps what it had)",
+                        escape(e)
+                    ),
+                    None => "<span class=\"ok\">ok</span>".to_string(),
+                },
+            ),
+        };
+        let _ = writeln!(
+            h,
+            "<tr><td><code>{}</code></td><td>{covers}</td><td>{blobs}</td><td>{}</td><td>{refresh}</td></tr>",
+            escape(&pin.image),
+            size(bytes)
+        );
+    }
+    h.push_str("</table>\n");
 }
 
 fn downloads(app: &Arc<App>, h: &mut String) {

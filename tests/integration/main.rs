@@ -29,6 +29,7 @@ mod listener;
 mod manifests;
 mod multirange;
 mod operations;
+mod pins;
 mod prefetch;
 mod prewarm;
 mod properties;

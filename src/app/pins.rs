@@ -1,0 +1,102 @@
+//! `ferry.pin` kept: every pin is resolved to its images' blobs (a tag
+//! glob to the repository's tags that match), what is missing is fetched,
+//! and the lifecycle's [`Pinned`](crate::lifecycle::Pinned) set is
+//! replaced, so eviction skips those blobs. It runs at start and then
+//! every [`interval`] (the shortest `tagTTL` of the registries): a pinned
+//! tag's manifest is revalidated as any pull's would be once its TTL
+//! passed, and its new content fetched in the background. A pin whose
+//! refresh fails (the upstream down, its reserve of pulls reached) keeps
+//! the blobs it had.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::prefetch::{self, Event, Options};
+use super::App;
+use crate::config::{Config, Pin, PinTarget};
+use crate::lifecycle::PinState;
+use crate::routing::Origin;
+
+/// How often pins are refreshed: the shortest `tagTTL`, at least 10 s.
+pub fn interval(config: &Config) -> Duration {
+    config
+        .registries
+        .iter()
+        .map(|r| r.freshness.tag_ttl)
+        .min()
+        .unwrap_or(Duration::from_secs(300))
+        .max(Duration::from_secs(10))
+}
+
+impl App {
+    /// Resolves every pin once (see the file's comment).
+    pub async fn refresh_pins(self: &Arc<Self>) {
+        for pin in &self.config.lifecycle.pins {
+            match self.resolve_pin(pin).await {
+                Ok(state) => {
+                    tracing::debug!(pin = %pin.image, blobs = state.blobs.len(), bytes = state.bytes, "pin resolved");
+                    self.coordinator.lifecycle().pinned.set(&pin.image, state);
+                }
+                Err(e) => {
+                    tracing::warn!(pin = %pin.image, error = %e, "cannot resolve a pin; it keeps what it had");
+                    self.coordinator.lifecycle().pinned.failed(&pin.image, e);
+                }
+            }
+        }
+        // Pinned bytes count against the cap: past its low-water mark,
+        // eviction can no longer get the store under it.
+        let lc = self.coordinator.lifecycle();
+        let pinned: u64 = lc.pinned.snapshot().iter().map(|(_, p)| p.bytes).sum();
+        if let Some(max) = lc.config.max_size.filter(|m| pinned > m / 10 * 9) {
+            tracing::warn!(pinned, max_size = max, "the pinned images alone fill 90% of ferry.maxSize: eviction cannot make room below them; raise maxSize or pin less");
+        }
+    }
+
+    async fn resolve_pin(self: &Arc<Self>, pin: &Pin) -> Result<PinState, String> {
+        let references: Vec<String> = match &pin.target {
+            PinTarget::Tag(t) => vec![format!(":{t}")],
+            PinTarget::Digest(d) => vec![format!("@{d}")],
+            PinTarget::Glob(..) => {
+                let repo = self
+                    .coordinator
+                    .router()
+                    .resolve(&pin.name, None, Origin::background())
+                    .map_err(|e| e.message)?;
+                let tags = self
+                    .tags(&repo)
+                    .await
+                    .map_err(|e| format!("its tags: {}", e.message))?;
+                tags.into_iter()
+                    .filter(|t| pin.covers_tag(t))
+                    .map(|t| format!(":{t}"))
+                    .collect()
+            }
+        };
+        let blobs: Mutex<Vec<(crate::oci::Digest, u64)>> = Mutex::new(Vec::new());
+        let options = Options {
+            parallel: 2,
+            platforms: Vec::new(),
+        };
+        for r in &references {
+            let image = format!("{}{r}", pin.name);
+            let seen = |e: Event| {
+                if let Event::Done { digest, size, .. } = e {
+                    let mut b = blobs.lock().unwrap_or_else(|e| e.into_inner());
+                    if !b.iter().any(|(d, _)| *d == digest) {
+                        b.push((digest, size));
+                    }
+                }
+            };
+            prefetch::prefetch_for(self, &image, &options, &seen)
+                .await
+                .map_err(|e| format!("{image}: {e}"))?;
+        }
+        let blobs = blobs.into_inner().unwrap_or_else(|e| e.into_inner());
+        Ok(PinState {
+            references: references.iter().map(|r| r[1..].to_string()).collect(),
+            bytes: blobs.iter().map(|(_, n)| n).sum(),
+            blobs: blobs.into_iter().map(|(d, _)| d).collect(),
+            error: None,
+        })
+    }
+}
