@@ -19,6 +19,9 @@ use serde::Deserialize;
 
 use super::{ConfigError, Secret};
 
+/// Admin tokens from the environment, beside `ferry.adminTokens`.
+pub const ADMIN_TOKENS_ENV: &str = "FERRY_ADMIN_TOKENS";
+
 /// Bearer tokens that may use the operations API (`ferry.adminTokens`,
 /// `ferry.adminTokensFile`); compared in constant time. None configured:
 /// the API is refused to everyone.
@@ -26,12 +29,23 @@ use super::{ConfigError, Secret};
 pub struct AdminTokens(Vec<Secret>);
 
 impl AdminTokens {
-    /// The tokens of the list and of the file (one per line, `#` comments).
+    /// The tokens of the list, of the file (one per line, `#` comments)
+    /// and of `env` (the value of [`ADMIN_TOKENS_ENV`]: tokens separated by
+    /// commas or newlines, e.g. from a Kubernetes Secret).
     pub fn resolve(
         list: Option<Vec<Secret>>,
         file: Option<&std::path::Path>,
+        env: Option<String>,
     ) -> Result<AdminTokens, ConfigError> {
         let mut tokens = list.unwrap_or_default();
+        if let Some(env) = env {
+            tokens.extend(
+                env.split([',', '\n'])
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(Secret::new),
+            );
+        }
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 ConfigError(format!(
@@ -195,4 +209,41 @@ pub fn parse_proxies(list: &[String]) -> Result<Vec<ipnet::IpNet>, super::Config
                 })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_tokens_from_the_list_a_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens");
+        std::fs::write(&file, "# ops\nfile-token-0123456789\n\n").unwrap();
+        let t = AdminTokens::resolve(
+            Some(vec![Secret::new("list-token-0123456789")]),
+            Some(&file),
+            Some("env-token-0123456789, env-token-9876543210\n".into()),
+        )
+        .unwrap();
+        assert_eq!(t.len(), 4);
+        for ok in [
+            "list-token-0123456789",
+            "file-token-0123456789",
+            "env-token-9876543210",
+        ] {
+            assert!(t.allows(ok), "{ok}");
+        }
+        for no in [
+            "",
+            "list-token-012345678",
+            "# ops",
+            "list-token-0123456789x",
+        ] {
+            assert!(!t.allows(no), "{no:?}");
+        }
+        let short = AdminTokens::resolve(Some(vec![Secret::new("short")]), None, None);
+        assert!(short.unwrap_err().0.contains("shorter than 16"));
+        assert!(AdminTokens::resolve(None, None, None).unwrap().is_empty());
+    }
 }

@@ -209,8 +209,11 @@ pub(super) fn resolve(file: FileConfig, o: &Overrides) -> Result<Config, ConfigE
         Some(h) => (h.auth, h.access_control),
         None => (None, None),
     };
-    let admin_tokens =
-        super::access::AdminTokens::resolve(f.admin_tokens.take(), f.admin_tokens_file.as_deref())?;
+    let admin_tokens = super::access::AdminTokens::resolve(
+        f.admin_tokens.take(),
+        f.admin_tokens_file.as_deref(),
+        std::env::var(super::access::ADMIN_TOKENS_ENV).ok(),
+    )?;
     let tokens = f.access_tokens.unwrap_or_default();
     let htpasswd = auth
         .as_ref()

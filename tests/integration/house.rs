@@ -288,3 +288,38 @@ fn no_arrow_runs_back_up_to_a_parent() {
         "children using their parent's items: {problems:#?}"
     );
 }
+
+#[test]
+fn every_file_in_deploy_is_in_the_operations_table() {
+    // docs/operations.md's table of deploy/ names every file, so a new
+    // manifest is not shipped unexplained.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let table = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let mut files = Vec::new();
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    walk(&root.join("deploy"), &mut files);
+    let missing: Vec<String> = files
+        .iter()
+        .map(|f| {
+            f.strip_prefix(root.join("deploy"))
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .filter(|f| !table.contains(&format!("`{f}`")))
+        .collect();
+    assert!(files.len() > 10, "{} files in deploy/", files.len());
+    assert!(
+        missing.is_empty(),
+        "not in docs/operations.md's deploy/ table: {missing:?}"
+    );
+}

@@ -50,6 +50,7 @@ async fn with_tokens(up: &FakeRegistry) -> Ferry {
         c.admin_tokens = ferry::config::AdminTokens::resolve(
             Some(vec![ferry::config::Secret::new(TOKEN)]),
             None,
+            None,
         )
         .unwrap();
         c.listener.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
