@@ -18,6 +18,7 @@
 mod asking;
 mod key;
 pub mod membership;
+mod prewarm;
 mod probing;
 pub mod rendezvous;
 mod replay;
@@ -28,5 +29,6 @@ pub mod tree;
 pub use asking::{BlobAsk, PeerError, LIED_PATH};
 pub use key::OwnerKey;
 pub use membership::PeerState;
+pub use prewarm::{body_binding, PREWARM_PATH};
 pub use signature::Signed;
 pub use state::{Cluster, PeerCheck, Refusal};

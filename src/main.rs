@@ -103,6 +103,9 @@ enum Command {
         /// Only these platforms of a multi-platform image (os/arch[/variant]); repeatable.
         #[arg(long = "platform")]
         platforms: Vec<String>,
+        /// In a cluster, have every replica take a copy (one ferry per node).
+        #[arg(long)]
+        every_replica: bool,
         /// Images: [registry-host/]name[:tag|@digest].
         #[arg(required = true)]
         images: Vec<String>,
@@ -199,11 +202,13 @@ fn main() -> ExitCode {
             server,
             token,
             platforms,
+            every_replica,
             images,
         } => runtime().block_on(commands::prewarm::run(commands::prewarm::Args {
             server,
             token,
             platforms,
+            every_replica,
             images,
         })),
         Command::Configure {

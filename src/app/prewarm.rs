@@ -34,6 +34,10 @@ pub struct Request {
     /// `os/arch[/variant]`; empty: every platform.
     #[serde(default)]
     pub platforms: Vec<String>,
+    /// In a cluster, every live replica also takes a copy (the per-node
+    /// shape: each node's pulls then read their own store).
+    #[serde(default, rename = "everyReplica")]
+    pub every_replica: bool,
 }
 
 impl Request {
@@ -79,6 +83,19 @@ pub struct Job {
     bytes_total: AtomicU64,
     bytes_done: AtomicU64,
     failures: Mutex<Vec<String>>,
+    /// With `everyReplica`: the same job on each other replica.
+    replicas: Mutex<Vec<Replica>>,
+}
+
+/// This job's share on another replica, as last heard.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Replica {
+    pub peer: String,
+    /// Its job's id there, once started.
+    pub id: Option<String>,
+    pub state: String,
+    pub blobs: Count,
+    pub bytes: Count,
 }
 
 /// A job's progress as `GET /ferry/v1/prewarm/<id>` answers it.
@@ -91,6 +108,10 @@ pub struct Progress {
     pub blobs: Count,
     pub bytes: Count,
     pub failures: Vec<String>,
+    /// With `everyReplica`: each other replica's share (its counts are not
+    /// in `blobs` and `bytes`, which are this replica's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<Replica>,
 }
 
 /// Done of total.
@@ -130,6 +151,11 @@ impl Job {
             },
             failures: self
                 .failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            replicas: self
+                .replicas
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
@@ -183,6 +209,106 @@ impl Prewarms {
     }
 }
 
+/// With `everyReplica` in a cluster: starts the job on every other live
+/// replica and follows each until it ends; a replica that cannot be asked
+/// or whose job failed is a failure of this job.
+async fn replicas(app: &App, job: &Job) {
+    let Some(cluster) = app.cluster.as_ref().filter(|_| job.request.every_replica) else {
+        return;
+    };
+    let peers: Vec<String> = cluster
+        .peers()
+        .into_iter()
+        .filter(|p| p.live)
+        .map(|p| p.addr)
+        .collect();
+    let body = Request {
+        every_replica: false,
+        ..job.request.clone()
+    };
+    let body = bytes::Bytes::from(
+        serde_json::to_vec(&serde_json::json!({
+            "images": body.images, "platforms": body.platforms,
+        }))
+        .unwrap_or_default(),
+    );
+    let set = |peer: &str, f: &dyn Fn(&mut Replica)| {
+        let mut r = job.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(one) = r.iter_mut().find(|x| x.peer == peer) {
+            f(one);
+        }
+    };
+    *job.replicas.lock().unwrap_or_else(|e| e.into_inner()) = peers
+        .iter()
+        .map(|p| Replica {
+            peer: p.clone(),
+            id: None,
+            state: "starting".into(),
+            blobs: Count { done: 0, total: 0 },
+            bytes: Count { done: 0, total: 0 },
+        })
+        .collect();
+    let follow = peers.iter().map(|peer| {
+        let body = body.clone();
+        async move {
+            let id = match cluster.start_prewarm(peer, body).await {
+                Ok(id) => id,
+                Err(e) => {
+                    set(peer, &|r| r.state = "failed".into());
+                    job.failed(format!("replica {peer}: {e}"));
+                    return;
+                }
+            };
+            set(peer, &|r| {
+                r.id = Some(id.clone());
+                r.state = "running".into();
+            });
+            let mut misses = 0;
+            loop {
+                tokio::time::sleep(PEER_POLL).await;
+                match cluster.prewarm_progress(peer, &id).await {
+                    Ok(v) => {
+                        misses = 0;
+                        let p: Progress = match serde_json::from_value(v) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                job.failed(format!("replica {peer}: {e}"));
+                                return;
+                            }
+                        };
+                        set(peer, &|r| {
+                            r.state = p.state.clone();
+                            r.blobs = p.blobs;
+                            r.bytes = p.bytes;
+                        });
+                        if p.state != "running" {
+                            for f in &p.failures {
+                                job.failed(format!("replica {peer}: {f}"));
+                            }
+                            return;
+                        }
+                    }
+                    Err(e) if misses < PEER_MISSES => {
+                        misses += 1;
+                        tracing::debug!(%peer, error = %e, "prewarm: a replica's progress did not come");
+                    }
+                    Err(e) => {
+                        set(peer, &|r| r.state = "failed".into());
+                        job.failed(format!("replica {peer}: {e}"));
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    futures::future::join_all(follow).await;
+}
+
+/// How often another replica's share is asked for.
+const PEER_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+/// Answers in a row a replica may miss (a restart) before its share fails.
+const PEER_MISSES: u32 = 20;
+
 impl App {
     /// Starts a prewarm job for `request` (already [`Request::check`]ed)
     /// and returns it at once; it runs in the background.
@@ -196,6 +322,7 @@ impl App {
             bytes_total: AtomicU64::new(0),
             bytes_done: AtomicU64::new(0),
             failures: Mutex::new(Vec::new()),
+            replicas: Mutex::new(Vec::new()),
         });
         self.prewarms.add(job.clone());
         tracing::info!(id = %job.id, images = job.request.images.len(), "prewarm started");
@@ -205,13 +332,18 @@ impl App {
                 parallel: prefetch::DEFAULT_PARALLEL,
                 platforms: running.request.platforms.clone(),
             };
-            for image in &running.request.images {
-                let counted = |e: Event| running.count(e);
-                if let Err(e) = prefetch::prefetch_for(&app, image, &options, &counted).await {
-                    tracing::warn!(id = %running.id, %image, error = %e, "prewarm: an image failed");
-                    running.failed(format!("{image}: {e}"));
+            let here = async {
+                for image in &running.request.images {
+                    let counted = |e: Event| running.count(e);
+                    if let Err(e) = prefetch::prefetch_for(&app, image, &options, &counted).await {
+                        tracing::warn!(id = %running.id, %image, error = %e, "prewarm: an image failed");
+                        running.failed(format!("{image}: {e}"));
+                    }
                 }
-            }
+            };
+            // Each blob is fetched by its owner either way: the replicas'
+            // jobs ask it, as this one does.
+            futures::join!(here, replicas(&app, &running));
             let failed = !running.progress().failures.is_empty();
             running
                 .state

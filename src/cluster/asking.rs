@@ -5,8 +5,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
-use http_body_util::Empty;
+use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::signature;
@@ -127,7 +128,8 @@ impl Cluster {
         headers: HeaderMap,
     ) -> Result<Response<Incoming>, PeerError> {
         let wait = self.answer_timeout;
-        self.send(Method::GET, peer, path, repo, client, headers, wait)
+        let body = Bytes::new();
+        self.send(Method::GET, peer, path, repo, client, (headers, body), wait)
             .await
     }
 
@@ -147,7 +149,15 @@ impl Cluster {
         let wait = self.config.peer_timeout;
         let head = HeaderMap::new();
         let resp = self
-            .send(Method::HEAD, peer, &path, &route, client, head, wait)
+            .send(
+                Method::HEAD,
+                peer,
+                &path,
+                &route,
+                client,
+                (head, Bytes::new()),
+                wait,
+            )
             .await?;
         // Only a 200 is signed for sure (`send` passes other statuses
         // unchecked): nothing else says how far the peer is.
@@ -172,7 +182,15 @@ impl Cluster {
         let peers = self.members.live();
         let told = peers.iter().map(|p| {
             let head = HeaderMap::new();
-            self.send(Method::GET, p, &path, "", client, head, wait)
+            self.send(
+                Method::GET,
+                p,
+                &path,
+                "",
+                client,
+                (head, Bytes::new()),
+                wait,
+            )
         });
         let answers = futures::future::join_all(told).await;
         let reached = answers
@@ -184,24 +202,24 @@ impl Cluster {
     }
 
     /// Sends a signed `method path` for `repo` (see [`signature::REPO`]) on
-    /// behalf of `client` to `peer`, with `headers` besides, and returns
-    /// its answer's head if it comes within `wait`.
+    /// behalf of `client` to `peer`, with `headers` and `body` besides, and
+    /// returns its answer's head if it comes within `wait`.
     #[allow(clippy::too_many_arguments)]
-    async fn send(
+    pub(super) async fn send(
         &self,
         method: Method,
         peer: &str,
         path: &str,
         repo: &str,
         client: IpAddr,
-        headers: HeaderMap,
+        (headers, body): (HeaderMap, Bytes),
         wait: Duration,
     ) -> Result<Response<Incoming>, PeerError> {
         let me = self.me().unwrap_or_else(|| self.listen.to_string());
         let mut req = Request::builder()
             .method(method.clone())
             .uri(format!("{}://{peer}{path}", self.scheme))
-            .body(Empty::new())
+            .body(Full::new(body))
             .map_err(|e| PeerError::Unreachable {
                 peer: peer.into(),
                 cause: e.to_string(),

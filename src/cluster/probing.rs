@@ -11,7 +11,7 @@ use crate::config::PeerSource;
 use crate::metrics::PeerLabels;
 use crate::routing::fingerprint::{self, Fingerprints};
 use http::Request;
-use http_body_util::Empty;
+use http_body_util::Full;
 
 impl Cluster {
     /// Keeps the membership fresh until dropped: resolves `dns` every
@@ -87,7 +87,7 @@ impl Cluster {
     /// with the routing fingerprints and the zone it sent, if any.
     async fn probe(&self, peer: &str) -> Option<(Option<Fingerprints>, Option<String>)> {
         let req = Request::get(format!("{}://{peer}/readyz", self.scheme))
-            .body(Empty::new())
+            .body(Full::default())
             .ok()?;
         // A probe that takes longer than `peerTimeout` counts as a failure:
         // a peer that freezes is out of the ring within `probeInterval` +

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
-use http_body_util::Empty;
+use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -31,7 +31,7 @@ pub struct Cluster {
     pub(super) config: ClusterConfig,
     pub(super) listen: SocketAddr,
     pub(super) members: membership::Members,
-    pub(super) client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    pub(super) client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     /// `http` or `https` (behind `http.tls`, peers speak TLS).
     pub(super) scheme: &'static str,
     /// How long a peer may take to answer a blob request's headers (it may

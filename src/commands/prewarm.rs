@@ -21,6 +21,8 @@ pub struct Args {
     pub server: String,
     pub token: Option<String>,
     pub platforms: Vec<String>,
+    /// In a cluster, every replica takes a copy.
+    pub every_replica: bool,
     pub images: Vec<String>,
 }
 
@@ -34,7 +36,11 @@ pub async fn run(args: Args) -> ExitCode {
     };
     let server = args.server.trim_end_matches('/').to_string();
     let client = client();
-    let body = serde_json::json!({"images": args.images, "platforms": args.platforms});
+    let body = serde_json::json!({
+        "images": args.images,
+        "platforms": args.platforms,
+        "everyReplica": args.every_replica,
+    });
     let started = send(
         &client,
         http::Method::POST,
@@ -128,6 +134,18 @@ pub async fn run(args: Args) -> ExitCode {
         n("bytes", "done"),
         n("bytes", "total")
     );
+    for r in progress["replicas"].as_array().into_iter().flatten() {
+        let n = |k: &str, f: &str| r[k][f].as_u64().unwrap_or(0);
+        println!(
+            "  replica {}: {}: {} of {} blobs, {} of {} bytes",
+            r["peer"].as_str().unwrap_or("?"),
+            r["state"].as_str().unwrap_or("?"),
+            n("blobs", "done"),
+            n("blobs", "total"),
+            n("bytes", "done"),
+            n("bytes", "total")
+        );
+    }
     let failures = progress["failures"].as_array().cloned().unwrap_or_default();
     for f in &failures {
         println!("  failed: {}", f.as_str().unwrap_or("?"));

@@ -1,13 +1,18 @@
 //! The operations API's prewarm endpoints, on the main listener and on
 //! `ferry.metricsAddress` alike:
 //!
-//! - `POST /ferry/v1/prewarm` with `{"images": [...], "platforms": [...]}`
-//!   answers `202` with `{"id": ...}` and a `Location`;
+//! - `POST /ferry/v1/prewarm` with `{"images": [...], "platforms": [...],
+//!   "everyReplica": false}` answers `202` with `{"id": ...}` and a
+//!   `Location`;
 //! - `GET /ferry/v1/prewarm/<id>` answers the job's progress.
 //!
 //! Only with `Authorization: Bearer <token>` of `ferry.adminTokens`: none
 //! configured is `403` for everyone, a missing or wrong token `401`. Never
-//! anonymous: a prewarm spends the upstream's budget and the disk.
+//! anonymous: a prewarm spends the upstream's budget and the disk. A
+//! replica asked by a peer for `everyReplica` takes the cluster's
+//! signature instead (the body bound to it, see
+//! `cluster::body_binding`), answers `200`, and signs its answer with the
+//! digest of its body.
 
 use std::sync::Arc;
 
@@ -18,12 +23,21 @@ use http_body_util::{BodyExt, Limited};
 use super::{response, Body};
 use crate::app::prewarm;
 use crate::app::App;
-use crate::oci::{ErrorCode, RegistryError};
+use crate::cluster::{body_binding, PeerCheck, Refusal, Signed};
+use crate::oci::{Digest, ErrorCode, RegistryError};
 
 /// Where the endpoints live.
-pub const PREFIX: &str = "/ferry/v1/prewarm";
+pub const PREFIX: &str = crate::cluster::PREWARM_PATH;
 /// The largest request body taken.
 const MAX_BODY: usize = 256 << 10;
+
+/// Who is asking.
+enum Who {
+    /// A bearer token of `ferry.adminTokens`.
+    Admin,
+    /// A signed cluster peer (its own job with `everyReplica`).
+    Peer(Signed),
+}
 
 /// Answers a request under [`PREFIX`]; `None` for any other path.
 pub(super) async fn answer<B>(app: &Arc<App>, req: Request<B>) -> Option<Response<Body>>
@@ -37,33 +51,62 @@ where
         return None;
     }
     let rest = rest.to_string();
-    if let Err(e) = admitted(app, req.headers()) {
-        return Some(*e);
-    }
-    Some(match (req.method().clone(), rest.as_str()) {
-        (Method::POST, "" | "/") => start(app, req.into_body()).await,
-        (Method::GET, id) if id.len() > 1 => match app.prewarms.get(&id[1..]) {
-            Some(job) => json(StatusCode::OK, &job.progress()),
-            None => error(
-                StatusCode::NOT_FOUND,
-                ErrorCode::NameUnknown,
-                format!(
-                    "no prewarm job {:?} (the last {} are kept)",
-                    &id[1..],
-                    prewarm::KEEP
-                ),
-            ),
-        },
-        _ => error(
+    let request_headers = req.headers().clone();
+    let who = match admitted(app, &req) {
+        Ok(who) => who,
+        Err(e) => return Some(*e),
+    };
+    let (status, body) = match (req.method().clone(), rest.as_str()) {
+        (Method::POST, "" | "/") => start(app, req.into_body(), &who).await,
+        (Method::GET, id) if id.len() > 1 => read(app, &id[1..], &who),
+        _ => failure(
             StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Unsupported,
             format!("POST {PREFIX} starts a prewarm; GET {PREFIX}/<id> reads one"),
         ),
-    })
+    };
+    let mut r = Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_LENGTH, body.len());
+    if status == StatusCode::ACCEPTED {
+        if let Some(id) = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(String::from))
+        {
+            r = r.header(http::header::LOCATION, format!("{PREFIX}/{id}"));
+        }
+    }
+    if let (Who::Peer(_), Some(cluster)) = (&who, &app.cluster) {
+        // Signed for this request, its body by its digest.
+        r = r.header(
+            "docker-content-digest",
+            Digest::sha256_of(&body).to_string(),
+        );
+        let mut resp = r.body(response::full(body)).expect("valid headers");
+        cluster.sign_answer(&request_headers, status.as_u16(), resp.headers_mut());
+        return Some(resp);
+    }
+    Some(r.body(response::full(body)).expect("valid headers"))
 }
 
-/// A bearer token of `ferry.adminTokens`, or the refusal.
-fn admitted(app: &App, headers: &http::HeaderMap) -> Result<(), Box<Response<Body>>> {
+/// A signed peer, or a bearer token of `ferry.adminTokens`; or the refusal.
+fn admitted<B>(app: &App, req: &Request<B>) -> Result<Who, Box<Response<Body>>> {
+    let headers = req.headers();
+    if let Some(cluster) = &app.cluster {
+        let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        match cluster.check(req.method(), path_and_query, headers) {
+            PeerCheck::Peer(signed) => return Ok(Who::Peer(signed)),
+            PeerCheck::Client => {}
+            PeerCheck::Refused(why) => {
+                match why {
+                    Refusal::BadSignature => app.metrics.cluster.bad_signatures.inc(),
+                    Refusal::Replayed => app.metrics.cluster.replayed.inc(),
+                };
+                cluster.refused(headers, why);
+            }
+        }
+    }
     let tokens = &app.config.admin_tokens;
     if tokens.is_empty() {
         return Err(Box::new(error(
@@ -80,7 +123,7 @@ fn admitted(app: &App, headers: &http::HeaderMap) -> Result<(), Box<Response<Bod
                 .or_else(|| v.strip_prefix("bearer "))
         });
     match presented {
-        Some(t) if tokens.allows(t.trim()) => Ok(()),
+        Some(t) if tokens.allows(t.trim()) => Ok(Who::Admin),
         _ => {
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
@@ -96,7 +139,7 @@ fn admitted(app: &App, headers: &http::HeaderMap) -> Result<(), Box<Response<Bod
     }
 }
 
-async fn start<B>(app: &Arc<App>, body: B) -> Response<Body>
+async fn start<B>(app: &Arc<App>, body: B, who: &Who) -> (StatusCode, Vec<u8>)
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -104,42 +147,79 @@ where
     let bytes = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            return error(
+            return failure(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::Unsupported,
                 format!("the request body (at most {} KiB): {e}", MAX_BODY >> 10),
             )
         }
     };
-    let request: prewarm::Request = match serde_json::from_slice(&bytes) {
+    if let Who::Peer(signed) = who {
+        if signed.repo != body_binding(&bytes) {
+            return failure(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "the peer's signature does not cover this body".into(),
+            );
+        }
+    }
+    let mut request: prewarm::Request = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => {
-            return error(
+            return failure(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::Unsupported,
-                format!("a prewarm is {{\"images\": [\"repo:tag\", ...], \"platforms\": [\"linux/amd64\", ...]}}: {e}"),
+                format!("a prewarm is {{\"images\": [\"repo:tag\", ...], \"platforms\": [\"linux/amd64\", ...], \"everyReplica\": false}}: {e}"),
             )
         }
     };
     if let Err(why) = request.check() {
-        return error(StatusCode::BAD_REQUEST, ErrorCode::Unsupported, why);
+        return failure(StatusCode::BAD_REQUEST, ErrorCode::Unsupported, why);
     }
+    let status = match who {
+        Who::Admin => StatusCode::ACCEPTED,
+        Who::Peer(_) => {
+            // A replica's share of everyReplica: its own job, no further.
+            request.every_replica = false;
+            StatusCode::OK
+        }
+    };
     let job = app.start_prewarm(request);
-    let mut r = json(StatusCode::ACCEPTED, &serde_json::json!({ "id": job.id }));
-    if let Ok(v) = http::HeaderValue::from_str(&format!("{PREFIX}/{}", job.id)) {
-        r.headers_mut().insert(http::header::LOCATION, v);
-    }
-    r
+    (
+        status,
+        serde_json::to_vec(&serde_json::json!({ "id": job.id })).unwrap_or_default(),
+    )
 }
 
-fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
-    let body = serde_json::to_vec(value).unwrap_or_default();
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .body(response::full(body))
-        .expect("valid headers")
+fn read(app: &App, id: &str, who: &Who) -> (StatusCode, Vec<u8>) {
+    if let Who::Peer(signed) = who {
+        if signed.repo != body_binding(b"") {
+            return failure(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "a peer's signature for another request".into(),
+            );
+        }
+    }
+    match app.prewarms.get(id) {
+        Some(job) => (
+            StatusCode::OK,
+            serde_json::to_vec(&job.progress()).unwrap_or_default(),
+        ),
+        None => failure(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NameUnknown,
+            format!(
+                "no prewarm job {id:?} (the last {} are kept)",
+                prewarm::KEEP
+            ),
+        ),
+    }
+}
+
+fn failure(status: StatusCode, code: ErrorCode, message: String) -> (StatusCode, Vec<u8>) {
+    let e = RegistryError::new(status, code, message);
+    (status, e.to_json())
 }
 
 fn error(status: StatusCode, code: ErrorCode, message: String) -> Response<Body> {

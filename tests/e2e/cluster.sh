@@ -12,9 +12,10 @@
 #   3. no balancer: skopeo pulls one image from each replica at the same
 #      moment → upstream bytes 1.00x the image's blobs, and each replica
 #      stores every blob it served;
-#   4. `ferry prewarm` of an image on one replica (refused without the
-#      admin token) → the upstream saw each blob once, and a skopeo pull
-#      from each replica afterwards asks the upstream for none of them.
+#   4. `ferry prewarm --every-replica` of an image on one replica (refused
+#      without the admin token) → the upstream saw each blob once, every
+#      replica holds every blob, and a skopeo pull from each replica
+#      afterwards asks the upstream for none of them.
 #
 # Usage: tests/e2e/cluster.sh [path/to/ferry]   (default: target/debug/ferry)
 # Needs: nginx with its stream module (libnginx-mod-stream), docker-registry,
@@ -244,11 +245,18 @@ grep -q "401" "$WORK/prewarm-refused.txt" || fail "ferry prewarm with a wrong to
 for b in "${WARM_BLOBS[@]}"; do
     [ "$(upstream_gets "$b")" = 0 ] || fail "the upstream was asked for $b before the prewarm"
 done
-FERRY_ADMIN_TOKEN=$ADMIN_TOKEN "$FERRY" prewarm --server "http://127.0.0.1:${PORTS[1]}" e2e/warm:v1 \
+FERRY_ADMIN_TOKEN=$ADMIN_TOKEN "$FERRY" prewarm --server "http://127.0.0.1:${PORTS[1]}" --every-replica e2e/warm:v1 \
     > "$WORK/prewarm.txt" 2> "$WORK/prewarm.err" || fail "ferry prewarm: $(cat "$WORK/prewarm.txt" "$WORK/prewarm.err")"
 grep -q ": done: $warm_all of $warm_all blobs" "$WORK/prewarm.txt" || fail "ferry prewarm: $(cat "$WORK/prewarm.txt")"
 for b in "${WARM_BLOBS[@]}"; do
     [ "$(upstream_gets "$b")" = 1 ] || fail "the prewarm asked the upstream for $b $(upstream_gets "$b") times"
+done
+# --every-replica: each replica holds every blob before any client asks.
+for i in 1 2 3; do
+    for b in "${WARM_BLOBS[@]}"; do
+        [ -n "$(find "$WORK/ferry-$i/blobs" -name "${b#sha256:}" -print -quit)" ] \
+            || fail "after the prewarm, replica $i does not hold $b"
+    done
 done
 for i in 1 2 3; do
     skopeo --insecure-policy copy --quiet --src-tls-verify=false \
@@ -258,6 +266,6 @@ done
 for b in "${WARM_BLOBS[@]}"; do
     [ "$(upstream_gets "$b")" = 1 ] || fail "after the prewarm, clients' pulls asked the upstream for $b"
 done
-ok "prewarm: refused without the admin token; $(head -n 1 "$WORK/prewarm.txt"); the upstream saw each of its ${#WARM_BLOBS[@]} blobs once, and a pull from each replica afterwards asked it for none"
+ok "prewarm --every-replica: refused without the admin token; $(head -n 1 "$WORK/prewarm.txt"); the upstream saw each of its ${#WARM_BLOBS[@]} blobs once, every replica held them all, and a pull from each replica afterwards asked it for none"
 
 finish

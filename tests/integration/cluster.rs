@@ -10,6 +10,7 @@ mod lead;
 mod lengths;
 mod lies;
 mod not_found;
+mod prewarm;
 mod routing;
 mod silence;
 mod tls;

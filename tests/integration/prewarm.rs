@@ -15,10 +15,14 @@ use support::*;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const TOKEN: &str = "prewarm-token-0123456789";
+pub(crate) const TOKEN: &str = "prewarm-token-0123456789";
 
 /// A two-platform image of `repo:tag`: (amd64's blobs, arm64's blobs).
-fn two_platforms(up: &FakeRegistry, repo: &str, tag: &str) -> (Vec<String>, Vec<String>) {
+pub(crate) fn two_platforms(
+    up: &FakeRegistry,
+    repo: &str,
+    tag: &str,
+) -> (Vec<String>, Vec<String>) {
     let mut blobs = Vec::new();
     let mut children = Vec::new();
     for (i, arch) in ["amd64", "arm64"].iter().enumerate() {
@@ -59,7 +63,7 @@ async fn with_tokens(up: &FakeRegistry) -> Ferry {
 }
 
 /// POSTs `body` to `url` with `token`: status, headers and the body.
-async fn post(
+pub(crate) async fn post(
     url: &str,
     token: Option<&str>,
     body: &str,
@@ -82,7 +86,7 @@ async fn post(
 }
 
 /// Polls the job at `url` until it is no longer running.
-async fn finished(url: &str) -> serde_json::Value {
+pub(crate) async fn finished(url: &str) -> serde_json::Value {
     let auth = format!("Bearer {TOKEN}");
     within(async {
         loop {
