@@ -49,7 +49,8 @@ pub enum Role {
     /// The registry API, the status page, and (unless a metrics address is
     /// set) `/metrics` and health.
     Main,
-    /// Only `/metrics`, `/healthz` and `/readyz`.
+    /// Only `/metrics`, `/healthz`, `/readyz` and the operations API
+    /// (`/ferry/v1/prewarm`, behind its admin tokens).
     Metrics,
 }
 

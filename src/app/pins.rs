@@ -8,6 +8,7 @@
 //! refresh fails (the upstream down, its reserve of pulls reached) keeps
 //! the blobs it had.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +16,13 @@ use super::prefetch::{self, Event, Options};
 use super::App;
 use crate::config::{Config, Pin, PinTarget};
 use crate::lifecycle::PinState;
-use crate::routing::Origin;
+use crate::oci::{Digest, Tag};
+use crate::routing::{Origin, Router};
+use crate::store::FsStore;
+
+/// The tags one glob may pin: each is an image fetched and revalidated
+/// every `tagTTL`.
+pub const MAX_MATCHES: usize = 64;
 
 /// How often pins are refreshed: the shortest `tagTTL`, at least 10 s.
 pub fn interval(config: &Config) -> Duration {
@@ -66,12 +73,25 @@ impl App {
                     .tags(&repo)
                     .await
                     .map_err(|e| format!("its tags: {}", e.message))?;
-                tags.into_iter()
+                let matching: Vec<String> = tags
+                    .into_iter()
                     .filter(|t| pin.covers_tag(t))
                     .map(|t| format!(":{t}"))
-                    .collect()
+                    .collect();
+                if matching.len() > MAX_MATCHES {
+                    return Err(format!(
+                        "{} tags match; a glob pins at most {MAX_MATCHES} (narrow it)",
+                        matching.len()
+                    ));
+                }
+                matching
             }
         };
+        // A glob that matches nothing now (an emptied tag list, a routing
+        // change) does not unpin what it had: it is a failed refresh.
+        if references.is_empty() {
+            return Err("no tag matches".to_string());
+        }
         let blobs: Mutex<Vec<(crate::oci::Digest, u64)>> = Mutex::new(Vec::new());
         let options = Options {
             parallel: 2,
@@ -99,4 +119,61 @@ impl App {
             error: None,
         })
     }
+}
+
+/// What the store holds of a pin, read from the store alone.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Tags (or the digest) whose manifest is stored.
+    pub references: usize,
+    /// The bytes of their blobs as their descriptors state them, each blob
+    /// counted once across every pin passed the same `seen`.
+    pub bytes: u64,
+}
+
+/// [`Stored`] of `pin` in `store` (no upstream is asked): how `ferry
+/// check-config` counts the pins against `maxSize`.
+pub fn stored(
+    store: &FsStore,
+    router: &Router,
+    pin: &Pin,
+    seen: &mut HashSet<Digest>,
+) -> Result<Stored, String> {
+    let repo = router
+        .resolve(&pin.name, None, Origin::background())
+        .map_err(|e| e.message)?;
+    let mut out = Stored::default();
+    for target in &repo.targets {
+        let (registry, name) = (&target.registry.name, &target.upstream_name);
+        let roots: Vec<Digest> = match &pin.target {
+            PinTarget::Digest(d) => vec![d.clone()],
+            PinTarget::Tag(_) | PinTarget::Glob(..) => store
+                .list_tags(registry, name)
+                .unwrap_or_default()
+                .iter()
+                .filter(|t| pin.covers_tag(t))
+                .filter_map(|t| Tag::parse(t).ok())
+                .filter_map(|t| store.get_tag(registry, name, &t).ok().flatten())
+                .filter_map(|r| r.digest.parse().ok())
+                .collect(),
+        };
+        for root in roots {
+            let mut pending = vec![root];
+            let mut found = false;
+            while let Some(d) = pending.pop() {
+                let Ok(Some((_, bytes))) = store.get_manifest(&d) else {
+                    continue;
+                };
+                found = true;
+                pending.extend(super::manifests::references(&bytes).manifests);
+                for (blob, size) in prefetch::sizes(&bytes) {
+                    if seen.insert(blob) {
+                        out.bytes += size;
+                    }
+                }
+            }
+            out.references += usize::from(found);
+        }
+    }
+    Ok(out)
 }

@@ -173,7 +173,7 @@ fn manifests_for(bytes: &[u8], platforms: &[String]) -> Vec<Digest> {
 }
 
 /// The size each of a manifest's config, layers and blobs states.
-fn sizes(bytes: &[u8]) -> Vec<(Digest, u64)> {
+pub(super) fn sizes(bytes: &[u8]) -> Vec<(Digest, u64)> {
     let doc: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
     let sized = |v: &serde_json::Value| {
         Some((

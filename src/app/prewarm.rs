@@ -216,10 +216,13 @@ async fn replicas(app: &App, job: &Job) {
     let Some(cluster) = app.cluster.as_ref().filter(|_| job.request.every_replica) else {
         return;
     };
+    // Live peers, not this replica (before it knows its own address, its
+    // peer list may hold it).
+    let me = cluster.me();
     let peers: Vec<String> = cluster
         .peers()
         .into_iter()
-        .filter(|p| p.live)
+        .filter(|p| p.live && Some(&p.addr) != me.as_ref())
         .map(|p| p.addr)
         .collect();
     let body = Request {

@@ -36,6 +36,7 @@ pub fn check_config(file: &std::path::Path, probe: bool) -> Result<(String, usiz
     }
     out.push('\n');
     out.push_str(&ferry::config::settings(&config));
+    out.push_str(&pins(&config, &router));
     out.push('\n');
     out.push_str(&router.describe());
     out.push('\n');
@@ -111,4 +112,50 @@ async fn probe_upstreams(router: &ferry::routing::Router) -> (String, usize) {
         }
     }
     (out, failed)
+}
+
+/// The pins against `maxSize`: what the store holds of each (read only;
+/// nothing is fetched), and their share of the cap.
+fn pins(config: &Config, router: &ferry::routing::Router) -> String {
+    let pins = &config.lifecycle.pins;
+    if pins.is_empty() {
+        return String::new();
+    }
+    let size = |n: u64| bytesize::ByteSize(n).display().iec().to_string();
+    let mut out = String::from("\npins (what the store holds of them now)\n");
+    let store = ferry::store::FsStore::read_only(&config.storage_root);
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    for pin in pins {
+        match ferry::app::pins::stored(&store, router, pin, &mut seen) {
+            Ok(s) => {
+                total += s.bytes;
+                out.push_str(&format!(
+                    "  {:<40} {} stored, {}\n",
+                    pin.image,
+                    match s.references {
+                        1 => "1 image".to_string(),
+                        n => format!("{n} images"),
+                    },
+                    size(s.bytes)
+                ));
+            }
+            Err(e) => out.push_str(&format!("  {:<40} does not route: {e}\n", pin.image)),
+        }
+    }
+    match config.lifecycle.max_size {
+        Some(max) => {
+            out.push_str(&format!(
+                "  in all {} of {} maxSize ({}%): eviction keeps them, so what clients pull must fit in the rest\n",
+                size(total),
+                size(max),
+                total * 100 / max.max(1)
+            ));
+            if total > max / 10 * 9 {
+                out.push_str("warning  the pinned images fill more than 90% of ferry.maxSize: eviction cannot make room below them\n");
+            }
+        }
+        None => out.push_str(&format!("  in all {}; no maxSize\n", size(total))),
+    }
+    out
 }

@@ -6,8 +6,9 @@
 //!
 //! Exit codes: 0 when the hosts are written (or would be) and containerd
 //! reads them (or was not asked about); 1 when containerd's config does
-//! not read them; 2 for bad arguments, an unreadable config or a write
-//! that failed.
+//! not read them, or a registry keeps a hosts.toml ferry did not write
+//! (left alone, so it does not go through ferry); 2 for bad arguments, an
+//! unreadable config or a write that failed.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -49,7 +50,13 @@ pub fn containerd(
             return ExitCode::from(2);
         }
     };
-    let files = containerd::hosts_files(&config, &mirror, args.default);
+    let files = match containerd::hosts_files(&config, &mirror, args.default) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if files.is_empty() {
         eprintln!("ferry: the config routes no registry: nothing to write");
         return ExitCode::from(2);
@@ -82,8 +89,21 @@ pub fn containerd(
             ""
         }
     );
+    // A registry whose hosts.toml is someone else's does not go through
+    // ferry: the node is not wired as asked.
+    let not_ours = changes
+        .iter()
+        .any(|c| matches!(c, containerd::Change::NotOurs { .. }));
+    if not_ours {
+        eprintln!("ferry: some registries keep a hosts.toml ferry did not write (left alone above): they do not go through ferry; --force replaces them");
+    }
+    let done = if not_ours {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    };
     let Some(file) = args.containerd_config else {
-        return ExitCode::SUCCESS;
+        return done;
     };
     let text = match std::fs::read_to_string(&file) {
         Ok(t) => t,
@@ -100,7 +120,7 @@ pub fn containerd(
             if findings.iter().any(|f| f.blocks()) {
                 ExitCode::FAILURE
             } else {
-                ExitCode::SUCCESS
+                done
             }
         }
         Err(e) => {

@@ -50,7 +50,9 @@ pub async fn run(args: Args) -> ExitCode {
     )
     .await;
     let id = match started {
-        Ok((http::StatusCode::ACCEPTED, v)) => v["id"].as_str().unwrap_or_default().to_string(),
+        Ok((http::StatusCode::ACCEPTED, v)) if v["id"].is_string() => {
+            v["id"].as_str().unwrap_or_default().to_string()
+        }
         Ok((status, v)) => {
             eprintln!(
                 "ferry: {server} refused the prewarm ({status}): {}",

@@ -37,7 +37,12 @@ impl AdminTokens {
         file: Option<&std::path::Path>,
         env: Option<String>,
     ) -> Result<AdminTokens, ConfigError> {
-        let mut tokens = list.unwrap_or_default();
+        // Spaces around a token are no part of it.
+        let mut tokens: Vec<Secret> = list
+            .unwrap_or_default()
+            .iter()
+            .map(|t| Secret::new(t.expose().trim()))
+            .collect();
         if let Some(env) = env {
             tokens.extend(
                 env.split([',', '\n'])
@@ -69,12 +74,15 @@ impl AdminTokens {
         Ok(AdminTokens(tokens))
     }
 
-    /// True when `presented` is one of the tokens.
+    /// True when `presented` is one of the tokens. Digests are compared,
+    /// each in constant time and every one of them, so the time says
+    /// neither which token matched nor how long they are.
     pub fn allows(&self, presented: &str) -> bool {
+        use sha2::{Digest as _, Sha256};
         use subtle::ConstantTimeEq;
-        // Every token is compared, so the time says nothing of which matched.
+        let presented = Sha256::digest(presented.as_bytes());
         self.0.iter().fold(false, |hit, t| {
-            hit | bool::from(t.expose().as_bytes().ct_eq(presented.as_bytes()))
+            hit | bool::from(Sha256::digest(t.expose().as_bytes()).ct_eq(&presented))
         })
     }
 
@@ -221,7 +229,7 @@ mod tests {
         let file = dir.path().join("tokens");
         std::fs::write(&file, "# ops\nfile-token-0123456789\n\n").unwrap();
         let t = AdminTokens::resolve(
-            Some(vec![Secret::new("list-token-0123456789")]),
+            Some(vec![Secret::new(" list-token-0123456789 ")]),
             Some(&file),
             Some("env-token-0123456789, env-token-9876543210\n".into()),
         )

@@ -102,14 +102,21 @@ pub fn settings(c: &Config) -> String {
         "ferry.pin",
         match (c.lifecycle.pins.len(), c.lifecycle.max_size) {
             (0, _) => "none".to_string(),
-            (n, Some(max)) => format!(
-                "{n} ({}); kept out of eviction, so they count against maxSize {}: the status page shows their size",
+            (n, Some(max)) => {
+                format!(
+                "{n} ({}); kept out of eviction, so they count against maxSize {} (see pins below)",
                 c.lifecycle.pins.iter().map(|p| p.image.as_str()).collect::<Vec<_>>().join(", "),
                 size(max)
-            ),
+            )
+            }
             (n, None) => format!(
                 "{n} ({}); no maxSize, so nothing is evicted anyway",
-                c.lifecycle.pins.iter().map(|p| p.image.as_str()).collect::<Vec<_>>().join(", ")
+                c.lifecycle
+                    .pins
+                    .iter()
+                    .map(|p| p.image.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         },
         "none".to_string(),

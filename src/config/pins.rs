@@ -40,6 +40,9 @@ impl Pin {
         }
         let (name, target) = if let Some((n, d)) = image.split_once('@') {
             let d: Digest = d.parse().map_err(|e| bad(format!("{e}")))?;
+            if n.rsplit_once(':').is_some_and(|(_, t)| !t.contains('/')) {
+                return Err(bad("a tag or a digest, not both".into()));
+            }
             (n, PinTarget::Digest(d))
         } else {
             let (n, tag) = match image.rsplit_once(':') {
@@ -110,6 +113,11 @@ mod tests {
             Pin::parse(&format!("a/b@{d}")).unwrap().target,
             PinTarget::Digest(_)
         ));
+        assert!(Pin::parse(&format!("a/b:1@{d}")).is_err(), "tag and digest");
+        assert!(
+            Pin::parse(&format!("127.0.0.1:5000/b@{d}")).is_ok(),
+            "a port is no tag"
+        );
         for bad in ["", "a b:1", "a:[x]", "a@sha256:zz", ":1", "a/:1"] {
             assert!(Pin::parse(bad).is_err(), "{bad:?}");
         }

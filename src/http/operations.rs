@@ -69,7 +69,8 @@ pub(super) async fn answer(app: &Arc<App>, path: &str, role: Role) -> Option<Res
         }
         _ if role == Role::Metrics => Some(text(
             StatusCode::NOT_FOUND,
-            "the metrics listener serves /metrics, /healthz and /readyz\n".into(),
+            "the metrics listener serves /metrics, /healthz, /readyz and /ferry/v1/prewarm\n"
+                .into(),
             "text/plain",
         )),
         _ => None,

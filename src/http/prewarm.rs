@@ -118,10 +118,9 @@ fn admitted<B>(app: &App, req: &Request<B>) -> Result<Who, Box<Response<Body>>> 
     let presented = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token);
     match presented {
         Some(t) if tokens.allows(t.trim()) => Ok(Who::Admin),
         _ => {

@@ -43,6 +43,11 @@ impl Mirror {
         let Some(authority) = uri.authority() else {
             return Err(format!("--mirror {url:?}: no host"));
         };
+        if authority.as_str().contains('@') {
+            return Err(format!(
+                "--mirror {url:?}: no credentials in the URL (hosts.toml is world-readable)"
+            ));
+        }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(format!(
                 "--mirror {url:?}: no path: containerd asks ferry for /v2/... at its root"
@@ -51,6 +56,8 @@ impl Mirror {
         if ca.is_some() && scheme != "https" {
             return Err("--mirror-ca is for an https:// mirror".to_string());
         }
+        // containerd reads a relative path against the host's directory.
+        let ca = ca.map(|c| std::path::absolute(&c).unwrap_or(c));
         Ok(Mirror {
             url: format!("{scheme}://{authority}"),
             ca,
@@ -68,11 +75,26 @@ pub struct HostsFile {
 }
 
 /// The files for every registry `config` routes, plus `_default` when
-/// `default` is set.
-pub fn hosts_files(config: &Config, mirror: &Mirror, default: bool) -> Vec<HostsFile> {
+/// `default` is set; an error for a registry name that cannot be a
+/// directory of its own under the hosts directory.
+pub fn hosts_files(
+    config: &Config,
+    mirror: &Mirror,
+    default: bool,
+) -> Result<Vec<HostsFile>, String> {
     let mut files: Vec<HostsFile> = Vec::new();
     for r in &config.registries {
         let h = containerd_host(r);
+        let unsafe_name = h.name.is_empty()
+            || h.name.starts_with('.')
+            || h.name.contains(['/', '\\'])
+            || h.name == "_default";
+        if unsafe_name {
+            return Err(format!(
+                "registry {:?} cannot name a directory under the hosts directory",
+                h.name
+            ));
+        }
         if files.iter().any(|f| f.host == h.name) {
             continue; // the first registry of a name wins, as in routing
         }
@@ -89,7 +111,7 @@ pub fn hosts_files(config: &Config, mirror: &Mirror, default: bool) -> Vec<Hosts
             text: text(None, mirror),
         });
     }
-    files
+    Ok(files)
 }
 
 fn text(server: Option<&str>, mirror: &Mirror) -> String {
@@ -106,7 +128,9 @@ fn text(server: Option<&str>, mirror: &Mirror) -> String {
         mirror.url
     ));
     if let Some(ca) = &mirror.ca {
-        t.push_str(&format!("  ca = \"{}\"\n", ca.display()));
+        // A TOML string, escaped as TOML escapes it.
+        let ca = toml::Value::String(ca.display().to_string());
+        t.push_str(&format!("  ca = {ca}\n"));
     }
     t
 }
@@ -239,7 +263,7 @@ mod tests {
 
     #[test]
     fn one_file_per_routed_registry_keeping_the_registry_as_server() {
-        let files = hosts_files(&config(), &mirror(), true);
+        let files = hosts_files(&config(), &mirror(), true).unwrap();
         let hosts: Vec<&str> = files.iter().map(|f| f.host.as_str()).collect();
         assert_eq!(
             hosts,
@@ -289,7 +313,7 @@ mod tests {
         std::fs::create_dir_all(d.join("ghcr.io")).unwrap();
         let mine = "server = \"https://ghcr.io\"\n";
         std::fs::write(d.join("ghcr.io/hosts.toml"), mine).unwrap();
-        let files = hosts_files(&config(), &mirror(), false);
+        let files = hosts_files(&config(), &mirror(), false).unwrap();
         let first = plan(&d, &files, false).unwrap();
         assert_eq!(first.iter().filter(|c| c.writes()).count(), 3);
         assert!(first.contains(&Change::NotOurs {
@@ -311,13 +335,14 @@ mod tests {
     fn a_new_mirror_replaces_ferrys_files_and_a_dropped_registry_is_reported() {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path().to_path_buf();
-        apply(&plan(&d, &hosts_files(&config(), &mirror(), true), false).unwrap()).unwrap();
+        apply(&plan(&d, &hosts_files(&config(), &mirror(), true).unwrap(), false).unwrap())
+            .unwrap();
         let other = Mirror::parse(
             "https://ferry.example:5443/",
             Some("/etc/ferry/ca.crt".into()),
         )
         .unwrap();
-        let changes = plan(&d, &hosts_files(&config(), &other, false), false).unwrap();
+        let changes = plan(&d, &hosts_files(&config(), &other, false).unwrap(), false).unwrap();
         assert_eq!(
             changes
                 .iter()
@@ -335,6 +360,31 @@ mod tests {
             "{hub}"
         );
         assert!(hub.contains("ca = \"/etc/ferry/ca.crt\""), "{hub}");
+        let odd = Mirror::parse("https://x", Some("/etc/a\"b.crt".into())).unwrap();
+        let t: toml::Table = text(None, &odd).parse().unwrap();
+        assert_eq!(
+            t["host"]["https://x"]["ca"].as_str(),
+            Some("/etc/a\"b.crt"),
+            "escaped"
+        );
+    }
+
+    #[test]
+    fn a_registry_name_that_is_no_directory_is_refused() {
+        let mut checked = Vec::new();
+        for name in ["..", "_default", ".hidden"] {
+            let text = format!(
+                r#"{{"extensions": {{"sync": {{"registries": [
+                {{"urls": ["https://r.example"], "mirrorOf": "{name}"}}]}}}}}}"#
+            );
+            let Ok(c) = Config::resolve(FileConfig::parse(&text).unwrap(), &Overrides::default())
+            else {
+                continue; // refused by the config already
+            };
+            assert!(hosts_files(&c, &mirror(), false).is_err(), "{name}");
+            checked.push(name);
+        }
+        assert!(checked.contains(&".."), "the config takes {checked:?}");
     }
 
     #[test]
@@ -343,6 +393,9 @@ mod tests {
         assert!(Mirror::parse("ftp://x", None).is_err());
         assert!(Mirror::parse("http://x:5000/v2", None).is_err());
         assert!(Mirror::parse("http://x:5000", Some("ca".into())).is_err());
+        assert!(Mirror::parse("http://u:p@x:5000", None).is_err());
+        let ca = Mirror::parse("https://x", Some("a\"b.crt".into())).unwrap();
+        assert!(ca.ca.unwrap().is_absolute());
         assert_eq!(mirror().url, "http://127.0.0.1:30500");
     }
 }

@@ -1,9 +1,10 @@
 //! Does containerd read the hosts directory? Its `config.toml` must point
 //! the CRI plugin's registry `config_path` at it (containerd only reads
 //! `certs.d` when told to), and a `config_path` cannot sit beside the
-//! old inline `mirrors`/`configs` (containerd refuses that combination).
+//! old inline `mirrors` or TLS `configs` (containerd refuses that).
 //! The layouts differ by version:
 //!
+//! - `version = 1` or none (old containerd 1.x): `[plugins.cri.registry]`
 //! - `version = 2` (containerd 1.x, also read by 2.x):
 //!   `[plugins."io.containerd.grpc.v1.cri".registry]`
 //! - `version = 3` (containerd 2.x):
@@ -79,11 +80,14 @@ pub fn check(text: &str, dir: &Path) -> Result<Vec<Finding>, String> {
     let version = doc.get("version").and_then(|v| v.as_integer()).unwrap_or(1);
     let dir = dir.to_string_lossy().into_owned();
     let (cri, quote) = match version {
-        3 => ("io.containerd.cri.v1.images", '\''),
-        2 => ("io.containerd.grpc.v1.cri", '"'),
+        3 => ("io.containerd.cri.v1.images", "'"),
+        2 => ("io.containerd.grpc.v1.cri", "\""),
+        // Version 1 (also a file without `version`): containerd 1.5+ reads
+        // config_path there too.
+        1 => ("cri", ""),
         v => {
             return Err(format!(
-                "config version {v}: containerd 1.x's version 1 layout has no config_path for the CRI; migrate it (`containerd config migrate`) to version 2 or 3"
+                "config version {v}: ferry knows versions 1, 2 and 3"
             ))
         }
     };
@@ -118,17 +122,28 @@ pub fn check(text: &str, dir: &Path) -> Result<Vec<Finding>, String> {
             set: dir.clone(),
         }),
     }
-    if let Some(r) = registry {
-        let keys: Vec<String> = ["mirrors", "configs"]
-            .iter()
-            .filter(|k| {
-                r.get(**k)
-                    .and_then(|v| v.as_table())
-                    .is_some_and(|t| !t.is_empty())
-            })
-            .map(|k| k.to_string())
-            .collect();
-        if !keys.is_empty() && r.get("config_path").is_some() {
+    // containerd refuses `mirrors`, and TLS in `configs`, beside a
+    // config_path (credentials in `configs.<host>.auth` are fine).
+    let path_set = registry
+        .and_then(|r| r.get("config_path"))
+        .and_then(|p| p.as_str())
+        .is_some_and(|p| !p.is_empty());
+    if let (Some(r), true) = (registry, path_set) {
+        let mut keys = Vec::new();
+        if r.get("mirrors")
+            .and_then(|v| v.as_table())
+            .is_some_and(|t| !t.is_empty())
+        {
+            keys.push("mirrors".to_string());
+        }
+        let tls = r
+            .get("configs")
+            .and_then(|v| v.as_table())
+            .is_some_and(|c| c.values().any(|h| h.get("tls").is_some()));
+        if tls {
+            keys.push("configs.<host>.tls".to_string());
+        }
+        if !keys.is_empty() {
             out.push(Finding::Conflict { table, keys });
         }
     }
@@ -231,9 +246,33 @@ mod tests {
                 .any(|f| matches!(f, Finding::Conflict { keys, .. } if keys == &["mirrors"])),
             "{mirrors:?}"
         );
-        assert!(check("[plugins.cri]\n", Path::new(DIR))
-            .unwrap_err()
-            .contains("version 1"));
+        // Version 1 (no `version`): plugins.cri.registry.
+        let v1 = blocks("[plugins.cri.registry]\n  config_path = \"/etc/containerd/certs.d\"\n");
+        assert!(
+            matches!(&v1[0], Finding::Reads { table } if table == "plugins.cri.registry"),
+            "{v1:?}"
+        );
+        let none = blocks("[plugins.cri]\n");
+        assert!(
+            matches!(&none[0], Finding::Missing { add } if add.starts_with("[plugins.cri.registry]")),
+            "{none:?}"
+        );
+        assert!(check("version = 4\n", Path::new(DIR)).is_err());
+        // Credentials in configs are fine beside config_path; TLS is not.
+        let cri = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n";
+        let auth = blocks(&format!("{cri}[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"r.example\".auth]\n  username = \"u\"\n"));
+        assert!(auth.iter().all(|f| !f.blocks()), "{auth:?}");
+        let tls = blocks(&format!("{cri}[plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"r.example\".tls]\n  insecure_skip_verify = true\n"));
+        assert!(
+            tls.iter().any(|f| matches!(f, Finding::Conflict { .. })),
+            "{tls:?}"
+        );
+        // An empty config_path is not set: missing, and no conflict.
+        let empty = blocks("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"\"\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n  endpoint = [\"http://x\"]\n");
+        assert!(
+            matches!(&empty[0], Finding::Missing { .. }) && empty.len() == 1,
+            "{empty:?}"
+        );
         assert!(check("not toml = = ", Path::new(DIR)).is_err());
     }
 }

@@ -143,6 +143,20 @@ impl FsStore {
         Ok((store, report))
     }
 
+    /// The store at `root` for reading only (`ferry check-config`):
+    /// nothing is created, cleaned or locked.
+    pub fn read_only(root: impl Into<PathBuf>) -> FsStore {
+        let root = root.into();
+        FsStore {
+            tmp: root.join("tmp"),
+            root,
+            seq: AtomicU64::new(0),
+            tags_written: AtomicU64::new(0),
+            _lock: None,
+            removals: Default::default(),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
