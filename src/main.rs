@@ -88,33 +88,17 @@ enum Command {
         #[arg(long)]
         quarantine: bool,
     },
-    /// Validate a config file as `serve` would load it (its TLS files,
-    /// htpasswd and certDir included) and print every effective setting
-    /// and the routing table.
     /// Warm images on a running ferry (its operations API): waits until
     /// every blob is stored; exit 0 only then.
-    Prewarm {
-        /// The ferry to ask: http(s)://host:port (its main or metrics listener).
-        #[arg(long)]
-        server: String,
-        /// A token of ferry.adminTokens [default: $FERRY_ADMIN_TOKEN].
-        #[arg(long)]
-        token: Option<String>,
-        /// Only these platforms of a multi-platform image (os/arch[/variant]); repeatable.
-        #[arg(long = "platform")]
-        platforms: Vec<String>,
-        /// In a cluster, have every replica take a copy (one ferry per node).
-        #[arg(long)]
-        every_replica: bool,
-        /// Images: [registry-host/]name[:tag|@digest].
-        #[arg(required = true)]
-        images: Vec<String>,
-    },
+    Prewarm(commands::prewarm::Args),
     /// Wire a node's container runtime to this ferry.
     Configure {
         #[command(subcommand)]
         runtime: Runtime,
     },
+    /// Validate a config file as `serve` would load it (its TLS files,
+    /// htpasswd and certDir included) and print every effective setting
+    /// and the routing table.
     CheckConfig {
         /// Config file to check.
         file: Option<PathBuf>,
@@ -132,32 +116,7 @@ enum Runtime {
     /// Write containerd's hosts.toml (certs.d) for every registry the
     /// config routes, keeping each registry as `server` (the fallback when
     /// ferry is down). Idempotent; prints what it changed.
-    Containerd {
-        /// Config file (as for serve): its registries are written.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// containerd's hosts directory (its `config_path`).
-        #[arg(long, default_value = "/etc/containerd/certs.d")]
-        hosts_dir: PathBuf,
-        /// Where this node reaches ferry: http(s)://host:port.
-        #[arg(long)]
-        mirror: String,
-        /// A CA file for an https:// mirror with a private CA.
-        #[arg(long)]
-        mirror_ca: Option<PathBuf>,
-        /// Also write `_default`: every other registry through ferry too.
-        #[arg(long)]
-        default: bool,
-        /// Replace hosts.toml files ferry did not write.
-        #[arg(long)]
-        force: bool,
-        /// Print what would change; write nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// containerd's config.toml: check that it reads the hosts directory.
-        #[arg(long)]
-        containerd_config: Option<PathBuf>,
-    },
+    Containerd(commands::configure::Args),
 }
 
 fn main() -> ExitCode {
@@ -198,44 +157,12 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
-        Command::Prewarm {
-            server,
-            token,
-            platforms,
-            every_replica,
-            images,
-        } => runtime().block_on(commands::prewarm::run(commands::prewarm::Args {
-            server,
-            token,
-            platforms,
-            every_replica,
-            images,
-        })),
+        Command::Prewarm(args) => runtime().block_on(commands::prewarm::run(args)),
         Command::Configure {
-            runtime:
-                Runtime::Containerd {
-                    config,
-                    hosts_dir,
-                    mirror,
-                    mirror_ca,
-                    default,
-                    force,
-                    dry_run,
-                    containerd_config,
-                },
-        } => commands::configure::containerd(
-            commands::configure::Args {
-                config,
-                hosts_dir,
-                mirror,
-                mirror_ca,
-                default,
-                force,
-                dry_run,
-                containerd_config,
-            },
-            |path| load(path, &Overrides::default()).map_err(|e| e.to_string()),
-        ),
+            runtime: Runtime::Containerd(args),
+        } => commands::configure::containerd(args, |path| {
+            load(path, &Overrides::default()).map_err(|e| e.to_string())
+        }),
         Command::CheckConfig {
             file,
             config,

@@ -17,14 +17,31 @@ use ferry::config::Config;
 use ferry::node::{containerd, containerd_config};
 
 /// What `ferry configure containerd` was asked.
+#[derive(clap::Args)]
 pub struct Args {
+    /// Config file (as for serve): its registries are written.
+    #[arg(long, short)]
     pub config: Option<PathBuf>,
+    /// containerd's hosts directory (its `config_path`).
+    #[arg(long, default_value = "/etc/containerd/certs.d")]
     pub hosts_dir: PathBuf,
+    /// Where this node reaches ferry: http(s)://host:port.
+    #[arg(long)]
     pub mirror: String,
+    /// A CA file for an https:// mirror with a private CA.
+    #[arg(long)]
     pub mirror_ca: Option<PathBuf>,
+    /// Also write `_default`: every other registry through ferry too.
+    #[arg(long)]
     pub default: bool,
+    /// Replace hosts.toml files ferry did not write.
+    #[arg(long)]
     pub force: bool,
+    /// Print what would change; write nothing.
+    #[arg(long)]
     pub dry_run: bool,
+    /// containerd's config.toml: check that it reads the hosts directory.
+    #[arg(long)]
     pub containerd_config: Option<PathBuf>,
 }
 

@@ -17,12 +17,22 @@ use hyper_util::rt::TokioExecutor;
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// What `ferry prewarm` was asked.
+#[derive(clap::Args)]
 pub struct Args {
+    /// The ferry to ask: http(s)://host:port (its main or metrics listener).
+    #[arg(long)]
     pub server: String,
+    /// A token of ferry.adminTokens [default: $FERRY_ADMIN_TOKEN].
+    #[arg(long)]
     pub token: Option<String>,
+    /// Only these platforms of a multi-platform image (os/arch[/variant]); repeatable.
+    #[arg(long = "platform")]
     pub platforms: Vec<String>,
-    /// In a cluster, every replica takes a copy.
+    /// In a cluster, have every replica take a copy (one ferry per node).
+    #[arg(long)]
     pub every_replica: bool,
+    /// Images: [registry-host/]name[:tag|@digest].
+    #[arg(required = true)]
     pub images: Vec<String>,
 }
 

@@ -438,18 +438,25 @@ mod tests {
         assert!(p.ahead(200 * MIB));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_wait_ends_when_the_peer_it_waits_for_leaves() {
+    /// A download at 20 MiB held for one peer at byte 0: the peer, the
+    /// wait, and the metrics it counts in.
+    async fn held_for_a_peer_at_0() -> (Tail, tokio::task::JoinHandle<Held>, Arc<ClusterMetrics>) {
         let (pace, metrics) = (
             Arc::new(Pace::default()),
             Arc::new(ClusterMetrics::default()),
         );
         let tail = pace.tail(0, peer(), Counted::default());
         let waiter = {
-            let (p2, m2) = (pace.clone(), metrics.clone());
-            tokio::spawn(async move { pacing(&p2, &m2).hold(20 * MIB).await })
+            let m2 = metrics.clone();
+            tokio::spawn(async move { pacing(&pace, &m2).hold(20 * MIB).await })
         };
         until_held(&metrics).await;
+        (tail, waiter, metrics)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_ends_when_the_peer_it_waits_for_leaves() {
+        let (tail, waiter, _) = held_for_a_peer_at_0().await;
         drop(tail);
         assert_eq!(waiter.await.unwrap(), Held::CaughtUp);
     }
@@ -457,16 +464,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_wait_ends_when_its_peer_turns_out_to_start_where_the_download_is() {
         // A suffix range is placed before its start is known.
-        let (pace, metrics) = (
-            Arc::new(Pace::default()),
-            Arc::new(ClusterMetrics::default()),
-        );
-        let tail = pace.tail(0, peer(), Counted::default());
-        let waiter = {
-            let (p2, m2) = (pace.clone(), metrics.clone());
-            tokio::spawn(async move { pacing(&p2, &m2).hold(20 * MIB).await })
-        };
-        until_held(&metrics).await;
+        let (tail, waiter, metrics) = held_for_a_peer_at_0().await;
         let started = tokio::time::Instant::now();
         tail.starts_at(20 * MIB);
         assert_eq!(waiter.await.unwrap(), Held::CaughtUp);

@@ -311,6 +311,25 @@ async fn a_download_nobody_reads_stops_at_the_registrys_orphan_budget() {
     .await;
     start_and_leave(&ferry.url(&format!("/v2/x/blobs/{big}"))).await;
     gate.reached().await;
+    // The client is gone before the rest comes: else, on a loaded machine,
+    // the rest could reach its socket's buffers before it closes, and the
+    // download end with a reader (it did, once in ~10 runs).
+    let digest: ferry::oci::Digest = big.parse().unwrap();
+    assert!(
+        ferry.app.coordinator.flight(&digest).is_some(),
+        "held at the gate"
+    );
+    within(async {
+        while ferry
+            .app
+            .coordinator
+            .flight(&digest)
+            .is_some_and(|f| f.clients() > 0)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     // Nobody waits for a slot, yet the download stops once it has brought
     // 256 KiB nobody reads.
     gate.open();

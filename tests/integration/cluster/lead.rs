@@ -9,15 +9,22 @@ use super::*;
 
 const MIB: u64 = 1 << 20;
 
-/// One replica (the other peer is down) with `peer_timeout`, a 64 MiB
-/// blob at a fast upstream, and a signed peer request for it, read for its
-/// first MiB and then not at all. Returns the replica, the digest, the
-/// peer's body and what it read.
-async fn owner_with_a_slow_peer(
+/// One replica (the other peer is down) with `peer_timeout`, owning
+/// `blob` at a fast upstream, and a signed peer `GET` of it from byte
+/// `from` (a `Range` when not 0): the replica, its upstream, the digest
+/// and the answer.
+async fn owner_asked_by_a_peer(
     peer_timeout: Duration,
-) -> (Ferry, FakeRegistry, String, hyper::body::Incoming, Vec<u8>) {
+    blob: bytes::Bytes,
+    from: usize,
+) -> (
+    Ferry,
+    FakeRegistry,
+    String,
+    http::Response<hyper::body::Incoming>,
+) {
     let up = FakeRegistry::start().await;
-    let d = up.add_blob(blob_bytes(64 << 20, 977));
+    let d = up.add_blob(blob);
     let addr = free_addrs(1)[0];
     let peers = vec![addr.to_string(), "127.0.0.1:9".to_string()];
     let mut c = cluster_config(&peers, &peers[0], Duration::from_secs(60));
@@ -30,11 +37,26 @@ async fn owner_with_a_slow_peer(
     let path = format!("/v2/x/blobs/{d}");
     let route = format!("{} x", up.url().trim_start_matches("http://"));
     let signed = ferry::cluster::signature::sign(SECRET.as_bytes(), &peer_request(&path, &route));
-    let h: Vec<(&str, &str)> = signed
+    let range = format!("bytes={from}-");
+    let mut h: Vec<(&str, &str)> = signed
         .iter()
         .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
         .collect();
+    if from > 0 {
+        h.push(("range", &range));
+    }
     let resp = within(send(Method::GET, &owner.url(&path), &h)).await;
+    (owner, up, d, resp)
+}
+
+/// [`owner_asked_by_a_peer`] of a 64 MiB blob from byte 0, read for its
+/// first MiB and then not at all. Returns the replica, the digest, the
+/// peer's body and what it read.
+async fn owner_with_a_slow_peer(
+    peer_timeout: Duration,
+) -> (Ferry, FakeRegistry, String, hyper::body::Incoming, Vec<u8>) {
+    let (owner, up, d, resp) =
+        owner_asked_by_a_peer(peer_timeout, blob_bytes(64 << 20, 977), 0).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
     let read = within(read_at_least(&mut body, MIB as usize)).await;
@@ -94,29 +116,10 @@ async fn a_peer_that_falls_behind_for_longer_than_the_peer_timeout_is_let_go() {
 /// here), then let the peer go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_resuming_beyond_the_lead_does_not_hold_the_download() {
-    let up = FakeRegistry::start().await;
     let blob = blob_bytes(64 << 20, 978);
-    let d = up.add_blob(blob.clone());
-    let addr = free_addrs(1)[0];
-    let peers = vec![addr.to_string(), "127.0.0.1:9".to_string()];
-    let mut c = cluster_config(&peers, &peers[0], Duration::from_secs(60));
-    c.peer_timeout = Duration::from_secs(3600);
-    let owner = Ferry::start_with(&up.url(), move |cfg| {
-        cfg.listen = addr;
-        cfg.cluster = Some(c);
-    })
-    .await;
-    let path = format!("/v2/x/blobs/{d}");
-    let route = format!("{} x", up.url().trim_start_matches("http://"));
-    let signed = ferry::cluster::signature::sign(SECRET.as_bytes(), &peer_request(&path, &route));
     let from = 12 * MIB as usize; // the lead of 64 MiB is 4 MiB
-    let range = format!("bytes={from}-");
-    let mut h: Vec<(&str, &str)> = signed
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
-        .collect();
-    h.push(("range", &range));
-    let resp = within(send(Method::GET, &owner.url(&path), &h)).await;
+    let (owner, _up, d, resp) =
+        owner_asked_by_a_peer(Duration::from_secs(3600), blob.clone(), from).await;
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
     let mut body = resp.into_body();
     let read = within(read_at_least(&mut body, blob.len() - from)).await;
