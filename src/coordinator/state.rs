@@ -224,16 +224,16 @@ impl Coordinator {
     /// the fill goes to the blob's next owner as for any peer that left).
     pub fn peer_lied(&self, peer: &str, digest: &Digest) -> bool {
         match self.flight(digest) {
-            // Whether it has bytes from the liar yet or not: a fill still
-            // waiting for a fill slot asks its owner when it gets one, and
-            // the liar, left out by then, was not left out *while* it was
-            // asked, so nothing would stop that answer being taken (a
-            // client's retry joined such a fill in cluster-chaos.sh case 3
-            // and was cut again). Poisoned, it is joined no more, and its
-            // body from the liar ends at once.
-            Some(f) if f.source().as_deref() == Some(peer) && !f.is_final() => {
-                f.poison();
-                true
+            Some(f) if f.source().as_deref() == Some(peer) => {
+                // Its answer was taken: the bytes that follow are the liar's.
+                let has_bytes = matches!(
+                    f.progress(),
+                    Progress::Streaming { .. } | Progress::Verified { .. }
+                );
+                if has_bytes {
+                    f.poison();
+                }
+                has_bytes
             }
             _ => false,
         }
