@@ -145,6 +145,14 @@ pub struct LifecycleConfig {
     pub pins: Vec<Pin>,
 }
 
+impl LifecycleConfig {
+    /// What eviction shrinks the store to once it passes `maxSize`: 90%
+    /// of it. Pinned blobs above this leave eviction no room.
+    pub fn low_water(&self) -> Option<u64> {
+        self.max_size.map(|m| m / 10 * 9)
+    }
+}
+
 /// A periodic re-hash of the store.
 #[derive(Clone, Copy, Debug)]
 pub struct ScrubConfig {

@@ -109,7 +109,7 @@ impl Lifecycle {
         self.persist_access_times(store);
         let limits = eviction::Limits {
             max_size: self.config.max_size,
-            low_water: self.config.max_size.map_or(0, |m| m / 10 * 9),
+            low_water: self.config.low_water().unwrap_or(0),
             max_idle: self.config.max_idle,
         };
         if limits.max_size.is_none() && limits.max_idle.is_none() {

@@ -54,8 +54,8 @@ impl App {
         // eviction can no longer get the store under it.
         let lc = self.coordinator.lifecycle();
         let pinned: u64 = lc.pinned.snapshot().iter().map(|(_, p)| p.bytes).sum();
-        if let Some(max) = lc.config.max_size.filter(|m| pinned > m / 10 * 9) {
-            tracing::warn!(pinned, max_size = max, "the pinned images alone fill 90% of ferry.maxSize: eviction cannot make room below them; raise maxSize or pin less");
+        if let Some(low) = lc.config.low_water().filter(|low| pinned > *low) {
+            tracing::warn!(pinned, low_water = low, "the pinned images alone fill 90% of ferry.maxSize: eviction cannot make room below them; raise maxSize or pin less");
         }
     }
 

@@ -62,14 +62,24 @@ impl Request {
 }
 
 /// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Running,
     /// Every blob of every image is stored.
     Done,
     /// Finished, with failures.
     Failed,
+}
+
+impl State {
+    /// As the progress answer says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Done => "done",
+            State::Failed => "failed",
+        }
+    }
 }
 
 /// One prewarm job and its counters.
@@ -132,13 +142,9 @@ impl Job {
 
     pub fn progress(&self) -> Progress {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let state = serde_json::to_value(self.state())
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
         Progress {
             id: self.id.clone(),
-            state,
+            state: self.state().as_str().to_string(),
             images: self.request.images.clone(),
             platforms: self.request.platforms.clone(),
             blobs: Count {

@@ -151,7 +151,7 @@ fn pins(config: &Config, router: &ferry::routing::Router) -> String {
                 size(max),
                 total * 100 / max.max(1)
             ));
-            if total > max / 10 * 9 {
+            if config.lifecycle.low_water().is_some_and(|low| total > low) {
                 out.push_str("warning  the pinned images fill more than 90% of ferry.maxSize: eviction cannot make room below them\n");
             }
         }
