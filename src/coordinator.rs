@@ -38,7 +38,7 @@ mod transfer;
 mod tree;
 
 pub use answer::{BlobAnswer, BlobBody, RangePolicy};
-pub use flight::{FetchFailure, Flight, Progress};
+pub use flight::{FetchFailure, Flight, LieReport, Progress};
 pub use handle::BlobHandle;
 pub use reader::{BlobStream, READ_CHUNK};
 pub use state::{Coordinator, FetchSettings};

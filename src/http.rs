@@ -240,8 +240,8 @@ fn peer_lied(app: &Arc<App>, from: &str, raw: &str, query: &str) -> Response<Bod
     if let Some(cluster) = &app.cluster {
         cluster.fail(&liar, "lied");
     }
-    let dropped = app.coordinator.peer_lied(&liar, &digest);
-    tracing::warn!(from, liar = %liar, %digest, dropped_fill = dropped,
+    let fill = app.coordinator.peer_lied(&liar, &digest);
+    tracing::warn!(from, liar = %liar, %digest, fill = fill.as_str(),
         "a replica caught a peer sending bytes that are not the blob");
     Response::builder()
         .status(StatusCode::NO_CONTENT)

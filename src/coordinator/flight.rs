@@ -139,6 +139,35 @@ impl FetchFailure {
     }
 }
 
+/// What a lie report did to this replica's fill of the blob (the
+/// `fill` field of its log line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LieReport {
+    /// No fill of the blob here.
+    NoFill,
+    /// The fill's bytes come from elsewhere (the upstream, another peer):
+    /// it goes on; a body from the liar later would end at once.
+    NotFromLiar,
+    /// It has no byte from the liar yet: an ask still waiting ends as the
+    /// liar leaves the ring (the blob's next owner is asked), an answer
+    /// already taken is not started, and its clients start a fresh fill.
+    BeforeFirstByte,
+    /// It was streaming the liar's bytes: it ends now, its clients' bodies
+    /// with it.
+    Ended,
+}
+
+impl LieReport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LieReport::NoFill => "none",
+            LieReport::NotFromLiar => "not_from_liar",
+            LieReport::BeforeFirstByte => "before_first_byte",
+            LieReport::Ended => "ended",
+        }
+    }
+}
+
 /// A fetch in flight, shared by its task and every reader.
 #[derive(Debug)]
 pub struct Flight {
@@ -174,9 +203,12 @@ pub struct Flight {
     clients: std::sync::atomic::AtomicUsize,
     /// Woken when the last client leaves.
     left: tokio::sync::Notify,
-    /// Set when another replica caught the peer this fill receives from
-    /// lying (see [`Flight::poison`]).
-    poisoned: tokio::sync::watch::Sender<bool>,
+    /// The peers other replicas caught sending bytes that are not this
+    /// blob (their lie reports, see [`Flight::lie_reported`]): a body from
+    /// one of them ends at once, and a fill from one of them that has not
+    /// started does not start ([`Flight::begin`]). Changed only under the
+    /// `source` lock.
+    liars: watch::Sender<Vec<String>>,
     /// The peers this blob is being sent to, which its upstream read
     /// keeps up with (see `pace.rs`; the coordinator's, shared with every
     /// peer stream of the digest).
@@ -224,7 +256,7 @@ impl Flight {
             started: std::time::Instant::now(),
             clients: Default::default(),
             left: tokio::sync::Notify::new(),
-            poisoned: tokio::sync::watch::Sender::new(false),
+            liars: watch::Sender::new(Vec::new()),
             pace: Default::default(),
         }
     }
@@ -288,12 +320,57 @@ impl Flight {
         self.from_peer.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Another replica caught the peer this fill receives from lying: the
-    /// fill ends (its bytes from that peer are suspect) instead of running
-    /// to its own digest check, so a client that retries here starts a
-    /// fresh one.
-    pub(super) fn poison(&self) {
-        self.poisoned.send_replace(true);
+    /// The fill's first bytes are about to be written: readers see it
+    /// streaming (`size` announced). Refused with
+    /// [`FetchFailure::PeerLied`] when the peer it takes them from was
+    /// reported lying after its answer was taken: nothing of it is shown to
+    /// a reader, whose request then starts a fresh fill. Checked under the
+    /// same lock as [`Flight::lie_reported`], so a report lands either
+    /// before (refused here) or after (the fill is streaming and ends).
+    pub(super) fn begin(&self, size: Option<u64>) -> Result<(), FetchFailure> {
+        let source = self.source.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(peer) = source.as_deref().filter(|_| self.filling_from_peer()) {
+            if self.lied(peer) {
+                return Err(FetchFailure::PeerLied { peer: peer.into() });
+            }
+        }
+        self.publish(Progress::Streaming { size, written: 0 });
+        Ok(())
+    }
+
+    /// Another replica caught `peer` lying about this blob: a fill that
+    /// streams its bytes ends now (they are suspect) instead of running to
+    /// its own digest check, one that took its answer does not start, and
+    /// a body from it later ends at once, so a client that retries here
+    /// starts a fresh fill rather than joining a doomed one.
+    pub(super) fn lie_reported(&self, peer: &str) -> LieReport {
+        let source = self.source.lock().unwrap_or_else(|e| e.into_inner());
+        self.liars.send_if_modified(|liars| {
+            let new = !liars.iter().any(|l| l == peer);
+            if new {
+                liars.push(peer.to_string());
+            }
+            new
+        });
+        if !self.filling_from_peer() || source.as_deref() != Some(peer) {
+            return LieReport::NotFromLiar;
+        }
+        match self.progress() {
+            Progress::Connecting => LieReport::BeforeFirstByte,
+            _ => LieReport::Ended,
+        }
+    }
+
+    /// Whether another replica reported `peer` lying about this blob.
+    pub(super) fn lied(&self, peer: &str) -> bool {
+        self.liars.borrow().iter().any(|l| l == peer)
+    }
+
+    /// Resolves once another replica reported `peer` lying about this blob
+    /// (at once when one did).
+    pub(super) async fn reported(&self, peer: &str) {
+        let mut rx = self.liars.subscribe();
+        let _ = rx.wait_for(|liars| liars.iter().any(|l| l == peer)).await;
     }
 
     /// Whether this download failed because a peer it came from sent bytes
@@ -311,14 +388,11 @@ impl Flight {
         }
     }
 
+    /// Whether this fill streams bytes of a peer reported lying: it is
+    /// dying, and is not joined.
     pub(super) fn is_poisoned(&self) -> bool {
-        *self.poisoned.borrow()
-    }
-
-    /// Resolves once [`Flight::poison`] was called.
-    pub(super) async fn poisoned(&self) {
-        let mut rx = self.poisoned.subscribe();
-        let _ = rx.wait_for(|p| *p).await;
+        let streaming = !matches!(self.progress(), Progress::Connecting);
+        streaming && self.source().is_some_and(|peer| self.lied(&peer))
     }
 
     /// The fetch turned from the peer to the upstream.
@@ -426,5 +500,72 @@ impl Flight {
             *self.progress.borrow(),
             Progress::Done { .. } | Progress::Failed(_)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    fn from_peer(peer: &str) -> Flight {
+        let digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
+        let mut f = Flight::new(digest, "x".into(), Origin::background());
+        f.fill_from(peer.into());
+        f
+    }
+
+    #[test]
+    fn a_report_after_the_answer_was_taken_stops_the_fill_before_its_first_byte() {
+        let f = from_peer("liar:1");
+        assert_eq!(f.lie_reported("liar:1"), LieReport::BeforeFirstByte);
+        let refused = f.begin(Some(10));
+        assert_eq!(
+            refused,
+            Err(FetchFailure::PeerLied {
+                peer: "liar:1".into()
+            })
+        );
+        assert!(
+            matches!(f.progress(), Progress::Connecting),
+            "a reader saw it start"
+        );
+    }
+
+    #[test]
+    fn a_report_on_a_streaming_fill_ends_it_and_its_body() {
+        let f = from_peer("liar:1");
+        f.begin(Some(10)).unwrap();
+        assert!(!f.is_poisoned());
+        assert!(f.reported("liar:1").now_or_never().is_none());
+        assert_eq!(f.lie_reported("liar:1"), LieReport::Ended);
+        assert!(f.is_poisoned(), "a retry would join the doomed fill");
+        assert!(f.reported("liar:1").now_or_never().is_some());
+    }
+
+    #[test]
+    fn a_fill_gone_on_to_another_peer_goes_on_but_a_later_body_from_the_liar_ends() {
+        let f = from_peer("liar:1");
+        f.now_from("next:1");
+        assert_eq!(f.lie_reported("liar:1"), LieReport::NotFromLiar);
+        f.begin(Some(10)).unwrap();
+        assert!(!f.is_poisoned());
+        assert!(f.reported("next:1").now_or_never().is_none());
+        assert!(f.reported("liar:1").now_or_never().is_some());
+    }
+
+    #[test]
+    fn a_report_racing_the_start_either_stops_it_or_ends_it() {
+        for _ in 0..500 {
+            let f = Arc::new(from_peer("liar:1"));
+            let g = f.clone();
+            let report = std::thread::spawn(move || g.lie_reported("liar:1"));
+            let began = f.begin(Some(10));
+            match (report.join().unwrap(), began) {
+                (LieReport::BeforeFirstByte, Err(FetchFailure::PeerLied { .. })) => {}
+                (LieReport::Ended, Ok(())) => assert!(f.is_poisoned()),
+                other => panic!("a report and a start crossed: {other:?}"),
+            }
+        }
     }
 }

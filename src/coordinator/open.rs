@@ -134,7 +134,13 @@ impl Coordinator {
                         size,
                     });
                 }
-                Ok(Progress::Failed(f)) if matches!(*f, FetchFailure::Deserted) && !retried => {
+                // Cancelled just as this request joined it, or refused at
+                // its start because its peer was reported lying: neither
+                // sent a byte, so this request starts a fresh fill.
+                Ok(Progress::Failed(f))
+                    if matches!(*f, FetchFailure::Deserted | FetchFailure::PeerLied { .. })
+                        && !retried =>
+                {
                     retried = true;
                     self.finish(&flight);
                     continue;

@@ -72,7 +72,9 @@ impl Spool {
             ))
         })?;
         flight.set_file(Arc::new(reader_file));
-        flight.publish(Progress::Streaming { size, written: 0 });
+        // Refused when the peer it comes from was reported lying: the
+        // temp file goes with `temp`.
+        flight.begin(size)?;
 
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let flight = flight.clone();

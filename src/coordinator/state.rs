@@ -12,7 +12,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use http::{Method, StatusCode};
 
-use super::flight::{Flight, Progress};
+use super::flight::{Flight, LieReport, Progress};
 use super::{absent, hot, membership};
 use crate::clock::Clock;
 use crate::cluster::Cluster;
@@ -214,28 +214,15 @@ impl Coordinator {
     }
 
     /// Another replica caught `peer` sending bytes that are not `digest`:
-    /// a fill of it here from that peer ends now, instead of at its own
-    /// digest check, so a client that retries here (a balancer spreads
-    /// retries over the replicas) starts a fresh fill rather than joining
-    /// the doomed one. True when there was such a fill.
-    ///
-    /// A fill still waiting for the liar's answer takes none of its bytes:
-    /// it is not dropped (the liar leaving the ring ends that wait, and
-    /// the fill goes to the blob's next owner as for any peer that left).
-    pub fn peer_lied(&self, peer: &str, digest: &Digest) -> bool {
+    /// a fill of it here from that peer ends now, or does not start,
+    /// instead of running to its own digest check, so a client that
+    /// retries here (a balancer spreads retries over the replicas) starts
+    /// a fresh fill rather than joining the doomed one (see
+    /// [`Flight::lie_reported`]). Says what it did to the fill here.
+    pub fn peer_lied(&self, peer: &str, digest: &Digest) -> LieReport {
         match self.flight(digest) {
-            Some(f) if f.source().as_deref() == Some(peer) => {
-                // Its answer was taken: the bytes that follow are the liar's.
-                let has_bytes = matches!(
-                    f.progress(),
-                    Progress::Streaming { .. } | Progress::Verified { .. }
-                );
-                if has_bytes {
-                    f.poison();
-                }
-                has_bytes
-            }
-            _ => false,
+            Some(f) => f.lie_reported(peer),
+            None => LieReport::NoFill,
         }
     }
 

@@ -229,7 +229,7 @@ async fn transfer(
                 Err(Pump::Broken(e)) => (e, false),
                 Err(Pump::TooSlow(e)) => (e, true),
             };
-            if let Some(peer) = from_peer.as_ref().filter(|_| flight.is_poisoned()) {
+            if let Some(peer) = from_peer.as_ref().filter(|(p, _)| flight.lied(p)) {
                 // Its bytes so far are suspect: nothing of this fill is kept.
                 break Err(FetchFailure::PeerLied {
                     peer: peer.0.clone(),
