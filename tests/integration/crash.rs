@@ -7,7 +7,7 @@ use crate::support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use http::Method;
+use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use support::*;
 
@@ -29,12 +29,13 @@ fn spawn_ferry(store: &std::path::Path, upstream: &str, port: u16) -> Child {
         .expect("spawn ferry")
 }
 
-async fn wait_listening(port: u16) {
+async fn wait_serving(port: u16) {
+    // Not only listening: the listener accepts before the app (and its
+    // store, which empties tmp/ when it opens) exists; `/healthz` answers
+    // once it does.
+    let url = format!("http://127.0.0.1:{port}/healthz");
     within(async {
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
+        while !matches!(try_get(&url).await, Ok(w) if w.status == StatusCode::OK) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -66,7 +67,7 @@ async fn sigkill_at_random_moments_never_leaves_a_bad_blob() {
     for (round, digest) in digests.iter().enumerate() {
         let port = free_port();
         let mut child = spawn_ferry(&store, &up.url(), port);
-        wait_listening(port).await;
+        wait_serving(port).await;
         // Two clients: one pulls this round's blob, one an earlier one.
         let url = format!("http://127.0.0.1:{port}/v2/crash/test/blobs/{digest}");
         let earlier = &digests[rng.usize(..=round)];
@@ -110,7 +111,7 @@ async fn sigkill_at_random_moments_never_leaves_a_bad_blob() {
     // The next start-up removes the temp files the kills left and serves.
     let port = free_port();
     let mut child = spawn_ferry(&store, &up.url(), port);
-    wait_listening(port).await;
+    wait_serving(port).await;
     assert_eq!(
         std::fs::read_dir(store.join("tmp")).unwrap().count(),
         0,

@@ -147,16 +147,22 @@ async fn tags_and_manifests_resolved_by_one_replica_are_fresh_for_another() {
     // A puts the records in the background.
     let tier = a.app.coordinator.shared().unwrap().clone();
     let d: ferry::oci::Digest = digest.parse().unwrap();
-    let tag_file = |root: &std::path::Path| {
+    let record = |root: &std::path::Path, rel: &str| {
         std::fs::read_dir(root.join("repositories"))
             .ok()
             .and_then(|mut regs| regs.next())
             .and_then(|r| r.ok())
-            .map(|r| r.path().join("team/app/_tags/v1").exists())
+            .map(|r| r.path().join("team/app").join(rel).exists())
             .unwrap_or(false)
     };
+    // The manifest, the tag, and the layer's membership marker: three
+    // writes, each its own task.
+    let marker = format!("_blobs/{}", layer.replace(':', "-"));
     within(async {
-        while tier.get_manifest(&d).await.unwrap().is_none() || !tag_file(shared.path()) {
+        while tier.get_manifest(&d).await.unwrap().is_none()
+            || !record(shared.path(), "_tags/v1")
+            || !record(shared.path(), &marker)
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
