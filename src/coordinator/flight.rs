@@ -186,6 +186,10 @@ pub struct Flight {
     /// Bytes are coming (or about to come) from `via_peer`; cleared when
     /// the fetch turns to the upstream instead.
     from_peer: std::sync::atomic::AtomicBool,
+    /// The bytes from `source` are a bounded range of what it already has
+    /// (a catch-up with the replica ahead, after the owner died): the fill
+    /// waits on nothing that peer lacks (see [`Flight::waits_on`]).
+    catching_up: std::sync::atomic::AtomicBool,
     /// The peer the bytes come from now: `via_peer` at first, its
     /// successor (or the replica ahead) after it died; `None` once they
     /// come from the upstream.
@@ -248,6 +252,7 @@ impl Flight {
             origin,
             via_peer: None,
             from_peer: Default::default(),
+            catching_up: Default::default(),
             source: Default::default(),
             progress: watch::Sender::new(Progress::Connecting),
             file: OnceLock::new(),
@@ -296,7 +301,34 @@ impl Flight {
     /// The bytes come from `peer` now (a dead owner's successor, or a
     /// replica ahead of this one).
     pub(super) fn now_from(&self, peer: &str) {
-        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = Some(peer.to_string());
+        let mut source = self.source.lock().unwrap_or_else(|e| e.into_inner());
+        *source = Some(peer.to_string());
+        self.catching_up
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The bytes come from `peer` now, up to a byte it already has: this
+    /// replica, the blob's new owner, takes what a replica ahead of it has
+    /// before it goes on from the upstream.
+    pub(super) fn catching_up_from(&self, peer: &str) {
+        let mut source = self.source.lock().unwrap_or_else(|e| e.into_inner());
+        *source = Some(peer.to_string());
+        self.catching_up
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether this fill waits on `peer` for bytes `peer` may not have yet:
+    /// a request from `peer` must then not wait on this fill (each would
+    /// wait on the other). A fill catching up from `peer` takes only bytes
+    /// `peer` has: `peer` may wait on it.
+    pub(super) fn waits_on(&self, peer: crate::routing::PeerId) -> bool {
+        let source = self.source.lock().unwrap_or_else(|e| e.into_inner());
+        let catching_up = self.catching_up.load(std::sync::atomic::Ordering::SeqCst);
+        self.filling_from_peer()
+            && !catching_up
+            && source
+                .as_deref()
+                .is_some_and(|s| crate::routing::PeerId::of(s) == peer)
     }
 
     /// The peer the bytes come from now, if they come from one.
@@ -552,6 +584,26 @@ mod tests {
         assert!(!f.is_poisoned());
         assert!(f.reported("next:1").now_or_never().is_none());
         assert!(f.reported("liar:1").now_or_never().is_some());
+    }
+
+    #[test]
+    fn a_fill_waits_on_its_peer_unless_it_only_catches_up_with_it() {
+        use crate::routing::PeerId;
+        let ahead = PeerId::of("ahead:1");
+        let f = from_peer("owner:1");
+        assert!(f.waits_on(PeerId::of("owner:1")));
+        assert!(!f.waits_on(ahead));
+        // The owner died: this replica takes what the one ahead has, which
+        // may ask this replica (its next owner) for the rest meanwhile.
+        f.catching_up_from("ahead:1");
+        assert!(
+            !f.waits_on(ahead),
+            "a handover would be refused mid catch-up"
+        );
+        f.now_from("ahead:1");
+        assert!(f.waits_on(ahead));
+        f.left_peer();
+        assert!(!f.waits_on(ahead));
     }
 
     #[test]

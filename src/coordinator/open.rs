@@ -17,7 +17,7 @@ use super::{fetch, passthrough};
 use crate::cluster::OwnerKey;
 use crate::metrics::CacheStatus;
 use crate::oci::{Digest, ErrorCode, Hasher, RegistryError};
-use crate::routing::{PeerId, Resolved};
+use crate::routing::Resolved;
 use crate::store;
 use crate::upstream::headers::content_length;
 
@@ -99,13 +99,14 @@ impl Coordinator {
             // the other, the asking one goes upstream instead. Any other
             // peer may wait: a replica only asks a peer that ranks above
             // itself, so waits form no circle, and a peer whose owner died
-            // asks this replica, its successor, for the rest.
-            let source = flight.source();
-            let waits_on_asker = match (repo.origin.peer(), &source) {
-                (Some(asker), Some(source)) => PeerId::of(source) == asker,
-                _ => false,
-            };
-            if let (true, Some(owner)) = (waits_on_asker, &source) {
+            // asks this replica, its successor, for the rest, even while
+            // this replica catches up with that peer's bytes (it takes only
+            // what that peer has: see `Flight::waits_on`).
+            let asker = repo.origin.peer();
+            if let Some(owner) = flight
+                .source()
+                .filter(|_| asker.is_some_and(|a| flight.waits_on(a)))
+            {
                 return Err(RegistryError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     ErrorCode::Unavailable,

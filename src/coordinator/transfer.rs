@@ -296,7 +296,7 @@ async fn transfer(
                         skip = 0;
                         response = Some(resp);
                         trail.sent.push(ahead.clone());
-                        flight.now_from(&ahead);
+                        flight.catching_up_from(&ahead);
                         from_peer = Some((ahead, counted));
                         continue;
                     }
