@@ -74,9 +74,13 @@ async fn a_body_longer_than_its_content_length_is_read_only_to_the_length() {
     let short = sha256(&other);
     let up = RawUpstream::start(move |_| blob_reply(MIB, RawBody::Bytes(other.clone()))).await;
     let ferry = Ferry::start_with(&up.url(), impatient).await;
-    let w = within(get(&ferry.url(&format!("/v2/x/blobs/{short}")))).await;
+    // The whole announced MiB may arrive, and fail its digest check,
+    // before the client's body is first polled: the connection then ends
+    // before the response head, which is as much a refusal as a cut body.
+    let w = within(try_get(&ferry.url(&format!("/v2/x/blobs/{short}")))).await;
     assert!(
-        w.status != StatusCode::OK || w.body_error.is_some(),
+        w.map_or(true, |w| w.status != StatusCode::OK
+            || w.body_error.is_some()),
         "a truncated blob was served as complete"
     );
     assert_nothing_published(&ferry, &short).await;
