@@ -110,13 +110,19 @@ async fn fetch(
         // Published under another repository: the shortcut only if it
         // belongs here too; otherwise the upstream GET below decides.
         if coordinator.belongs(repo, digest).await.is_some() {
+            flight.left_peer();
             flight.set_file(Arc::new(file));
             return Ok((size, "store".into()));
         }
     }
     fill::writable(&coordinator.lifecycle.space)?;
     let opened = match open_shared(coordinator, flight, repo).await {
-        Some(shared) => shared,
+        // Not from the owner after all: its lie reports do not concern
+        // this fill, and it may ask this replica.
+        Some(shared) => {
+            flight.left_peer();
+            shared
+        }
         None => match open_peer(coordinator, flight, repo).await? {
             Some(peer) => peer,
             None => open_upstream(coordinator, flight, repo).await?,

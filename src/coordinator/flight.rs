@@ -14,6 +14,11 @@ use crate::oci::{Digest, ErrorCode, RegistryError};
 use crate::routing::Origin;
 use crate::upstream::UpstreamError;
 
+mod sources;
+
+pub use sources::LieReport;
+use sources::Sources;
+
 /// The state of one fetch, as readers see it.
 #[derive(Clone, Debug)]
 pub enum Progress {
@@ -139,35 +144,6 @@ impl FetchFailure {
     }
 }
 
-/// What a lie report did to this replica's fill of the blob (the
-/// `fill` field of its log line).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LieReport {
-    /// No fill of the blob here.
-    NoFill,
-    /// The fill's bytes come from elsewhere (the upstream, another peer):
-    /// it goes on; a body from the liar later would end at once.
-    NotFromLiar,
-    /// It has no byte from the liar yet: an ask still waiting ends as the
-    /// liar leaves the ring (the blob's next owner is asked), an answer
-    /// already taken is not started, and its clients start a fresh fill.
-    BeforeFirstByte,
-    /// It was streaming the liar's bytes: it ends now, its clients' bodies
-    /// with it.
-    Ended,
-}
-
-impl LieReport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LieReport::NoFill => "none",
-            LieReport::NotFromLiar => "not_from_liar",
-            LieReport::BeforeFirstByte => "before_first_byte",
-            LieReport::Ended => "ended",
-        }
-    }
-}
-
 /// A fetch in flight, shared by its task and every reader.
 #[derive(Debug)]
 pub struct Flight {
@@ -183,17 +159,11 @@ pub struct Flight {
     /// The cluster peer that owns the digest, when the bytes are to come
     /// from it (decided when the fetch starts; never for a peer's request).
     pub via_peer: Option<String>,
-    /// Bytes are coming (or about to come) from `via_peer`; cleared when
-    /// the fetch turns to the upstream instead.
-    from_peer: std::sync::atomic::AtomicBool,
-    /// The bytes from `source` are a bounded range of what it already has
-    /// (a catch-up with the replica ahead, after the owner died): the fill
-    /// waits on nothing that peer lacks (see [`Flight::waits_on`]).
-    catching_up: std::sync::atomic::AtomicBool,
-    /// The peer the bytes come from now: `via_peer` at first, its
-    /// successor (or the replica ahead) after it died; `None` once they
-    /// come from the upstream.
-    source: std::sync::Mutex<Option<String>>,
+    /// The peer the bytes come from now (`via_peer` at first, its
+    /// successor or the replica ahead after it died; none once they come
+    /// from the upstream or the shared tier), every peer whose bytes the
+    /// spool took, and the lie reports about them.
+    sources: Sources,
     progress: watch::Sender<Progress>,
     file: OnceLock<Arc<File>>,
     /// The file mapped for reading, once its size is known (shared by
@@ -207,12 +177,6 @@ pub struct Flight {
     clients: std::sync::atomic::AtomicUsize,
     /// Woken when the last client leaves.
     left: tokio::sync::Notify,
-    /// The peers other replicas caught sending bytes that are not this
-    /// blob (their lie reports, see [`Flight::lie_reported`]): a body from
-    /// one of them ends at once, and a fill from one of them that has not
-    /// started does not start ([`Flight::begin`]). Changed only under the
-    /// `source` lock.
-    liars: watch::Sender<Vec<String>>,
     /// The peers this blob is being sent to, which its upstream read
     /// keeps up with (see `pace.rs`; the coordinator's, shared with every
     /// peer stream of the digest).
@@ -251,9 +215,7 @@ impl Flight {
             repo,
             origin,
             via_peer: None,
-            from_peer: Default::default(),
-            catching_up: Default::default(),
-            source: Default::default(),
+            sources: Sources::default(),
             progress: watch::Sender::new(Progress::Connecting),
             file: OnceLock::new(),
             mapped: OnceLock::new(),
@@ -261,7 +223,6 @@ impl Flight {
             started: std::time::Instant::now(),
             clients: Default::default(),
             left: tokio::sync::Notify::new(),
-            liars: watch::Sender::new(Vec::new()),
             pace: Default::default(),
         }
     }
@@ -293,28 +254,20 @@ impl Flight {
 
     /// Marks this fetch as filled from `peer` (set before it starts).
     pub(super) fn fill_from(&mut self, peer: String) {
-        *self.source.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(peer.clone());
+        self.sources.set(&peer, false);
         self.via_peer = Some(peer);
-        *self.from_peer.get_mut() = true;
     }
 
-    /// The bytes come from `peer` now (a dead owner's successor, or a
-    /// replica ahead of this one).
+    /// The bytes come from `peer` now (a dead owner's successor).
     pub(super) fn now_from(&self, peer: &str) {
-        let mut source = self.source.lock().unwrap_or_else(|e| e.into_inner());
-        *source = Some(peer.to_string());
-        self.catching_up
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.sources.set(peer, false);
     }
 
     /// The bytes come from `peer` now, up to a byte it already has: this
     /// replica, the blob's new owner, takes what a replica ahead of it has
     /// before it goes on from the upstream.
     pub(super) fn catching_up_from(&self, peer: &str) {
-        let mut source = self.source.lock().unwrap_or_else(|e| e.into_inner());
-        *source = Some(peer.to_string());
-        self.catching_up
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.sources.set(peer, true);
     }
 
     /// Whether this fill waits on `peer` for bytes `peer` may not have yet:
@@ -322,24 +275,12 @@ impl Flight {
     /// wait on the other). A fill catching up from `peer` takes only bytes
     /// `peer` has: `peer` may wait on it.
     pub(super) fn waits_on(&self, peer: crate::routing::PeerId) -> bool {
-        let source = self.source.lock().unwrap_or_else(|e| e.into_inner());
-        let catching_up = self.catching_up.load(std::sync::atomic::Ordering::SeqCst);
-        self.filling_from_peer()
-            && !catching_up
-            && source
-                .as_deref()
-                .is_some_and(|s| crate::routing::PeerId::of(s) == peer)
+        self.sources.waits_on(peer)
     }
 
     /// The peer the bytes come from now, if they come from one.
     pub fn source(&self) -> Option<String> {
-        if !self.filling_from_peer() {
-            return None;
-        }
-        self.source
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.sources.now()
     }
 
     /// The peers this blob is being sent to now (as the owner or a relay).
@@ -349,60 +290,29 @@ impl Flight {
 
     /// Whether the bytes come from a peer now (not from the upstream).
     pub fn filling_from_peer(&self) -> bool {
-        self.from_peer.load(std::sync::atomic::Ordering::SeqCst)
+        self.sources.now().is_some()
     }
 
     /// The fill's first bytes are about to be written: readers see it
     /// streaming (`size` announced). Refused with
     /// [`FetchFailure::PeerLied`] when the peer it takes them from was
     /// reported lying after its answer was taken: nothing of it is shown to
-    /// a reader, whose request then starts a fresh fill. Checked under the
+    /// a reader, whose request then starts a fresh fill. Decided under the
     /// same lock as [`Flight::lie_reported`], so a report lands either
-    /// before (refused here) or after (the fill is streaming and ends).
+    /// before (refused here) or after (the fill is poisoned).
     pub(super) fn begin(&self, size: Option<u64>) -> Result<(), FetchFailure> {
-        let source = self.source.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(peer) = source.as_deref().filter(|_| self.filling_from_peer()) {
-            if self.lied(peer) {
-                return Err(FetchFailure::PeerLied { peer: peer.into() });
-            }
-        }
-        self.publish(Progress::Streaming { size, written: 0 });
-        Ok(())
+        self.sources
+            .begin(|| self.publish(Progress::Streaming { size, written: 0 }))
+            .map_err(|peer| FetchFailure::PeerLied { peer })
     }
 
-    /// Another replica caught `peer` lying about this blob: a fill that
-    /// streams its bytes ends now (they are suspect) instead of running to
-    /// its own digest check, one that took its answer does not start, and
-    /// a body from it later ends at once, so a client that retries here
-    /// starts a fresh fill rather than joining a doomed one.
+    /// Another replica caught `peer` lying about this blob: a fill whose
+    /// spool took its bytes is poisoned (it ends instead of running to its
+    /// own digest check, and is not joined), one that took its answer does
+    /// not start, and a move to it later poisons the fill, so a client that
+    /// retries here starts a fresh fill rather than joining a doomed one.
     pub(super) fn lie_reported(&self, peer: &str) -> LieReport {
-        let source = self.source.lock().unwrap_or_else(|e| e.into_inner());
-        self.liars.send_if_modified(|liars| {
-            let new = !liars.iter().any(|l| l == peer);
-            if new {
-                liars.push(peer.to_string());
-            }
-            new
-        });
-        if !self.filling_from_peer() || source.as_deref() != Some(peer) {
-            return LieReport::NotFromLiar;
-        }
-        match self.progress() {
-            Progress::Connecting => LieReport::BeforeFirstByte,
-            _ => LieReport::Ended,
-        }
-    }
-
-    /// Whether another replica reported `peer` lying about this blob.
-    pub(super) fn lied(&self, peer: &str) -> bool {
-        self.liars.borrow().iter().any(|l| l == peer)
-    }
-
-    /// Resolves once another replica reported `peer` lying about this blob
-    /// (at once when one did).
-    pub(super) async fn reported(&self, peer: &str) {
-        let mut rx = self.liars.subscribe();
-        let _ = rx.wait_for(|liars| liars.iter().any(|l| l == peer)).await;
+        self.sources.lie_reported(peer)
     }
 
     /// Whether this download failed because a peer it came from sent bytes
@@ -420,17 +330,20 @@ impl Flight {
         }
     }
 
-    /// Whether this fill streams bytes of a peer reported lying: it is
+    /// Whether bytes of a peer reported lying are in this fill: it is
     /// dying, and is not joined.
     pub(super) fn is_poisoned(&self) -> bool {
-        let streaming = !matches!(self.progress(), Progress::Connecting);
-        streaming && self.source().is_some_and(|peer| self.lied(&peer))
+        self.sources.is_poisoned()
+    }
+
+    /// Resolves once the fill is poisoned (at once when it is).
+    pub(super) async fn poisoned(&self) {
+        self.sources.poisoned().await
     }
 
     /// The fetch turned from the peer to the upstream.
     pub(super) fn left_peer(&self) {
-        self.from_peer
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.sources.clear();
     }
 
     /// One of `slots` (a registry's fetch slots, or its peer fill slots)
@@ -532,92 +445,5 @@ impl Flight {
             *self.progress.borrow(),
             Progress::Done { .. } | Progress::Failed(_)
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use futures::FutureExt;
-
-    fn from_peer(peer: &str) -> Flight {
-        let digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
-        let mut f = Flight::new(digest, "x".into(), Origin::background());
-        f.fill_from(peer.into());
-        f
-    }
-
-    #[test]
-    fn a_report_after_the_answer_was_taken_stops_the_fill_before_its_first_byte() {
-        let f = from_peer("liar:1");
-        assert_eq!(f.lie_reported("liar:1"), LieReport::BeforeFirstByte);
-        let refused = f.begin(Some(10));
-        assert_eq!(
-            refused,
-            Err(FetchFailure::PeerLied {
-                peer: "liar:1".into()
-            })
-        );
-        assert!(
-            matches!(f.progress(), Progress::Connecting),
-            "a reader saw it start"
-        );
-    }
-
-    #[test]
-    fn a_report_on_a_streaming_fill_ends_it_and_its_body() {
-        let f = from_peer("liar:1");
-        f.begin(Some(10)).unwrap();
-        assert!(!f.is_poisoned());
-        assert!(f.reported("liar:1").now_or_never().is_none());
-        assert_eq!(f.lie_reported("liar:1"), LieReport::Ended);
-        assert!(f.is_poisoned(), "a retry would join the doomed fill");
-        assert!(f.reported("liar:1").now_or_never().is_some());
-    }
-
-    #[test]
-    fn a_fill_gone_on_to_another_peer_goes_on_but_a_later_body_from_the_liar_ends() {
-        let f = from_peer("liar:1");
-        f.now_from("next:1");
-        assert_eq!(f.lie_reported("liar:1"), LieReport::NotFromLiar);
-        f.begin(Some(10)).unwrap();
-        assert!(!f.is_poisoned());
-        assert!(f.reported("next:1").now_or_never().is_none());
-        assert!(f.reported("liar:1").now_or_never().is_some());
-    }
-
-    #[test]
-    fn a_fill_waits_on_its_peer_unless_it_only_catches_up_with_it() {
-        use crate::routing::PeerId;
-        let ahead = PeerId::of("ahead:1");
-        let f = from_peer("owner:1");
-        assert!(f.waits_on(PeerId::of("owner:1")));
-        assert!(!f.waits_on(ahead));
-        // The owner died: this replica takes what the one ahead has, which
-        // may ask this replica (its next owner) for the rest meanwhile.
-        f.catching_up_from("ahead:1");
-        assert!(
-            !f.waits_on(ahead),
-            "a handover would be refused mid catch-up"
-        );
-        f.now_from("ahead:1");
-        assert!(f.waits_on(ahead));
-        f.left_peer();
-        assert!(!f.waits_on(ahead));
-    }
-
-    #[test]
-    fn a_report_racing_the_start_either_stops_it_or_ends_it() {
-        for _ in 0..500 {
-            let f = Arc::new(from_peer("liar:1"));
-            let g = f.clone();
-            let report = std::thread::spawn(move || g.lie_reported("liar:1"));
-            let began = f.begin(Some(10));
-            match (report.join().unwrap(), began) {
-                (LieReport::BeforeFirstByte, Err(FetchFailure::PeerLied { .. })) => {}
-                (LieReport::Ended, Ok(())) => assert!(f.is_poisoned()),
-                other => panic!("a report and a start crossed: {other:?}"),
-            }
-        }
     }
 }

@@ -41,8 +41,9 @@ pub(super) struct PeerSide<'a> {
     pub client: IpAddr,
     /// The offset of the blob this body's first byte is.
     pub start: u64,
-    /// The fill the body goes to: told when another replica caught this
-    /// peer lying about the blob, which ends the body at once.
+    /// The fill the body goes to: poisoned when another replica caught a
+    /// peer whose bytes it holds (this one, or one before it) lying about
+    /// the blob, which ends the body at once.
     pub flight: &'a Flight,
 }
 
@@ -90,7 +91,7 @@ struct State<'a> {
 /// doc says.
 pub(super) fn watched<'a>(body: Chunks<'a>, side: PeerSide<'a>) -> Chunks<'a> {
     let check = move |sent| why_silent(side, sent);
-    let poisoned = Box::pin(side.flight.reported(side.peer));
+    let poisoned = Box::pin(side.flight.poisoned());
     watched_with(body, side.cluster, side.peer, side.start, check, poisoned)
 }
 

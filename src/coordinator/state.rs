@@ -214,8 +214,8 @@ impl Coordinator {
     }
 
     /// Another replica caught `peer` sending bytes that are not `digest`:
-    /// a fill of it here from that peer ends now, or does not start,
-    /// instead of running to its own digest check, so a client that
+    /// a fill of it here that took that peer's bytes is poisoned, one that
+    /// took its answer does not start, so a client that
     /// retries here (a balancer spreads retries over the replicas) starts
     /// a fresh fill rather than joining the doomed one (see
     /// [`Flight::lie_reported`]). Says what it did to the fill here.

@@ -205,6 +205,11 @@ async fn transfer(
         let caught_up = matches!(attempt, Ok(()))
             && catching_up == Some(received)
             && size.is_some_and(|s| received < s);
+        if caught_up && flight.is_poisoned() {
+            // A peer whose bytes the spool took was reported lying.
+            let peer = from_peer.map(|(p, _)| p).unwrap_or_default();
+            break Err(FetchFailure::PeerLied { peer });
+        }
         if caught_up {
             tracing::info!(%digest, received, "caught up with the replica ahead; continuing from the upstream");
             from_peer = None;
@@ -229,7 +234,7 @@ async fn transfer(
                 Err(Pump::Broken(e)) => (e, false),
                 Err(Pump::TooSlow(e)) => (e, true),
             };
-            if let Some(peer) = from_peer.as_ref().filter(|(p, _)| flight.lied(p)) {
+            if let Some(peer) = from_peer.as_ref().filter(|_| flight.is_poisoned()) {
                 // Its bytes so far are suspect: nothing of this fill is kept.
                 break Err(FetchFailure::PeerLied {
                     peer: peer.0.clone(),
