@@ -336,6 +336,11 @@ impl Flight {
         self.sources.is_poisoned()
     }
 
+    /// The peer reported lying whose bytes poisoned this fill, if one did.
+    pub(super) fn poisoned_by(&self) -> Option<String> {
+        self.sources.poisoned_by()
+    }
+
     /// Resolves once the fill is poisoned (at once when it is).
     pub(super) async fn poisoned(&self) {
         self.sources.poisoned().await

@@ -205,9 +205,8 @@ async fn transfer(
         let caught_up = matches!(attempt, Ok(()))
             && catching_up == Some(received)
             && size.is_some_and(|s| received < s);
-        if caught_up && flight.is_poisoned() {
+        if let Some(peer) = flight.poisoned_by().filter(|_| caught_up) {
             // A peer whose bytes the spool took was reported lying.
-            let peer = from_peer.map(|(p, _)| p).unwrap_or_default();
             break Err(FetchFailure::PeerLied { peer });
         }
         if caught_up {
@@ -234,11 +233,9 @@ async fn transfer(
                 Err(Pump::Broken(e)) => (e, false),
                 Err(Pump::TooSlow(e)) => (e, true),
             };
-            if let Some(peer) = from_peer.as_ref().filter(|_| flight.is_poisoned()) {
+            if let Some(peer) = flight.poisoned_by().filter(|_| from_peer.is_some()) {
                 // Its bytes so far are suspect: nothing of this fill is kept.
-                break Err(FetchFailure::PeerLied {
-                    peer: peer.0.clone(),
-                });
+                break Err(FetchFailure::PeerLied { peer });
             }
             if let Some((peer, counted)) = from_peer.take() {
                 catching_up = None;

@@ -156,6 +156,13 @@ impl Sources {
         *self.poisoned.borrow()
     }
 
+    /// The first peer whose bytes the spool took and that was reported
+    /// lying (what poisoned the fill), if any.
+    pub(super) fn poisoned_by(&self) -> Option<String> {
+        let s = self.state();
+        s.fed_by.iter().find(|p| s.liars.contains(p)).cloned()
+    }
+
     /// Resolves once the fill is poisoned (at once when it is).
     pub(super) async fn poisoned(&self) {
         let mut rx = self.poisoned.subscribe();
@@ -213,6 +220,7 @@ mod tests {
         s.clear();
         assert_eq!(s.lie_reported("liar:1"), LieReport::Poisoned);
         assert!(s.is_poisoned());
+        assert_eq!(s.poisoned_by().as_deref(), Some("liar:1"));
     }
 
     #[test]
