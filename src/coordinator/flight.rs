@@ -288,11 +288,6 @@ impl Flight {
         self.pace.children()
     }
 
-    /// Whether the bytes come from a peer now (not from the upstream).
-    pub fn filling_from_peer(&self) -> bool {
-        self.sources.now().is_some()
-    }
-
     /// The fill's first bytes are about to be written: readers see it
     /// streaming (`size` announced). Refused with
     /// [`FetchFailure::PeerLied`] when the peer it takes them from was

@@ -102,11 +102,9 @@ impl Coordinator {
             // asks this replica, its successor, for the rest, even while
             // this replica catches up with that peer's bytes (it takes only
             // what that peer has: see `Flight::waits_on`).
-            let asker = repo.origin.peer();
-            if let Some(owner) = flight
-                .source()
-                .filter(|_| asker.is_some_and(|a| flight.waits_on(a)))
-            {
+            // (A client's request takes no lock here: only a peer's asks.)
+            let waits_on_asker = repo.origin.peer().is_some_and(|a| flight.waits_on(a));
+            if let Some(owner) = flight.source().filter(|_| waits_on_asker) {
                 return Err(RegistryError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     ErrorCode::Unavailable,
